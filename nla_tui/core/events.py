@@ -1,0 +1,189 @@
+"""Jobs the UI (or a script) submits to the worker, and the typed events it gets back.
+
+Plain dataclasses: the UI wraps each event in one Textual message and posts it
+with `app.post_message` (thread-safe), so this module stays free of Textual.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .types import Explanation, Message, ModelInfo, Sampling, TokenInfo
+
+# Job priorities: lower runs first.
+PRIORITY_CHAT = 0
+PRIORITY_EXPLAIN = 1
+PRIORITY_BACKGROUND = 2
+
+
+# ---------------------------------------------------------------- jobs
+
+
+@dataclass
+class Job:
+    """Base job. `key` identifies duplicates: a queued job with the same key is dropped."""
+
+    @property
+    def key(self) -> str:
+        return type(self).__name__
+
+    @property
+    def priority(self) -> int:
+        return PRIORITY_BACKGROUND
+
+
+@dataclass
+class LoadModels(Job):
+    """Load subject, AV and AR (the worker does this first, with progress)."""
+
+    @property
+    def priority(self) -> int:
+        return PRIORITY_CHAT
+
+
+@dataclass
+class Chat(Job):
+    """Append a user message, stream the subject's reply, capture every token."""
+
+    text: str
+    max_new_tokens: int = 256
+
+    @property
+    def key(self) -> str:
+        return f"chat:{id(self)}"  # never deduplicated
+
+    @property
+    def priority(self) -> int:
+        return PRIORITY_CHAT
+
+
+@dataclass
+class SetConversation(Job):
+    """Replace the conversation with given messages (assistant turns teacher-forced)."""
+
+    messages: list[Message]
+
+    @property
+    def priority(self) -> int:
+        return PRIORITY_CHAT
+
+
+@dataclass
+class Explain(Job):
+    """Explain the token at `index` (the one under the cursor). `samples` > 1 draws
+    several and ranks them by AR score. A newer Explain supersedes a queued one."""
+
+    index: int
+    sampling: Sampling = field(default_factory=Sampling)
+    prompt: str | None = None
+    samples: int = 1
+    force: bool = False  # bypass the explanation cache (resample)
+
+    @property
+    def key(self) -> str:
+        return "explain-cursor"
+
+    @property
+    def priority(self) -> int:
+        return PRIORITY_EXPLAIN
+
+
+@dataclass
+class ExplainAll(Job):
+    """Explain many positions in the background, batched."""
+
+    indices: list[int]
+    sampling: Sampling = field(default_factory=Sampling)
+    prompt: str | None = None
+
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass
+class Event:
+    pass
+
+
+@dataclass
+class LoadProgress(Event):
+    """Model loading: `model` is 'subject' | 'av' | 'ar'; fraction in [0, 1]."""
+
+    model: str
+    fraction: float
+    message: str = ""
+
+
+@dataclass
+class ModelsReady(Event):
+    info: ModelInfo
+
+
+@dataclass
+class ChatStarted(Event):
+    """The prompt tokens are known (already captured); the reply will stream."""
+
+    tokens: list[TokenInfo]
+
+
+@dataclass
+class ChatDelta(Event):
+    """New reply text since the last delta (batched every ~40 ms)."""
+
+    text: str
+
+
+@dataclass
+class ConversationUpdated(Event):
+    """The whole captured conversation after a chat turn or SetConversation."""
+
+    messages: list[Message]
+    tokens: list[TokenInfo]
+
+
+@dataclass
+class ExplainStarted(Event):
+    index: int
+
+
+@dataclass
+class ExplainDelta(Event):
+    """Explanation text so far for `index` (replaces the previous delta)."""
+
+    index: int
+    text: str
+
+
+@dataclass
+class ExplainDone(Event):
+    """Finished explanations for one index, best first when several samples were drawn."""
+
+    index: int
+    explanations: list[Explanation]
+    cached: bool = False
+
+
+@dataclass
+class ExplainAllProgress(Event):
+    done: int
+    total: int
+    eta_s: float | None
+
+
+@dataclass
+class JobFinished(Event):
+    job: str
+    cancelled: bool = False
+
+
+@dataclass
+class JobFailed(Event):
+    """A job failed. `message` is for the user; the worker keeps running."""
+
+    job: str
+    message: str
+
+
+@dataclass
+class QueueDepth(Event):
+    depth: int

@@ -1,0 +1,185 @@
+"""Plain data shared by the engine, the worker, sessions and the UI.
+
+Nothing here imports torch: the UI and `nla-tui open` on a GPU-less machine use
+these types too. Activations travel as numpy float32 arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Roles a token of the conversation can have. "special" covers <bos>, turn
+# markers and role names inserted by the chat template.
+ROLES = ("bos", "special", "system", "user", "model")
+
+# Positions before this index decode poorly: the subject has little context yet.
+NOISY_PREFIX = 10
+
+
+@dataclass
+class Candidate:
+    """One of the subject's top-k next-token candidates at a position."""
+
+    token_id: int
+    text: str
+    prob: float
+
+
+@dataclass
+class TokenInfo:
+    """One token of the conversation exactly as the subject saw it."""
+
+    index: int
+    token_id: int
+    text: str
+    role: str  # one of ROLES
+    turn: int  # index of the message this token belongs to (-1 for <bos>)
+    norm: float  # L2 norm of the layer-K activation at this position
+    top: list[Candidate] = field(default_factory=list)  # next-token candidates
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "TokenInfo":
+        top = [Candidate(**c) for c in d.get("top", [])]
+        return cls(
+            index=int(d["index"]),
+            token_id=int(d["token_id"]),
+            text=str(d["text"]),
+            role=str(d["role"]),
+            turn=int(d["turn"]),
+            norm=float(d["norm"]),
+            top=top,
+        )
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """AV sampling parameters. temperature 0 means greedy (seed unused)."""
+
+    temperature: float = 0.0
+    max_new_tokens: int = 200
+    seed: int = 0
+    top_p: float = 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Sampling":
+        return cls(
+            temperature=float(d.get("temperature", 0.0)),
+            max_new_tokens=int(d.get("max_new_tokens", 200)),
+            seed=int(d.get("seed", 0)),
+            top_p=float(d.get("top_p", 1.0)),
+        )
+
+
+@dataclass
+class Score:
+    """Round-trip fidelity. mse_nrm = 2(1 - cos); fve_nrm None without a variance baseline."""
+
+    cos: float
+    mse_nrm: float
+    fve_nrm: float | None
+
+    @property
+    def fidelity(self) -> float:
+        """The number to colour by: fve_nrm when known, else cos."""
+        return self.fve_nrm if self.fve_nrm is not None else self.cos
+
+    @property
+    def label(self) -> str:
+        """A plain-English verdict. Thresholds follow the released pairs
+        (mean in-distribution fve_nrm ~0.7-0.82)."""
+        if self.fve_nrm is not None:
+            v = self.fve_nrm
+            return "good" if v >= 0.6 else "mediocre" if v >= 0.3 else "poor"
+        v = self.cos
+        return "good" if v >= 0.9 else "mediocre" if v >= 0.5 else "poor"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any] | None) -> "Score | None":
+        if d is None:
+            return None
+        fve = d.get("fve_nrm")
+        return cls(cos=float(d["cos"]), mse_nrm=float(d["mse_nrm"]),
+                   fve_nrm=None if fve is None else float(fve))
+
+
+@dataclass
+class Explanation:
+    """One AV explanation of the activation at token `index`, and its AR score."""
+
+    index: int
+    text: str  # the part inside <explanation> tags, or the raw text if parsing failed
+    raw: str  # everything the AV generated
+    sampling: Sampling
+    prompt: str | None = None  # custom AV prompt with <INJECT>, None = sidecar template
+    score: Score | None = None
+    truncated: bool = False  # no closing </explanation> tag
+    warnings: list[str] = field(default_factory=list)
+    untrained_av: bool = False  # demo pair: text is not a faithful explanation
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["sampling"] = self.sampling.to_json()
+        d["score"] = None if self.score is None else self.score.to_json()
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Explanation":
+        return cls(
+            index=int(d["index"]),
+            text=str(d["text"]),
+            raw=str(d.get("raw", d["text"])),
+            sampling=Sampling.from_json(d.get("sampling", {})),
+            prompt=d.get("prompt"),
+            score=Score.from_json(d.get("score")),
+            truncated=bool(d.get("truncated", False)),
+            warnings=list(d.get("warnings", [])),
+            untrained_av=bool(d.get("untrained_av", False)),
+        )
+
+
+@dataclass
+class ModelInfo:
+    """What produced a session: enough to reproduce it and to key caches."""
+
+    preset: str | None
+    subject: str
+    av: str
+    ar: str
+    layer: int
+    quant: str
+    device: str
+    d_model: int
+    revision: dict[str, str | None] = field(default_factory=dict)
+    injection_scale: float | None = None
+    mse_scale: float | None = None
+    fve_variance: float | None = None
+    untrained_av: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "ModelInfo":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class Message:
+    """One chat message, OpenAI style."""
+
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
