@@ -1,0 +1,418 @@
+"""Saved sessions: a directory with session.json + an activations safetensors file.
+
+Format (docs/SESSION_SCHEMA.md has every field):
+
+    DIR/session.json                       schema_version, name, dates, models, conversation,
+                                           tokens, explanations, activations_file, activations_sha256
+    DIR/activations-<sha16>.safetensors    tensor "activations" float32 [T, d_model]
+
+Why the activations file name carries its digest: a save writes the new activations
+file next to the old one, then commits by atomically replacing session.json, then
+deletes the old file. A kill -9 or a full disk at any moment leaves session.json
+pointing at a complete activations file. Unchanged activations (autosave after an
+explanation) are not rewritten at all.
+
+numpy + safetensors.numpy only, so `nla-tui open` works without torch. No pickle.
+These functions are the stable API the TUI and CLI call:
+    save_session(session, directory) -> Path
+    load_session(path) -> Session
+    list_sessions(root=None) -> list[SessionSummary]
+    rename_session(directory, new_name) -> Path ; delete_session(directory)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from safetensors.numpy import load_file as st_load_file
+from safetensors.numpy import save as st_save
+
+from .errors import InputError, NlaError
+from .types import Explanation, Message, ModelInfo, TokenInfo
+
+SCHEMA_VERSION = 1
+SESSION_FILE = "session.json"
+_ACTS_RE = re.compile(r"^activations(-[0-9a-f]{16})?\.safetensors$")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Session:
+    """Everything needed to reopen a conversation without loading any model."""
+
+    name: str
+    info: ModelInfo
+    messages: list[Message] = field(default_factory=list)
+    tokens: list[TokenInfo] = field(default_factory=list)
+    explanations: list[Explanation] = field(default_factory=list)
+    activations: np.ndarray | None = None  # float32 [len(tokens), info.d_model]
+    created: str = field(default_factory=now_iso)
+    updated: str = field(default_factory=now_iso)
+
+    @property
+    def n_explained(self) -> int:
+        """Distinct token positions that have at least one explanation."""
+        return len({e.index for e in self.explanations})
+
+    def explanations_for(self, index: int) -> list[Explanation]:
+        return [e for e in self.explanations if e.index == index]
+
+    def to_json(self) -> dict[str, Any]:
+        """session.json without the activations fields (save_session adds those)."""
+        return {
+            "schema_version": SCHEMA_VERSION, "name": self.name,
+            "created": self.created, "updated": self.updated,
+            "models": self.info.to_json(),
+            "conversation": [m.to_json() for m in self.messages],
+            "tokens": [t.to_json() for t in self.tokens],
+            "explanations": [e.to_json() for e in self.explanations],
+        }
+
+
+@dataclass
+class SessionSummary:
+    """One row of the session browser; read from session.json only (cheap)."""
+
+    path: Path
+    name: str
+    created: str
+    updated: str
+    preset: str | None
+    n_tokens: int
+    n_explained: int
+    error: str | None = None  # set when session.json is unreadable; the row stays listed
+
+
+def session_from_engine(engine: Any, name: str, explanations: list[Explanation] | None = None,
+                        created: str | None = None) -> Session:
+    """Snapshot a loaded Engine (duck-typed: info, messages, tokens, activations)."""
+    acts = getattr(engine, "activations", None)
+    return Session(name=name, info=engine.info, messages=list(engine.messages),
+                   tokens=list(engine.tokens), explanations=list(explanations or []),
+                   activations=None if acts is None else np.array(acts, dtype=np.float32),
+                   created=created or now_iso())
+
+
+def slugify(name: str) -> str:
+    """A directory name for a session name: lowercase, [a-z0-9._-], never empty."""
+    slug = re.sub(r"[^a-z0-9._-]+", "-", name.strip().lower()).strip("-.")
+    return slug[:80] or "session"
+
+
+def default_sessions_root() -> Path:
+    from ..paths import sessions_dir
+
+    return sessions_dir()
+
+
+# ------------------------------------------------------------------ save
+
+
+@contextlib.contextmanager
+def _dir_lock(directory: Path) -> Iterator[None]:
+    """Two processes saving the same session serialise instead of deleting each other's files."""
+    with open(directory / ".lock", "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """temp file + fsync + rename + fsync(dir): the old file survives any crash or ENOSPC."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _check_overwritable(path: Path) -> None:
+    """Never replace a session.json we cannot read: it may be the user's only copy."""
+    if not path.exists():
+        return
+    try:
+        doc = json.loads(path.read_bytes())
+        version = doc.get("schema_version", 0) if isinstance(doc, dict) else None
+    except (ValueError, UnicodeDecodeError, OSError) as e:
+        raise InputError(f"Refusing to save over {path}: the existing file is unreadable ({e}). "
+                         "It was left untouched; save under another name, or move it away "
+                         "first.") from e
+    if not isinstance(version, int):
+        raise InputError(f"Refusing to save over {path}: it is not an nla-tui session file. "
+                         "Save under another name.")
+    if version > SCHEMA_VERSION:
+        raise InputError(f"Refusing to save over {path}: it was written by a newer nla-tui "
+                         f"(schema {version} > {SCHEMA_VERSION}). Upgrade nla-tui "
+                         "(pip install -U nla-tui) or save under another name.")
+
+
+def save_session(session: Session, directory: str | os.PathLike) -> Path:
+    """Write `session` to `directory` atomically and return the directory.
+
+    Sets `session.updated`. Raises InputError if the directory already holds an
+    unreadable or newer session.json (it is never overwritten), NlaError if the disk
+    is full or unwritable (the previous save stays loadable).
+    """
+    directory = Path(directory)
+    _validate(session, directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with _dir_lock(directory):
+            target = directory / SESSION_FILE
+            _check_overwritable(target)
+            session.updated = now_iso()
+            doc = session.to_json()
+            doc["activations_file"] = None
+            doc["activations_sha256"] = None
+            if session.activations is not None:
+                acts = np.ascontiguousarray(session.activations, dtype=np.float32)
+                digest = hashlib.sha256(acts.tobytes()).hexdigest()
+                fname = f"activations-{digest[:16]}.safetensors"
+                blob = st_save({"activations": acts}, metadata={"sha256": digest})
+                apath = directory / fname
+                # Content-addressed: an existing file of the right size is this exact data.
+                if not (apath.exists() and apath.stat().st_size == len(blob)):
+                    _write_atomic(apath, blob)
+                doc["activations_file"], doc["activations_sha256"] = fname, digest
+            _write_atomic(target, json.dumps(doc, indent=1, ensure_ascii=False).encode("utf-8"))
+            _cleanup(directory, keep=doc["activations_file"])
+    except OSError as e:
+        raise NlaError(f"Could not save session to {directory}: {e.strerror or e}. The previous "
+                       "save (if any) is intact; free some disk space or choose another "
+                       "folder, then save again.") from e
+    return directory
+
+
+def _cleanup(directory: Path, keep: str | None) -> None:
+    """Delete activations files no longer referenced, and temp files of dead writers."""
+    for entry in directory.iterdir():
+        name = entry.name
+        # We hold the directory lock, so any temp file here belongs to a dead writer.
+        stale_tmp = name.startswith(".") and name.endswith(".tmp")
+        if (_ACTS_RE.match(name) and name != keep) or stale_tmp:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+
+
+def _validate(session: Session, directory: Path) -> None:
+    acts = session.activations
+    if acts is not None:
+        if acts.ndim != 2 or acts.shape[0] != len(session.tokens):
+            raise InputError(f"Cannot save session to {directory}: activations have shape "
+                             f"{tuple(acts.shape)} but there are {len(session.tokens)} tokens.")
+    for e in session.explanations:
+        if not 0 <= e.index < len(session.tokens):
+            raise InputError(f"Cannot save session to {directory}: an explanation points at "
+                             f"token {e.index}, outside 0..{len(session.tokens) - 1}.")
+
+
+# ------------------------------------------------------------------ load
+
+
+def _migrate_v0(doc: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """v0: pre-release files with no schema_version (early `nla-tui run --out`): the
+    conversation was called "messages", dates and name could be missing, and the
+    activations sat in a fixed activations.safetensors."""
+    doc = dict(doc)
+    if "conversation" not in doc and "messages" in doc:
+        doc["conversation"] = doc.pop("messages")
+    mtime = datetime.fromtimestamp((directory / SESSION_FILE).stat().st_mtime, timezone.utc)
+    doc.setdefault("created", mtime.isoformat(timespec="seconds"))
+    doc.setdefault("updated", doc["created"])
+    doc.setdefault("name", directory.name)
+    doc.setdefault("explanations", [])
+    if "activations_file" not in doc and (directory / "activations.safetensors").exists():
+        doc["activations_file"] = "activations.safetensors"
+    doc["schema_version"] = 1
+    return doc
+
+
+# schema_version -> function upgrading a document of that version by one step.
+MIGRATIONS = {0: _migrate_v0}
+
+
+def _read_doc(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"No session at {path.parent}: {path.name} is missing. Pass a "
+                         "directory written by nla-tui (it holds session.json).") from None
+    except IsADirectoryError:
+        raise InputError(f"{path} is a directory, expected a session.json file.") from None
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"Session file {path} is corrupted or truncated ({e}); it was left "
+                         "untouched. Restore it from a backup or delete the session.") from e
+    if not isinstance(doc, dict):
+        raise InputError(f"Session file {path} is not a JSON object; it was left untouched.")
+    return doc
+
+
+def _upgrade(doc: dict[str, Any], path: Path) -> dict[str, Any]:
+    version = doc.get("schema_version", 0)
+    if not isinstance(version, int) or version < 0:
+        raise InputError(f"Session file {path} has an invalid schema_version {version!r}.")
+    if version > SCHEMA_VERSION:
+        raise InputError(f"Session {path} was written by a newer nla-tui (schema {version}; "
+                         f"this version reads up to {SCHEMA_VERSION}). Upgrade: "
+                         "pip install -U nla-tui.")
+    while version < SCHEMA_VERSION:
+        doc = MIGRATIONS[version](doc, path.parent)
+        version = doc["schema_version"]
+    return doc
+
+
+def _resolve(path: str | os.PathLike) -> tuple[Path, Path]:
+    p = Path(path).expanduser()
+    if p.name == SESSION_FILE and not p.is_dir():
+        return p.parent, p
+    return p, p / SESSION_FILE
+
+
+def load_session(path: str | os.PathLike) -> Session:
+    """Load a session directory (or its session.json). Never writes anything.
+
+    Older schema versions are migrated in memory; a newer, corrupted or truncated
+    file raises InputError naming the file and what to do.
+    """
+    directory, jpath = _resolve(path)
+    doc = _upgrade(_read_doc(jpath), jpath)
+    try:
+        info = ModelInfo.from_json(doc["models"])
+        messages = [Message(role=str(m["role"]), content=str(m["content"]))
+                    for m in doc.get("conversation", [])]
+        tokens = [TokenInfo.from_json(t) for t in doc.get("tokens", [])]
+        explanations = [Explanation.from_json(e) for e in doc.get("explanations", [])]
+        session = Session(name=str(doc["name"]), info=info, messages=messages, tokens=tokens,
+                          explanations=explanations, created=str(doc["created"]),
+                          updated=str(doc["updated"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"Session file {jpath} is missing or has a malformed field ({e!r}); "
+                         "it was left untouched.") from e
+    session.activations = _load_activations(directory, doc, len(tokens), info.d_model)
+    for e in session.explanations:
+        if not 0 <= e.index < len(tokens):
+            raise InputError(f"Session file {jpath} has an explanation for token {e.index}, "
+                             f"but the session has {len(tokens)} tokens.")
+    return session
+
+
+def _load_activations(directory: Path, doc: dict[str, Any], n_tokens: int,
+                      d_model: int) -> np.ndarray | None:
+    fname = doc.get("activations_file")
+    if fname is None:
+        return None
+    # Only our own file names: a session.json must not make us read arbitrary paths.
+    if not isinstance(fname, str) or not _ACTS_RE.match(fname):
+        raise InputError(f"Session in {directory} names an unexpected activations file {fname!r}.")
+    apath = directory / fname
+    try:
+        tensors = st_load_file(str(apath))
+        acts = tensors["activations"]
+    except FileNotFoundError:
+        raise InputError(f"Session in {directory} is incomplete: {fname} is missing. The "
+                         "conversation cannot be explained without it; restore it or "
+                         "re-run the conversation.") from None
+    except Exception as e:  # SafetensorError on truncation, KeyError on a foreign file
+        raise InputError(f"Activations file {apath} is corrupted or truncated ({e}); it was "
+                         "left untouched.") from e
+    want = doc.get("activations_sha256")
+    if want and hashlib.sha256(np.ascontiguousarray(acts).tobytes()).hexdigest() != want:
+        raise InputError(f"Activations file {apath} does not match its checksum in "
+                         "session.json (corrupted on disk); it was left untouched.")
+    if acts.dtype != np.float32 or acts.ndim != 2 or acts.shape[0] != n_tokens or (
+            d_model and acts.shape[1] != d_model):
+        raise InputError(f"Activations file {apath} has shape {acts.shape} {acts.dtype}; "
+                         f"expected float32 [{n_tokens}, {d_model}] for this session.")
+    return acts
+
+
+# ------------------------------------------------------------------ browse
+
+
+def list_sessions(root: str | os.PathLike | None = None) -> list[SessionSummary]:
+    """Sessions under `root` (default: the user sessions dir), newest first.
+
+    Reads only session.json. Unreadable ones are listed with `error` set so the
+    browser can show (and offer to delete) them rather than hiding them.
+    """
+    root = Path(root) if root is not None else default_sessions_root()
+    if not root.is_dir():
+        return []
+    out: list[SessionSummary] = []
+    for d in sorted(root.iterdir()):
+        jpath = d / SESSION_FILE
+        if not jpath.is_file():
+            continue
+        try:
+            doc = _upgrade(_read_doc(jpath), jpath)
+            out.append(SessionSummary(
+                path=d, name=str(doc["name"]), created=str(doc["created"]),
+                updated=str(doc["updated"]), preset=(doc.get("models") or {}).get("preset"),
+                n_tokens=len(doc.get("tokens", [])),
+                n_explained=len({int(e["index"]) for e in doc.get("explanations", [])})))
+        except (NlaError, KeyError, TypeError, ValueError) as e:
+            out.append(SessionSummary(path=d, name=d.name, created="", updated="", preset=None,
+                                      n_tokens=0, n_explained=0, error=str(e)))
+    out.sort(key=lambda s: s.updated, reverse=True)
+    return out
+
+
+def rename_session(directory: str | os.PathLike, new_name: str) -> Path:
+    """Set the session's name; also move its directory to slugify(new_name) when that
+    name is free. Returns the (possibly new) directory."""
+    if not new_name.strip():
+        raise InputError("A session name cannot be empty.")
+    directory = Path(directory)
+    session = load_session(directory)
+    session.name = new_name.strip()
+    save_session(session, directory)
+    target = directory.parent / slugify(new_name)
+    if target != directory and not target.exists():
+        os.rename(directory, target)
+        return target
+    return directory
+
+
+def delete_session(directory: str | os.PathLike) -> None:
+    """Delete a session directory. Refuses directories holding files nla-tui did not
+    write, so a mistyped path can never wipe unrelated data."""
+    directory = Path(directory)
+    if not (directory / SESSION_FILE).exists():
+        raise InputError(f"{directory} is not a session directory (no {SESSION_FILE}).")
+    foreign = [p.name for p in directory.iterdir()
+               if not (p.name in (SESSION_FILE, ".lock") or _ACTS_RE.match(p.name)
+                       or (p.name.startswith(".") and p.name.endswith(".tmp")))]
+    if foreign:
+        raise InputError(f"Not deleting {directory}: it holds files nla-tui did not write "
+                         f"({', '.join(sorted(foreign)[:5])}). Remove them by hand first.")
+    shutil.rmtree(directory)
