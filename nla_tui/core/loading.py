@@ -1,0 +1,178 @@
+"""Find checkpoints (local dir or HF cache) and load them in the requested precision.
+
+One path for everything: the released hub pairs, local directories, and the demo pair
+nla-tui builds itself all go through `resolve_checkpoint` and `load_model`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .chat_template import ensure_chat_template
+from .errors import CheckpointError, NlaError
+
+QUANTS = ("nf4", "int8", "bf16", "fp32")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint on local disk."""
+
+    name: str  # what the user gave (hub id or path)
+    path: Path
+    revision: str | None  # hub commit, or a digest of the local config + weight index
+
+    @property
+    def identity(self) -> str:
+        return f"{self.name}@{self.revision}"
+
+
+def _local_revision(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in ("config.json", "model.safetensors.index.json", "nla_meta.yaml"):
+        p = path / f
+        if p.is_file():
+            h.update(p.read_bytes())
+    st = path / "model.safetensors"
+    if st.is_file():
+        h.update(str(st.stat().st_size).encode())
+    return "local-" + h.hexdigest()[:16]
+
+
+def _download_hint(repo: str) -> str:
+    gated = repo.startswith(("google/", "meta-llama/")) or "gemma" in repo.lower() or "llama" in repo.lower()
+    hint = (f"Download it on a machine with internet access: `huggingface-cli download {repo}` "
+            f"(or `hf download {repo}`), then copy the HF cache (HF_HOME, now "
+            f"{os.environ.get('HF_HOME', '~/.cache/huggingface')}) here, or pass a local directory instead.")
+    if gated:
+        hint += (f" This repo is gated: accept the licence at https://huggingface.co/{repo} and set "
+                 f"HF_TOKEN to a token with read access before downloading.")
+    return hint
+
+
+def resolve_checkpoint(name: str | Path) -> Checkpoint:
+    """A local directory, or a hub id looked up in the HF cache (downloading only if
+    the hub is reachable and HF_HUB_OFFLINE is not set). Never a stack trace."""
+    p = Path(name).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise CheckpointError(f"{p} has no config.json: not a Hugging Face model directory.")
+        return Checkpoint(str(name), p.resolve(), _local_revision(p))
+    s = str(name)
+    if s.startswith((".", "/", "~")) or s.count("/") != 1:
+        raise NlaError(f"{s!r} is neither an existing directory nor a hub id of the form owner/name.")
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
+        raise NlaError("huggingface_hub is missing; reinstall nla-tui.") from None
+    try:
+        local = snapshot_download(s, allow_patterns=["*.json", "*.safetensors", "*.yaml", "*.model", "*.jinja", "*.txt"])
+    except GatedRepoError:
+        raise NlaError(f"{s} is a gated model and this machine has no access to it. {_download_hint(s)}") from None
+    except RepositoryNotFoundError:
+        raise NlaError(f"{s} does not exist on the hub (or is private). Check the id. {_download_hint(s)}") from None
+    except Exception as e:  # offline, no cache entry, network down: all the same to the user
+        raise NlaError(f"{s} is not in the local Hugging Face cache and could not be downloaded "
+                       f"({type(e).__name__}). {_download_hint(s)}") from None
+    path = Path(local)
+    return Checkpoint(s, path, path.name if len(path.name) == 40 else _local_revision(path))
+
+
+def load_tokenizer(ckpt: Checkpoint):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(ckpt.path))
+    except Exception as e:
+        raise CheckpointError(f"Could not load the tokenizer of {ckpt.name} ({e}). "
+                              f"The directory needs tokenizer.json / tokenizer_config.json.") from None
+    ensure_chat_template(tok)
+    return tok
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_quant(device: str) -> str:
+    # nf4 is the product's choice on a GPU (three 27B models in ~41 GiB); on CPU the
+    # demo is small and fp32 is both faster and exact.
+    return "nf4" if device.startswith("cuda") else "fp32"
+
+
+def _quant_kwargs(quant: str, device: str) -> dict[str, Any]:
+    if quant not in QUANTS:
+        raise NlaError(f"Unknown --quant {quant!r}; choose one of {', '.join(QUANTS)}.")
+    compute = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if quant == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        return {"quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
+            llm_int8_skip_modules=["lm_head", "multi_modal_projector", "vision_tower"]), "dtype": compute}
+    if quant == "int8":
+        from transformers import BitsAndBytesConfig
+
+        return {"quantization_config": BitsAndBytesConfig(
+            load_in_8bit=True, llm_int8_skip_modules=["lm_head", "multi_modal_projector", "vision_tower"]),
+            "dtype": compute}
+    return {"dtype": torch.bfloat16 if quant == "bf16" else torch.float32}
+
+
+def is_multimodal(config) -> bool:
+    return hasattr(config, "text_config") and getattr(config, "model_type", "") == "gemma3"
+
+
+def load_model(ckpt: Checkpoint, quant: str, device: str, device_map: Any = None):
+    """Load a causal LM, text-only or Gemma 3's multimodal wrapper, in `quant`."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(str(ckpt.path))
+    except Exception as e:
+        raise CheckpointError(f"{ckpt.name}: config.json could not be read ({e}).") from None
+    if is_multimodal(config):
+        from transformers import Gemma3ForConditionalGeneration as cls
+    else:
+        cls = AutoModelForCausalLM
+    kwargs = _quant_kwargs(quant, device)
+    kwargs["device_map"] = device_map if device_map is not None else {"": device}
+    try:
+        model = cls.from_pretrained(str(ckpt.path), **kwargs)
+    except torch.cuda.OutOfMemoryError:
+        raise NlaError(f"Out of GPU memory loading {ckpt.name} in {quant}. Try --quant nf4, "
+                       f"fewer models per card (--devices), or a smaller preset.") from None
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"Could not load the weights of {ckpt.name} ({type(e).__name__}: {e}).") from None
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def text_parts(model):
+    """(decoder, lm_head) for both Gemma3ForCausalLM and the multimodal wrapper.
+    decoder has .layers, .norm and .embed_tokens (scaled by √d for Gemma)."""
+    inner = model.model
+    decoder = getattr(inner, "language_model", inner)
+    return decoder, model.get_output_embeddings()
+
+
+def text_config(model):
+    cfg = model.config
+    return cfg.text_config if is_multimodal(cfg) else cfg
+
+
+def model_device(model) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))

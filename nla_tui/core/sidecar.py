@@ -1,0 +1,231 @@
+"""The NLA sidecar `nla_meta.yaml`: parse (current and older key names) and
+validate against the live tokenizer, with errors that name the fix.
+
+Never hard-code these values: the checkpoint's sidecar is the source of truth.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import CheckpointError
+
+SIDECAR = "nla_meta.yaml"
+INJECT_PLACEHOLDER = "<INJECT>"
+SQRT_D = "sqrt_d_model"
+
+
+@dataclass(frozen=True)
+class NlaMeta:
+    role: str  # "av" | "ar" (older sidecars say actor | critic)
+    d_model: int
+    injection_char: str
+    injection_token_id: int
+    left_neighbor_id: int
+    right_neighbor_id: int
+    av_template: str | None
+    ar_template: str | None
+    injection_scale: float | None
+    mse_scale: float
+    extraction_layer: int | None
+    critic_suffix_ids: tuple[int, ...] | None
+    fve_variance: float | None  # predict-the-mean baseline; optional nla-tui extension
+    untrained: bool  # nla-tui's demo pair marks itself so the UI can say so
+    path: Path
+
+
+def _need(d: dict, key: str, where: Path, hint: str = "") -> Any:
+    if not isinstance(d, dict) or key not in d or d[key] is None:
+        raise CheckpointError(
+            f"The NLA sidecar {where} has no `{key}` field. {hint or 'Re-download the checkpoint: its nla_meta.yaml is incomplete.'}"
+        )
+    return d[key]
+
+
+def _resolve_scale(raw: Any, d_model: int, field: str, where: Path) -> float | None:
+    if raw is None:
+        return None
+    if raw == SQRT_D:
+        return math.sqrt(d_model)
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        raise CheckpointError(
+            f"{where}: `{field}` is {raw!r}; expected a number or '{SQRT_D}'. Fix the sidecar."
+        ) from None
+
+
+def read_sidecar(checkpoint_dir: str | Path) -> NlaMeta:
+    """Parse `<dir>/nla_meta.yaml`. Raises CheckpointError naming the missing piece."""
+    root = Path(checkpoint_dir)
+    path = root / SIDECAR
+    if not path.is_file():
+        raise CheckpointError(
+            f"{root} has no {SIDECAR}: it is not an NLA checkpoint. NLA AV/AR repos ship this "
+            f"sidecar beside config.json; point --av/--ar at the NLA checkpoint, not at the base model."
+        )
+    try:
+        meta = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid YAML ({e}). Re-download the checkpoint.") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} does not hold a mapping. Re-download the checkpoint.")
+    kind = meta.get("kind", "nla_model")
+    if kind != "nla_model":
+        raise CheckpointError(f"{path} has kind {kind!r}; a model checkpoint needs kind: nla_model.")
+    role = {"actor": "av", "critic": "ar"}.get(meta.get("role"), meta.get("role"))
+    if role not in ("av", "ar"):
+        raise CheckpointError(f"{path}: role is {meta.get('role')!r}; expected av|ar (or older actor|critic).")
+    d_model = int(_need(meta, "d_model", path))
+    tokens = _need(meta, "tokens", path)
+    templates = _need(meta, "prompt_templates", path)
+    extraction = meta.get("extraction") or {}
+    critic = meta.get("critic") or {}
+    layer = critic.get("extraction_layer_index", critic.get("num_hidden_layers",
+                                                            meta.get("extraction_layer_index")))
+    av_t = templates.get("av", templates.get("actor"))
+    ar_t = templates.get("ar", templates.get("critic"))
+    if role == "av" and not av_t:
+        raise CheckpointError(f"{path} has no prompt_templates.av (or older .actor). The AV cannot build its prompt.")
+    if role == "ar" and not ar_t:
+        raise CheckpointError(f"{path} has no prompt_templates.ar (or older .critic). The AR cannot build its prompt.")
+    inj_scale = _resolve_scale(extraction.get("injection_scale"), d_model, "extraction.injection_scale", path)
+    if role == "av" and inj_scale is None:
+        raise CheckpointError(
+            f"{path} has no extraction.injection_scale. The AV was trained with vectors rescaled to "
+            f"that L2 norm; without it explanations are garbage. Use the checkpoint's original sidecar."
+        )
+    mse = _resolve_scale(extraction.get("mse_scale", SQRT_D), d_model, "extraction.mse_scale", path)
+    if mse is None:
+        raise CheckpointError(f"{path}: extraction.mse_scale is null (raw-MSE mode), which nla-tui cannot score.")
+    suffix = tokens.get("critic_suffix_ids")
+    var = meta.get("fve_variance", (meta.get("nla_tui") or {}).get("fve_variance"))
+    return NlaMeta(
+        role=role,
+        d_model=d_model,
+        injection_char=str(_need(tokens, "injection_char", path)),
+        injection_token_id=int(_need(tokens, "injection_token_id", path)),
+        left_neighbor_id=int(_need(tokens, "injection_left_neighbor_id", path)),
+        right_neighbor_id=int(_need(tokens, "injection_right_neighbor_id", path)),
+        av_template=av_t,
+        ar_template=ar_t,
+        injection_scale=inj_scale,
+        mse_scale=float(mse),
+        extraction_layer=None if layer is None else int(layer),
+        critic_suffix_ids=None if suffix is None else tuple(int(i) for i in suffix),
+        fve_variance=None if var is None else float(var),
+        untrained=bool((meta.get("nla_tui") or {}).get("untrained", False)),
+        path=path,
+    )
+
+
+def template_ids(tokenizer, content: str) -> list[int]:
+    """The AV prompt as token ids, in ONE step through the chat template (so there is
+    exactly one <bos>; encoding the rendered string again would add a second)."""
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": content}], tokenize=True, add_generation_prompt=True
+    )
+    # transformers 5 may return a BatchEncoding or a nested list here.
+    if hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    if ids and isinstance(ids[0], list):
+        ids = ids[0]
+    return [int(i) for i in ids]
+
+
+def av_content(meta: NlaMeta, custom_prompt: str | None = None) -> str:
+    """The user-turn text of the AV prompt, with the injection char in place."""
+    if custom_prompt is not None:
+        if custom_prompt.count(INJECT_PLACEHOLDER) != 1:
+            raise CheckpointError(
+                f"A custom AV prompt must contain {INJECT_PLACEHOLDER} exactly once (found "
+                f"{custom_prompt.count(INJECT_PLACEHOLDER)}). Put it where the activation goes, "
+                f"e.g. 'What is <concept>{INJECT_PLACEHOLDER}</concept>?'"
+            )
+        return custom_prompt.replace(INJECT_PLACEHOLDER, meta.injection_char)
+    assert meta.av_template is not None
+    if "{injection_char}" not in meta.av_template:
+        raise CheckpointError(
+            f"{meta.path}: prompt_templates.av has no {{injection_char}} slot, so the activation "
+            f"has nowhere to go. Restore the checkpoint's original template."
+        )
+    return meta.av_template.format(injection_char=meta.injection_char)
+
+
+def find_injection_slot(meta: NlaMeta, ids: list[int], *, check_neighbors: bool = True) -> int:
+    """The one position where the vector goes: the injection token with the sidecar's
+    neighbours. Zero or several such positions is an error, never a guess."""
+    hits = [i for i, t in enumerate(ids) if t == meta.injection_token_id]
+    good = [i for i in hits if 0 < i < len(ids) - 1 and (not check_neighbors or (
+        ids[i - 1] == meta.left_neighbor_id and ids[i + 1] == meta.right_neighbor_id))]
+    if len(good) != 1:
+        detail = ""
+        if len(hits) == 1 and not good:
+            i = hits[0]
+            detail = (f" The injection token is there but its neighbours are "
+                      f"{ids[i - 1] if i > 0 else None}/{ids[i + 1] if i + 1 < len(ids) else None}, "
+                      f"the sidecar expects {meta.left_neighbor_id}/{meta.right_neighbor_id}: template drift.")
+        raise CheckpointError(
+            f"Found {len(good)} injection slots in the AV prompt (expected exactly 1; "
+            f"{len(hits)} occurrence(s) of {meta.injection_char!r}).{detail} The prompt template "
+            f"or tokenizer does not match the checkpoint's sidecar ({meta.path})."
+        )
+    return good[0]
+
+
+def validate_av(meta: NlaMeta, tokenizer, embedding_width: int | None = None) -> list[int]:
+    """Check the sidecar against the live tokenizer; return the canonical prompt ids."""
+    live = tokenizer.encode(meta.injection_char, add_special_tokens=False)
+    if live != [meta.injection_token_id]:
+        raise CheckpointError(
+            f"Tokenizer drift: {meta.injection_char!r} encodes to {live}, the sidecar says "
+            f"[{meta.injection_token_id}]. The tokenizer files do not belong to this checkpoint; "
+            f"re-download the AV repo so tokenizer.json matches {meta.path}."
+        )
+    if tokenizer.unk_token_id is not None and live[0] == tokenizer.unk_token_id:
+        raise CheckpointError(f"{meta.injection_char!r} maps to <unk>: wrong tokenizer for {meta.path}.")
+    if embedding_width is not None and embedding_width != meta.d_model:
+        raise CheckpointError(
+            f"The AV's embedding width is {embedding_width} but its sidecar says d_model={meta.d_model}: "
+            f"the weights and {meta.path} come from different models."
+        )
+    ids = template_ids(tokenizer, av_content(meta))
+    bos = tokenizer.bos_token_id
+    if bos is not None and ids[:2] == [bos, bos]:
+        raise CheckpointError(
+            "The AV prompt starts with two <bos> tokens: the chat template adds one and so does "
+            "the tokenizer. Every position would shift; fix the tokenizer_config (add_bos_token)."
+        )
+    find_injection_slot(meta, ids)
+    return ids
+
+
+def validate_ar(meta: NlaMeta, tokenizer, num_layers: int | None = None) -> None:
+    """The AR must be trained WITH <bos> (Gemma/Llama): check add_special_tokens adds it."""
+    bos = tokenizer.bos_token_id
+    probe = tokenizer("x", add_special_tokens=True)["input_ids"]
+    if bos is not None and probe[0] != bos:
+        raise CheckpointError(
+            f"The AR tokenizer has <bos> id {bos} but does not add it (first token {probe[0]}). "
+            f"The AR was trained with <bos>; without it FVE collapses. Set add_bos_token: true."
+        )
+    if "{explanation}" not in (meta.ar_template or ""):
+        raise CheckpointError(f"{meta.path}: prompt_templates.ar has no {{explanation}} slot.")
+    if meta.critic_suffix_ids:
+        ids = tokenizer(meta.ar_template.format(explanation="x"), add_special_tokens=True)["input_ids"]
+        n = len(meta.critic_suffix_ids)
+        if tuple(ids[-n:]) != meta.critic_suffix_ids:
+            raise CheckpointError(
+                f"AR prompt suffix drift: the template ends in tokens {ids[-n:]}, the sidecar expects "
+                f"{list(meta.critic_suffix_ids)}. The tokenizer does not match {meta.path}."
+            )
+    if num_layers is not None and meta.extraction_layer is not None and num_layers != meta.extraction_layer + 1:
+        raise CheckpointError(
+            f"The AR has {num_layers} layers but its sidecar says layer K={meta.extraction_layer}, "
+            f"so it should have K+1={meta.extraction_layer + 1}. Wrong config.json or sidecar."
+        )
