@@ -1,0 +1,72 @@
+"""Helpers for the session/cache/export tests (no conftest: the lead owns that).
+
+`make_session` builds a format-level session: these tests check bytes on disk and
+markup, which do not depend on what a model produced. Tests whose behaviour does
+depend on the model (cache hits skipping model calls) use the real demo engine.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+
+from nla_tui.core.session import Session
+from nla_tui.core.types import (Candidate, Explanation, Message, ModelInfo, Sampling, Score,
+                                TokenInfo)
+
+TEXTS = ["<bos>", "<start_of_turn>", "user", "\n", "Why", " is", " the", " sky", " blue", "?",
+         " | pipes | ", "</script>", " émoji 🌈", "`tick`", "<end_of_turn>"]
+
+
+def make_info(d_model: int = 16, preset: str | None = "demo") -> ModelInfo:
+    return ModelInfo(preset=preset, subject="google/gemma-3-270m", av="nla-demo/av",
+                     ar="nla-demo/ar", layer=6, quant="fp32", device="cpu", d_model=d_model,
+                     revision={"subject": "abc123", "av": None, "ar": None},
+                     injection_scale=80.0, mse_scale=1.0, fve_variance=0.06, untrained_av=True)
+
+
+def make_session(n_tokens: int = 15, d_model: int = 16, seed: int = 0, name: str = "sky",
+                 n_explained: int = 4) -> Session:
+    rng = np.random.default_rng(seed)
+    acts = rng.standard_normal((n_tokens, d_model)).astype(np.float32)
+    # Values that a lossy round trip (text, float64, fp16) would mangle.
+    acts.flat[:4] = [-0.0, np.float32(1e-40), np.finfo(np.float32).max, np.float32(np.pi)]
+    tokens = []
+    for i in range(n_tokens):
+        text = TEXTS[i % len(TEXTS)]
+        role = "bos" if i == 0 else "special" if text.startswith("<") else "user"
+        tokens.append(TokenInfo(index=i, token_id=1000 + i, text=text, role=role,
+                                turn=-1 if i == 0 else 0, norm=float(np.linalg.norm(acts[i].astype(np.float64))),
+                                top=[Candidate(7, " the", 0.5), Candidate(8, "\n", 0.25)]))
+    explanations = []
+    for k, i in enumerate(range(1, n_tokens, max(1, n_tokens // max(n_explained, 1)))):
+        if k >= n_explained:
+            break
+        score = None if k == 0 else Score(cos=0.9 - 0.1 * k, mse_nrm=0.2 + 0.2 * k,
+                                          fve_nrm=None if k == 1 else 0.8 - 0.3 * k)
+        explanations.append(Explanation(
+            index=i, text=f"explanation {k} of “{tokens[i].text}” | with </b> markup",
+            raw=f"<explanation>explanation {k}</explanation>",
+            sampling=Sampling(temperature=0.0 if k % 2 == 0 else 0.7, seed=k),
+            prompt=None if k < 2 else "Describe <INJECT>", score=score,
+            truncated=k == 3, warnings=["short"] if k == 3 else [], untrained_av=True))
+    messages = [Message("user", "Why is the sky blue? | pipes | </script> émoji 🌈"),
+                Message("assistant", "Rayleigh *scattering*.")]
+    return Session(name=name, info=make_info(d_model), messages=messages, tokens=tokens,
+                   explanations=explanations, activations=acts,
+                   created="2026-01-02T03:04:05+00:00")
+
+
+def chromium_binary() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def chromium_flags(user_data_dir: str) -> list[str]:
+    return ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={user_data_dir}"]
