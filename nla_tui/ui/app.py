@@ -1,0 +1,361 @@
+"""The nla-tui application: chat, token strip and explanation pane over one worker.
+
+The app never runs a model: it submits jobs to a worker (core.worker.EngineWorker,
+or a ReplayWorker over a saved session) and folds the events it posts back. The
+worker's callback runs on the worker thread and only calls `post_message`, which
+is thread-safe, so a slow model never blocks a key press.
+"""
+
+from __future__ import annotations
+
+import itertools
+from argparse import Namespace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol
+
+from textual import events
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Input
+
+from ..core import events as ev
+from ..core.errors import NlaError
+from ..core.types import Sampling
+from .messages import EngineEvent
+from .screens.dialogs import PromptDialog, ValueDialog, check_temperature
+from .screens.help import HelpScreen
+from .state import UiState, job_kind
+from .transcript import load_transcript
+from .widgets.chat import ChatPane
+from .widgets.explanation import ExplanationPane, explanation_text
+from .widgets.status import ExplainAllBar, Legend, StatusLine, legend_text, status_text
+from .widgets.token_strip import TokenStrip
+
+NARROW = 100  # below this many columns the explanation pane folds under the strip
+RESAMPLE_TEMPERATURE = 0.7  # r / n from greedy settings: sampling needs some temperature
+EXAMPLE_PROMPT = "What does <concept><INJECT></concept> mean? Answer in <explanation></explanation> tags."
+
+
+class WorkerLike(Protocol):
+    def start(self) -> None: ...
+    def submit(self, job: ev.Job) -> None: ...
+    def cancel_current(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+WorkerFactory = Callable[[Callable[[ev.Event], None]], WorkerLike]
+
+
+class NlaApp(App[None]):
+    CSS_PATH = "app.tcss"
+    TITLE = "nla-tui"
+    AUTO_FOCUS = "#strip"  # keys drive the strip from the first frame
+    BINDINGS = [
+        Binding("ctrl+q", "quit", "quit", priority=True),
+        Binding("escape", "cancel", "cancel"),
+        Binding("question_mark,f1", "help", "help"),
+        Binding("e", "explain", "explain"),
+        Binding("r", "resample", "resample"),
+        Binding("n", "samples", "4 samples"),
+        Binding("a", "explain_all(False)", "explain all"),
+        Binding("A,shift+a", "explain_all(True)", "explain turn", show=False),
+        Binding("t", "temperature", "temp", show=False),
+        Binding("p", "prompt", "prompt", show=False),
+        Binding("s", "toggle_special", "specials", show=False),
+        Binding("x", "toggle_auto", "auto-explain", show=False),
+        Binding("y", "copy", "copy", show=False),
+        Binding("i", "focus_input", "chat", show=False),
+        Binding("o", "open_transcript", "open", show=False),
+    ]
+
+    def __init__(self, worker_factory: WorkerFactory, options: Namespace | None = None) -> None:
+        super().__init__()
+        self.worker_factory = worker_factory
+        self.options = options or Namespace()
+        self.state = UiState()
+        self.worker: WorkerLike | None = None
+        self.temperature = 0.0
+        self.av_prompt: str | None = None
+        self.auto_explain = False
+        self._seeds = itertools.count(1)
+        self._auto_timer = None
+
+    # ------------------------------------------------------------ layout
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="main"):
+            with Vertical(id="left"):
+                yield ChatPane(id="chat")
+                yield TokenStrip(self.state, id="strip")
+                yield Legend(legend_text(True), id="legend")
+            yield ExplanationPane(self.state, id="side")
+        yield ExplainAllBar(id="allbar")
+        yield StatusLine(id="status")
+        yield Footer()
+
+    @property
+    def strip(self) -> TokenStrip:
+        return self.query_one(TokenStrip)
+
+    @property
+    def chat(self) -> ChatPane:
+        return self.query_one(ChatPane)
+
+    @property
+    def pane(self) -> ExplanationPane:
+        return self.query_one(ExplanationPane)
+
+    def on_mount(self) -> None:
+        self._fold(self.size.width)
+        self.pane.show(-1)
+        self._update_status()
+        self.strip.focus()
+        self.worker = self.worker_factory(self._emit)
+        self.worker.start()
+        self.worker.submit(ev.LoadModels())
+        messages = getattr(self.options, "messages", None)
+        if messages:
+            self.open_transcript(messages)
+
+    def on_unmount(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._fold(event.size.width)
+
+    def _fold(self, width: int) -> None:
+        self.screen.set_class(width < NARROW, "-narrow")
+
+    def _emit(self, event: ev.Event) -> None:
+        """The worker's callback (worker thread): hand the event to the UI thread."""
+        self.post_message(EngineEvent(event))
+
+    def submit(self, job: ev.Job) -> None:
+        if self.worker is not None:
+            self.worker.submit(job)
+
+    # ------------------------------------------------------------ events
+
+    def on_engine_event(self, message: EngineEvent) -> None:
+        e = message.event
+        st, strip = self.state, self.strip
+        following = strip.follow
+        st.apply(e)
+        if isinstance(e, ev.ChatStarted):
+            strip.follow = following or strip.cursor < 0
+            strip.refresh_tokens()
+        elif isinstance(e, ev.ChatDelta):
+            self.chat.append_reply(e.text)
+            strip.refresh_pending()
+        elif isinstance(e, ev.ConversationUpdated):
+            self.chat.set_messages(st.messages)
+            strip.refresh_tokens()
+            self.pane.show(strip.cursor)
+        elif isinstance(e, (ev.ExplainStarted, ev.ExplainDelta, ev.ExplainDone)):
+            if isinstance(e, ev.ExplainDone):
+                strip.refresh_index(e.index)
+            if e.index == strip.cursor:
+                self.pane.show(strip.cursor)
+        elif isinstance(e, ev.ExplainAllProgress):
+            bar = self.query_one(ExplainAllBar)
+            bar.display = st.all_progress is not None
+            bar.show_progress(e.done, e.total, e.eta_s)
+        elif isinstance(e, (ev.JobFinished, ev.JobFailed)):
+            self._job_ended(e)
+        elif isinstance(e, ev.ModelsReady):
+            self.pane.show(strip.cursor)
+        self._update_status()
+
+    def _job_ended(self, e: ev.JobFinished | ev.JobFailed) -> None:
+        kind = job_kind(e.job)
+        if kind == "explain_all":
+            self.query_one(ExplainAllBar).display = False
+        if kind == "chat" and self.state.reply is None:
+            self.strip.refresh_pending()
+        if isinstance(e, ev.JobFailed):
+            self.notify(e.message, title=f"{e.job} failed", severity="error", timeout=8)
+        elif e.cancelled:
+            self.notify(f"{e.job} cancelled", timeout=3)
+        self.pane.show(self.strip.cursor)
+
+    def on_token_strip_cursor_moved(self, message: TokenStrip.CursorMoved) -> None:
+        self.pane.show(message.index)
+        if self.auto_explain and self.state.best(message.index) is None:
+            if self._auto_timer is not None:
+                self._auto_timer.stop()
+            # Debounced: holding → submits once when the cursor settles, and the
+            # worker supersedes a queued explain anyway.
+            self._auto_timer = self.set_timer(0.25, self.action_explain)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id != "chat-input":
+            return
+        text = event.value.strip()
+        if not text:
+            self.notify("Type a message first.", severity="warning")
+            return
+        if self.state.reply is not None:
+            self.notify("A reply is still streaming; wait for it or press Esc to cancel.",
+                        severity="warning")
+            return
+        event.input.clear()
+        self.chat.start_reply(text)
+        self.strip.follow = True
+        self.submit(ev.Chat(text))
+        self.strip.focus()
+
+    def _update_status(self) -> None:
+        self.query_one(StatusLine).update(
+            status_text(self.state, self.temperature, self.auto_explain))
+
+    # ------------------------------------------------------------ actions
+
+    def _cursor(self) -> int | None:
+        index = self.strip.cursor
+        if index < 0:
+            self.notify("No token yet: chat first (i) or open a transcript (o).",
+                        severity="warning")
+            return None
+        return index
+
+    def _sampling(self, resample: bool) -> Sampling:
+        if not resample:
+            return Sampling(temperature=self.temperature)
+        return Sampling(temperature=self.temperature or RESAMPLE_TEMPERATURE, seed=next(self._seeds))
+
+    def action_explain(self) -> None:
+        index = self._cursor()
+        if index is not None:
+            self.submit(ev.Explain(index, self._sampling(False), self.av_prompt))
+
+    def action_resample(self) -> None:
+        index = self._cursor()
+        if index is not None:
+            self.submit(ev.Explain(index, self._sampling(True), self.av_prompt, force=True))
+
+    def action_samples(self) -> None:
+        index = self._cursor()
+        if index is not None:
+            self.submit(ev.Explain(index, self._sampling(True), self.av_prompt, samples=4,
+                                   force=True))
+
+    def action_explain_all(self, turn_only: bool) -> None:
+        index = self._cursor()
+        if index is None:
+            return
+        toks = self.state.tokens
+        turn = toks[index].turn
+        indices = [i for i in self.strip.shown_indices if i not in self.state.explanations
+                   and (not turn_only or toks[i].turn == turn)]
+        if not indices:
+            self.notify("Every token there is already explained.")
+            return
+        bar = self.query_one(ExplainAllBar)
+        bar.display = True
+        bar.show_progress(0, len(indices), None)
+        self.submit(ev.ExplainAll(indices, self._sampling(False), self.av_prompt))
+
+    def action_cancel(self) -> None:
+        if self.worker is not None:
+            self.worker.cancel_current()
+        if isinstance(self.focused, Input):
+            self.strip.focus()
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_toggle_special(self) -> None:
+        strip = self.strip
+        strip.show_special = not strip.show_special
+        strip.refresh_tokens()
+        self.query_one(Legend).update(legend_text(strip.show_special))
+        self.pane.show(strip.cursor)
+
+    def action_toggle_auto(self) -> None:
+        self.auto_explain = not self.auto_explain
+        self.notify(f"auto-explain {'on' if self.auto_explain else 'off'}", timeout=2)
+        self._update_status()
+
+    def action_copy(self) -> None:
+        best = self.state.best(self.strip.cursor) if self.strip.cursor >= 0 else None
+        if best is None:
+            self.notify("Nothing to copy: explain this token first (e).", severity="warning")
+            return
+        self.copy_to_clipboard(explanation_text(best))
+        self.notify("Explanation copied (OSC 52).", timeout=2)
+
+    def action_focus_input(self) -> None:
+        self.chat.input.focus()
+
+    def action_temperature(self) -> None:
+        def done(value: str | None) -> None:
+            if value is not None:
+                self.temperature = float(value)
+                self._update_status()
+        self.push_screen(ValueDialog("AV temperature (0 = greedy, up to 2)", f"{self.temperature:g}",
+                                     validate=check_temperature), done)
+
+    def action_prompt(self) -> None:
+        def done(value: str | None) -> None:
+            if value is None:
+                return
+            self.av_prompt = value or None
+            self.notify("AV prompt: " + ("custom" if value else "checkpoint default"), timeout=3)
+        self.push_screen(PromptDialog(self.av_prompt or EXAMPLE_PROMPT), done)
+
+    def action_open_transcript(self) -> None:
+        def done(value: str | None) -> None:
+            if value:
+                self.open_transcript(value)
+        self.push_screen(ValueDialog("Open transcript (JSON list of {role, content})",
+                                     placeholder="path/to/chat.json"), done)
+
+    def open_transcript(self, path: str | Path) -> None:
+        try:
+            messages = load_transcript(path)
+        except NlaError as e:
+            self.notify(str(e), title="Cannot open transcript", severity="error", timeout=10)
+            return
+        self.strip.follow = False
+        self.submit(ev.SetConversation(messages))
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Explain token", "Explain the token under the cursor (e)", self.action_explain)
+        yield SystemCommand("Resample explanation", "New sample at temperature > 0 (r)", self.action_resample)
+        yield SystemCommand("Rank 4 samples", "Draw 4 explanations, best AR score first (n)",
+                            self.action_samples)
+        yield SystemCommand("Explain all", "Explain every token in the background (a)",
+                            lambda: self.action_explain_all(False))
+        yield SystemCommand("Explain current turn", "Explain every token of this turn (A)",
+                            lambda: self.action_explain_all(True))
+        yield SystemCommand("Cancel", "Cancel the running job (Esc)", self.action_cancel)
+        yield SystemCommand("Set temperature", "AV sampling temperature (t)", self.action_temperature)
+        yield SystemCommand("Edit AV prompt", "Custom prompt with <INJECT> (p)", self.action_prompt)
+        yield SystemCommand("Toggle special tokens", "Show/hide <bos> and turn markers (s)",
+                            self.action_toggle_special)
+        yield SystemCommand("Toggle auto-explain", "Explain the cursor token as you move (x)",
+                            self.action_toggle_auto)
+        yield SystemCommand("Copy explanation", "Copy via OSC 52 (y)", self.action_copy)
+        yield SystemCommand("Open transcript", "Load a JSON chat transcript (o)", self.action_open_transcript)
+        yield SystemCommand("Keys", "Every key binding (?)", self.action_help)
+
+
+def create_app(worker_factory: WorkerFactory, options: Namespace | None = None) -> NlaApp:
+    """The app factory shared by the CLI and the tests (tests pass a ReplayWorker)."""
+    from .terminal import apply_color_system
+
+    apply_color_system(getattr(options, "color_system", None))
+    return NlaApp(worker_factory, options)
+
+
+def run_app(options: Any) -> None:
+    """Entry for `nla-tui` and `nla-tui open PATH` (called by nla_tui.cli)."""
+    from .engine_factory import worker_factory_for
+
+    app = create_app(worker_factory_for(options), options)
+    app.run(mouse=not getattr(options, "no_mouse", False))

@@ -1,0 +1,45 @@
+"""Every key of the app in one table: the help screen and docs/TUI.md read it."""
+
+from __future__ import annotations
+
+KEYS: list[tuple[str, list[tuple[str, str]]]] = [
+    ("Token strip", [
+        ("← / →", "previous / next token"),
+        ("ctrl+← / ctrl+→, b / w", "previous / next word"),
+        ("↑ / ↓", "token on the row above / below"),
+        ("Home / End", "first / last token (End follows a streaming reply)"),
+        ("PgUp / PgDn", "previous / next turn"),
+        ("s", "show / hide special tokens (<bos>, turn markers)"),
+    ]),
+    ("Explanations", [
+        ("e", "explain the token under the cursor"),
+        ("r", "resample (new seed; temperature ≥ 0.7 if greedy)"),
+        ("n", "draw 4 samples, ranked by AR score"),
+        ("t", "set the AV sampling temperature (0 = greedy)"),
+        ("p", "edit the AV prompt (must contain <INJECT>)"),
+        ("x", "auto-explain the token under the cursor on/off"),
+        ("a", "explain every token of the conversation (background)"),
+        ("A", "explain every token of the current turn"),
+        ("y", "copy the explanation (OSC 52, works over SSH)"),
+    ]),
+    ("Chat", [
+        ("i / Tab", "focus the message box"),
+        ("Enter", "send the message (the reply streams in)"),
+        ("o", "open a transcript (JSON list of {role, content})"),
+    ]),
+    ("App", [
+        ("Esc", "cancel the running job (leave the message box)"),
+        ("? / F1", "this help"),
+        ("ctrl+p", "command palette"),
+        ("ctrl+q", "quit"),
+    ]),
+]
+
+
+def keys_markdown() -> str:
+    lines = []
+    for section, rows in KEYS:
+        lines += [f"### {section}", "", "| Key | Action |", "|---|---|"]
+        lines += [f"| {k.replace('|', '/')} | {v.replace('<', '&lt;')} |" for k, v in rows]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Screens and dialogs. The session browser (another issue) belongs here too."""

@@ -1,0 +1,150 @@
+"""What the UI knows about the conversation, folded from worker events.
+
+Pure Python (no Textual) so the folding rules are unit-testable and the widgets
+only read from it. One instance lives on the app; the app applies every core
+event here first, then tells the widgets what changed.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+from ..core import events as ev
+from ..core.types import NOISY_PREFIX, Explanation, Message, ModelInfo, TokenInfo
+
+# A token whose activation norm exceeds this multiple of the conversation's
+# median is flagged: such positions (often <bos> and early tokens) are
+# attention sinks the AV was never trained to read.
+OUTLIER_NORM_FACTOR = 4.0
+
+SPECIAL_ROLES = ("bos", "special")
+
+
+def job_kind(job: str) -> str:
+    """Classify the worker's job name ('ExplainAll', 'explain-cursor', 'chat:…')."""
+    j = job.lower().replace("-", "").replace("_", "")
+    if j.startswith("explainall"):
+        return "explain_all"
+    if j.startswith("explain"):
+        return "explain"
+    if j.startswith("chat") or j.startswith("setconversation"):
+        return "chat"
+    if j.startswith("load"):
+        return "load"
+    return "other"
+
+
+@dataclass
+class UiState:
+    info: ModelInfo | None = None
+    messages: list[Message] = field(default_factory=list)
+    tokens: list[TokenInfo] = field(default_factory=list)
+    # Finished explanations per token index, best first (several when sampled).
+    explanations: dict[int, list[Explanation]] = field(default_factory=dict)
+    # Text streaming in for an index being explained right now.
+    partial: dict[int, str] = field(default_factory=dict)
+    explaining: int | None = None
+    reply: str | None = None  # assistant text streaming in; None when not chatting
+    load: dict[str, float] = field(default_factory=dict)  # model -> fraction
+    load_message: str = ""
+    queue_depth: int = 0
+    all_progress: ev.ExplainAllProgress | None = None
+    median_norm: float = 0.0
+
+    # ------------------------------------------------------------ folding
+
+    def apply(self, event: ev.Event) -> None:
+        """Fold one core event into the state."""
+        if isinstance(event, ev.LoadProgress):
+            self.load[event.model] = event.fraction
+            self.load_message = event.message
+        elif isinstance(event, ev.ModelsReady):
+            self.info = event.info
+            self.load = {}
+            self.load_message = ""
+        elif isinstance(event, ev.ChatStarted):
+            self.set_tokens(event.tokens)
+            self.reply = ""
+        elif isinstance(event, ev.ChatDelta):
+            self.reply = (self.reply or "") + event.text
+        elif isinstance(event, ev.ConversationUpdated):
+            self.messages = list(event.messages)
+            self.set_tokens(event.tokens)
+            self.reply = None
+        elif isinstance(event, ev.ExplainStarted):
+            self.explaining = event.index
+            self.partial[event.index] = ""
+        elif isinstance(event, ev.ExplainDelta):
+            self.partial[event.index] = event.text
+        elif isinstance(event, ev.ExplainDone):
+            self.partial.pop(event.index, None)
+            if self.explaining == event.index:
+                self.explaining = None
+            if event.explanations:
+                self.explanations[event.index] = list(event.explanations)
+        elif isinstance(event, ev.ExplainAllProgress):
+            self.all_progress = None if event.done >= event.total else event
+        elif isinstance(event, (ev.JobFinished, ev.JobFailed)):
+            kind = job_kind(event.job)
+            ended_badly = isinstance(event, ev.JobFailed) or event.cancelled
+            if kind == "explain_all":
+                self.all_progress = None
+            if kind == "chat" and ended_badly:
+                self.reply = None
+            if kind in ("explain", "explain_all") and ended_badly:
+                self.partial.clear()
+                self.explaining = None
+        elif isinstance(event, ev.QueueDepth):
+            self.queue_depth = event.depth
+
+    def set_tokens(self, tokens: list[TokenInfo]) -> None:
+        # A changed prefix invalidates explanations: keep only those whose token
+        # is still the same token at the same position.
+        old = self.tokens
+        keep = {
+            i for i in self.explanations
+            if i < len(old) and i < len(tokens) and old[i].token_id == tokens[i].token_id
+        }
+        self.explanations = {i: v for i, v in self.explanations.items() if i in keep}
+        self.tokens = list(tokens)
+        norms = [t.norm for t in tokens if t.role not in SPECIAL_ROLES] or [t.norm for t in tokens]
+        self.median_norm = statistics.median(norms) if norms else 0.0
+
+    # ------------------------------------------------------------ queries
+
+    @property
+    def untrained_av(self) -> bool:
+        return bool(self.info and self.info.untrained_av)
+
+    def best(self, index: int) -> Explanation | None:
+        found = self.explanations.get(index)
+        return found[0] if found else None
+
+    def is_outlier(self, index: int) -> bool:
+        tok = self.tokens[index]
+        return self.median_norm > 0 and tok.norm > OUTLIER_NORM_FACTOR * self.median_norm
+
+    def noisy_reason(self, index: int) -> str | None:
+        """Why this position's explanation should not be trusted, if it shouldn't."""
+        if index < NOISY_PREFIX:
+            return f"position {index} is in the first {NOISY_PREFIX} tokens: little context, noisy activation"
+        if self.is_outlier(index):
+            ratio = self.tokens[index].norm / self.median_norm
+            return f"activation norm is {ratio:.0f}x the median: an outlier the AV was not trained on"
+        return None
+
+    def explained_count(self) -> int:
+        return len(self.explanations)
+
+    def turn_of_role(self, turn: int) -> str:
+        """The role shown for a turn: the message's role, 'bos' for turn -1."""
+        if turn < 0:
+            return "bos"
+        if turn < len(self.messages):
+            role = self.messages[turn].role
+            return "model" if role == "assistant" else role
+        for t in self.tokens:
+            if t.turn == turn and t.role not in SPECIAL_ROLES:
+                return t.role
+        return "model" if self.reply is not None else "user"

@@ -1,0 +1,73 @@
+"""The chat pane: the conversation so far, the reply streaming in, an input box."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.containers import Vertical, VerticalScroll
+from textual.widgets import Input, Static
+
+from ...core.types import Message
+
+_ROLE_NAMES = {"user": "you", "assistant": "model", "system": "system"}
+
+
+class ChatMessage(Static):
+    def __init__(self, role: str, content: str, streaming: bool = False) -> None:
+        super().__init__(classes=f"msg -{role}")
+        self.role = role
+        self.content = content
+        self.streaming = streaming
+        self._paint()
+
+    def _paint(self) -> None:
+        t = Text()
+        t.append(f"{_ROLE_NAMES.get(self.role, self.role)}: ", style="bold")
+        t.append(self.content)
+        if self.streaming:
+            t.append("▌", style="blink")
+        self.update(t)
+
+    def append(self, text: str) -> None:
+        self.content += text
+        self._paint()
+
+    def finish(self) -> None:
+        self.streaming = False
+        self._paint()
+
+
+class ChatPane(Vertical):
+    def compose(self):
+        yield VerticalScroll(id="chat-log")
+        yield Input(placeholder="message the subject model · Enter sends", id="chat-input")
+
+    @property
+    def log(self) -> VerticalScroll:
+        return self.query_one("#chat-log", VerticalScroll)
+
+    @property
+    def input(self) -> Input:
+        return self.query_one("#chat-input", Input)
+
+    def set_messages(self, messages: list[Message]) -> None:
+        log = self.log
+        log.remove_children()
+        log.mount_all([ChatMessage(m.role, m.content) for m in messages])
+        log.scroll_end(animate=False)
+
+    def start_reply(self, user_text: str | None) -> None:
+        new = [ChatMessage("user", user_text)] if user_text is not None else []
+        new.append(ChatMessage("assistant", "", streaming=True))
+        self.log.mount_all(new)
+        self.log.scroll_end(animate=False)
+
+    def append_reply(self, text: str) -> None:
+        msgs = self.log.query(ChatMessage)
+        if msgs and msgs.last().streaming:
+            msgs.last().append(text)
+            self.log.scroll_end(animate=False)
+
+    @property
+    def reply_text(self) -> str:
+        msgs = self.log.query(ChatMessage)
+        return msgs.last().content if msgs else ""

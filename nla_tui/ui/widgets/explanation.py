@@ -1,0 +1,127 @@
+"""The explanation pane: everything known about the token under the cursor."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.containers import VerticalScroll
+from textual.widgets import Static
+
+from ...core.types import Explanation, Sampling
+from ..state import UiState
+from .colors import fidelity_t, legend_swatch
+from .strip_layout import display_text
+
+UNTRAINED_NOTE = ("demo pair: the AV is untrained, so these explanations are not faithful "
+                  "(they exercise the pipeline only)")
+_LABEL_STYLE = {"good": "bold green", "mediocre": "bold yellow", "poor": "bold red"}
+
+
+def explanation_text(ex: Explanation) -> str:
+    """What `y` copies: the explanation and its score on one block."""
+    s = ex.score
+    score = "" if s is None else (
+        f"\n[{s.label}] cos={s.cos:.3f} mse_nrm={s.mse_nrm:.3f}"
+        + ("" if s.fve_nrm is None else f" fve_nrm={s.fve_nrm:.3f}"))
+    return f"{ex.text}{score}"
+
+
+def _score_line(ex: Explanation) -> Text:
+    t = Text()
+    s = ex.score
+    if s is None:
+        return Text("score: not scored (no AR)", style="dim")
+    t.append(" ", style=legend_swatch("fid", fidelity_t(s)))
+    t.append(f" {s.label} ", style=_LABEL_STYLE[s.label])
+    t.append(f" cos {s.cos:.3f} · mse_nrm {s.mse_nrm:.3f} · fve_nrm ")
+    t.append("n/a (no variance baseline)" if s.fve_nrm is None else f"{s.fve_nrm:.3f}")
+    return t
+
+
+def _sampling_note(sp: Sampling, prompt: str | None) -> str:
+    how = "greedy" if sp.temperature == 0 else f"t={sp.temperature:g} seed={sp.seed}"
+    return f"{how} · max {sp.max_new_tokens} tok · prompt: {'custom' if prompt else 'default'}"
+
+
+def render_token(state: UiState, index: int) -> Text:
+    """The whole pane as Rich Text (kept pure so tests can read it)."""
+    out = Text()
+    if not 0 <= index < len(state.tokens):
+        out.append("No token selected.\n", style="bold")
+        out.append("Type a message in the chat box (i) and press Enter, or open a "
+                   "transcript (o). Then move along the token strip with ←/→ and press e.",
+                   style="dim")
+        return out
+    tok = state.tokens[index]
+    out.append(f"“{display_text(tok.text)}”", style="bold reverse")
+    out.append(f" #{tok.index} · id {tok.token_id} · {tok.role} · turn {tok.turn}")
+    ratio = f" ({tok.norm / state.median_norm:.1f}×)" if state.median_norm else ""
+    out.append(f" · norm {tok.norm:.1f}{ratio}\n", style="dim")
+    noisy = state.noisy_reason(index)
+    if noisy:
+        out.append(f"⚠ {noisy}\n", style="yellow")
+    exps = state.explanations.get(index, [])
+    untrained = state.untrained_av or any(e.untrained_av for e in exps)
+    out.append("explanation", style="bold underline")
+    if untrained:
+        out.append(" [untrained AV: not faithful]", style="magenta")
+    partial = state.partial.get(index)
+    if partial is not None:
+        out.append("  (writing…)\n", style="italic dim")
+        out.append(partial or "…", style="italic")
+        out.append("\n")
+    elif not exps:
+        queued = "  (running…)" if state.explaining == index else ""
+        out.append(f"{queued}\n")
+        out.append("not explained yet: press e (n for 4 ranked samples, a for all)\n", style="dim")
+    if exps:
+        best = exps[0]
+        if partial is not None:
+            out.append("previous:\n", style="dim")
+        else:
+            out.append("\n")
+        out.append(best.text.strip() or "(empty)", style="bold" if partial is None else "dim")
+        out.append("\n")
+        out.append_text(_score_line(best))
+        out.append("\n")
+        if best.truncated:
+            out.append("⚠ no closing </explanation> tag: the AV ran out of tokens or the "
+                       "injection failed\n", style="yellow")
+        for w in best.warnings:
+            out.append(f"⚠ {w}\n", style="yellow")
+        out.append(_sampling_note(best.sampling, best.prompt) + "\n", style="dim")
+        if len(exps) > 1:
+            out.append("\nother samples, ranked by AR score\n", style="bold")
+            for rank, ex in enumerate(exps[1:], 2):
+                label = ex.score.label if ex.score else "unscored"
+                fid = f"{ex.score.fidelity:.3f}" if ex.score else "-"
+                out.append(f"{rank}. [{label} {fid}] ", style=_LABEL_STYLE.get(label, "dim"))
+                out.append(ex.text.strip() + "\n")
+    if tok.top:
+        out.append("\nsubject's next-token candidates\n", style="bold")
+        for cand in tok.top[:5]:
+            bar = "█" * max(1, round(cand.prob * 10)) if cand.prob >= 0.005 else "·"
+            out.append(f"  {cand.prob * 100:5.1f}% ", style="cyan")
+            out.append(f"{bar:<10} ", style="cyan")
+            out.append(f"“{display_text(cand.text)}”\n")
+    if untrained:
+        out.append(f"\nnote: {UNTRAINED_NOTE}\n", style="italic magenta")
+    return out
+
+
+class ExplanationPane(VerticalScroll, can_focus=False):
+    """Scrollable side pane; the app calls show(index) on cursor moves and results."""
+
+    def __init__(self, state: UiState, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.state = state
+        self.index = -1
+        self.body = Static(id="explanation-body")
+
+    def compose(self):
+        yield self.body
+
+    def show(self, index: int) -> None:
+        if index != self.index:
+            self.scroll_home(animate=False)
+        self.index = index
+        self.body.update(render_token(self.state, index))

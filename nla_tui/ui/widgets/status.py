@@ -1,0 +1,88 @@
+"""The status line, the explain-all progress row and the strip legend."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.text import Text
+from textual.containers import Horizontal
+from textual.widgets import Label, ProgressBar, Static
+
+from ..state import UiState
+from .colors import legend_swatch
+
+
+def _gpu_memory(device: str) -> str | None:
+    """GPU memory in use, read from torch only if the worker already imported it
+    (the UI never imports torch itself)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not device.startswith("cuda"):
+        return None
+    try:
+        used = torch.cuda.memory_allocated() / 2**30
+        total = torch.cuda.get_device_properties(0).total_memory / 2**30
+    except Exception:
+        return None
+    return f"{used:.1f}/{total:.0f} GiB"
+
+
+def status_text(state: UiState, temperature: float, auto_explain: bool) -> Text:
+    t = Text()
+    info = state.info
+    if info is None:
+        if state.load:
+            parts = " · ".join(f"{m} {f * 100:.0f}%" for m, f in state.load.items())
+            t.append(f"loading {parts}", style="yellow")
+            if state.load_message:
+                t.append(f" — {state.load_message}", style="dim")
+        else:
+            t.append("starting models…", style="yellow")
+    else:
+        t.append(info.preset or "custom", style="bold")
+        t.append(f" · L{info.layer} · {info.quant} · {info.device}")
+        mem = _gpu_memory(info.device)
+        if mem:
+            t.append(f" · GPU {mem}")
+        if info.untrained_av:
+            t.append(" · untrained AV", style="magenta")
+    t.append(f" · queue {state.queue_depth}")
+    t.append(f" · {len(state.tokens)} tok, {state.explained_count()} explained")
+    t.append(f" · t={temperature:g}")
+    if auto_explain:
+        t.append(" · auto", style="green")
+    return t
+
+
+class StatusLine(Static):
+    pass
+
+
+class ExplainAllBar(Horizontal):
+    """Visible while an explain-all job runs."""
+
+    def compose(self):
+        yield Label("explain all", id="all-label")
+        yield ProgressBar(total=1, show_eta=False, id="all-bar")
+        yield Label("", id="all-eta")
+
+    def show_progress(self, done: int, total: int, eta_s: float | None) -> None:
+        self.query_one(ProgressBar).update(total=max(1, total), progress=done)
+        eta = "" if eta_s is None else f" · ETA {int(eta_s) // 60}:{int(eta_s) % 60:02d}"
+        self.query_one("#all-eta", Label).update(f"{done}/{total}{eta} · Esc cancels")
+
+
+def legend_text(show_special: bool) -> Text:
+    t = Text()
+    for v in (0.0, 0.5, 1.0):
+        t.append(" ", style=legend_swatch("fid", v))
+    t.append(" fidelity poor→good  ")
+    for v in (0.0, 0.33, 0.66, 1.0):
+        t.append(" ", style=legend_swatch("norm", v))
+    t.append(" norm low→high  ")
+    t.append("noisy", style="underline")
+    t.append(f"  s:specials {'on' if show_special else 'off'}")
+    return t
+
+
+class Legend(Static):
+    pass
