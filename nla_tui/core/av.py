@@ -1,0 +1,166 @@
+"""The Activation Verbalizer: one activation vector in, an explanation out.
+
+The vector replaces the embedding of the injection char in the AV's chat-templated
+prompt, rescaled to the sidecar's injection_scale, and the AV generates from
+inputs_embeds. Everything comes from the sidecar (see sidecar.py).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .loading import model_device, text_config
+from .sidecar import NlaMeta, av_content, find_injection_slot, template_ids, validate_av
+from .types import Sampling
+
+EXPLANATION_RE = re.compile(r"<explanation>\s*(.*?)\s*</explanation>", re.DOTALL)
+CLOSE_TAG = "</explanation>"
+_CJK = re.compile(r"[\u3040-\u30ff\u3130-\u318f\u3200-\u32ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uff00-\uffef]")
+
+# on_step(new_ids_per_row) -> keep going?
+StepFn = Callable[[list[int]], bool]
+
+
+def parse_explanation(raw: str) -> tuple[str, bool]:
+    """(text, truncated). Without a closing tag the raw text is kept as the text."""
+    m = EXPLANATION_RE.search(raw)
+    if m:
+        return m.group(1).strip(), False
+    text = raw.split("<explanation>", 1)[-1].strip()
+    return text, True
+
+
+def injection_warnings(raw: str, truncated: bool, injection_char: str) -> list[str]:
+    """Smells of an injection that did not land (wrong scale, missing √d, double BOS)."""
+    out = []
+    letters = [c for c in raw if not c.isspace()]
+    cjk = sum(1 for c in letters if _CJK.match(c))
+    if letters and (cjk / len(letters) > 0.2 or injection_char in raw):
+        out.append("output is largely CJK or mentions the injection char: the injection may not have landed")
+    if "\n\n\n" in raw:
+        out.append("repeated blank lines: the AV may be degenerate for this vector")
+    if truncated:
+        out.append("no closing </explanation> tag: the explanation was cut off (raise max new tokens)")
+    return out
+
+
+def check_vectors(vectors: np.ndarray, d_model: int) -> np.ndarray:
+    v = np.asarray(vectors, dtype=np.float32)
+    if v.ndim == 1:
+        v = v[None]
+    if v.ndim != 2 or v.shape[1] != d_model:
+        raise InputError(f"Activation vectors must have width d_model={d_model}; got shape {tuple(np.shape(vectors))}. "
+                         f"Capture them at the AV's layer from the matching subject model.")
+    if not np.isfinite(v).all():
+        raise InputError("An activation vector contains NaN or Inf, so it cannot be rescaled or explained. "
+                         "Recapture it (a non-finite activation usually means fp16 overflow in the subject).")
+    if (np.linalg.norm(v, axis=1) == 0).any():
+        raise InputError("An activation vector is all zeros: it has no direction to explain.")
+    return v
+
+
+class Verbalizer:
+    def __init__(self, model, tokenizer, meta: NlaMeta):
+        if meta.role != "av":
+            raise InputError(f"{meta.path} is an {meta.role.upper()} sidecar; --av needs the AV checkpoint.")
+        self.model, self.tok, self.meta = model, tokenizer, meta
+        self.embed = model.get_input_embeddings()  # Gemma's scales by √d in forward
+        self.canonical_ids = validate_av(meta, tokenizer, self.embed.weight.shape[1])
+        self.device = model_device(model)
+        self.generate_calls = 0
+
+    def stop_ids(self) -> list[int]:
+        ids = {self.tok.eos_token_id}
+        i = self.tok.convert_tokens_to_ids("<end_of_turn>")
+        if isinstance(i, int) and i != self.tok.unk_token_id:
+            ids.add(i)
+        return [i for i in ids if i is not None]
+
+    def prompt_ids(self, prompt: str | None) -> tuple[list[int], int]:
+        if prompt is None:
+            ids = self.canonical_ids
+            return ids, find_injection_slot(self.meta, ids)
+        ids = template_ids(self.tok, av_content(self.meta, prompt))
+        # A custom prompt has its own neighbours; still exactly one slot.
+        return ids, find_injection_slot(self.meta, ids, check_neighbors=False)
+
+    @torch.inference_mode()
+    def build_embeds(self, vectors: np.ndarray, prompt: str | None = None) -> torch.Tensor:
+        """[N, T, d] prompt embeddings with row `slot` replaced by v·scale/‖v‖."""
+        v = torch.from_numpy(check_vectors(vectors, self.meta.d_model)).to(self.device)
+        ids, slot = self.prompt_ids(prompt)
+        base = self.embed(torch.tensor([ids], device=self.device))  # [1, T, d], √d applied once
+        norm = v.float().norm(dim=-1, keepdim=True)
+        scaled = (v.float() * (self.meta.injection_scale / norm)).to(base.dtype)
+        embeds = base.expand(v.shape[0], -1, -1).clone()
+        embeds[:, slot] = scaled
+        return embeds
+
+    @torch.inference_mode()
+    def decode(self, embeds: torch.Tensor, sampling: Sampling, on_step: StepFn | None = None,
+               cancel: threading.Event | None = None) -> list[list[int]]:
+        """Generate from inputs_embeds (never also input ids); new token ids per row."""
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        self.generate_calls += 1
+        n, t = embeds.shape[:2]
+
+        tok = self.tok
+
+        class _Stop(StoppingCriteria):
+            # Per-row stop on the closing tag. transformers' stop_strings does the same but
+            # precomputes a table over the whole 262k vocabulary on every call (seconds).
+            def __call__(self, input_ids, scores, **kw):
+                stop = bool(cancel is not None and cancel.is_set())
+                if on_step is not None and input_ids.shape[1] > 0:
+                    stop = stop or not on_step(input_ids[:, -1].tolist())
+                rows = [stop or CLOSE_TAG in tok.decode(r[-6:]) for r in input_ids.tolist()]
+                return torch.tensor(rows, dtype=torch.bool, device=input_ids.device)
+
+        kwargs = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        if sampling.temperature > 0:
+            torch.manual_seed(sampling.seed)
+            kwargs = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
+        out = self.model.generate(
+            inputs_embeds=embeds, attention_mask=torch.ones(n, t, dtype=torch.long, device=self.device),
+            max_new_tokens=sampling.max_new_tokens, eos_token_id=self.stop_ids(),
+            pad_token_id=self.tok.pad_token_id,
+            stopping_criteria=StoppingCriteriaList([_Stop()]), **kwargs)
+        rows = []
+        stops = set(self.stop_ids()) | {self.tok.pad_token_id}
+        for row in out.tolist():  # with inputs_embeds, generate returns only new tokens
+            cut = next((k for k, tid in enumerate(row) if tid in stops), len(row))
+            rows.append(row[:cut])
+        return rows
+
+    def generate(self, vectors: np.ndarray, sampling: Sampling = Sampling(), prompt: str | None = None,
+                 on_text: Callable[[int, str], None] | None = None,
+                 cancel: threading.Event | None = None) -> list[str]:
+        """Raw AV output for each vector. on_text(row, text_so_far) streams."""
+        embeds = self.build_embeds(vectors, prompt)
+        so_far: list[list[int]] = [[] for _ in range(embeds.shape[0])]
+        done = [False] * embeds.shape[0]
+        stops = set(self.stop_ids())
+
+        def step(new: list[int]) -> bool:
+            for r, tid in enumerate(new):
+                if done[r] or tid in stops:
+                    done[r] = True
+                    continue
+                so_far[r].append(tid)
+                if on_text is not None:
+                    on_text(r, self.tok.decode(so_far[r], skip_special_tokens=True))
+            return True
+
+        rows = self.decode(embeds, sampling, step if on_text else None, cancel)
+        return [self.tok.decode(r, skip_special_tokens=True) for r in rows]
+
+    @property
+    def d_model(self) -> int:
+        return text_config(self.model).hidden_size

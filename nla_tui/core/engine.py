@@ -1,0 +1,232 @@
+"""The headless NLA engine: subject chat + capture, AV explain, AR score.
+
+Everything the TUI does goes through here, so a script can do it too. Not
+thread-safe by design: one worker thread (worker.py) owns an Engine.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import numpy as np
+
+from .ar import Reconstructor
+from .av import Verbalizer, injection_warnings, parse_explanation
+from .errors import CheckpointError, InputError
+from .loading import (Checkpoint, default_device, default_quant, load_model, load_tokenizer,
+                      resolve_checkpoint, text_config)
+from .presets import Preset, default_preset_name, get_preset
+from .sidecar import read_sidecar
+from .subject import Subject
+from .types import Explanation, Message, ModelInfo, Sampling, Score, TokenInfo
+
+Progress = Callable[[str, float, str], None]  # (model, fraction, message)
+
+
+@dataclass
+class EngineOptions:
+    preset: str | None = None
+    subject: str | None = None
+    av: str | None = None
+    ar: str | None = None
+    layer: int | None = None
+    quant: str | None = None
+    device: str | None = None
+    fve_variance: float | None = None
+    device_map: dict[str, object] = field(default_factory=dict)  # model -> device_map for from_pretrained
+
+
+def resolve_sources(opts: EngineOptions, progress: Progress | None = None) -> tuple[Preset | None, dict[str, str]]:
+    """Which subject/AV/AR to load: a preset, overridden piecewise by explicit ids/paths."""
+    explicit = {k: getattr(opts, k) for k in ("subject", "av", "ar")}
+    name = opts.preset or (None if all(explicit.values()) else default_preset_name())
+    preset = get_preset(name) if name else None
+    sources = {k: explicit[k] or (getattr(preset, k) if preset else None) for k in explicit}
+    missing = [k for k, v in sources.items() if not v]
+    if missing:
+        raise InputError(f"No {', '.join('--' + m for m in missing)} given. Pass --preset, or all of "
+                         f"--subject, --av and --ar (hub ids or local directories).")
+    if any(v.startswith("demo:") for v in sources.values()):
+        from .demo import ensure_demo
+
+        paths = ensure_demo(lambda f, m: progress and progress("demo", f, m))
+        sources = {k: str(paths[v.split(":", 1)[1]]) if v.startswith("demo:") else v for k, v in sources.items()}
+    return preset, sources
+
+
+class Engine:
+    def __init__(self, options: EngineOptions):
+        self.options = options
+        self.info: ModelInfo | None = None
+        self.subject: Subject | None = None
+        self.av: Verbalizer | None = None
+        self.ar: Reconstructor | None = None
+        self.messages: list[Message] = []
+        self.tokens: list[TokenInfo] = []
+        self.activations = np.zeros((0, 0), np.float32)
+        self.explanations: dict[int, list[Explanation]] = {}
+
+    @classmethod
+    def from_options(cls, **kw) -> "Engine":
+        return cls(EngineOptions(**kw))
+
+    # ------------------------------------------------------------ loading
+
+    def load(self, progress: Progress | None = None) -> ModelInfo:
+        report = progress or (lambda m, f, s: None)
+        o = self.options
+        preset, sources = resolve_sources(o, report)
+        ckpts: dict[str, Checkpoint] = {k: resolve_checkpoint(v) for k, v in sources.items()}
+        ckpts = {k: replace(c, name=sources[k] if not (preset and preset.name == "demo") else f"demo:{k}")
+                 for k, c in ckpts.items()}
+        av_meta, ar_meta = read_sidecar(ckpts["av"].path), read_sidecar(ckpts["ar"].path)
+        layer = self._layer(preset, av_meta.extraction_layer, ar_meta.extraction_layer)
+        device = o.device or default_device()
+        quant = o.quant or default_quant(device)
+        models = {}
+        for i, key in enumerate(("subject", "av", "ar")):
+            report(key, 0.0, f"loading {ckpts[key].name} ({quant}, {device})")
+            models[key] = (load_model(ckpts[key], quant, device, o.device_map.get(key)), load_tokenizer(ckpts[key]))
+            report(key, 1.0, "loaded")
+        self.subject = Subject(*models["subject"], layer=layer)
+        d = text_config(models["subject"][0]).hidden_size
+        if d != av_meta.d_model:
+            raise CheckpointError(f"The subject's hidden size is {d} but the AV expects d_model={av_meta.d_model}: "
+                                  f"this AV/AR pair was trained on another model.")
+        self.av = Verbalizer(*models["av"], av_meta)
+        variance = o.fve_variance if o.fve_variance is not None else (
+            ar_meta.fve_variance if ar_meta.fve_variance is not None else (preset.fve_variance if preset else None))
+        self.ar = Reconstructor(*models["ar"], ar_meta, ckpts["ar"].path, variance)
+        self.info = ModelInfo(
+            preset=preset.name if preset else None, subject=ckpts["subject"].name, av=ckpts["av"].name,
+            ar=ckpts["ar"].name, layer=layer, quant=quant, device=device, d_model=d,
+            revision={k: c.revision for k, c in ckpts.items()}, injection_scale=av_meta.injection_scale,
+            mse_scale=ar_meta.mse_scale, fve_variance=variance, untrained_av=av_meta.untrained)
+        self.activations = np.zeros((0, d), np.float32)
+        return self.info
+
+    def _layer(self, preset: Preset | None, av_layer: int | None, ar_layer: int | None) -> int:
+        known = {v for v in (av_layer, ar_layer) if v is not None}
+        if len(known) > 1:
+            raise CheckpointError(f"The AV says layer {av_layer} but the AR says layer {ar_layer}: not a pair.")
+        layer = self.options.layer if self.options.layer is not None else (
+            known.pop() if known else (preset.layer if preset else None))
+        if layer is None:
+            raise CheckpointError("Neither sidecar names the extraction layer; pass --layer K.")
+        if ar_layer is not None and layer != ar_layer:
+            raise InputError(f"--layer {layer} does not match the AR, which reconstructs layer {ar_layer}.")
+        return layer
+
+    def _need_models(self) -> None:
+        if self.subject is None:
+            raise InputError("Models are not loaded yet (call load() first).")
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return {"subject_forward": self.subject.forward_calls if self.subject else 0,
+                "av_generate": self.av.generate_calls if self.av else 0,
+                "ar_forward": self.ar.forward_calls if self.ar else 0}
+
+    # ------------------------------------------------------------ conversation
+
+    def _capture(self, messages: list[Message]) -> None:
+        ids, roles, turns = self.subject.tokenize(messages)
+        cap = self.subject.capture(ids)
+        self.tokens = self.subject.token_infos(ids, roles, turns, cap)
+        self.activations = cap.activations
+        self.messages = list(messages)
+        self.explanations = {}
+
+    def set_conversation(self, messages: list[Message]) -> None:
+        """Teacher-force a given conversation (e.g. an agent transcript) and capture it."""
+        self._need_models()
+        if not messages:
+            raise InputError("The conversation is empty: give at least one message.")
+        for m in messages:
+            if m.role not in ("system", "user", "assistant"):
+                raise InputError(f"Unknown role {m.role!r}: messages need role system, user or assistant.")
+        self._capture(messages)
+
+    def prompt_tokens(self, text: str) -> list[TokenInfo]:
+        """The tokens the subject will see for the next turn, before the reply (uncaptured)."""
+        msgs = self.messages + [Message("user", text)]
+        ids, roles, turns = self.subject.tokenize(msgs, add_generation_prompt=True)
+        return [TokenInfo(k, i, self.subject.tok.decode([i]), roles[k], turns[k], 0.0, [])
+                for k, i in enumerate(ids)]
+
+    def chat(self, text: str, max_new_tokens: int = 256, on_delta: Callable[[str], None] | None = None,
+             cancel: threading.Event | None = None) -> str:
+        """Add a user turn, stream the reply, then capture the whole conversation."""
+        self._need_models()
+        if not text or not text.strip():
+            raise InputError("The prompt is empty: type something to send to the subject model.")
+        msgs = self.messages + [Message("user", text)]
+        reply = self.subject.generate(msgs, max_new_tokens, on_delta, cancel)
+        self._capture(msgs + [Message("assistant", reply)])
+        return reply
+
+    # ------------------------------------------------------------ explain
+
+    def _check_indices(self, indices: list[int]) -> None:
+        bad = [i for i in indices if not 0 <= i < len(self.tokens)]
+        if bad:
+            raise InputError(f"Token index {bad[0]} is out of range: the conversation has {len(self.tokens)} tokens "
+                             f"(0..{len(self.tokens) - 1}).")
+
+    def explain_vectors(self, vectors: np.ndarray, sampling: Sampling = Sampling(), prompt: str | None = None,
+                        on_text: Callable[[int, str], None] | None = None,
+                        cancel: threading.Event | None = None, indices: list[int] | None = None) -> list[Explanation]:
+        """AV then AR for a batch of vectors (one AV batch, one AR batch)."""
+        self._need_models()
+        raws = self.av.generate(vectors, sampling, prompt, on_text, cancel)
+        if cancel is not None and cancel.is_set():
+            return []
+        parsed = [parse_explanation(r) for r in raws]
+        scores = self.ar.score([t for t, _ in parsed], vectors)
+        idx = indices if indices is not None else [-1] * len(raws)
+        untrained = self.av.meta.untrained
+        return [Explanation(index=i, text=t, raw=r, sampling=sampling, prompt=prompt, score=s, truncated=tr,
+                            warnings=injection_warnings(r, tr, self.av.meta.injection_char), untrained_av=untrained)
+                for i, r, (t, tr), s in zip(idx, raws, parsed, scores)]
+
+    def explain(self, indices: list[int], sampling: Sampling = Sampling(), prompt: str | None = None,
+                on_delta: Callable[[int, str], None] | None = None, cancel: threading.Event | None = None,
+                batch_size: int = 8, on_batch: Callable[[list[Explanation]], None] | None = None) -> list[Explanation]:
+        """Explain the tokens at `indices`, batched; results are also kept in self.explanations."""
+        self._need_models()
+        self._check_indices(indices)
+        out: list[Explanation] = []
+        for b in range(0, len(indices), batch_size):
+            if cancel is not None and cancel.is_set():
+                break
+            chunk = indices[b:b + batch_size]
+            stream = (lambda r, t, c=chunk: on_delta(c[r], t)) if on_delta else None
+            exps = self.explain_vectors(self.activations[chunk], sampling, prompt, stream, cancel, chunk)
+            for e in exps:
+                self.explanations.setdefault(e.index, []).insert(0, e)
+            out.extend(exps)
+            if on_batch and exps:
+                on_batch(exps)
+        return out
+
+    def explain_samples(self, index: int, samples: int, sampling: Sampling, prompt: str | None = None,
+                        cancel: threading.Event | None = None) -> list[Explanation]:
+        """Draw `samples` explanations (seeds seed, seed+1, …) and rank them by AR fidelity."""
+        self._check_indices([index])
+        temp = sampling.temperature if sampling.temperature > 0 else 1.0
+        drawn = []
+        for k in range(samples):
+            if cancel is not None and cancel.is_set():
+                break
+            s = replace(sampling, temperature=temp, seed=sampling.seed + k)
+            drawn += self.explain_vectors(self.activations[[index]], s, prompt, None, cancel, [index])
+        drawn.sort(key=lambda e: -(e.score.fidelity if e.score else -9))
+        if drawn:
+            self.explanations[index] = drawn + self.explanations.get(index, [])
+        return drawn
+
+    def score(self, text: str, vector: np.ndarray) -> Score:
+        self._need_models()
+        return self.ar.score([text], np.asarray(vector, np.float32)[None])[0]

@@ -1,0 +1,56 @@
+"""Named subject/AV/AR triples: the released NLA pairs and the embedded demo."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    subject: str
+    av: str
+    ar: str
+    layer: int
+    description: str
+    fve_variance: float | None = None  # predict-the-mean baseline, when published
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        Preset("gemma3-27b", "google/gemma-3-27b-it", "kitft/nla-gemma3-27b-L41-av",
+               "kitft/nla-gemma3-27b-L41-ar", 41, "Gemma 3 27B-it, layer 41 of 62", 0.0579),
+        Preset("gemma3-12b", "google/gemma-3-12b-it", "kitft/nla-gemma3-12b-L32-av",
+               "kitft/nla-gemma3-12b-L32-ar", 32, "Gemma 3 12B-it, layer 32 of 48"),
+        Preset("qwen2.5-7b", "Qwen/Qwen2.5-7B-Instruct", "kitft/nla-qwen2.5-7b-L20-av",
+               "kitft/nla-qwen2.5-7b-L20-ar", 20, "Qwen 2.5 7B-Instruct, layer 20 of 28"),
+        Preset("llama3.3-70b", "meta-llama/Llama-3.3-70B-Instruct", "kitft/Llama-3.3-70B-NLA-L53-av",
+               "kitft/Llama-3.3-70B-NLA-L53-ar", 53, "Llama 3.3 70B-Instruct, layer 53 of 80"),
+        # Paths are filled in at load time from the user cache (see demo.py).
+        Preset("demo", "demo:subject", "demo:av", "demo:ar", 12,
+               "Gemma 3 270M (CPU-friendly, from PyPI) with an UNTRAINED NLA pair derived from it"),
+    ]
+}
+
+
+def default_preset_name() -> str:
+    """gemma3-27b on a CUDA machine, the demo elsewhere."""
+    try:
+        import torch
+
+        return "gemma3-27b" if torch.cuda.is_available() else "demo"
+    except ImportError:
+        return "demo"
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise InputError(
+            f"Unknown preset {name!r}. Choose one of: {', '.join(PRESETS)}; or give "
+            f"--subject, --av and --ar as hub ids or local directories."
+        ) from None
