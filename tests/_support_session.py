@@ -70,3 +70,63 @@ def chromium_flags(user_data_dir: str) -> list[str]:
     return ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             f"--user-data-dir={user_data_dir}"]
+
+
+def read_png(path) -> np.ndarray:
+    """Decode an 8-bit non-interlaced RGB/RGBA PNG (what Chromium writes) to uint8 [H, W, C].
+
+    A few lines of zlib instead of a Pillow dependency just for the screenshot test.
+    """
+    import struct
+    import zlib
+
+    data = open(path, "rb").read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat, width = 8, b"", 0
+    while pos < len(data):
+        (length,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            width, height, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", body)
+            assert depth == 8 and ctype in (2, 6) and interlace == 0, (depth, ctype, interlace)
+            channels = 3 if ctype == 2 else 4
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    raw = np.frombuffer(zlib.decompress(idat), dtype=np.uint8)
+    stride = width * channels
+    rows = raw.reshape(height, stride + 1)
+    out = np.zeros((height, stride), dtype=np.int32)
+    for y in range(height):
+        f, line = rows[y, 0], rows[y, 1:].astype(np.int32)
+        prev = out[y - 1] if y else np.zeros(stride, np.int32)
+        if f == 0:
+            out[y] = line
+        elif f == 2:
+            out[y] = (line + prev) & 0xFF
+        elif f in (1, 3, 4):  # these depend on the pixel to the left: go byte by byte
+            cur = np.zeros(stride, np.int32)
+            for x in range(stride):
+                a = cur[x - channels] if x >= channels else 0
+                b = prev[x]
+                c = prev[x - channels] if x >= channels else 0
+                if f == 1:
+                    pred = a
+                elif f == 3:
+                    pred = (a + b) // 2
+                else:
+                    p = a + b - c
+                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                    pred = a if pa <= pb and pa <= pc else b if pb <= pc else c
+                cur[x] = (line[x] + pred) & 0xFF
+            out[y] = cur
+        else:
+            raise ValueError(f"bad PNG filter {f}")
+    return out.reshape(height, width, channels).astype(np.uint8)
+
+
+def hsl_to_rgb(h: float, s: float, l: float) -> tuple[int, int, int]:
+    import colorsys
+
+    r, g, b = colorsys.hls_to_rgb(h / 360, l, s)
+    return round(r * 255), round(g * 255), round(b * 255)

@@ -1,0 +1,306 @@
+"""Export a session as Markdown, JSON or one self-contained HTML heat map.
+
+Stable API (the TUI and `nla-tui export` call these):
+    to_markdown(session) -> str
+    to_json(session, include_activations=False) -> str
+    to_html(session) -> str
+    export_session(session, fmt, out=None) -> Path | str   # writes atomically when out is given
+    add_subparser(subparsers)                               # registers `nla-tui export`
+
+The HTML has no external references (a CSP forbids any network fetch): tokens are
+coloured by round-trip fidelity (fve_nrm, else cos) and unexplained tokens in grey by
+activation norm; clicking a token shows its explanations and scores. Opening the file
+with `#click=N` in the URL selects token N on load (used by the browser test and handy
+for sharing a link to one token).
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+from .session import Session, load_session
+from .types import Explanation
+
+FORMATS = ("md", "json", "html")
+
+
+def best_explanation(explanations: list[Explanation]) -> Explanation | None:
+    """The one to colour by: highest fidelity among scored ones, else the latest."""
+    scored = [e for e in explanations if e.score is not None]
+    if scored:
+        return max(scored, key=lambda e: e.score.fidelity)  # type: ignore[union-attr]
+    return explanations[-1] if explanations else None
+
+
+def _by_index(session: Session) -> dict[int, list[Explanation]]:
+    out: dict[int, list[Explanation]] = {}
+    for e in session.explanations:
+        out.setdefault(e.index, []).append(e)
+    return out
+
+
+def _models_line(session: Session) -> str:
+    i = session.info
+    preset = f"preset {i.preset}, " if i.preset else ""
+    return (f"{preset}subject {i.subject}, layer {i.layer}; AV {i.av}; AR {i.ar}; "
+            f"{i.quant} on {i.device}")
+
+
+UNTRAINED_NOTE = ("The AV of this session is untrained (demo pair): its explanations are "
+                  "not faithful descriptions of the activations.")
+
+# ------------------------------------------------------------------ markdown
+
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]<>|#"})
+
+
+def _md_cell(text: str) -> str:
+    return text.translate(_MD_SPECIAL).replace("\r", "").replace("\n", " ↵ ") or " "
+
+
+def _fmt(v: float | None) -> str:
+    return "" if v is None else f"{v:.3f}"
+
+
+def to_markdown(session: Session) -> str:
+    """The conversation, then one table row per token with its best explanation."""
+    lines = [f"# {_md_cell(session.name)}", "", f"- Models: {_md_cell(_models_line(session))}",
+             f"- Created {session.created}, updated {session.updated}",
+             f"- {len(session.tokens)} tokens, {session.n_explained} explained", ""]
+    if session.info.untrained_av:
+        lines += [f"> **Note:** {UNTRAINED_NOTE}", ""]
+    lines += ["## Conversation", ""]
+    for m in session.messages:
+        lines.append(f"**{m.role}:**")
+        lines.append("")
+        lines += ["> " + ln if ln else ">" for ln in m.content.splitlines() or [""]]
+        lines.append("")
+    lines += ["## Tokens", "",
+              "| # | token | role | norm | explanation | cos | fve_nrm | verdict |",
+              "|---:|---|---|---:|---|---:|---:|---|"]
+    expl = _by_index(session)
+    for t in session.tokens:
+        e = best_explanation(expl.get(t.index, []))
+        s = e.score if e else None
+        lines.append(
+            f"| {t.index} | {_md_cell(t.text)} | {t.role} | {t.norm:.1f} | "
+            f"{_md_cell(e.text) if e else ''} | {_fmt(s.cos) if s else ''} | "
+            f"{_fmt(s.fve_nrm) if s else ''} | {s.label if s else ''} |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ json
+
+
+def to_json(session: Session, include_activations: bool = False) -> str:
+    """session.json's content (schema_version 1); activations inline as nested lists
+    only on request, since they dwarf everything else."""
+    doc: dict[str, Any] = session.to_json()
+    acts = session.activations
+    doc["activations"] = (acts.tolist() if include_activations and acts is not None else None)
+    return json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
+
+
+# ------------------------------------------------------------------ html
+
+
+def fidelity_colour(f: float) -> str:
+    """0 (or below) red -> 0.5 yellow -> 1 green; light enough for dark text."""
+    f = min(max(f, 0.0), 1.0)
+    return f"hsl({120 * f:.0f}, 75%, 72%)"
+
+
+def _norm_colours(session: Session) -> list[str]:
+    """Greys by activation norm, scaled between the 5th and 95th percentile so one huge
+    <bos> norm does not wash out the rest."""
+    norms = np.array([t.norm for t in session.tokens], dtype=np.float64)
+    if norms.size == 0:
+        return []
+    lo, hi = np.percentile(norms, [5, 95])
+    span = hi - lo if hi > lo else 1.0
+    return [f"hsl(0, 0%, {96 - 22 * float(np.clip((n - lo) / span, 0, 1)):.0f}%)" for n in norms]
+
+
+_CSS = """
+body{font:15px/1.5 system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
+header{padding:12px 20px;background:#fff;border-bottom:1px solid #ddd}
+h1{font-size:20px;margin:0 0 4px}.meta{color:#666;font-size:13px}
+.warn{background:#fff3cd;border:1px solid #e0c060;padding:6px 10px;margin-top:8px}
+.legend span{display:inline-block;padding:0 6px;margin-right:4px;border-radius:3px}
+#wrap{display:flex;gap:16px;padding:16px 20px;align-items:flex-start}
+#conv{flex:3;min-width:0}#detail{flex:2;position:sticky;top:10px;background:#fff;
+border:1px solid #ddd;border-radius:6px;padding:12px;min-height:120px}
+.msg{background:#fff;border:1px solid #e3e3e3;border-radius:6px;padding:8px 10px;margin-bottom:10px}
+.role{font-weight:600;font-size:12px;color:#555;text-transform:uppercase}
+.toks{white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:14px}
+.tok{cursor:pointer;border-radius:2px;outline-offset:-1px}
+.tok.special{color:#888;font-size:12px}.tok.sel{outline:2px solid #1565c0}
+.exp{border-top:1px solid #eee;padding-top:8px;margin-top:8px}
+.exptext{white-space:pre-wrap}.scores{font-size:13px;color:#444}
+table.top{font-size:12px;border-collapse:collapse;margin-top:8px}table.top td{padding:0 6px}
+table.top caption{text-align:left;color:#666}#detail h2{font-size:17px;margin:0 0 4px}
+"""
+
+_JS = r"""
+(function(){
+  const D = JSON.parse(document.getElementById('nla-data').textContent);
+  const detail = document.getElementById('detail');
+  function el(tag, cls, text){ const e=document.createElement(tag); if(cls) e.className=cls;
+    if(text!==undefined) e.textContent=text; return e; }
+  function f3(v){ return (v===null||v===undefined) ? 'n/a' : v.toFixed(3); }
+  function show(i){
+    const t = D.tokens[i]; if(!t) return;
+    document.querySelectorAll('.tok.sel').forEach(x => x.classList.remove('sel'));
+    const span = document.querySelector('.tok[data-i="'+i+'"]'); if(span) span.classList.add('sel');
+    detail.replaceChildren();
+    detail.appendChild(el('h2', null, 'Token ' + i + ': ' + JSON.stringify(t.text)));
+    detail.appendChild(el('div', 'scores', t.role + ', turn ' + t.turn + ', norm ' + t.norm.toFixed(2)));
+    const ex = D.explanations[i] || [];
+    if(!ex.length) detail.appendChild(el('p', 'none', 'Not explained yet.'));
+    ex.forEach(function(e){
+      const box = el('div', 'exp');
+      box.appendChild(el('div', 'exptext', e.text));
+      const s = e.score;
+      box.appendChild(el('div', 'scores', s ? ('cos ' + f3(s.cos) + ' · mse_nrm ' + f3(s.mse_nrm) +
+        ' · fve_nrm ' + f3(s.fve_nrm) + ' · ' + e.verdict) : 'not scored'));
+      box.appendChild(el('div', 'scores', 'temperature ' + e.sampling.temperature + ', seed ' +
+        e.sampling.seed + (e.truncated ? ', truncated' : '') + (e.warnings.length ? ', ' + e.warnings.join('; ') : '')));
+      detail.appendChild(box);
+    });
+    if(t.top && t.top.length){
+      const tb = el('table', 'top'); tb.appendChild(el('caption', null, 'next-token candidates'));
+      t.top.forEach(function(c){ const r=el('tr'); r.appendChild(el('td', null, JSON.stringify(c.text)));
+        r.appendChild(el('td', null, (100*c.prob).toFixed(1) + '%')); tb.appendChild(r); });
+      detail.appendChild(tb);
+    }
+    document.body.dataset.selected = String(i);
+  }
+  document.getElementById('conv').addEventListener('click', function(ev){
+    const t = ev.target.closest('.tok'); if(t) show(parseInt(t.dataset.i, 10)); });
+  document.addEventListener('keydown', function(ev){
+    const cur = parseInt(document.body.dataset.selected || '-1', 10);
+    if(ev.key === 'ArrowRight' && cur + 1 < D.tokens.length) show(cur + 1);
+    if(ev.key === 'ArrowLeft' && cur > 0) show(cur - 1);
+  });
+  function fromHash(){
+    const m = /click=(\d+)/.exec(location.hash);
+    if(m){ const t = document.querySelector('.tok[data-i="' + m[1] + '"]'); if(t) t.click(); }
+  }
+  window.addEventListener('hashchange', fromHash);
+  fromHash();
+})();
+"""
+
+
+def _script_json(obj: Any) -> str:
+    """JSON safe inside <script>: no '</' can close the element early."""
+    return json.dumps(obj, ensure_ascii=False).replace("</", "<\\/").replace("<!--", "<\\!--")
+
+
+def to_html(session: Session) -> str:
+    """One self-contained HTML page: token heat map by fidelity + click-for-details."""
+    expl = _by_index(session)
+    greys = _norm_colours(session)
+    by_turn: dict[int, list[str]] = {}
+    for t in session.tokens:
+        best = best_explanation(expl.get(t.index, []))
+        if best is not None and best.score is not None:
+            colour, tip = fidelity_colour(best.score.fidelity), f"fidelity {best.score.fidelity:.3f}"
+        else:
+            colour = greys[t.index] if t.index < len(greys) else "#eee"
+            tip = "explained (unscored)" if best else "not explained"
+        cls = "tok special" if t.role in ("bos", "special") else "tok"
+        by_turn.setdefault(t.turn, []).append(
+            f'<span class="{cls}" data-i="{t.index}" style="background:{colour}" '
+            f'title="{html.escape(tip)}">{html.escape(t.text)}</span>')
+    blocks = []
+    for turn in sorted(by_turn):
+        role = (session.messages[turn].role if 0 <= turn < len(session.messages)
+                else "prefix")
+        blocks.append(f'<div class="msg"><div class="role">{html.escape(role)}</div>'
+                      f'<div class="toks">{"".join(by_turn[turn])}</div></div>')
+    data = {
+        "tokens": [t.to_json() for t in session.tokens],
+        "explanations": {str(i): [dict(e.to_json(), verdict=e.score.label if e.score else "")
+                                  for e in sorted(es, key=lambda e: -(e.score.fidelity if e.score else -9))]
+                         for i, es in expl.items()},
+    }
+    warn = f'<div class="warn">{html.escape(UNTRAINED_NOTE)}</div>' if session.info.untrained_av else ""
+    legend = ('<div class="legend meta">colour = round-trip fidelity (fve_nrm, else cos): '
+              f'<span style="background:{fidelity_colour(0)}">≤0</span>'
+              f'<span style="background:{fidelity_colour(0.5)}">0.5</span>'
+              f'<span style="background:{fidelity_colour(1)}">1</span> · grey = not explained '
+              '(darker = larger activation norm) · click a token for its explanation</div>')
+    title = html.escape(session.name)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title} · nla-tui</title><style>{_CSS}</style></head>
+<body><header><h1>{title}</h1>
+<div class="meta">{html.escape(_models_line(session))} · {len(session.tokens)} tokens, {session.n_explained} explained · updated {html.escape(session.updated)}</div>
+{warn}{legend}</header>
+<div id="wrap"><section id="conv">{"".join(blocks)}</section>
+<aside id="detail"><p class="none">Click a token to see its explanation.</p></aside></div>
+<script id="nla-data" type="application/json">{_script_json(data)}</script>
+<script>{_JS}</script>
+</body></html>
+"""
+
+
+# ------------------------------------------------------------------ files and CLI
+
+_RENDER = {"md": to_markdown, "json": to_json, "html": to_html}
+
+
+def export_session(session: Session, fmt: str, out: str | os.PathLike | None = None) -> Path | str:
+    """Render `session` as fmt ('md'|'json'|'html'). With `out`, write it atomically
+    (temp + rename) and return the path; without, return the text."""
+    if fmt not in _RENDER:
+        raise InputError(f"Unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}.")
+    text = _RENDER[fmt](session)
+    if out is None:
+        return text
+    out = Path(out).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"Could not write {out}: {e.strerror or e}. Choose another --out "
+                         "path or free disk space.") from e
+    return out
+
+
+def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `nla-tui export SESSION --format md|json|html [--out FILE]`."""
+    p = subparsers.add_parser(
+        "export", help="export a saved session as Markdown, JSON or a self-contained HTML heat map",
+        description="Export a saved session (a directory holding session.json). Loads no model.")
+    p.add_argument("session", help="session directory (or its session.json)")
+    p.add_argument("--format", "-f", choices=FORMATS, default="md", help="output format (default md)")
+    p.add_argument("--out", "-o", default=None, help="output file (default: standard output)")
+    p.set_defaults(func=run_export)
+    return p
+
+
+def run_export(args: argparse.Namespace) -> int:
+    session = load_session(args.session)
+    result = export_session(session, args.format, args.out)
+    if args.out is None:
+        sys.stdout.write(str(result))
+    else:
+        print(f"wrote {result}", file=sys.stderr)
+    return 0
