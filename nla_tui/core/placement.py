@@ -20,8 +20,9 @@ _BNB_MAX_MEMORY_FACTOR = 0.9
 # nf4 with double quantisation (what the measured PERF.md figures match): 4-bit weights, an 8-bit
 # absmax per 64-weight block, and an fp32 absmax per 256 blocks.
 _BYTES_PER_PARAM = {"nf4": 0.5 + 1 / 64 + 4 / (64 * 256), "int8": 1.0, "bf16": 2.0, "fp32": 4.0}
-# Activations, CUDA allocator fragmentation and sampling buffers; PERF.md measured ~2.6 GiB over
-# the weights at batch 1 with a long context, of which the KV cache is the bulk.
+# Activations, allocator fragmentation and sampling buffers on top of the KV cache, plus fp32
+# last-token logits (and a softmax copy) per sequence. Fitted to PERF.md's nf4 peaks at batch 64
+# and 160, which exceed weights + KV by ~0.4 and ~0.8 GiB.
 ACTIVATION_SLACK = GIB // 2
 # Tokens each role keeps in its KV cache: the subject holds the conversation, the AV a short
 # prompt plus the explanation, the AR only reads an explanation once (no cache, just activations).
@@ -66,6 +67,20 @@ def _get(obj: Any, key: str) -> Any:
     return obj.get(key) if isinstance(obj, Mapping) else getattr(obj, key, None)
 
 
+def _vision_params(config_like: Any) -> int:
+    """SigLIP tower + projector of a Gemma 3 multimodal checkpoint (0 for text-only configs).
+    loading.py keeps both unquantised (llm_int8_skip_modules), so they cost plain bytes."""
+    v = _get(config_like, "vision_config")
+    if v is None:
+        return 0
+    h, i, n = int(_get(v, "hidden_size")), int(_get(v, "intermediate_size")), int(_get(v, "num_hidden_layers"))
+    p, img = int(_get(v, "patch_size")), int(_get(v, "image_size"))
+    layer = 4 * h * h + 2 * h * i + 9 * h + i  # q,k,v,o + fc1,fc2 with biases, two layer norms
+    head = layer if _get(v, "vision_use_head") in (True, None) else 0  # SigLIP's default has a pooling head
+    text_h = int(_cfg(config_like, "hidden_size"))
+    return n * layer + head + 3 * p * p * h + h + (img // p) ** 2 * h + 2 * h + h * text_h + h
+
+
 @dataclass(frozen=True)
 class ModelSize:
     """Bytes for one model. `need` is what the plan reserves (weights + KV + slack); `accounted` is
@@ -103,10 +118,12 @@ def model_size(config_like: Any, quant: str, layers: int | None = None,
     counted = {"nf4": 0.5, "int8": 1.0}.get(quant, _BYTES_PER_PARAM[quant])
     embed = vocab * hidden * plain
     lm_head = 0 if tied else embed
-    weights = n_layers * layer + embed + lm_head + plain * hidden
-    accounted = int(n_layers * (linear * counted + norms) + embed + lm_head + plain * hidden)
+    other = plain * (hidden + _vision_params(config_like))  # final norm, vision tower
+    weights = n_layers * layer + embed + lm_head + other
+    accounted = int(n_layers * (linear * counted + norms) + embed + lm_head + other)
     kv = 2 * n_layers * kv_out * context_tokens * batch * plain
-    return ModelSize(weights + kv + ACTIVATION_SLACK, weights, accounted, embed, layer, lm_head, quant)
+    logits = 2 * 4 * vocab * batch
+    return ModelSize(weights + kv + logits + ACTIVATION_SLACK, weights, accounted, embed, layer, lm_head, quant)
 
 
 def estimate_weight_bytes(config_like: Any, quant: str, layers: int | None = None) -> int:
@@ -115,7 +132,7 @@ def estimate_weight_bytes(config_like: Any, quant: str, layers: int | None = Non
 
 def estimate_model_bytes(config_like: Any, quant: str, layers: int | None = None,
                          context_tokens: int = 4096, batch: int = 1) -> int:
-    """Weights plus a bf16 KV cache for `context_tokens` x `batch` plus ACTIVATION_SLACK."""
+    """Weights plus a bf16 KV cache for `context_tokens` x `batch`, last-token logits and ACTIVATION_SLACK."""
     return model_size(config_like, quant, layers, context_tokens, batch).need
 
 
