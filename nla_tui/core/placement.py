@@ -22,8 +22,8 @@ _BNB_MAX_MEMORY_FACTOR = 0.9
 _BYTES_PER_PARAM = {"nf4": 0.5 + 1 / 64 + 4 / (64 * 256), "int8": 1.0, "bf16": 2.0, "fp32": 4.0}
 # Activations, allocator fragmentation and sampling buffers on top of the KV cache, plus fp32
 # last-token logits (and a softmax copy) per sequence. Fitted to PERF.md's nf4 peaks at batch 64
-# and 160, which exceed weights + KV by ~0.4 and ~0.8 GiB.
-ACTIVATION_SLACK = GIB // 2
+# and 160 (which exceed weights + KV by ~0.4 and ~0.8 GiB), with a margin for their rounding.
+ACTIVATION_SLACK = 640 * 2**20
 # Tokens each role keeps in its KV cache: the subject holds the conversation, the AV a short
 # prompt plus the explanation, the AR only reads an explanation once (no cache, just activations).
 ROLE_CONTEXT_TOKENS = {"subject": 4096, "av": 1024, "ar": 512}
