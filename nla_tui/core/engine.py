@@ -14,6 +14,7 @@ import numpy as np
 
 from .ar import Reconstructor
 from .av import Verbalizer, injection_warnings, parse_explanation
+from .engine_caches import EngineCaches
 from .errors import CheckpointError, InputError
 from .loading import (Checkpoint, default_device, default_quant, load_model, load_tokenizer,
                       resolve_checkpoint, text_config)
@@ -36,6 +37,8 @@ class EngineOptions:
     device: str | None = None
     fve_variance: float | None = None
     device_map: dict[str, object] = field(default_factory=dict)  # model -> device_map for from_pretrained
+    cache: bool | None = None  # on-disk activation/explanation caches; None = on unless NLA_TUI_NO_CACHE=1
+    cache_dir: str | None = None  # default: NLA_TUI_CACHE or the user cache dir
 
 
 def resolve_sources(opts: EngineOptions, progress: Progress | None = None) -> tuple[Preset | None, dict[str, str]]:
@@ -67,6 +70,7 @@ class Engine:
         self.tokens: list[TokenInfo] = []
         self.activations = np.zeros((0, 0), np.float32)
         self.explanations: dict[int, list[Explanation]] = {}
+        self.caches = EngineCaches(options.cache_dir, options.cache)
 
     @classmethod
     def from_options(cls, **kw) -> "Engine":
@@ -133,7 +137,7 @@ class Engine:
 
     def _capture(self, messages: list[Message]) -> None:
         ids, roles, turns = self.subject.tokenize(messages)
-        cap = self.subject.capture(ids)
+        cap = self.caches.capture(self.info, ids, self.subject.capture)
         self.tokens = self.subject.token_infos(ids, roles, turns, cap)
         self.activations = cap.activations
         self.messages = list(messages)
@@ -178,8 +182,15 @@ class Engine:
     def explain_vectors(self, vectors: np.ndarray, sampling: Sampling = Sampling(), prompt: str | None = None,
                         on_text: Callable[[int, str], None] | None = None,
                         cancel: threading.Event | None = None, indices: list[int] | None = None) -> list[Explanation]:
-        """AV then AR for a batch of vectors (one AV batch, one AR batch)."""
+        """AV then AR for a batch of vectors; cached ones (same pair, vector, prompt, sampling) skip both."""
         self._need_models()
+        return self.caches.explain(self.info, vectors, sampling, prompt, on_text, cancel, indices,
+                                   self._explain_uncached)
+
+    def _explain_uncached(self, vectors: np.ndarray, sampling: Sampling, prompt: str | None,
+                          on_text: Callable[[int, str], None] | None, cancel: threading.Event | None,
+                          indices: list[int] | None) -> list[Explanation]:
+        """AV then AR for a batch of vectors (one AV batch, one AR batch)."""
         raws = self.av.generate(vectors, sampling, prompt, on_text, cancel)
         if cancel is not None and cancel.is_set():
             return []

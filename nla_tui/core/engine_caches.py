@@ -1,0 +1,83 @@
+"""The engine's use of the on-disk caches, kept out of engine.py so its edit stays tiny.
+
+    cap = caches.capture(info, ids, subject.capture)            # subject runs only on a miss
+    exps = caches.explain(info, vectors, sampling, prompt, on_text, cancel, indices, compute)
+
+Both are pass-through when `enabled` is False. Torch-free: a cached capture comes back
+as `CachedCapture`, which has the same three fields the engine reads from a real one.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .cache import ActivationCache, ExplanationCache, av_identity, subject_identity
+from .types import Explanation, ModelInfo, Sampling
+
+
+@dataclass
+class CachedCapture:
+    activations: np.ndarray  # float32 [T, d]
+    top_ids: np.ndarray  # int64 [T, k]
+    top_probs: np.ndarray  # float32 [T, k]
+
+
+class EngineCaches:
+    """Activation + explanation caches under one root (default: NLA_TUI_CACHE / user cache).
+
+    Disabled by env NLA_TUI_NO_CACHE=1 or enabled=False (e.g. `--no-cache`).
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None, enabled: bool | None = None,
+                 max_bytes: int | str | None = None) -> None:
+        if enabled is None:
+            enabled = os.environ.get("NLA_TUI_NO_CACHE", "") in ("", "0")
+        self.enabled = enabled
+        self.activations = ActivationCache(root, max_bytes) if enabled else None
+        self.explanations = ExplanationCache(root) if enabled else None
+
+    def capture(self, info: ModelInfo, ids: list[int], compute: Callable[[list[int]], object]):
+        """The subject's capture of `ids`, from disk when this exact sequence was seen."""
+        if self.activations is None:
+            return compute(ids)
+        ident = subject_identity(info)
+        hit = self.activations.get(ident, ids)
+        if hit is not None and {"top_ids", "top_probs"} <= hit.extras.keys():
+            return CachedCapture(hit.activations, hit.extras["top_ids"], hit.extras["top_probs"])
+        cap = compute(ids)
+        self.activations.put(ident, ids, cap.activations,  # type: ignore[attr-defined]
+                             {"top_ids": np.asarray(cap.top_ids, np.int64),  # type: ignore[attr-defined]
+                              "top_probs": np.asarray(cap.top_probs, np.float32)})  # type: ignore[attr-defined]
+        return cap
+
+    def explain(self, info: ModelInfo, vectors: np.ndarray, sampling: Sampling, prompt: str | None,
+                on_text: Callable[[int, str], None] | None, cancel: threading.Event | None,
+                indices: list[int] | None, compute: Callable[..., list[Explanation]]) -> list[Explanation]:
+        """Explanations of `vectors` in order; the AV/AR (`compute`, same signature as
+        Engine.explain_vectors) run only on the vectors not cached. Like compute, returns
+        [] when cancelled."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim == 1:
+            vectors = vectors[None]
+        idx = list(indices) if indices is not None else [-1] * len(vectors)
+        if self.explanations is None:
+            return compute(vectors, sampling, prompt, on_text, cancel, idx)
+        ident = av_identity(info)
+        out: list[Explanation | None] = [
+            self.explanations.get(ident, v, prompt, sampling, i) for v, i in zip(vectors, idx)]
+        miss = [k for k, e in enumerate(out) if e is None]
+        if miss:
+            # Streaming rows are numbered within the batch the AV sees: map them back.
+            remap = (lambda r, t: on_text(miss[r], t)) if on_text else None
+            fresh = compute(vectors[miss], sampling, prompt, remap, cancel, [idx[k] for k in miss])
+            if len(fresh) != len(miss):  # cancelled
+                return []
+            for k, e in zip(miss, fresh):
+                out[k] = e
+                self.explanations.put(ident, vectors[k], prompt, sampling, e)
+        return out  # type: ignore[return-value]
