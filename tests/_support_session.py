@@ -130,3 +130,24 @@ def hsl_to_rgb(h: float, s: float, l: float) -> tuple[int, int, int]:
 
     r, g, b = colorsys.hls_to_rgb(h / 360, l, s)
     return round(r * 255), round(g * 255), round(b * 255)
+
+
+_OWN_ENGINE = []
+
+
+def demo_engine_for(request):
+    """The shared `demo_engine` fixture when conftest provides it, else one Engine on the
+    demo preset (CPU, fp32) built once per test session."""
+    import pytest
+
+    try:
+        return request.getfixturevalue("demo_engine")
+    except pytest.FixtureLookupError:
+        pass
+    if not _OWN_ENGINE:
+        from nla_tui.core.engine import Engine
+
+        engine = Engine.from_options(preset="demo", device="cpu", quant="fp32")
+        engine.load()
+        _OWN_ENGINE.append(engine)
+    return _OWN_ENGINE[0]
