@@ -147,7 +147,32 @@ def demo_engine_for(request):
     if not _OWN_ENGINE:
         from nla_tui.core.engine import Engine
 
-        engine = Engine.from_options(preset="demo", device="cpu", quant="fp32")
+        # cache=False: tests give it a temporary cache when they want one.
+        engine = Engine.from_options(preset="demo", device="cpu", quant="fp32", cache=False)
         engine.load()
         _OWN_ENGINE.append(engine)
     return _OWN_ENGINE[0]
+
+
+REAL_SESSION = "tests/data/demo_real_session"
+
+
+def record_real_session(out: str = REAL_SESSION) -> None:
+    """Re-record the real demo-preset session the export tests replay:
+    python -c "from tests._support_session import record_real_session as r; r()"
+    """
+    from nla_tui.core.engine import Engine
+    from nla_tui.core.session import save_session, session_from_engine
+    from nla_tui.core.types import Message, Sampling
+
+    engine = Engine.from_options(preset="demo", device="cpu", quant="fp32", cache=False)
+    engine.load()
+    engine.set_conversation([Message("user", "Why is the sky blue?"),
+                             Message("assistant", "Sunlight scatters off air molecules, and "
+                                                  "blue light scatters the most.")])
+    n = len(engine.tokens)
+    picks = sorted({4, 6, 8, n // 2, n // 2 + 3, n - 6, n - 4, n - 2})
+    explanations = engine.explain(picks, Sampling(max_new_tokens=24))
+    session = session_from_engine(engine, "Why is the sky blue? (demo)", explanations)
+    session.created = "2026-01-01T00:00:00+00:00"
+    save_session(session, out)

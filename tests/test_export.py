@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import re
 import subprocess
@@ -15,8 +16,8 @@ import pytest
 from nla_tui.core.errors import InputError
 from nla_tui.core.export import (add_subparser, best_explanation, export_session,
                                  fidelity_colour, to_html, to_json, to_markdown)
-from nla_tui.core.session import save_session
-from tests._support_session import (chromium_binary, chromium_flags, hsl_to_rgb, make_session,
+from nla_tui.core.session import load_session, save_session
+from tests._support_session import (REAL_SESSION, chromium_binary, chromium_flags, hsl_to_rgb, make_session,
                                     read_png)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,8 +105,11 @@ def _chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.skipif(chromium_binary() is None,
                     reason="chromium is not installed (Debian: apt-get install -y chromium)")
-def test_html_in_headless_chromium_click_shows_the_explanation(tmp_path):
-    s = make_session(n_tokens=15)
+@pytest.mark.parametrize("which", ["real", "synthetic"])
+def test_html_in_headless_chromium_click_shows_the_explanation(tmp_path, which):
+    """`real`: a session recorded from the demo preset (tests/data/demo_real_session);
+    `synthetic`: edge cases (</script> tokens, pipes, every fidelity band)."""
+    s = load_session(REPO / REAL_SESSION) if which == "real" else make_session(n_tokens=15)
     page = tmp_path / "export.html"
     export_session(s, "html", page)
     target = next(e for e in s.explanations if e.score is not None and e.score.fve_nrm)
@@ -116,16 +120,17 @@ def test_html_in_headless_chromium_click_shows_the_explanation(tmp_path):
     assert detail, dom[-2000:]
     text = detail.group(1)
     assert f"Token {i}:" in text
-    assert target.text.replace("<", "&lt;").replace(">", "&gt;") in text
+    assert html.escape(target.text, quote=False) in text
     assert f"fve_nrm {target.score.fve_nrm:.3f}" in text and target.score.label in text
     assert 'class="tok sel"' in dom and f'data-selected="{i}"' in dom
 
-    # A token whose text is "</script>" and an unexplained token still work.
-    j = next(t.index for t in s.tokens if t.text == "</script>")
+    # An unexplained token (in `synthetic`, the one whose text is "</script>") works too.
+    j = next(t.index for t in s.tokens if t.text == "</script>" or not s.explanations_for(t.index))
     dom = _chromium(["--dump-dom", f"{page.as_uri()}#click={j}"], tmp_path).stdout
-    assert "Not explained yet." in dom and "&lt;/script&gt;" in dom
+    assert "Not explained yet." in dom and f"Token {j}:" in dom
 
-    shot = REPO / "screenshots" / "export_html.png"
+    shot = (REPO / "screenshots" / "export_html.png" if which == "real"
+            else tmp_path / "synthetic.png")
     shot.parent.mkdir(exist_ok=True)
     run = _chromium([f"--screenshot={shot}", "--window-size=1200,700", "--hide-scrollbars",
                      f"{page.as_uri()}#click={i}"], tmp_path)

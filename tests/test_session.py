@@ -45,26 +45,27 @@ def test_round_trip_preserves_everything(tmp_path):
     assert_same(s, load_session(tmp_path / "s" / "session.json"))
 
 
+@pytest.mark.slow
 def test_round_trip_of_a_real_engine_session(tmp_path, request):
     """A conversation the real subject produced (demo preset), explained by the real AV."""
-    engine = _demo_engine(request)
+    from nla_tui.core.engine_caches import EngineCaches
     from nla_tui.core.session import session_from_engine
-    from nla_tui.core.types import Sampling
-    if not engine.tokens:
-        engine.chat("Why is the sky blue?", max_new_tokens=8)
-    explanations = engine.explain([len(engine.tokens) - 1], sampling=Sampling(max_new_tokens=12))
-    s = session_from_engine(engine, "real", explanations)
+    from nla_tui.core.types import Message, Sampling
+    from tests._support_session import demo_engine_for
+
+    engine = demo_engine_for(request)
+    shared_caches, engine.caches = engine.caches, EngineCaches(tmp_path / "cache")
+    try:
+        engine.set_conversation([Message("user", "Name a colour."), Message("assistant", "Blue.")])
+        explanations = engine.explain([len(engine.tokens) - 3], sampling=Sampling(max_new_tokens=12))
+        s = session_from_engine(engine, "real", explanations)
+    finally:
+        engine.caches = shared_caches
     save_session(s, tmp_path / "real")
     back = load_session(tmp_path / "real")
     assert_same(s, back)
     assert back.activations.tobytes() == np.asarray(engine.activations, np.float32).tobytes()
-
-
-def _demo_engine(request):
-    try:
-        return request.getfixturevalue("demo_engine")
-    except pytest.FixtureLookupError:
-        pytest.skip("needs the demo_engine fixture from tests/conftest.py (engine not landed)")
+    assert back.explanations[0].score is not None and back.info.d_model == back.activations.shape[1]
 
 
 def test_unchanged_activations_are_not_rewritten_and_old_ones_are_cleaned(tmp_path):

@@ -125,13 +125,14 @@ def default_sessions_root() -> Path:
 
 @contextlib.contextmanager
 def _dir_lock(directory: Path) -> Iterator[None]:
-    """Two processes saving the same session serialise instead of deleting each other's files."""
-    with open(directory / ".lock", "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    """Two processes saving the same session serialise instead of deleting each other's
+    files. flock on the directory itself, so no lock file clutters the session."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
