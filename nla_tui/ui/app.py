@@ -112,9 +112,10 @@ class NlaApp(App[None]):
         self.pane.show(-1)
         self._update_status()
         self.strip.focus()
+        # The worker queues LoadModels itself when built, so the first frame is up
+        # (and navigable) while the models load.
         self.worker = self.worker_factory(self._emit)
         self.worker.start()
-        self.worker.submit(ev.LoadModels())
         messages = getattr(self.options, "messages", None)
         if messages:
             self.open_transcript(messages)

@@ -14,16 +14,17 @@ from ..core import events as ev
 
 def engine_factory(options: Any) -> Callable[[], Any]:
     def build() -> Any:
-        from ..core.engine import Engine  # imports torch: only ever on the worker thread
+        # Imports torch: only ever runs on the worker thread.
+        from ..core.engine import Engine, EngineOptions
 
-        return Engine.from_options(
-            preset=getattr(options, "preset", None) or "demo",
-            subject=getattr(options, "subject", None),
-            av=getattr(options, "av", None),
-            ar=getattr(options, "ar", None),
-            quant=getattr(options, "quant", None),
-            device=getattr(options, "device", None),
-        )
+        try:
+            from ..cli import engine_options
+
+            opts = engine_options(options)  # every model flag the CLI knows (--layer, --devices…)
+        except AttributeError:  # a bare Namespace (tests, scripts): the basic flags only
+            opts = EngineOptions(**{k: getattr(options, k, None) for k in
+                                    ("preset", "subject", "av", "ar", "quant", "device")})
+        return Engine(opts)
 
     return build
 

@@ -26,11 +26,14 @@ from ..core.types import Explanation, TokenInfo
 
 class ReplayWorker:
     def __init__(self, session: Session | str | Path, emit: Callable[[ev.Event], None],
-                 *, preload: bool = False, delay: float = 0.0):
+                 *, preload: bool = False, delay: float = 0.0, hold_after: int | None = None):
         self.session = session if isinstance(session, Session) else load_session(session)
         self.emit = emit
         self.preload = preload
         self.delay = delay  # seconds between streamed pieces (tests of cancel / progress)
+        # Explain-all stops after this many results until cancelled: tests get a job
+        # that is reliably "still running" without timing.
+        self.hold_after = hold_after
         self._queue: queue.PriorityQueue = queue.PriorityQueue()
         self._seq = itertools.count()
         self._cancel = threading.Event()
@@ -41,6 +44,7 @@ class ReplayWorker:
         for e in self.session.explanations:
             self._by_index.setdefault(e.index, []).append(e)
         self.jobs_seen: list[ev.Job] = []  # what the UI asked for (tests assert on it)
+        self.submit(ev.LoadModels())  # like EngineWorker(autoload=True)
 
     # ------------------------------------------------------------ surface
 
@@ -57,6 +61,7 @@ class ReplayWorker:
 
     def stop(self) -> None:
         self._stop.set()
+        self._cancel.set()
         self._queue.put((-1, next(self._seq), None))
 
     # ------------------------------------------------------------ loop
@@ -153,6 +158,8 @@ class ReplayWorker:
         t0 = time.monotonic()
         total = len(indices)
         for done, index in enumerate(indices, 1):
+            if self.hold_after is not None and done > self.hold_after:
+                self._cancel.wait()
             if self._sleep():
                 return True
             exps = self._by_index.get(index)

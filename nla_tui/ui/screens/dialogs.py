@@ -16,6 +16,8 @@ INJECT = "<INJECT>"
 class ValueDialog(ModalScreen[str | None]):
     """Ask for one value; `validate` returns an error message or None."""
 
+    AUTO_FOCUS = "#dialog-input"
+
     BINDINGS = [Binding("escape", "dismiss_none", "cancel")]
 
     def __init__(self, title: str, value: str = "", placeholder: str = "",
@@ -46,6 +48,8 @@ class ValueDialog(ModalScreen[str | None]):
 
 class PromptDialog(ModalScreen[str | None]):
     """Edit the AV prompt. ctrl+s saves, Esc cancels, ctrl+r restores the default."""
+
+    AUTO_FOCUS = "#prompt-area"
 
     BINDINGS = [
         Binding("ctrl+s", "save", "save"),

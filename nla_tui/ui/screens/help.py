@@ -25,6 +25,7 @@ def keys_table() -> Table:
 
 
 class HelpScreen(ModalScreen[None]):
+    AUTO_FOCUS = "#help-box"  # so arrows / PgDn scroll the list
     BINDINGS = [
         Binding("escape,q,question_mark,f1", "dismiss", "close"),
     ]

@@ -15,20 +15,20 @@ class ChatMessage(Static):
     def __init__(self, role: str, content: str, streaming: bool = False) -> None:
         super().__init__(classes=f"msg -{role}")
         self.role = role
-        self.content = content
+        self.message_text = content
         self.streaming = streaming
         self._paint()
 
     def _paint(self) -> None:
         t = Text()
         t.append(f"{_ROLE_NAMES.get(self.role, self.role)}: ", style="bold")
-        t.append(self.content)
+        t.append(self.message_text)
         if self.streaming:
             t.append("▌", style="blink")
         self.update(t)
 
     def append(self, text: str) -> None:
-        self.content += text
+        self.message_text += text
         self._paint()
 
     def finish(self) -> None:
@@ -70,4 +70,4 @@ class ChatPane(Vertical):
     @property
     def reply_text(self) -> str:
         msgs = self.log.query(ChatMessage)
-        return msgs.last().content if msgs else ""
+        return msgs.last().message_text if msgs else ""

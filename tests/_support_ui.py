@@ -1,0 +1,62 @@
+"""Helpers for the UI tests (no conftest: tests/conftest.py belongs to the lead)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Callable
+
+from nla_tui.ui.app import NlaApp, create_app
+from nla_tui.ui.replay import ReplayWorker
+
+RECORDED = Path(__file__).parent / "data" / "recorded_session"
+# The prompt the recorded session was made with (tests type it into the chat box).
+RECORDED_PROMPT = "The Eiffel Tower is in"
+
+
+class Holder:
+    """Keeps the worker the app built so a test can inspect the jobs it got."""
+
+    worker: ReplayWorker | None = None
+
+
+def replay_app(preload: bool = False, delay: float = 0.0, holder: Holder | None = None,
+               options=None, hold_after: int | None = None) -> NlaApp:
+    def factory(emit):
+        w = ReplayWorker(RECORDED, emit, preload=preload, delay=delay, hold_after=hold_after)
+        if holder is not None:
+            holder.worker = w
+        return w
+
+    return create_app(factory, options)
+
+
+async def wait_until(pilot, predicate: Callable[[], bool], what: str, limit: float = 60.0) -> None:
+    """Let the app run until `predicate` holds. The limit is a hang guard, not a
+    speed assertion: it is far above any normal run."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError(f"gave up waiting for: {what}")
+        await pilot.pause(0.02)
+    await pilot.pause()
+
+
+async def settle_replay(pilot, app: NlaApp) -> None:
+    """Wait for a preloaded replay to show the whole recorded session."""
+    await wait_until(pilot, lambda: app.state.info is not None and app.state.tokens
+                     and app.state.explained_count() > 0 and app.state.queue_depth == 0,
+                     "the replayed session")
+    await pilot.pause()
+
+
+def async_test(fn):
+    """Run an async test body with asyncio.run (no pytest-asyncio in the venv)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(fn(*args, **kwargs))
+
+    return wrapper

@@ -1,0 +1,14 @@
+"""The UI must not pull torch/transformers: it draws while the worker loads them."""
+
+import subprocess
+import sys
+
+
+def test_ui_app_imports_no_torch():
+    code = (
+        "import sys; import nla_tui.ui.app, nla_tui.ui.replay, nla_tui.ui.engine_factory; "
+        "bad = [m for m in ('torch', 'transformers', 'bitsandbytes', 'accelerate') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, f"nla_tui.ui imported {r.stdout.strip()} {r.stderr[-2000:]}"

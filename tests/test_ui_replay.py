@@ -1,0 +1,207 @@
+"""Keys and layout of the app, driven over a replay of a real recorded session.
+
+The session in tests/data/recorded_session was recorded once from the real demo
+engine (Gemma 3 270M); the ReplayWorker serves its events, so these tests are
+deterministic and load no model.
+"""
+
+from nla_tui.core import events as ev
+from nla_tui.ui.app import NARROW
+from nla_tui.ui.screens.dialogs import PromptDialog, ValueDialog
+from nla_tui.ui.screens.help import HelpScreen
+
+from _support_ui import RECORDED_PROMPT, Holder, async_test, replay_app, settle_replay, wait_until
+
+
+async def _chat(pilot, app):
+    await pilot.press("i", *RECORDED_PROMPT, "enter")
+    await wait_until(pilot, lambda: app.state.reply is None and len(app.state.messages) == 2,
+                     "the replayed reply")
+
+
+@async_test
+async def test_chat_streams_reply_into_chat_and_strip():
+    holder = Holder()
+    app = replay_app(holder=holder)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_until(pilot, lambda: app.state.info is not None, "models ready")
+        assert app.focused is app.strip
+        await _chat(pilot, app)
+        jobs = holder.worker.jobs_seen
+        assert isinstance(jobs[-1], ev.Chat) and jobs[-1].text == RECORDED_PROMPT
+        recorded = holder.worker.session
+        assert app.chat.reply_text == recorded.messages[1].content
+        assert len(app.state.tokens) == len(recorded.tokens)
+        # the cursor followed the reply to its last token; the strip has focus again
+        assert app.strip.cursor == app.strip.shown_indices[-1]
+        assert app.focused is app.strip
+
+
+@async_test
+async def test_navigation_keys():
+    app = replay_app(preload=True)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle_replay(pilot, app)
+        strip, toks = app.strip, app.state.tokens
+        await pilot.press("home")
+        assert strip.cursor == 0
+        await pilot.press("right", "right", "right")
+        assert strip.cursor == 3
+        await pilot.press("left")
+        assert strip.cursor == 2
+        await pilot.press("end")
+        assert strip.cursor == len(toks) - 1
+        await pilot.press("pageup")  # start of the last turn
+        start = strip.cursor
+        assert toks[start].turn == toks[-1].turn and toks[start - 1].turn != toks[start].turn
+        await pilot.press("pageup")  # start of the turn before
+        assert toks[strip.cursor].turn < toks[start].turn
+        await pilot.press("pagedown")
+        assert strip.cursor == start
+        # word moves land on tokens that start a word, and w then b comes back
+        await pilot.press("home", "w", "w", "w")
+        w3 = strip.cursor
+        assert w3 > 2 and strip._word_start(strip.shown_indices.index(w3))
+        await pilot.press("b")
+        assert strip.cursor < w3
+        await pilot.press("ctrl+right")
+        assert strip.cursor == w3
+
+
+@async_test
+async def test_special_toggle_hides_specials_and_keeps_cursor_on_a_shown_token():
+    app = replay_app(preload=True)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle_replay(pilot, app)
+        await pilot.press("home")
+        await pilot.press("s")
+        shown = app.strip.shown_indices
+        assert all(app.state.tokens[i].role not in ("bos", "special") for i in shown)
+        assert app.strip.cursor in shown
+        assert "specials off" in str(app.query_one("#legend").render())
+        await pilot.press("s")
+        assert len(app.strip.shown_indices) == len(app.state.tokens)
+
+
+@async_test
+async def test_explain_resample_samples_and_copy_submit_the_right_jobs():
+    holder = Holder()
+    app = replay_app(holder=holder)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await _chat(pilot, app)
+        await pilot.press("home", *["right"] * 12, "e")
+        index = app.strip.cursor
+        await wait_until(pilot, lambda: app.state.best(index) is not None, "the explanation")
+        body = str(app.query_one("#explanation-body").render())
+        best = app.state.best(index)
+        assert best.text.strip()[:20] in body and best.score.label in body
+        await pilot.press("r", "n")
+        explains = [j for j in holder.worker.jobs_seen if isinstance(j, ev.Explain)]
+        assert [j.index for j in explains] == [index] * 3
+        assert not explains[0].force and explains[1].force and explains[1].sampling.temperature > 0
+        assert explains[2].samples == 4 and explains[2].sampling.seed != explains[1].sampling.seed
+        await pilot.press("y")
+        assert best.text in app.clipboard
+
+
+@async_test
+async def test_explain_all_fills_the_strip_and_esc_cancels():
+    holder = Holder()
+    app = replay_app(holder=holder, hold_after=3)  # the job then runs until cancelled
+    async with app.run_test(size=(120, 36)) as pilot:
+        await _chat(pilot, app)
+        strip = app.strip
+        before = strip._style(0)
+        await pilot.press("a")
+        job = holder.worker.jobs_seen[-1]
+        assert isinstance(job, ev.ExplainAll) and len(job.indices) == len(app.state.tokens)
+        bar = app.query_one("#allbar")
+        first = job.indices[0]
+        assert first == 0
+        await wait_until(pilot, lambda: app.state.explained_count() == 3, "three results")
+        assert bar.display and "3/" in str(app.query_one("#all-eta").render())
+        assert strip._style(first) != before  # recoloured by fidelity
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not bar.display, "the cancelled bar to hide")
+        assert app.state.explained_count() == 3
+
+
+@async_test
+async def test_failures_and_bad_input_are_shown_and_the_app_keeps_running(tmp_path):
+    app = replay_app(preload=True)  # a saved session refuses to chat
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle_replay(pilot, app)
+        await pilot.press("i", *"hi", "enter")
+        await wait_until(pilot, lambda: any("without models" in n.message
+                                            for n in app._notifications), "the failure notice")
+        bad = tmp_path / "bad.json"
+        bad.write_text("{not json")
+        app.open_transcript(bad)
+        await pilot.pause()
+        assert any("not valid JSON" in n.message for n in app._notifications)
+        await pilot.press("right")  # still alive and answering keys
+        assert app.is_running
+
+
+@async_test
+async def test_dialogs_validate_temperature_and_prompt():
+    holder = Holder()
+    app = replay_app(preload=True, holder=holder)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle_replay(pilot, app)
+        await pilot.press("t")
+        assert isinstance(app.screen, ValueDialog)
+        await pilot.press(*["backspace"] * 5, *"hot", "enter")
+        assert isinstance(app.screen, ValueDialog)  # refused, with a reason
+        assert "not a number" in str(app.screen.query_one("#dialog-error").render())
+        await pilot.press(*["backspace"] * 3, *"0.5", "enter")
+        assert not isinstance(app.screen, ValueDialog) and app.temperature == 0.5
+        await pilot.press("p")
+        assert isinstance(app.screen, PromptDialog)
+        area = app.screen.query_one("#prompt-area")
+        area.text = "no slot"
+        await pilot.press("ctrl+s")
+        assert isinstance(app.screen, PromptDialog)
+        area.text = "Describe <INJECT> briefly."
+        await pilot.press("ctrl+s")
+        assert app.av_prompt == "Describe <INJECT> briefly."
+        await pilot.press("e")
+        job = holder.worker.jobs_seen[-1]
+        assert job.prompt == "Describe <INJECT> briefly." and job.sampling.temperature == 0.5
+
+
+def _key_names(binding_key: str) -> list[str]:
+    names = {"question_mark": "?", "escape": "Esc", "left": "←", "right": "→", "up": "↑",
+             "down": "↓", "home": "Home", "end": "End", "pageup": "PgUp", "pagedown": "PgDn",
+             "ctrl+left": "ctrl+←", "ctrl+right": "ctrl+→", "f1": "F1", "shift+a": "A"}
+    return [names.get(k, k) for k in binding_key.split(",")]
+
+
+def test_help_table_documents_every_binding():
+    from nla_tui.ui.app import NlaApp
+    from nla_tui.ui.keys import KEYS
+    from nla_tui.ui.widgets.token_strip import TokenStrip
+
+    documented = " ".join(k for _, rows in KEYS for k, _ in rows)
+    tokens = set(documented.replace("/", " ").replace(",", " ").split())
+    for b in NlaApp.BINDINGS + TokenStrip.BINDINGS:
+        for name in _key_names(b.key):
+            assert name in tokens, f"key {name} ({b.action}) is missing from the help"
+
+
+@async_test
+async def test_help_screen_opens_closes_and_side_pane_folds():
+    app = replay_app(preload=True)
+    async with app.run_test(size=(NARROW - 20, 24)) as pilot:
+        await settle_replay(pilot, app)
+        assert app.screen.has_class("-narrow")
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+        await pilot.press("f1")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        await pilot.resize_terminal(NARROW + 20, 36)
+        await pilot.pause()
+        assert not app.screen.has_class("-narrow")

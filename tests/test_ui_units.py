@@ -1,0 +1,139 @@
+"""Pure pieces of the UI: strip layout, event folding, colours, transcript parsing."""
+
+import json
+
+import pytest
+
+from nla_tui.core import events as ev
+from nla_tui.core.errors import InputError
+from nla_tui.core.types import Explanation, Message, Sampling, Score, TokenInfo
+from nla_tui.ui.screens.dialogs import check_prompt, check_temperature
+from nla_tui.ui.state import UiState, job_kind
+from nla_tui.ui.transcript import load_transcript
+from nla_tui.ui.widgets.colors import fidelity_t
+from nla_tui.ui.widgets.explanation import render_token
+from nla_tui.ui.widgets.strip_layout import GUTTER, display_text, layout_pending, layout_tokens
+
+
+def _tok(i, text, role="user", turn=0, norm=10.0):
+    return TokenInfo(i, 100 + i, text, role, turn, norm)
+
+
+def _roles(turn):
+    return {-1: "bos", 0: "user", 1: "model"}.get(turn, "user")
+
+
+def test_layout_breaks_turns_newlines_and_width():
+    toks = [_tok(0, "<bos>", "bos", -1), _tok(1, "ab", turn=0), _tok(2, "c\n", turn=0),
+            _tok(3, "d", turn=0), _tok(4, "x" * 5, "model", 1), _tok(5, "y" * 5, "model", 1)]
+    lay = layout_tokens(toks, GUTTER + 8, True, _roles)
+    # bos row; user row "ab c↵"; user row "d"; model row "xxxxx"; wrapped "yyyyy"
+    assert [[c.index for c in r.cells] for r in lay.rows] == [[0], [1, 2], [3], [4], [5]]
+    assert [r.tag for r in lay.rows] == ["bos", "user", "", "model", ""]
+    assert lay.row_of == [0, 1, 1, 2, 3, 4]
+    assert lay.rows[1].cells[1].text == "c↵" and lay.rows[1].cells[1].x == 2
+
+
+def test_layout_hides_specials_and_reuses_empty_row():
+    toks = [_tok(0, "<bos>", "bos", -1), _tok(1, "<start_of_turn>", "special", 0),
+            _tok(2, "hi\n", "user", 0), _tok(3, "yo", "model", 1)]
+    shown = layout_tokens(toks, 40, True, _roles)
+    hidden = layout_tokens(toks, 40, False, _roles)
+    assert hidden.visible == [2, 3] and hidden.row_of[:2] == [-1, -1]
+    # "hi\n" ends its row; the next turn takes that empty row instead of leaving a gap
+    assert [r.tag for r in shown.rows] == ["bos", "user", "model"]
+
+
+def test_display_text_and_pending_wrap():
+    assert display_text("a\tb\n") == "a⇥b↵" and display_text("") == "∅"
+    rows = layout_pending("abcdefgh\nij", GUTTER + 4, False)
+    assert [r.pending for r in rows] == ["abcd", "efgh", "↵", "ij"]
+    assert rows[0].tag == "model" and rows[1].tag == ""
+
+
+def test_state_folds_chat_and_explain_events():
+    st = UiState()
+    toks = [_tok(i, f"t{i}", norm=10.0 + i) for i in range(12)]
+    st.apply(ev.ChatStarted(toks[:5]))
+    st.apply(ev.ChatDelta("Hel"))
+    st.apply(ev.ChatDelta("lo"))
+    assert st.reply == "Hello" and len(st.tokens) == 5
+    st.apply(ev.ConversationUpdated([Message("user", "x"), Message("assistant", "Hello")], toks))
+    assert st.reply is None and len(st.tokens) == 12
+    st.apply(ev.ExplainStarted(11))
+    st.apply(ev.ExplainDelta(11, "a conc"))
+    assert st.partial[11] == "a conc"
+    ex = Explanation(11, "a concept", "<explanation>a concept</explanation>", Sampling(),
+                     score=Score(0.9, 0.2, 0.5))
+    st.apply(ev.ExplainDone(11, [ex]))
+    assert st.best(11) is ex and 11 not in st.partial and st.explaining is None
+    # a new conversation with a different token at 11 drops the stale explanation
+    changed = toks[:11] + [_tok(11, "other")]
+    changed[11].token_id = 999
+    st.apply(ev.ConversationUpdated([], changed))
+    assert st.best(11) is None
+
+
+def test_state_cancel_and_failure_clear_progress():
+    st = UiState()
+    st.apply(ev.ExplainAllProgress(3, 10, 5.0))
+    assert st.all_progress is not None
+    st.apply(ev.JobFinished("ExplainAll", cancelled=True))
+    assert st.all_progress is None
+    st.apply(ev.ChatStarted([]))
+    st.apply(ev.JobFailed("chat:1", "boom"))
+    assert st.reply is None
+    assert job_kind("explain-cursor") == "explain" and job_kind("ExplainAll") == "explain_all"
+
+
+def test_noisy_positions_and_outliers():
+    st = UiState()
+    toks = [_tok(0, "<bos>", "bos", -1, norm=900.0)] + [_tok(i, "w", norm=10.0) for i in range(1, 30)]
+    toks[20].norm = 80.0
+    st.set_tokens(toks)
+    assert "first 10" in st.noisy_reason(3)
+    assert st.noisy_reason(15) is None
+    assert "median" in st.noisy_reason(20)
+
+
+def test_fidelity_mapping_puts_label_thresholds_at_thirds():
+    assert fidelity_t(Score(0.0, 2.0, 0.3)) == pytest.approx(1 / 3)
+    assert fidelity_t(Score(0.0, 2.0, 0.6)) == pytest.approx(2 / 3)
+    assert fidelity_t(Score(0.9, 0.2, None)) == pytest.approx(2 / 3)
+    assert fidelity_t(Score(-0.5, 3.0, -2.0)) == 0.0
+
+
+def test_render_token_shows_score_warnings_and_untrained_label():
+    st = UiState()
+    st.set_tokens([_tok(i, f"w{i}") for i in range(12)])
+    ex = Explanation(11, "about towers", "raw", Sampling(), score=Score(0.95, 0.1, 0.8),
+                     truncated=True, warnings=["CJK text in the output"], untrained_av=True)
+    st.explanations[11] = [ex]
+    text = render_token(st, 11).plain
+    assert "about towers" in text and "good" in text and "fve_nrm 0.800" in text
+    assert "CJK text in the output" in text and "closing </explanation>" in text
+    assert "untrained AV" in text
+    assert "first 10" in render_token(st, 2).plain
+
+
+def test_transcript_loader(tmp_path):
+    p = tmp_path / "t.json"
+    p.write_text(json.dumps([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]))
+    assert load_transcript(p) == [Message("user", "hi"), Message("assistant", "yo")]
+    p.write_text("[{")
+    with pytest.raises(InputError, match="not valid JSON"):
+        load_transcript(p)
+    p.write_text(json.dumps([{"role": "robot", "content": "x"}]))
+    with pytest.raises(InputError, match="message 0"):
+        load_transcript(p)
+    with pytest.raises(InputError, match="No transcript"):
+        load_transcript(tmp_path / "missing.json")
+
+
+def test_dialog_validators():
+    assert check_prompt("What is <INJECT>?") is None
+    assert "exactly once" in check_prompt("no slot here")
+    assert "exactly once" in check_prompt("<INJECT><INJECT>")
+    assert check_temperature("0.7") is None
+    assert "not a number" in check_temperature("warm")
+    assert "out of range" in check_temperature("5")
