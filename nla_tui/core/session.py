@@ -1,12 +1,7 @@
 """Saved sessions: a directory with session.json + an activations safetensors file.
 
-Format (docs/SESSION_SCHEMA.md has every field):
-
-    DIR/session.json                       schema_version, name, dates, models, conversation,
-                                           tokens, explanations, activations_file, activations_sha256
-    DIR/activations-<sha16>.safetensors    tensor "activations" float32 [T, d_model]
-
-Why the activations file name carries its digest: a save writes the new activations
+DIR/session.json + DIR/activations-<sha16>.safetensors (tensor "activations", float32
+[T, d_model]); docs/SESSION_SCHEMA.md has every field. Why the activations file name carries its digest: a save writes the new activations
 file next to the old one, then commits by atomically replacing session.json, then
 deletes the old file. A kill -9 or a full disk at any moment leaves session.json
 pointing at a complete activations file. Unchanged activations (autosave after an
@@ -40,6 +35,7 @@ from safetensors.numpy import load_file as st_load_file
 from safetensors.numpy import save as st_save
 
 from .errors import InputError, NlaError
+from .session_migrate import MIGRATIONS
 from .types import Explanation, Message, ModelInfo, TokenInfo
 
 SCHEMA_VERSION = 1
@@ -47,7 +43,7 @@ SESSION_FILE = "session.json"
 _ACTS_RE = re.compile(r"^activations(-[0-9a-f]{16})?\.safetensors$")
 
 
-def now_iso() -> str:
+def now_iso() -> str:  # UTC, second resolution: what session.json stores
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -115,8 +111,7 @@ def slugify(name: str) -> str:
 
 
 def default_sessions_root() -> Path:
-    from ..paths import sessions_dir
-
+    from ..paths import sessions_dir  # lazy: keeps platformdirs off the import path of tests
     return sessions_dir()
 
 
@@ -166,13 +161,9 @@ def _check_overwritable(path: Path) -> None:
         raise InputError(f"Refusing to save over {path}: the existing file is unreadable ({e}). "
                          "It was left untouched; save under another name, or move it away "
                          "first.") from e
-    if not isinstance(version, int):
-        raise InputError(f"Refusing to save over {path}: it is not an nla-tui session file. "
-                         "Save under another name.")
-    if version > SCHEMA_VERSION:
-        raise InputError(f"Refusing to save over {path}: it was written by a newer nla-tui "
-                         f"(schema {version} > {SCHEMA_VERSION}). Upgrade nla-tui "
-                         "(pip install -U nla-tui) or save under another name.")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        what = "not an nla-tui session" if not isinstance(version, int) else "from a newer nla-tui"
+        raise InputError(f"Refusing to save over {path}: it is {what}. Save under another name.")
 
 
 def save_session(session: Session, directory: str | os.PathLike) -> Path:
@@ -225,10 +216,9 @@ def _cleanup(directory: Path, keep: str | None) -> None:
 
 def _validate(session: Session, directory: Path) -> None:
     acts = session.activations
-    if acts is not None:
-        if acts.ndim != 2 or acts.shape[0] != len(session.tokens):
-            raise InputError(f"Cannot save session to {directory}: activations have shape "
-                             f"{tuple(acts.shape)} but there are {len(session.tokens)} tokens.")
+    if acts is not None and (acts.ndim != 2 or acts.shape[0] != len(session.tokens)):
+        raise InputError(f"Cannot save session to {directory}: activations have shape "
+                         f"{tuple(acts.shape)} but there are {len(session.tokens)} tokens.")
     for e in session.explanations:
         if not 0 <= e.index < len(session.tokens):
             raise InputError(f"Cannot save session to {directory}: an explanation points at "
@@ -238,26 +228,6 @@ def _validate(session: Session, directory: Path) -> None:
 # ------------------------------------------------------------------ load
 
 
-def _migrate_v0(doc: dict[str, Any], directory: Path) -> dict[str, Any]:
-    """v0: pre-release files with no schema_version (early `nla-tui run --out`): the
-    conversation was called "messages", dates and name could be missing, and the
-    activations sat in a fixed activations.safetensors."""
-    doc = dict(doc)
-    if "conversation" not in doc and "messages" in doc:
-        doc["conversation"] = doc.pop("messages")
-    mtime = datetime.fromtimestamp((directory / SESSION_FILE).stat().st_mtime, timezone.utc)
-    doc.setdefault("created", mtime.isoformat(timespec="seconds"))
-    doc.setdefault("updated", doc["created"])
-    doc.setdefault("name", directory.name)
-    doc.setdefault("explanations", [])
-    if "activations_file" not in doc and (directory / "activations.safetensors").exists():
-        doc["activations_file"] = "activations.safetensors"
-    doc["schema_version"] = 1
-    return doc
-
-
-# schema_version -> function upgrading a document of that version by one step.
-MIGRATIONS = {0: _migrate_v0}
 
 
 def _read_doc(path: Path) -> dict[str, Any]:
@@ -266,8 +236,6 @@ def _read_doc(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise InputError(f"No session at {path.parent}: {path.name} is missing. Pass a "
                          "directory written by nla-tui (it holds session.json).") from None
-    except IsADirectoryError:
-        raise InputError(f"{path} is a directory, expected a session.json file.") from None
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
@@ -393,8 +361,7 @@ def rename_session(directory: str | os.PathLike, new_name: str) -> Path:
     name is free. Returns the (possibly new) directory."""
     if not new_name.strip():
         raise InputError("A session name cannot be empty.")
-    directory = Path(directory)
-    session = load_session(directory)
+    directory, session = Path(directory), load_session(directory)
     session.name = new_name.strip()
     save_session(session, directory)
     target = directory.parent / slugify(new_name)
@@ -407,9 +374,9 @@ def rename_session(directory: str | os.PathLike, new_name: str) -> Path:
 def delete_session(directory: str | os.PathLike) -> None:
     """Delete a session directory. Refuses directories holding files nla-tui did not
     write, so a mistyped path can never wipe unrelated data."""
-    directory = Path(directory)
-    if not (directory / SESSION_FILE).exists():
+    if not (Path(directory) / SESSION_FILE).exists():
         raise InputError(f"{directory} is not a session directory (no {SESSION_FILE}).")
+    directory = Path(directory)
     foreign = [p.name for p in directory.iterdir()
                if not (p.name in (SESSION_FILE, ".lock") or _ACTS_RE.match(p.name)
                        or (p.name.startswith(".") and p.name.endswith(".tmp")))]
