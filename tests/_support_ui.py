@@ -60,3 +60,50 @@ def async_test(fn):
         return asyncio.run(fn(*args, **kwargs))
 
     return wrapper
+
+
+# ---------------------------------------------------------------- screen scenarios
+# Shared by tests/test_ui_snapshots.py and scripts/screenshots.py, so the SVGs in
+# screenshots/ are exactly the screens the snapshot tests pin.
+
+CURSOR_TOKEN = 12  # a token past the noisy prefix, inside the user's prompt
+
+
+async def _after_chat(pilot) -> None:
+    app = pilot.app
+    await wait_until(pilot, lambda: app.state.info is not None, "models ready")
+    await pilot.press("i", *RECORDED_PROMPT, "enter")
+    await wait_until(pilot, lambda: app.state.reply is None and len(app.state.messages) == 2,
+                     "the replayed reply")
+    await pilot.pause()
+
+
+async def _explained(pilot) -> None:
+    app = pilot.app
+    await settle_replay(pilot, app)
+    await pilot.press("home", *["right"] * CURSOR_TOKEN)
+    await pilot.pause()
+
+
+async def _help(pilot) -> None:
+    await _explained(pilot)
+    await pilot.press("question_mark")
+    await pilot.pause()
+
+
+async def _explain_all(pilot) -> None:
+    app = pilot.app
+    await _after_chat(pilot)
+    await pilot.press("home", *["right"] * CURSOR_TOKEN, "a")
+    await wait_until(pilot, lambda: app.state.explained_count() == 10, "ten results")
+
+
+# name -> (app kwargs, size, run_before)
+SCENARIOS = {
+    "main_80x24": (dict(), (80, 24), _after_chat),
+    "main_120x36": (dict(), (120, 36), _after_chat),
+    "explained_80x24": (dict(preload=True), (80, 24), _explained),
+    "explained_120x36": (dict(preload=True), (120, 36), _explained),
+    "help_120x36": (dict(preload=True), (120, 36), _help),
+    "explain_all_120x36": (dict(hold_after=10), (120, 36), _explain_all),
+}

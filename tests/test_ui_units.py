@@ -1,6 +1,7 @@
 """Pure pieces of the UI: strip layout, event folding, colours, transcript parsing."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -137,3 +138,50 @@ def test_dialog_validators():
     assert check_temperature("0.7") is None
     assert "not a number" in check_temperature("warm")
     assert "out of range" in check_temperature("5")
+
+
+def test_docs_list_the_same_keys_as_the_help_screen():
+    from pathlib import Path
+
+    from nla_tui.ui.keys import keys_markdown
+
+    doc = (Path(__file__).parent.parent / "docs" / "TUI.md").read_text(encoding="utf-8")
+    assert keys_markdown() in doc, "docs/TUI.md is out of date: paste keys_markdown() into it"
+
+
+def test_color_system_override_reaches_the_console(monkeypatch):
+    import textual.constants
+
+    from nla_tui.ui.app import create_app
+    from nla_tui.ui.terminal import apply_color_system
+
+    # registered so monkeypatch puts the originals back after the test
+    monkeypatch.setattr(textual.constants, "COLOR_SYSTEM", textual.constants.COLOR_SYSTEM)
+    monkeypatch.setenv("TEXTUAL_COLOR_SYSTEM", "auto")
+    from argparse import Namespace
+
+    app = create_app(lambda emit: None, Namespace(color_system="256"))
+    assert app.console.color_system == "256"
+    app = create_app(lambda emit: None, Namespace(color_system="truecolor"))
+    assert app.console.color_system == "truecolor"
+    with pytest.raises(InputError, match="--color-system"):
+        apply_color_system("millions")
+
+
+def test_run_app_passes_no_mouse_and_builds_a_replay_for_open(monkeypatch):
+    from argparse import Namespace
+
+    from nla_tui.ui import app as app_mod
+    from nla_tui.ui.replay import ReplayWorker
+
+    calls = {}
+
+    def fake_run(self, **kw):
+        calls.update(kw)
+        calls["worker"] = self.worker_factory(lambda e: None)
+
+    monkeypatch.setattr(app_mod.NlaApp, "run", fake_run)
+    session = Path(__file__).parent / "data" / "recorded_session"
+    app_mod.run_app(Namespace(no_mouse=True, color_system=None, session=str(session)))
+    assert calls["mouse"] is False
+    assert isinstance(calls["worker"], ReplayWorker) and calls["worker"].preload

@@ -205,7 +205,7 @@ class NlaApp(App[None]):
         event.input.clear()
         self.chat.start_reply(text)
         self.strip.follow = True
-        self.submit(ev.Chat(text))
+        self.submit(ev.Chat(text, getattr(self.options, "max_new_tokens", None) or 256))
         self.strip.focus()
 
     def _update_status(self) -> None:
