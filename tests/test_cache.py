@@ -187,6 +187,7 @@ def test_explanation_cache_keys(tmp_path):
 
 def test_cache_root_and_sizes(tmp_path, monkeypatch):
     monkeypatch.setenv("NLA_TUI_CACHE", str(tmp_path / "here"))
+    monkeypatch.delenv("NLA_TUI_CACHE_MAX_BYTES", raising=False)
     assert default_cache_root() == tmp_path / "here"
     assert ActivationCache().dir == tmp_path / "here" / "activations" / "v1"
     assert ActivationCache().max_bytes == 4 << 30
@@ -207,7 +208,7 @@ def test_reopening_and_reexplaining_runs_neither_the_subject_nor_the_av(tmp_path
 
     engine = demo_engine_for(request)
     shared_caches = engine.caches
-    engine.caches = EngineCaches(tmp_path / "cache")
+    engine.caches = EngineCaches(tmp_path / "cache", enabled=True)
     try:
         msgs = [Message("user", "Why is the sky blue? Answer in one word.")]
         engine.set_conversation(msgs)
@@ -241,3 +242,26 @@ def test_reopening_and_reexplaining_runs_neither_the_subject_nor_the_av(tmp_path
         assert engine.counters["subject_forward"] == calls["subject_forward"] + 1
     finally:
         engine.caches = shared_caches
+
+
+def test_engine_caches_can_be_switched_off(tmp_path, monkeypatch):
+    from nla_tui.core.engine_caches import EngineCaches
+
+    calls = []
+
+    def compute(ids):
+        calls.append(list(ids))
+        a = acts_for(len(calls), n=len(ids))
+        return type("Cap", (), {"activations": a, "top_ids": np.zeros((len(ids), 2), np.int64),
+                                "top_probs": np.ones((len(ids), 2), np.float32)})()
+
+    info, ids = make_info(d_model=64), list(range(12))
+    on = EngineCaches(tmp_path, enabled=True)
+    first = on.capture(info, ids, compute)
+    hit = on.capture(info, ids, compute)
+    assert len(calls) == 1 and hit.activations.tobytes() == first.activations.tobytes()
+    monkeypatch.setenv("NLA_TUI_NO_CACHE", "1")
+    off = EngineCaches(tmp_path)
+    assert not off.enabled
+    off.capture(info, ids, compute)
+    assert len(calls) == 2

@@ -54,7 +54,7 @@ def test_round_trip_of_a_real_engine_session(tmp_path, request):
     from tests._support_session import demo_engine_for
 
     engine = demo_engine_for(request)
-    shared_caches, engine.caches = engine.caches, EngineCaches(tmp_path / "cache")
+    shared_caches, engine.caches = engine.caches, EngineCaches(tmp_path / "cache", enabled=True)
     try:
         engine.set_conversation([Message("user", "Name a colour."), Message("assistant", "Blue.")])
         explanations = engine.explain([len(engine.tokens) - 3], sampling=Sampling(max_new_tokens=12))
