@@ -1,0 +1,126 @@
+"""fast_decode must produce exactly what HF `generate` (eager, dynamic cache) does.
+
+Real model: the demo AV (Gemma 3 270M) with its real AV prompt and injected
+vectors, on CPU in fp32. The CPU path is the same static-cache code the GPU
+captures into CUDA graphs; the GPU check is in bench/ (no GPU in CI).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nla_tui.core import fast_decode as fd
+
+N_NEW = 8  # enough to leave the prompt's echo; CPU decode is ~0.3 s/step
+
+
+@pytest.fixture(scope="module")
+def av():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from nla_tui.core.av import Verbalizer
+    from nla_tui.core.demo import ensure_demo
+    from nla_tui.core.sidecar import read_sidecar
+
+    path = ensure_demo()["av"]
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return Verbalizer(model, tok, read_sidecar(path))
+
+
+@pytest.fixture(scope="module")
+def embeds(av):
+    rng = np.random.default_rng(7)
+    vecs = rng.standard_normal((3, av.meta.d_model)).astype(np.float32)
+    return av.build_embeds(vecs)
+
+
+def hf_greedy(model, emb: torch.Tensor, n: int, stops: list[int]) -> list[int]:
+    out = model.generate(inputs_embeds=emb, attention_mask=torch.ones(emb.shape[:2], dtype=torch.long),
+                         max_new_tokens=n, do_sample=False, eos_token_id=stops, pad_token_id=0,
+                         temperature=None, top_p=None, top_k=None)
+    row = []
+    for t in out[0].tolist():  # with inputs_embeds generate returns only new tokens
+        row.append(t)
+        if t in stops:
+            break
+    return row
+
+
+@pytest.fixture(scope="module")
+def reference(av, embeds):
+    stops = av.stop_ids()
+    return [hf_greedy(av.model, embeds[i:i + 1], N_NEW, stops) for i in range(embeds.shape[0])]
+
+
+def test_batched_greedy_equals_hf_generate(av, embeds, reference):
+    fd.clear()
+    got = fd.decode(av.model, embeds, None, N_NEW, stop_token_ids=av.stop_ids())
+    assert got == reference
+    # Three rows, one template: the prefix before the injection slot was shared.
+    _, slot = av.prompt_ids(None)
+    assert fd.last_stats["prefix_len"] == slot
+    assert fd.last_stats["batches"] == [4]  # bucketed; the fourth row is padding
+    assert len(set(map(tuple, reference))) > 1  # the injected vector matters
+
+
+def test_batch1_with_cached_prefix_equals_hf(av, embeds, reference):
+    _, slot = av.prompt_ids(None)
+    fd.clear()
+    first = fd.decode(av.model, embeds[1:2], None, N_NEW, stop_token_ids=av.stop_ids(), prefix_len=slot)
+    assert not fd.last_stats["prefix_hit"]
+    again = fd.decode(av.model, embeds[2:3], None, N_NEW, stop_token_ids=av.stop_ids(), prefix_len=slot)
+    assert fd.last_stats["prefix_hit"]
+    assert first == [reference[1]] and again == [reference[2]]
+
+
+def test_left_padded_rows_of_different_lengths(av, embeds, reference):
+    # Row 1 is a shorter prompt (the canonical one minus its first 3 tokens),
+    # left-padded to row 0's width: it must decode as if it were alone.
+    short = embeds[1:2, 3:]
+    ref_short = hf_greedy(av.model, short, N_NEW, av.stop_ids())
+    padded = torch.cat([torch.zeros_like(embeds[1:2, :3]), short], dim=1)
+    batch = torch.cat([embeds[0:1], padded])
+    mask = torch.ones(batch.shape[:2], dtype=torch.long)
+    mask[1, :3] = 0
+    got = fd.decode(av.model, batch, mask, N_NEW, stop_token_ids=av.stop_ids())
+    assert got == [reference[0], ref_short]
+
+
+def test_prompt_longer_than_sliding_window(av):
+    # 270M's sliding layers see 512 tokens: positions past that exercise the window mask.
+    window = av.model.config.sliding_window
+    ids = av.tok("The quick brown fox jumps over the lazy dog. " * 60, return_tensors="pt").input_ids
+    assert ids.shape[1] > window + 8
+    emb = av.model.get_input_embeddings()(ids)
+    with torch.inference_mode():
+        ref = hf_greedy(av.model, emb, 4, [])
+        got = fd.decode(av.model, emb, None, 4)
+    assert got == [ref]
+
+
+def test_stop_string_and_cancel(av, embeds, reference):
+    # Stop a row as soon as it has produced 3 tokens (stand-in for "</explanation>").
+    got = fd.decode(av.model, embeds[:2], None, N_NEW, stop_strings_fn=lambda ids: len(ids) >= 3)
+    assert got == [reference[0][:3], reference[1][:3]]
+    seen = []
+
+    def on_step(new_ids):
+        seen.append(new_ids.tolist())
+        return len(seen) < 2  # cancel after the second step
+
+    got = fd.decode(av.model, embeds[:2], None, N_NEW, on_step=on_step)
+    assert got == [reference[0][:2], reference[1][:2]]
+    assert seen == [[reference[0][0], reference[1][0]], [reference[0][1], reference[1][1]]]
+
+
+def test_sampling_is_seeded(av, embeds):
+    def run(seed):
+        g = torch.Generator().manual_seed(seed)
+        return fd.decode(av.model, embeds[:2], None, 6, temperature=1.0, top_p=0.9, generator=g)
+
+    a, b = run(1), run(1)
+    assert a == b
+    assert all(0 <= t < av.model.config.vocab_size for row in a for t in row)
