@@ -265,3 +265,12 @@ def test_engine_caches_can_be_switched_off(tmp_path, monkeypatch):
     assert not off.enabled
     off.capture(info, ids, compute)
     assert len(calls) == 2
+    # An unusable cache location degrades to no caching instead of failing the engine.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    assert not EngineCaches(blocker, enabled=True).enabled
+    c = ActivationCache(tmp_path / "c")
+    key = c.key(IDENT, ids)
+    c.path_for(key).parent.write_text("a file where the shard dir should be")
+    c.put(IDENT, ids, acts_for(0))  # the write fails: silently skipped
+    assert c.get(IDENT, ids) is None

@@ -172,7 +172,7 @@ class _DiskLRU:
         path = self.path_for(key)
         try:
             data = path.read_bytes()
-        except FileNotFoundError:
+        except OSError:  # missing, or unreadable: either way a miss, never a failed job
             return None
         with contextlib.suppress(FileNotFoundError):
             os.utime(path)  # LRU: a hit makes the entry young again
@@ -182,9 +182,9 @@ class _DiskLRU:
         if len(data) > self.max_bytes:
             return  # would evict everything else and then itself
         path = self.path_for(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as fh:
                 fh.write(data)
             with self._locked():
@@ -208,7 +208,11 @@ class _DiskLRU:
         for shard in os.scandir(self.dir):
             if not shard.is_dir():
                 continue
-            for e in os.scandir(shard.path):
+            try:
+                children = list(os.scandir(shard.path))
+            except FileNotFoundError:  # removed by someone clearing the cache by hand
+                continue
+            for e in children:
                 try:
                     st = e.stat()
                 except FileNotFoundError:

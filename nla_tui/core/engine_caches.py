@@ -9,6 +9,7 @@ as `CachedCapture`, which has the same three fields the engine reads from a real
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ import numpy as np
 
 from .cache import ActivationCache, ExplanationCache, av_identity, subject_identity
 from .types import Explanation, ModelInfo, Sampling
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,9 +40,16 @@ class EngineCaches:
                  max_bytes: int | str | None = None) -> None:
         if enabled is None:
             enabled = os.environ.get("NLA_TUI_NO_CACHE", "") in ("", "0")
-        self.enabled = enabled
-        self.activations = ActivationCache(root, max_bytes) if enabled else None
-        self.explanations = ExplanationCache(root) if enabled else None
+        self.activations: ActivationCache | None = None
+        self.explanations: ExplanationCache | None = None
+        if enabled:
+            try:
+                self.activations = ActivationCache(root, max_bytes)
+                self.explanations = ExplanationCache(root)
+            except OSError as e:  # read-only or full cache dir: run uncached, don't fail
+                log.warning("caches disabled: cannot use %s (%s)", root or "the cache dir", e)
+                self.activations = self.explanations = None
+        self.enabled = self.activations is not None
 
     def capture(self, info: ModelInfo, ids: list[int], compute: Callable[[list[int]], object]):
         """The subject's capture of `ids`, from disk when this exact sequence was seen."""
