@@ -87,7 +87,7 @@ class Reconstructor:
             self.forward_calls += 1
             h = self.decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
             last = torch.tensor([len(e) - 1 for e in enc], device=self.device)
-            hl = h[torch.arange(len(enc), device=self.device), last].float()
+            hl = h[torch.arange(len(enc), device=h.device), last.to(h.device)].float().to(self.device)
             out.append(self.value_head(hl).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.meta.d_model), np.float32)
 

@@ -7,7 +7,7 @@ thread-safe by design: one worker thread (worker.py) owns an Engine.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -23,6 +23,18 @@ from .sidecar import read_sidecar
 from .subject import Subject
 from .types import Explanation, Message, ModelInfo, Sampling, Score, TokenInfo
 
+def placement_kwargs(placement, role: str) -> dict:
+    from .placement import device_map_for
+
+    return device_map_for(placement, role)
+
+
+def describe_placement(placement, models) -> str:
+    from .placement import describe
+
+    return describe(placement, {r: m.get_memory_footprint() for r, (m, _) in models.items()})
+
+
 Progress = Callable[[str, float, str], None]  # (model, fraction, message)
 
 
@@ -36,7 +48,7 @@ class EngineOptions:
     quant: str | None = None
     device: str | None = None
     fve_variance: float | None = None
-    device_map: dict[str, object] = field(default_factory=dict)  # model -> device_map for from_pretrained
+    devices: str | None = None  # --devices: "subject=0,av=1,ar=1"; None = place by free GPU memory
     cache: bool | None = None  # on-disk activation/explanation caches; None = on unless NLA_TUI_NO_CACHE=1
     cache_dir: str | None = None  # default: NLA_TUI_CACHE or the user cache dir
 
@@ -70,6 +82,7 @@ class Engine:
         self.tokens: list[TokenInfo] = []
         self.activations = np.zeros((0, 0), np.float32)
         self.explanations: dict[int, list[Explanation]] = {}
+        self.placement_text = ""
         self.caches = EngineCaches(options.cache_dir, options.cache)
 
     @classmethod
@@ -89,11 +102,16 @@ class Engine:
         layer = self._layer(preset, av_meta.extraction_layer, ar_meta.extraction_layer)
         device = o.device or default_device()
         quant = o.quant or default_quant(device)
+        placement = self._place(ckpts, quant, device)
         models = {}
-        for i, key in enumerate(("subject", "av", "ar")):
-            report(key, 0.0, f"loading {ckpts[key].name} ({quant}, {device})")
-            models[key] = (load_model(ckpts[key], quant, device, o.device_map.get(key)), load_tokenizer(ckpts[key]))
+        for key in ("subject", "av", "ar"):
+            kw = placement_kwargs(placement, key) if placement else {}
+            where = placement.label(key) if placement else device
+            report(key, 0.0, f"loading {ckpts[key].name} ({quant}, {where})")
+            models[key] = (load_model(ckpts[key], quant, device, kw.get("device_map"), kw.get("max_memory")),
+                           load_tokenizer(ckpts[key]))
             report(key, 1.0, "loaded")
+        self.placement_text = describe_placement(placement, models) if placement else device
         self.subject = Subject(*models["subject"], layer=layer)
         d = text_config(models["subject"][0]).hidden_size
         if d != av_meta.d_model:
@@ -110,6 +128,19 @@ class Engine:
             mse_scale=ar_meta.mse_scale, fve_variance=variance, untrained_av=av_meta.untrained)
         self.activations = np.zeros((0, d), np.float32)
         return self.info
+
+    def _place(self, ckpts: dict[str, Checkpoint], quant: str, device: str):
+        """On CUDA, decide which card(s) each model goes to, from configs alone."""
+        if not device.startswith("cuda") or (device != "cuda" and not self.options.devices):
+            return None  # one named card, or CPU: everything goes there
+        from transformers import AutoConfig
+
+        from . import placement as pl
+
+        explicit = pl.parse_devices(self.options.devices or "")
+        sizes = {r: pl.model_size(AutoConfig.from_pretrained(str(c.path)), quant,
+                                  context_tokens=pl.ROLE_CONTEXT_TOKENS[r]) for r, c in ckpts.items()}
+        return pl.plan_placement(sizes, pl.gpu_free_memory(), explicit, quant)
 
     def _layer(self, preset: Preset | None, av_layer: int | None, ar_layer: int | None) -> int:
         known = {v for v in (av_layer, ar_layer) if v is not None}

@@ -131,7 +131,7 @@ def is_multimodal(config) -> bool:
     return hasattr(config, "text_config") and getattr(config, "model_type", "") == "gemma3"
 
 
-def load_model(ckpt: Checkpoint, quant: str, device: str, device_map: Any = None):
+def load_model(ckpt: Checkpoint, quant: str, device: str, device_map: Any = None, max_memory: Any = None):
     """Load a causal LM, text-only or Gemma 3's multimodal wrapper, in `quant`."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -145,6 +145,8 @@ def load_model(ckpt: Checkpoint, quant: str, device: str, device_map: Any = None
         cls = AutoModelForCausalLM
     kwargs = _quant_kwargs(quant, device)
     kwargs["device_map"] = device_map if device_map is not None else {"": device}
+    if max_memory is not None:
+        kwargs["max_memory"] = max_memory
     try:
         model = cls.from_pretrained(str(ckpt.path), **kwargs)
     except torch.cuda.OutOfMemoryError:

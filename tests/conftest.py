@@ -1,0 +1,37 @@
+"""Shared fixtures. The demo engine (real Gemma 3 270M on CPU, fp32) loads once per run;
+the demo pair is built once into the user cache (NLA_TUI_CACHE overrides where)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def demo_paths():
+    from nla_tui.core.demo import ensure_demo
+
+    return ensure_demo()
+
+
+@pytest.fixture(scope="session")
+def demo_engine(demo_paths):
+    """A loaded Engine on the demo preset with one short real chat turn captured.
+    Tests that change its conversation must restore it (or use their own engine)."""
+    from nla_tui.core.engine import Engine
+
+    engine = Engine.from_options(preset="demo", device="cpu", quant="fp32")
+    engine.load()
+    engine.chat("What is the capital of France?", max_new_tokens=8)
+    return engine
+
+
+@pytest.fixture(scope="session")
+def demo_tokenizer(demo_paths):
+    from nla_tui.core.loading import load_tokenizer, resolve_checkpoint
+
+    return load_tokenizer(resolve_checkpoint(demo_paths["av"]))
