@@ -1,0 +1,59 @@
+"""`python -m bench ...` and `nla-tui bench ...` (cli.py imports add_subparser from here)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("suite", choices=["gpu", "cpu", "ui"], help="gpu: 27B-shaped nf4; cpu: demo preset; ui: Pilot")
+    p.add_argument("--out", help="JSON file to write (default bench/results/<suite>.json)")
+    p.add_argument("--new-tokens", type=int, default=None, help="tokens per explanation (gpu 200, cpu 48)")
+    p.add_argument("--explain", type=int, default=None, help="explanations in explain-all (gpu 150, cpu 32)")
+    p.add_argument("--mem-budget-gib", type=float, default=44.0, help="GPU memory target for explain-all")
+    p.add_argument("--dry-run", action="store_true", help="gpu suite on CPU with a tiny config (checks the script)")
+    p.set_defaults(func=run)
+
+
+def add_subparser(subparsers) -> None:
+    _configure(subparsers.add_parser("bench", help="measure speed and memory; prints a table, writes JSON"))
+
+
+def run(args: argparse.Namespace) -> int:
+    from .common import Report, machine
+
+    command = "python -m bench " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py") \
+        else " ".join(["nla-tui", *sys.argv[1:]])
+    out = Path(args.out or f"bench/results/{args.suite}.json")
+    if args.suite == "gpu":
+        from . import gpu
+
+        if args.dry_run:
+            gpu.DEV.update(device="cpu", mode="bf16", tiny=True)
+        rep = Report("gpu: Gemma-3-27B-shaped nf4, random weights", machine(gpu.DEV["device"]), command,
+                     apply_targets=not args.dry_run)
+        gpu.run(rep, out, new_tokens=args.new_tokens or (200 if not args.dry_run else 16),
+                n_explain=args.explain or (150 if not args.dry_run else 12), mem_budget_gib=args.mem_budget_gib)
+    elif args.suite == "cpu":
+        from . import cpu
+
+        rep = Report("cpu: demo preset (Gemma 3 270M, fp32)", machine("cpu"), command, apply_targets=False)
+        cpu.run(rep, out, new_tokens=args.new_tokens or 48, n_explain=args.explain or 32)
+    else:
+        from . import ui
+
+        rep = Report("ui: keypress-to-render, headless Pilot", machine("cpu"), command)
+        ui.run(rep, out)
+    rep.write(out)
+    print(rep.table())
+    print(f"wrote {out}")
+    return 0 if not rep.errors else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    _configure(p)
+    args = p.parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,293 @@
+"""GPU benchmark: Gemma-3-27B-shaped random weights in nf4 (subject 62, AV 62, AR 42 layers).
+
+Every speed figure carries an eager HF baseline measured in the same run:
+`model.generate` (dynamic cache, no graphs), as in ../shared/PERF.md.
+Random weights rarely emit a stop token, so every row decodes the full length
+(the worst case for an explanation).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from pathlib import Path
+
+import torch
+
+from nla_tui.core import fast_decode as fd
+
+from .common import Report, machine, median_time
+from .shapes import build, gemma3_27b_config, value_head
+
+AV_PROMPT = 48  # tokens in the AV's chat-templated prompt (27B release template, rounded up)
+SLOT = 20  # injection position: the shared prefix is everything before it
+LAYER_K = 41
+GIB = 2**30
+
+
+# A dry run on CPU with a tiny config checks this script end to end before it
+# spends device time (python -m bench gpu --dry-run).
+DEV = {"device": "cuda", "mode": "nf4", "tiny": False}
+
+
+def _sync():
+    if DEV["device"] == "cuda":
+        torch.cuda.synchronize()
+
+
+def _alloc() -> int:
+    return torch.cuda.memory_allocated() if DEV["device"] == "cuda" else 0
+
+
+def _reset_peak() -> None:
+    if DEV["device"] == "cuda":
+        _reset_peak()
+        torch.cuda.empty_cache()
+
+
+def _peak() -> tuple[int, int]:
+    if DEV["device"] == "cuda":
+        return torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
+    return 0, 0
+
+
+def _cfg(layers: int):
+    if not DEV["tiny"]:
+        return gemma3_27b_config(layers)
+    from transformers import Gemma3TextConfig
+
+    return Gemma3TextConfig(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=max(2, layers // 10),
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
+                            sliding_window=32, max_position_embeddings=4096)
+
+
+def _gib(x: int) -> float:
+    return round(x / GIB, 2)
+
+
+def _av_embeds(model, n: int, seed: int = 0) -> torch.Tensor:
+    """n prompts: one template, a different injected vector in each row."""
+    g = torch.Generator(device=DEV["device"]).manual_seed(1234)
+    ids = torch.randint(10, model.config.vocab_size - 10, (1, AV_PROMPT), device=DEV["device"], generator=g)
+    base = model.get_input_embeddings()(ids)
+    emb = base.expand(n, -1, -1).clone()
+    g.manual_seed(seed)
+    v = torch.randn(n, base.shape[-1], device=DEV["device"], generator=g)
+    emb[:, SLOT] = (v / v.norm(dim=-1, keepdim=True) * base[0].norm(dim=-1).mean() * 4).to(emb.dtype)
+    return emb
+
+
+@torch.inference_mode()
+def hf_ms_per_step(model, emb: torch.Tensor, n: int) -> float:
+    """Eager HF generate; (t(n) - t(2)) / (n - 2) isolates the decode step from prefill."""
+    def gen(k):
+        model.generate(inputs_embeds=emb, attention_mask=torch.ones(emb.shape[:2], dtype=torch.long, device=emb.device),
+                       max_new_tokens=k, min_new_tokens=k, do_sample=False, pad_token_id=0,
+                       temperature=None, top_p=None, top_k=None)
+    gen(2)
+    t2 = median_time(lambda: gen(2), 1, _sync)
+    tn = median_time(lambda: gen(n), 1, _sync)
+    return 1000 * (tn - t2) / (n - 2)
+
+
+@torch.inference_mode()
+def step_ms(model, batch: int, max_len: int, steps: int = 20) -> tuple[float, bool]:
+    """ms per captured decode step at one batch bucket (the graph replay alone)."""
+    r = fd._runner(model, batch, max_len, DEV["device"] == "cuda")
+    r.prefill(_av_embeds(model, batch)[:, :AV_PROMPT], 0)
+    ids = torch.zeros(batch, dtype=torch.long, device=DEV["device"])
+    r.step(ids, AV_PROMPT)
+    steps = max(1, min(steps, max_len - AV_PROMPT - 2))
+    _sync()
+    t = time.perf_counter()
+    for i in range(steps):
+        r.step(ids, AV_PROMPT + 1 + i)
+    _sync()
+    graphed = r.graph is not None
+    fd.clear(model)
+    return 1000 * (time.perf_counter() - t) / steps, graphed
+
+
+def run(rep: Report, out: Path, new_tokens: int = 200, n_explain: int = 150, mem_budget_gib: float = 44.0) -> None:
+    cfg62, cfg42 = _cfg(62), _cfg(42)
+    dev, mode = DEV["device"], DEV["mode"]
+    layer_k = min(LAYER_K, cfg62.num_hidden_layers - 1)
+    m: dict = {}
+    d = rep.details
+    max_len = AV_PROMPT + new_tokens
+
+    def build_av():
+        t = time.perf_counter()
+        m["av"] = build(cfg62, mode, dev)
+        d["build_av_s"] = round(time.perf_counter() - t, 1)
+        d["av_weights_gib"] = _gib(_alloc())
+    rep.section("build_av", build_av, out)
+    av = m["av"]
+
+    def eager_b1():
+        d["eager_b1_ms_per_step"] = hf_ms_per_step(av, _av_embeds(av, 1), 24)
+    rep.section("eager_b1", eager_b1, out)
+
+    def fast_b1():
+        t = time.perf_counter()
+        fd.warmup(av, [1], max_len=max_len)
+        d["capture_b1_s"] = round(time.perf_counter() - t, 2)
+        emb = _av_embeds(av, 1, seed=5)
+        # Greedy agreement with HF on the GPU (bf16: near-ties can legitimately flip late tokens).
+        ref = av.generate(inputs_embeds=emb, attention_mask=torch.ones(1, AV_PROMPT, dtype=torch.long, device=dev),
+                          max_new_tokens=32, min_new_tokens=32, do_sample=False, pad_token_id=0,
+                          temperature=None, top_p=None, top_k=None)[0].tolist()
+        got = fd.decode(av, emb, None, 32, stop_token_ids=[], prefix_len=SLOT)[0]
+        agree = next((i for i, (a, b) in enumerate(zip(ref, got)) if a != b), len(ref))
+        d["gpu_greedy_agreement"] = {"first_mismatch": agree, "of": len(ref), "graphs": fd.last_stats["graphs"],
+                                     "graph_error": fd.last_stats["graph_error"]}
+        runs = []
+        for s in range(3):
+            fd.decode(av, _av_embeds(av, 1, seed=10 + s), None, new_tokens, stop_token_ids=[], prefix_len=SLOT)
+            runs.append(dict(fd.last_stats))
+        runs.sort(key=lambda x: x["total_s"])
+        med = runs[1]
+        d["fast_b1_runs"] = runs
+        base = d.get("eager_b1_ms_per_step")
+        ms = 1000 * med["step_s"] / max(1, med["steps"])
+        rep.add("av_b1_ms_per_step", ms, "ms", base, "captured decode step, batch 1, 27B nf4")
+        if base:
+            rep.add("av_b1_speedup", base / ms, "x", note="eager ms/step over fast ms/step")
+        rep.add("av_first_token_s", med["first_token_s"], "s", note="prefill (cached prefix) + first token")
+        rep.add("av_explanation_200_s", med["total_s"], "s",
+                None if base is None else base * new_tokens / 1000, f"{new_tokens} new tokens, batch 1")
+        rep.add("warmup_s", d["capture_b1_s"], "s", note="graph capture for batch 1 (more buckets: see details)")
+    rep.section("fast_b1", fast_b1, out)
+
+    def sweep():
+        d["step_ms_by_batch"] = {}
+        for b in (1, 8, 16, 32, 64, 96, 160):
+            ms, graphed = step_ms(av, b, fd._round_len(max_len))
+            d["step_ms_by_batch"][b] = {"ms": round(ms, 2), "tok_s": round(1000 * b / ms), "graph": graphed}
+    rep.section("sweep", sweep, out)
+
+    def eager_batch():
+        d["eager_b150_ms_per_step"] = hf_ms_per_step(av, _av_embeds(av, n_explain), 12)
+    rep.section("eager_batch", eager_batch, out)
+    gc.collect()
+    _reset_peak()
+
+    def build_others():
+        t = time.perf_counter()
+        m["subject"] = build(cfg62, mode, dev)
+        d["build_subject_s"] = round(time.perf_counter() - t, 1)
+        t = time.perf_counter()
+        m["ar"] = build(cfg42, mode, dev)
+        m["head"] = value_head(cfg42.hidden_size, dev)
+        d["build_ar_s"] = round(time.perf_counter() - t, 1)
+        d["three_models_gib"] = _gib(_alloc())
+    rep.section("build_subject_ar", build_others, out)
+
+    def explain_all(label: str, max_batch: int):
+        fd.clear(av)
+        gc.collect()
+        _reset_peak()
+        emb = _av_embeds(av, n_explain, seed=99)
+        bucket = fd.bucket_for(min(max_batch, n_explain))
+        t = time.perf_counter()
+        fd.warmup(av, [1, bucket], max_len=max_len)
+        cap = time.perf_counter() - t
+        _reset_peak()
+        t = time.perf_counter()
+        rows = fd.decode(av, emb, None, new_tokens, stop_token_ids=[], max_batch=max_batch, prefix_len=SLOT)
+        _sync()
+        wall = time.perf_counter() - t
+        toks = sum(len(r) for r in rows)
+        d[f"explain_all_{label}"] = {"max_batch": max_batch, "bucket": bucket, "wall_s": round(wall, 2),
+                                     "tokens": toks, "tok_s": round(toks / wall), "capture_s": round(cap, 2),
+                                     "peak_gib": _gib(_peak()[0]), "reserved_gib": _gib(_peak()[1]),
+                                     "graphs": fd.last_stats["graphs"], "graph_error": fd.last_stats["graph_error"]}
+        return wall, toks, cap
+
+    def explain_all_capped():
+        # Largest bucket whose KV cache fits the memory target next to the three models.
+        c = cfg62
+        per_row = c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * 2 * fd._round_len(max_len)
+        free = mem_budget_gib * GIB - _alloc() - 1.5 * GIB  # activations, logits, pools
+        fits = max(1, int(free // per_row))
+        mb = max(b for b in fd.BATCH_BUCKETS if b <= fits) if fits >= 1 else 1
+        d["kv_bytes_per_row"] = per_row
+        wall, toks, cap = explain_all("capped", mb)
+        base = d.get("eager_b150_ms_per_step")
+        base_tok_s = None if not base else 1000 * n_explain / base
+        rep.add("explain_all_150_s", wall, "s",
+                None if not base else base * new_tokens / 1000,
+                f"{n_explain} x {new_tokens} tokens, max_batch {mb} (fits {mem_budget_gib:g} GiB)")
+        rep.add("explain_all_av_tok_s", toks / wall, "tok/s", base_tok_s, f"max_batch {mb}")
+        rep.add("peak_gib_three_models_explain_all", d["explain_all_capped"]["peak_gib"], "GiB",
+                note="subject 62 + AV 62 + AR 42 layers nf4, during explain-all (capped)")
+        rep.add("warmup_s", d["capture_b1_s"] + cap, "s", note=f"graph capture, buckets 1 and {mb}")
+    rep.section("explain_all_capped", explain_all_capped, out)
+
+    def explain_all_fast():
+        wall, toks, _ = explain_all("one_batch", n_explain)
+        base = d.get("eager_b150_ms_per_step")
+        rep.add("explain_all_150_s_one_batch", wall, "s", None if not base else base * new_tokens / 1000,
+                f"all {n_explain} rows in one bucket")
+        rep.add("explain_all_av_tok_s_one_batch", toks / wall, "tok/s", None if not base else 1000 * n_explain / base)
+        rep.add("peak_gib_one_batch", d["explain_all_one_batch"]["peak_gib"], "GiB")
+        fd.clear(av)
+        gc.collect()
+        _reset_peak()
+    rep.section("explain_all_one_batch", explain_all_fast, out)
+
+    subj = m.get("subject")
+
+    def chat():
+        g = torch.Generator(device=dev).manual_seed(3)
+        ids = torch.randint(10, cfg62.vocab_size - 10, (1, 100), device=dev, generator=g)
+        emb = subj.get_input_embeddings()(ids)
+        base = hf_ms_per_step(subj, emb, 24)
+        fd.warmup(subj, [1], max_len=100 + 256)
+        fd.decode(subj, emb, None, 16, stop_token_ids=[])
+        t = time.perf_counter()
+        rows = fd.decode(subj, emb, None, 256, stop_token_ids=[])
+        wall = time.perf_counter() - t
+        rep.add("subject_chat_tok_s", len(rows[0]) / wall, "tok/s", 1000 / base,
+                "fast_decode on the subject, 100-token prompt, 256 new; baseline eager generate")
+        fd.clear(subj)
+    rep.section("subject_chat", chat, out)
+
+    def capture():
+        ids = torch.randint(10, cfg62.vocab_size - 10, (1, 1000), device=dev)
+        got = {}
+        hook = subj.model.layers[layer_k].register_forward_hook(lambda mod, i, o: got.__setitem__("h", o[0] if isinstance(o, tuple) else o))
+        try:
+            def fwd():
+                with torch.inference_mode():
+                    logits = subj(input_ids=ids, use_cache=False).logits
+                    top = torch.topk(logits[0].float().softmax(-1), 5, dim=-1)
+                    got["h"].float().cpu(), top.indices.cpu()
+            fwd()
+            rep.add("layer_k_capture_1000_s", median_time(fwd, 3, _sync), "s",
+                    note="one prefill of 1,000 tokens, hook at layer 41, activations + top-5 to CPU")
+        finally:
+            hook.remove()
+    rep.section("capture", capture, out)
+
+    def ar_score():
+        ar, head = m["ar"], m["head"]
+        n_tok = 230  # AR template (~20) + a ~200-token explanation
+
+        def score(batch):
+            ids = torch.randint(10, cfg42.vocab_size - 10, (batch, n_tok), device=dev)
+            with torch.inference_mode():
+                h = ar.model(input_ids=ids, use_cache=False).last_hidden_state[:, -1]
+                head(h).float().cpu()
+        score(1)
+        one = median_time(lambda: score(1), 5, _sync)
+        chunk = min(50, n_explain)
+        t = median_time(lambda: [score(chunk) for _ in range(n_explain // chunk)], 1, _sync)
+        rep.add("ar_score_one_s", one, "s", note=f"batch 1, {n_tok} tokens, 42 layers + value head")
+        rep.add("ar_score_batched_per_expl_s", t / n_explain, "s", one, f"{n_explain} in batches of {chunk}")
+    rep.section("ar_score", ar_score, out)
+
+    start_ready = sum(d.get(k, 0) for k in ("build_av_s", "build_subject_s", "build_ar_s"))
+    cap = d.get("explain_all_capped", {}).get("capture_s", 0) + d.get("capture_b1_s", 0)
+    rep.add("start_to_ready_s", start_ready + cap, "s",
+            note="build 3 random-weight nf4 models on GPU + graph capture; loading real checkpoints from disk is slower")
