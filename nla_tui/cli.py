@@ -33,6 +33,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="weights precision (default: nf4 on CUDA, fp32 on CPU)")
     g.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda if available)")
     g.add_argument("--devices", help="place models on GPUs, e.g. subject=0,av=1,ar=1 (default: by free memory)")
+    g.add_argument("--cache-dir", help="activation/explanation cache (default: NLA_TUI_CACHE or the user cache dir)")
+    g.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk caches")
     g.add_argument("--fve-variance", type=float, help="predict-the-mean variance for fve_nrm (default: sidecar/preset)")
 
 
@@ -45,7 +47,8 @@ def engine_options(args: argparse.Namespace):
         parse_devices(args.devices)  # fail early, before any model loads
     return EngineOptions(preset=args.preset, subject=args.subject, av=args.av, ar=args.ar, layer=args.layer,
                          quant=args.quant, device=args.device, fve_variance=args.fve_variance,
-                         devices=getattr(args, "devices", None))
+                         devices=getattr(args, "devices", None), cache=False if args.no_cache else None,
+                         cache_dir=args.cache_dir)
 
 
 def parse_explain(spec: str, n_tokens: int) -> list[int]:
@@ -173,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--max-explain-tokens", type=int, default=200, help="AV max new tokens (default 200)")
     r.add_argument("--av-prompt", help="custom AV prompt containing <INJECT>")
-    r.add_argument("--batch-size", type=int, default=8, help="explanations per AV batch")
+    r.add_argument("--batch-size", type=int, default=16, help="explanations per AV batch")
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("check", help="load tokenizers and sidecars only; report whether the pair is consistent")

@@ -9,6 +9,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests that exercise the on-disk caches turn them on explicitly; everywhere else a
+# warm user cache would change call counts and streaming between runs.
+os.environ.setdefault("NLA_TUI_NO_CACHE", "1")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,216 @@
+"""Checkpoint loading: sidecar/tokenizer drift, the multimodal layout, nf4, `check`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from nla_tui.core.errors import CheckpointError
+from nla_tui.core.loading import load_tokenizer, resolve_checkpoint
+from nla_tui.core.sidecar import read_sidecar, validate_ar, validate_av
+
+
+def clone_ckpt(src: Path, dst: Path, edit=None) -> Path:
+    """A copy of a demo checkpoint whose weights are symlinked (cheap) and whose
+    sidecar is edited by `edit(meta_dict)`."""
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        (dst / f.name).symlink_to(f) if f.suffix == ".safetensors" else shutil.copy(f, dst / f.name)
+    if edit:
+        meta = yaml.safe_load((dst / "nla_meta.yaml").read_text())
+        edit(meta)
+        (dst / "nla_meta.yaml").write_text(yaml.safe_dump(meta, allow_unicode=True))
+    return dst
+
+
+def _validate_av_dir(path: Path):
+    meta = read_sidecar(path)
+    return validate_av(meta, load_tokenizer(resolve_checkpoint(path)), 640)
+
+
+def _set(path: str, value):
+    def edit(meta):
+        d = meta
+        keys = path.split(".")
+        for k in keys[:-1]:
+            d = d[k]
+        if value is KeyError:
+            del d[keys[-1]]
+        else:
+            d[keys[-1]] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_set("tokens.injection_token_id", 1234), "Tokenizer drift"),
+    (_set("tokens.injection_left_neighbor_id", 5), "template drift"),
+    (_set("tokens.injection_right_neighbor_id", 5), "template drift"),
+    (_set("extraction.injection_scale", KeyError), "injection_scale"),
+    (_set("prompt_templates.av", "No slot here, sorry."), "no {injection_char} slot"),
+    (_set("prompt_templates.av", "<concept>{injection_char}</concept> and <concept>{injection_char}</concept>"), "expected exactly 1"),
+    (_set("tokens", KeyError), "no `tokens` field"),
+    (_set("d_model", 1024), "d_model=1024"),
+    (_set("role", "critic"), "AR sidecar"),
+])
+def test_av_sidecar_drift_fails_loudly(demo_paths, tmp_path, edit, message):
+    path = clone_ckpt(demo_paths["av"], tmp_path / "av", edit)
+    with pytest.raises((CheckpointError, Exception), match=message) as exc:
+        meta = read_sidecar(path)
+        if meta.role != "av":
+            from nla_tui.core.av import Verbalizer
+
+            Verbalizer(None, None, meta)
+        _validate_av_dir(path)
+    assert isinstance(exc.value, (CheckpointError,)) or "AR sidecar" in message
+
+
+def test_av_double_bos_detected(demo_paths, tmp_path):
+    path = clone_ckpt(demo_paths["av"], tmp_path / "av")
+    tok = load_tokenizer(resolve_checkpoint(path))
+    tok.chat_template = "{{ bos_token }}" + tok.chat_template  # template drift: a second <bos>
+    with pytest.raises(CheckpointError, match="two <bos>"):
+        validate_av(read_sidecar(path), tok, 640)
+
+
+def test_missing_sidecar_and_older_key_names(demo_paths, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="not an NLA checkpoint"):
+        read_sidecar(bare)
+
+    def to_old(meta):
+        meta["role"] = "actor"
+        meta["prompt_templates"] = {"actor": meta["prompt_templates"]["av"], "critic": meta["prompt_templates"]["ar"]}
+    old = clone_ckpt(demo_paths["av"], tmp_path / "old", to_old)
+    meta = read_sidecar(old)
+    assert meta.role == "av" and "{injection_char}" in meta.av_template
+    _validate_av_dir(old)
+
+
+def test_ar_checks(demo_paths, tmp_path):
+    ar = clone_ckpt(demo_paths["ar"], tmp_path / "ar", _set("critic.extraction_layer_index", 7))
+    meta = read_sidecar(ar)
+    tok = load_tokenizer(resolve_checkpoint(ar))
+    with pytest.raises(CheckpointError, match="K\\+1=8"):
+        validate_ar(meta, tok, num_layers=13)
+    sfx = clone_ckpt(demo_paths["ar"], tmp_path / "sfx", _set("tokens.critic_suffix_ids", [1, 2, 3]))
+    with pytest.raises(CheckpointError, match="suffix drift"):
+        validate_ar(read_sidecar(sfx), tok, 13)
+    meta = read_sidecar(demo_paths["ar"])
+    assert meta.mse_scale == pytest.approx(640 ** 0.5)
+
+
+def test_missing_value_head_is_named(demo_engine, demo_paths, tmp_path):
+    from nla_tui.core.ar import Reconstructor
+
+    ar = clone_ckpt(demo_paths["ar"], tmp_path / "ar")
+    (ar / "value_head.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no value_head.safetensors"):
+        Reconstructor(demo_engine.ar.model, demo_engine.ar.tok, read_sidecar(ar), ar, None)
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "nla_tui.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=600)
+
+
+def test_check_command(demo_paths, tmp_path):
+    ok = _cli("check", "--preset", "demo")
+    assert ok.returncode == 0, ok.stderr
+    assert "pair is consistent" in ok.stdout
+    bad = clone_ckpt(demo_paths["av"], tmp_path / "av", _set("tokens.injection_token_id", 99))
+    r = _cli("check", "--preset", "demo", "--av", str(bad))
+    assert r.returncode == 2 and "Tokenizer drift" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("check", "--preset", "gemma3-27b")
+    assert r.returncode == 2 and "huggingface-cli download google/gemma-3-27b-it" in r.stderr
+    assert "HF_TOKEN" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("run", "--preset", "nope", "--prompt", "hi")
+    assert r.returncode == 2 and "Unknown preset" in r.stderr
+
+
+# ------------------------------------------------------------------ multimodal layout
+
+def _tiny_multimodal(path: Path, layers: int, tok_dir: Path) -> None:
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    torch.manual_seed(0)
+    cfg = Gemma3Config(
+        text_config=dict(vocab_size=262208, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=64,
+                         max_position_embeddings=512),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=28, patch_size=14),
+        mm_tokens_per_image=4,
+    )
+    model = Gemma3ForConditionalGeneration(cfg).eval()
+    model.save_pretrained(path)
+    for f in tok_dir.iterdir():
+        if f.name.startswith(("tokenizer", "chat_template", "special_tokens")):
+            shutil.copy(f, path / f.name)
+
+
+def test_multimodal_wrapper_loads_and_round_trips(demo_paths, tmp_path):
+    """The released Gemma AV/AR keep Gemma3ForConditionalGeneration (text_config,
+    model.language_model). A tiny random one goes through the same engine path."""
+    from nla_tui.core.engine import Engine
+
+    src_av = read_sidecar(demo_paths["av"])
+    subj, av, ar = tmp_path / "subject", tmp_path / "av", tmp_path / "ar"
+    _tiny_multimodal(subj, 4, demo_paths["av"])
+    _tiny_multimodal(av, 4, demo_paths["av"])
+    _tiny_multimodal(ar, 3, demo_paths["av"])  # K=2 -> K+1 = 3 layers
+    for d, role in ((av, "av"), (ar, "ar")):
+        meta = yaml.safe_load((demo_paths[role] / "nla_meta.yaml").read_text())
+        meta["d_model"] = 64
+        meta["extraction_layer_index"] = 2
+        meta["extraction"]["mse_scale"] = "sqrt_d_model"
+        if role == "av":
+            meta["extraction"]["injection_scale"] = 50.0
+        else:
+            meta["critic"] = {"extraction_layer_index": 2}
+        (d / "nla_meta.yaml").write_text(yaml.safe_dump(meta, allow_unicode=True))
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.randn(64, 64)}, str(ar / "value_head.safetensors"))
+    eng = Engine.from_options(subject=str(subj), av=str(av), ar=str(ar), device="cpu", quant="fp32")
+    info = eng.load()
+    assert info.layer == 2 and info.d_model == 64 and src_av.injection_char == "㈜"
+    from transformers import Gemma3ForConditionalGeneration
+
+    assert isinstance(eng.av.model, Gemma3ForConditionalGeneration)
+    assert isinstance(eng.ar.decoder.norm, torch.nn.Identity)
+    assert len(eng.ar.decoder.layers) == 3
+    eng.set_conversation([__import__("nla_tui.core.types", fromlist=["Message"]).Message("user", "Hello there")])
+    assert eng.activations.shape == (len(eng.tokens), 64)
+    from nla_tui.core.types import Sampling
+
+    ex = eng.explain([3], Sampling(max_new_tokens=4))[0]
+    assert ex.score is not None and np.isfinite(ex.score.cos)
+    assert ex.score.fve_nrm is None  # no variance baseline known for this pair
+
+
+def test_nf4_path_runs_on_cpu(demo_engine):
+    """bitsandbytes 4-bit on CPU: the subject loads in nf4 and captures activations
+    close to the fp32 ones (quantisation changes them, but not their direction)."""
+    from nla_tui.core.loading import load_model, load_tokenizer, resolve_checkpoint
+    from nla_tui.core.subject import Subject
+
+    ck = resolve_checkpoint(demo_engine.subject.model.name_or_path)
+    model = load_model(ck, "nf4", "cpu")
+    assert any("4bit" in type(m).__name__ for m in model.modules())
+    subj = Subject(model, load_tokenizer(ck), demo_engine.subject.layer)
+    ids = [t.token_id for t in demo_engine.tokens]
+    cap = subj.capture(ids)
+    a, b = cap.activations[1:], demo_engine.activations[1:]
+    cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+    assert np.isfinite(a).all() and np.median(cos) > 0.8
+    assert not np.allclose(a, b)
