@@ -1,0 +1,143 @@
+"""The headless command end to end, the worker thread, and import hygiene."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from nla_tui.core import events as ev
+from nla_tui.core.types import Sampling
+
+
+def _run(*args, env=None, timeout=900):
+    return subprocess.run([sys.executable, "-m", "nla_tui.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=timeout)
+
+
+def test_run_writes_a_valid_session(demo_paths, tmp_path):
+    from nla_tui.core.session import load_session
+
+    out = tmp_path / "s"
+    r = _run("run", "--preset", "demo", "--prompt", "What is the capital of France?", "--max-new-tokens", "6",
+             "--explain", "4,9", "--max-explain-tokens", "8", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "untrained" in r.stdout and "session written" in r.stdout
+    doc = json.loads((out / "session.json").read_text())
+    assert doc["schema_version"] >= 1
+    assert doc["models"]["layer"] == 12 and doc["models"]["quant"] == "fp32"
+    assert doc["conversation"][0] == {"role": "user", "content": "What is the capital of France?"}
+    s = load_session(out)
+    assert len(s.tokens) == s.activations.shape[0] and s.activations.shape[1] == 640
+    assert all(t.norm > 0 for t in s.tokens)
+    np.testing.assert_allclose([t.norm for t in s.tokens], np.linalg.norm(s.activations, axis=1), rtol=1e-5)
+    assert sorted(e.index for e in s.explanations) == [4, 9]
+    for e in s.explanations:
+        assert e.raw and e.score is not None and e.sampling.max_new_tokens == 8
+        assert e.score.fve_nrm is not None
+
+
+def test_run_with_messages_file(tmp_path, demo_paths):
+    msgs = tmp_path / "m.json"
+    msgs.write_text(json.dumps([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]))
+    r = _run("run", "--preset", "demo", "--messages", str(msgs), "--explain", "none")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Hello" in r.stdout and " model " in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--preset", "demo", "--prompt", ""], "prompt is empty"),
+    (["run", "--preset", "demo"], "--prompt TEXT or --messages"),
+    (["run", "--preset", "demo", "--messages", "/nonexistent.json"], "does not exist"),
+    (["run", "--devices", "subject=9x", "--prompt", "hi"], "--devices takes"),
+])
+def test_bad_input_exit_2_without_traceback(args, message):
+    r = _run(*args, timeout=120)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_messages_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"not": "a list"')
+    r = _run("run", "--preset", "demo", "--messages", str(bad), timeout=120)
+    assert r.returncode == 2 and "not valid JSON" in r.stderr
+    bad.write_text('[{"role": "robot", "content": "x"}]')
+    r = _run("run", "--preset", "demo", "--messages", str(bad), timeout=120)
+    assert r.returncode == 2 and "OpenAI style" in r.stderr
+
+
+class Collector:
+    def __init__(self):
+        self.events: list[ev.Event] = []
+        self.cv = threading.Condition()
+
+    def __call__(self, e):
+        with self.cv:
+            self.events.append(e)
+            self.cv.notify_all()
+
+    def wait_for(self, pred, timeout=600):
+        with self.cv:
+            assert self.cv.wait_for(lambda: any(pred(e) for e in self.events), timeout), \
+                f"no matching event; got {[type(e).__name__ for e in self.events][-20:]}"
+        return [e for e in self.events if pred(e)]
+
+    def of(self, cls):
+        return [e for e in self.events if isinstance(e, cls)]
+
+
+def test_worker_runs_jobs_in_order_and_survives_errors(demo_engine):
+    from nla_tui.core.engine import Engine
+    from nla_tui.core.worker import EngineWorker
+
+    eng = Engine(demo_engine.options)  # share the loaded models, own conversation
+    eng.info, eng.subject, eng.av, eng.ar = demo_engine.info, demo_engine.subject, demo_engine.av, demo_engine.ar
+    col = Collector()
+    w = EngineWorker(eng, col).start()
+    try:
+        col.wait_for(lambda e: isinstance(e, ev.ModelsReady))
+        w.submit(ev.Chat("Name a fruit.", max_new_tokens=6))
+        col.wait_for(lambda e: isinstance(e, ev.ConversationUpdated))
+        assert col.of(ev.ChatStarted)[0].tokens[-1].text == "\n"  # the generation prompt is shown at once
+        tokens = col.of(ev.ConversationUpdated)[-1].tokens
+        assert len(tokens) == eng.activations.shape[0]
+        # a bad job reports and the worker keeps going
+        w.submit(ev.Explain(index=10_000))
+        failed = col.wait_for(lambda e: isinstance(e, ev.JobFailed))
+        assert "out of range" in failed[0].message
+        s = Sampling(max_new_tokens=6)
+        w.submit(ev.Explain(index=3, sampling=s))
+        done = col.wait_for(lambda e: isinstance(e, ev.ExplainDone) and e.index == 3)
+        assert done[0].explanations[0].score is not None and not done[0].cached
+        # the same explain again is answered from the engine's results, not the AV
+        calls = eng.counters["av_generate"]
+        w.submit(ev.Explain(index=3, sampling=s))
+        col.wait_for(lambda e: isinstance(e, ev.ExplainDone) and e.index == 3 and e.cached)
+        assert eng.counters["av_generate"] == calls
+        # explain-all reports progress and can be cancelled
+        w.submit(ev.ExplainAll(list(range(len(tokens))), Sampling(max_new_tokens=4)))
+        col.wait_for(lambda e: isinstance(e, ev.ExplainAllProgress) and e.done > 1)
+        w.cancel_current()
+        fin = col.wait_for(lambda e: isinstance(e, ev.JobFinished) and e.job == "ExplainAll")
+        assert fin[0].cancelled
+        assert len({e.index for e in col.of(ev.ExplainDone)}) < len(tokens)
+        assert w.wait_idle(60)
+    finally:
+        w.stop()
+
+
+@pytest.mark.parametrize("module, forbidden", [
+    ("nla_tui.core.engine", ("textual", "rich")),
+    ("nla_tui.core.worker", ("textual", "rich")),
+    ("nla_tui.cli", ("torch", "textual")),
+])
+def test_import_hygiene(module, forbidden):
+    code = (f"import sys, {module}; bad = [m for m in {forbidden!r} if m in sys.modules]; "
+            f"print(','.join(bad)); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"{module} imported {r.stdout.strip()} {r.stderr[-500:]}"
