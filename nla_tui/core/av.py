@@ -105,39 +105,37 @@ class Verbalizer:
     @torch.inference_mode()
     def decode(self, embeds: torch.Tensor, sampling: Sampling, on_step: StepFn | None = None,
                cancel: threading.Event | None = None) -> list[list[int]]:
-        """Generate from inputs_embeds (never also input ids); new token ids per row."""
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        """Generate from inputs_embeds (never also input ids); new token ids per row.
+
+        Goes through fast_decode (static KV cache, CUDA graphs on GPU, the template
+        prefix before the injection slot computed once); its greedy output equals
+        HF generate token for token (tests/test_fast_decode.py)."""
+        from . import fast_decode
 
         self.generate_calls += 1
-        n, t = embeds.shape[:2]
-
         tok = self.tok
+        stops = self.stop_ids()
+        # One row: split at the canonical slot (the cached prefix is keyed by content, so
+        # any split is exact). Several rows: fast_decode finds their common prefix itself.
+        _, slot = self.prompt_ids(None)
+        shared = slot if embeds.shape[0] == 1 and embeds.shape[1] > slot else None
 
-        class _Stop(StoppingCriteria):
-            # Per-row stop on the closing tag. transformers' stop_strings does the same but
-            # precomputes a table over the whole 262k vocabulary on every call (seconds).
-            def __call__(self, input_ids, scores, **kw):
-                stop = bool(cancel is not None and cancel.is_set())
-                if on_step is not None and input_ids.shape[1] > 0:
-                    stop = stop or not on_step(input_ids[:, -1].tolist())
-                rows = [stop or CLOSE_TAG in tok.decode(r[-6:]) for r in input_ids.tolist()]
-                return torch.tensor(rows, dtype=torch.bool, device=input_ids.device)
+        def step(new: torch.Tensor) -> bool:
+            if cancel is not None and cancel.is_set():
+                return False
+            return True if on_step is None else on_step(new.tolist())
 
-        kwargs = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        generator = None
         if sampling.temperature > 0:
-            torch.manual_seed(sampling.seed)
-            kwargs = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
-        out = self.model.generate(
-            inputs_embeds=embeds, attention_mask=torch.ones(n, t, dtype=torch.long, device=self.device),
-            max_new_tokens=sampling.max_new_tokens, eos_token_id=self.stop_ids(),
-            pad_token_id=self.tok.pad_token_id,
-            stopping_criteria=StoppingCriteriaList([_Stop()]), **kwargs)
-        rows = []
-        stops = set(self.stop_ids()) | {self.tok.pad_token_id}
-        for row in out.tolist():  # with inputs_embeds, generate returns only new tokens
-            cut = next((k for k, tid in enumerate(row) if tid in stops), len(row))
-            rows.append(row[:cut])
-        return rows
+            generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
+        rows = fast_decode.decode(
+            self.model, embeds, None, sampling.max_new_tokens, temperature=sampling.temperature,
+            top_p=sampling.top_p, generator=generator, stop_token_ids=stops,
+            # Per-row stop on the closing tag: decode only the tail, not the whole row.
+            stop_strings_fn=lambda ids: CLOSE_TAG in tok.decode(ids[-6:]),
+            on_step=step, prefix_len=shared, max_batch=max(1, embeds.shape[0]))
+        stop_set = set(stops)
+        return [row[:-1] if row and row[-1] in stop_set else row for row in rows]
 
     def generate(self, vectors: np.ndarray, sampling: Sampling = Sampling(), prompt: str | None = None,
                  on_text: Callable[[int, str], None] | None = None,
