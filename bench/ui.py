@@ -1,0 +1,86 @@
+"""UI keypress-to-render with a 5,000-token session, headless (Textual Pilot).
+
+The recorded real session in tests/data is tiled to 5,000 tokens (explanations
+on every token it explained) and replayed with no model. Per key we take
+`pilot.press(key)` + `pilot.pause()` (until the app has handled the key and the
+headless driver has refreshed the screen) and record two clocks:
+- process CPU time: the work a keypress costs (handler + layout + render). On an
+  otherwise idle event loop this is the keypress-to-render latency; it is the
+  figure held against the 20 ms target.
+- wall time: an upper bound inflated by Pilot itself, which sleeps in 20 ms
+  slices until the process looks idle (textual._wait.wait_for_idle).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .common import Report, percentile
+
+RECORDED = Path(__file__).resolve().parent.parent / "tests" / "data" / "recorded_session"
+N_TOKENS = 5000
+
+
+def big_session(n: int = N_TOKENS):
+    from nla_tui.core.session import load_session
+
+    s = load_session(RECORDED)
+    reps = -(-n // len(s.tokens))
+    tokens, expls = [], []
+    for r in range(reps):
+        off = r * len(s.tokens)
+        tokens += [dataclasses.replace(t, index=t.index + off) for t in s.tokens]
+        expls += [dataclasses.replace(e, index=e.index + off) for e in s.explanations]
+    tokens = tokens[:n]
+    expls = [e for e in expls if e.index < n]
+    acts = np.tile(s.activations, (reps, 1))[:n]
+    return dataclasses.replace(s, name="bench-5000", tokens=tokens, explanations=expls, activations=acts,
+                               messages=s.messages * reps)
+
+
+async def _measure(session, keys: list[str], size=(120, 36)) -> dict[str, list[float]]:
+    from nla_tui.ui.app import create_app
+    from nla_tui.ui.replay import ReplayWorker
+
+    app = create_app(lambda emit: ReplayWorker(session, emit, preload=True))
+    times: dict[str, list[float]] = {}
+    walls: list[float] = []
+    async with app.run_test(size=size) as pilot:
+        end = time.perf_counter() + 120
+        while not (app.state.tokens and len(app.state.tokens) >= len(session.tokens)):
+            if time.perf_counter() > end:
+                raise RuntimeError("the 5,000-token session never finished loading into the app")
+            await pilot.pause(0.05)
+        await pilot.pause()
+        await pilot.press("home")
+        for k in keys:
+            t, c = time.perf_counter(), time.process_time()
+            await pilot.press(k)
+            await pilot.pause()
+            times.setdefault(k, []).append(1000 * (time.process_time() - c))
+            walls.append(1000 * (time.perf_counter() - t))
+    times["_wall"] = walls
+    return times
+
+
+def run(rep: Report, out: Path) -> None:
+    def measure():
+        s = big_session()
+        keys = ["right"] * 150 + ["left"] * 50 + ["w"] * 50 + ["pagedown"] * 20 + ["end", "home"] * 10
+        times = asyncio.run(_measure(s, keys))
+        walls = times.pop("_wall")
+        allt = [x for v in times.values() for x in v]
+        rep.details["ui_ms_by_key"] = {k: {"n": len(v), "median": round(statistics.median(v), 2),
+                                           "p95": round(percentile(v, 95), 2)} for k, v in times.items()}
+        rep.add("ui_keypress_p95_ms", percentile(allt, 95), "ms",
+                note=f"CPU time per key (handler+render), {N_TOKENS} tokens, {len(allt)} keys, 120x36")
+        rep.add("ui_keypress_median_ms", statistics.median(allt), "ms", note="CPU time per key")
+        rep.add("ui_keypress_wall_p95_ms", percentile(walls, 95), "ms",
+                note="wall incl. Pilot's >=20 ms idle-detection sleeps (upper bound)")
+    rep.section("ui", measure, out)
