@@ -66,15 +66,16 @@ def async_test(fn):
 # Shared by tests/test_ui_snapshots.py and scripts/screenshots.py, so the SVGs in
 # screenshots/ are exactly the screens the snapshot tests pin.
 
-CURSOR_TOKEN = 12  # a token past the noisy prefix, inside the user's prompt
+CURSOR_TOKEN = 14  # ' Eiffel' in the reply: past the noisy prefix
 
 
 async def _after_chat(pilot) -> None:
     app = pilot.app
     await wait_until(pilot, lambda: app.state.info is not None, "models ready")
     await pilot.press("i", *RECORDED_PROMPT, "enter")
-    await wait_until(pilot, lambda: app.state.reply is None and len(app.state.messages) == 2,
-                     "the replayed reply")
+    # queue_depth 0 comes after the reply's last event: nothing is left in flight
+    await wait_until(pilot, lambda: app.state.reply is None and len(app.state.messages) == 2
+                     and app.state.queue_depth == 0, "the replayed reply")
     await pilot.pause()
 
 
@@ -94,8 +95,11 @@ async def _help(pilot) -> None:
 async def _explain_all(pilot) -> None:
     app = pilot.app
     await _after_chat(pilot)
+    app.worker.hold_after = 10  # explain-all then stays at 10/N: a stable frame
     await pilot.press("home", *["right"] * CURSOR_TOKEN, "a")
-    await wait_until(pilot, lambda: app.state.explained_count() == 10, "ten results")
+    await wait_until(pilot, lambda: app.state.explained_count() == 10
+                     and app.state.all_progress is not None
+                     and app.state.all_progress.done == 10, "ten results")
 
 
 # name -> (app kwargs, size, run_before)
@@ -105,5 +109,5 @@ SCENARIOS = {
     "explained_80x24": (dict(preload=True), (80, 24), _explained),
     "explained_120x36": (dict(preload=True), (120, 36), _explained),
     "help_120x36": (dict(preload=True), (120, 36), _help),
-    "explain_all_120x36": (dict(hold_after=10), (120, 36), _explain_all),
+    "explain_all_120x36": (dict(), (120, 36), _explain_all),
 }

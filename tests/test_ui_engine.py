@@ -6,6 +6,7 @@ No timing assertions: waits have generous hang guards only.
 from __future__ import annotations
 
 import json
+import uuid
 from argparse import Namespace
 
 import pytest
@@ -99,11 +100,12 @@ async def test_chat_streams_then_explain_shows_a_score(shared_engine):
 
 @async_test
 async def test_keys_stay_live_during_explain_all(shared_engine, tmp_path):
-    # A transcript (teacher-forced, no generation) long enough for 50 moves.
+    # A transcript (teacher-forced, no generation) long enough for 50 moves. The
+    # nonce up front keeps the on-disk explanation cache from answering instantly.
     words = " ".join(f"word{i}" for i in range(40))
     transcript = tmp_path / "chat.json"
     transcript.write_text(json.dumps([
-        {"role": "user", "content": f"Repeat these: {words}"},
+        {"role": "user", "content": f"{uuid.uuid4().hex} Repeat these: {words}"},
         {"role": "assistant", "content": words},
     ]))
     app, holder = _app(shared_engine, messages=str(transcript))

@@ -15,8 +15,8 @@ from _support_ui import RECORDED_PROMPT, Holder, async_test, replay_app, settle_
 
 async def _chat(pilot, app):
     await pilot.press("i", *RECORDED_PROMPT, "enter")
-    await wait_until(pilot, lambda: app.state.reply is None and len(app.state.messages) == 2,
-                     "the replayed reply")
+    await wait_until(pilot, lambda: app.state.reply is None and len(app.state.messages) == 2
+                     and app.state.queue_depth == 0, "the replayed reply")
 
 
 @async_test
@@ -107,9 +107,10 @@ async def test_explain_resample_samples_and_copy_submit_the_right_jobs():
 @async_test
 async def test_explain_all_fills_the_strip_and_esc_cancels():
     holder = Holder()
-    app = replay_app(holder=holder, hold_after=3)  # the job then runs until cancelled
+    app = replay_app(holder=holder)
     async with app.run_test(size=(120, 36)) as pilot:
         await _chat(pilot, app)
+        holder.worker.hold_after = 3  # explain-all then runs until cancelled
         strip = app.strip
         before = strip._style(0)
         await pilot.press("a")
@@ -168,6 +169,60 @@ async def test_dialogs_validate_temperature_and_prompt():
         await pilot.press("e")
         job = holder.worker.jobs_seen[-1]
         assert job.prompt == "Describe <INJECT> briefly." and job.sampling.temperature == 0.5
+
+
+@async_test
+async def test_cursor_follows_a_streaming_reply_unless_moved():
+    holder = Holder()
+    app = replay_app(holder=holder)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_until(pilot, lambda: holder.worker is not None, "the worker")
+        holder.worker.hold_after = 3  # the reply stops after 3 tokens until released
+        strip = app.strip
+        await pilot.press("i", *RECORDED_PROMPT, "enter")
+        await wait_until(pilot, lambda: app.state.reply and len(strip._pending) > 0,
+                         "the reply to start streaming")
+        assert strip.follow and strip.cursor == strip.shown_indices[-1]
+        await pilot.press("home")
+        assert not strip.follow and strip.cursor == 0
+        holder.worker.release.set()
+        await wait_until(pilot, lambda: app.state.reply is None and len(app.state.messages) == 2,
+                         "the reply to finish")
+        assert strip.cursor == 0  # the moved cursor stayed put
+        assert not strip._pending and len(strip.shown_indices) == len(app.state.tokens)
+
+
+@async_test
+async def test_end_reattaches_the_cursor_to_a_streaming_reply():
+    holder = Holder()
+    app = replay_app(holder=holder)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_until(pilot, lambda: holder.worker is not None, "the worker")
+        holder.worker.hold_after = 3
+        strip = app.strip
+        await pilot.press("i", *RECORDED_PROMPT, "enter")
+        await wait_until(pilot, lambda: app.state.reply and len(strip._pending) > 0, "streaming")
+        await pilot.press("home", "end")
+        assert strip.follow
+        holder.worker.release.set()
+        await wait_until(pilot, lambda: app.state.reply is None and len(app.state.messages) == 2,
+                         "the reply to finish")
+        assert strip.cursor == len(app.state.tokens) - 1
+
+
+@async_test
+async def test_explain_current_turn_only_and_palette_commands():
+    holder = Holder()
+    app = replay_app(holder=holder)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await _chat(pilot, app)
+        await pilot.press("home", *["right"] * 6, "A")
+        job = holder.worker.jobs_seen[-1]
+        turn = app.state.tokens[app.strip.cursor].turn
+        assert isinstance(job, ev.ExplainAll) and job.indices
+        assert {app.state.tokens[i].turn for i in job.indices} == {turn}
+        titles = {c.title for c in app.get_system_commands(app.screen)}
+        assert {"Explain token", "Explain all", "Cancel", "Edit AV prompt", "Keys"} <= titles
 
 
 def _key_names(binding_key: str) -> list[str]:

@@ -185,3 +185,13 @@ def test_run_app_passes_no_mouse_and_builds_a_replay_for_open(monkeypatch):
     app_mod.run_app(Namespace(no_mouse=True, color_system=None, session=str(session)))
     assert calls["mouse"] is False
     assert isinstance(calls["worker"], ReplayWorker) and calls["worker"].preload
+
+
+def test_load_failure_is_kept_and_shown_in_the_status_line():
+    from nla_tui.ui.widgets.status import status_text
+
+    st = UiState()
+    st.apply(ev.LoadProgress("subject", 0.5, "loading"))
+    assert "subject 50%" in status_text(st, 0.0, False).plain
+    st.apply(ev.JobFailed("LoadModels", "No weights at /x; run nla-tui check."))
+    assert st.load_failed and "not loaded" in status_text(st, 0.0, False).plain

@@ -31,13 +31,17 @@ class ReplayWorker:
         self.emit = emit
         self.preload = preload
         self.delay = delay  # seconds between streamed pieces (tests of cancel / progress)
-        # Explain-all stops after this many results until cancelled: tests get a job
-        # that is reliably "still running" without timing.
+        # A chat reply or an explain-all stops after this many pieces until `release`
+        # is set or the job is cancelled: tests get a job that is reliably "still
+        # running" without depending on timing.
         self.hold_after = hold_after
+        self.release = threading.Event()
         self._queue: queue.PriorityQueue = queue.PriorityQueue()
         self._seq = itertools.count()
         self._cancel = threading.Event()
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._depth = 0  # queued + running, like EngineWorker.depth
         self._thread = threading.Thread(target=self._run, name="nla-replay", daemon=True)
         self._turn = 0  # next conversation message to replay
         self._by_index: dict[int, list[Explanation]] = {}
@@ -53,8 +57,11 @@ class ReplayWorker:
 
     def submit(self, job: ev.Job) -> None:
         self.jobs_seen.append(job)
-        self._queue.put((job.priority, next(self._seq), job))
-        self.emit(ev.QueueDepth(self._queue.qsize()))
+        with self._lock:
+            self._depth += 1
+            depth = self._depth
+            self._queue.put((job.priority, next(self._seq), job))
+        self.emit(ev.QueueDepth(depth))
 
     def cancel_current(self) -> None:
         self._cancel.set()
@@ -80,10 +87,16 @@ class ReplayWorker:
             else:
                 if cancelled is not None:
                     self.emit(ev.JobFinished(name, cancelled=cancelled))
-            self.emit(ev.QueueDepth(self._queue.qsize()))
+            with self._lock:
+                self._depth -= 1
+                depth = self._depth
+            self.emit(ev.QueueDepth(depth))
 
-    def _sleep(self) -> bool:
-        """Pause between pieces; True when cancelled."""
+    def _sleep(self, piece: int = 0) -> bool:
+        """Pause before piece number `piece` (1-based); True when cancelled."""
+        if self.hold_after is not None and piece > self.hold_after:
+            while not (self.release.is_set() or self._cancel.is_set()):
+                self._cancel.wait(0.01)
         if self.delay:
             self._cancel.wait(self.delay)
         return self._cancel.is_set()
@@ -130,8 +143,8 @@ class ReplayWorker:
         reply = [t for t in s.tokens if t.turn == reply_turn and t.role == "model"]
         first = reply[0].index if reply else len(self._tokens_through(reply_turn))
         self.emit(ev.ChatStarted([t for t in s.tokens if t.index < first]))
-        for tok in reply:
-            if self._sleep():
+        for piece, tok in enumerate(reply, 1):
+            if self._sleep(piece):
                 return True
             self.emit(ev.ChatDelta(tok.text))
         self._turn = reply_turn + 1
@@ -158,9 +171,7 @@ class ReplayWorker:
         t0 = time.monotonic()
         total = len(indices)
         for done, index in enumerate(indices, 1):
-            if self.hold_after is not None and done > self.hold_after:
-                self._cancel.wait()
-            if self._sleep():
+            if self._sleep(done):
                 return True
             exps = self._by_index.get(index)
             if exps:

@@ -48,6 +48,7 @@ class UiState:
     reply: str | None = None  # assistant text streaming in; None when not chatting
     load: dict[str, float] = field(default_factory=dict)  # model -> fraction
     load_message: str = ""
+    load_failed: str | None = None  # why the models did not load (the app stays usable)
     queue_depth: int = 0
     all_progress: ev.ExplainAllProgress | None = None
     median_norm: float = 0.0
@@ -90,6 +91,8 @@ class UiState:
             ended_badly = isinstance(event, ev.JobFailed) or event.cancelled
             if kind == "explain_all":
                 self.all_progress = None
+            if kind == "load" and isinstance(event, ev.JobFailed):
+                self.load_failed = event.message
             if kind == "chat" and ended_badly:
                 self.reply = None
             if kind in ("explain", "explain_all") and ended_badly:

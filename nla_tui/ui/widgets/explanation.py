@@ -75,20 +75,18 @@ def render_token(state: UiState, index: int) -> Text:
         out.append("not explained yet: press e (n for 4 ranked samples, a for all)\n", style="dim")
     if exps:
         best = exps[0]
-        if partial is not None:
-            out.append("previous:\n", style="dim")
-        else:
-            out.append("\n")
-        out.append(best.text.strip() or "(empty)", style="bold" if partial is None else "dim")
-        out.append("\n")
+        # Score and warnings first: an untrained or failed AV can write pages.
+        out.append("\n" if partial is None else "previous: ", style="dim")
         out.append_text(_score_line(best))
         out.append("\n")
-        if best.truncated:
+        if best.truncated and not any("closing" in w for w in best.warnings):
             out.append("⚠ no closing </explanation> tag: the AV ran out of tokens or the "
                        "injection failed\n", style="yellow")
         for w in best.warnings:
             out.append(f"⚠ {w}\n", style="yellow")
         out.append(_sampling_note(best.sampling, best.prompt) + "\n", style="dim")
+        out.append(best.text.strip() or "(empty)", style="bold" if partial is None else "dim")
+        out.append("\n")
         if len(exps) > 1:
             out.append("\nother samples, ranked by AR score\n", style="bold")
             for rank, ex in enumerate(exps[1:], 2):

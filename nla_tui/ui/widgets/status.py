@@ -30,7 +30,9 @@ def status_text(state: UiState, temperature: float, auto_explain: bool) -> Text:
     t = Text()
     info = state.info
     if info is None:
-        if state.load:
+        if state.load_failed:
+            t.append("models not loaded (see the error notice); browsing only", style="bold red")
+        elif state.load:
             parts = " · ".join(f"{m} {f * 100:.0f}%" for m, f in state.load.items())
             t.append(f"loading {parts}", style="yellow")
             if state.load_message:

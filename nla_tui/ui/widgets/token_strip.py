@@ -169,7 +169,8 @@ class TokenStrip(ScrollView, can_focus=True):
             return
         index = self._nearest_visible(index)
         if user:
-            self.follow = index == vis[-1] and self.state.reply is None
+            # End (or walking onto the last token) re-attaches to a streaming reply
+            self.follow = index == vis[-1]
         old = self.cursor
         if index == old:
             return

@@ -1,0 +1,21 @@
+"""How this session was recorded (once, from the REAL demo engine on CPU).
+
+    python tests/data/recorded_session/record.py tests/data/recorded_session
+
+Gemma 3 270M subject + the demo (untrained) AV/AR pair, fp32, greedy. 36 tokens,
+every one explained with the default Sampling. The UI tests replay it through
+nla_tui.ui.replay.ReplayWorker, so their screens are deterministic.
+"""
+
+import sys
+
+from nla_tui.core.engine import Engine
+from nla_tui.core.session import save_session, session_from_engine
+
+PROMPT = "The Eiffel Tower is in"  # tests/_support_ui.py RECORDED_PROMPT
+
+engine = Engine.from_options(preset="demo", device="cpu", quant="fp32")
+engine.load()
+engine.chat(PROMPT, max_new_tokens=20)
+explanations = engine.explain(list(range(len(engine.tokens))))
+print(save_session(session_from_engine(engine, "recorded demo session", explanations), sys.argv[1]))
