@@ -57,7 +57,9 @@ def _app(engine, **options):
 async def test_chat_streams_then_explain_shows_a_score(shared_engine):
     app, holder = _app(shared_engine, max_new_tokens=24)
     async with app.run_test(size=(120, 36)) as pilot:
-        await wait_until(pilot, lambda: app.state.info is not None, "models ready", HANG_GUARD)
+        await wait_until(pilot, lambda: app.state.info is not None and app.state.queue_depth == 0,
+                         "models ready", HANG_GUARD)
+        before = len(app.state.messages)  # the shared engine may hold a conversation already
         seen, pending_rows = [], []
         apply, refresh_pending = app.state.apply, app.strip.refresh_pending
 
@@ -71,9 +73,8 @@ async def test_chat_streams_then_explain_shows_a_score(shared_engine):
 
         app.state.apply, app.strip.refresh_pending = spy_apply, spy_refresh
         await pilot.press("i", *"The Eiffel Tower is in", "enter")
-        await wait_until(pilot, lambda: app.state.reply is not None or app.state.messages,
-                         "the reply to start", HANG_GUARD)
-        await wait_until(pilot, lambda: app.state.reply is None and len(app.state.messages) == 2,
+        await wait_until(pilot, lambda: app.state.reply is None
+                         and len(app.state.messages) == before + 2,
                          "the reply to finish", HANG_GUARD)
         reply = shared_engine.messages[-1].content
         # it streamed: deltas reached the chat and the strip's provisional tail
@@ -110,7 +111,9 @@ async def test_keys_stay_live_during_explain_all(shared_engine, tmp_path):
     ]))
     app, holder = _app(shared_engine, messages=str(transcript))
     async with app.run_test(size=(120, 36)) as pilot:
-        await wait_until(pilot, lambda: len(app.state.messages) == 2, "the transcript", HANG_GUARD)
+        first = json.loads(transcript.read_text())[0]["content"]
+        await wait_until(pilot, lambda: app.state.messages and app.state.messages[0].content == first,
+                         "the transcript", HANG_GUARD)
         assert len(app.strip.shown_indices) > 60
         await pilot.press("a")
         await wait_until(pilot, lambda: app.state.all_progress is not None

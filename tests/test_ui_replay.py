@@ -260,3 +260,22 @@ async def test_help_screen_opens_closes_and_side_pane_folds():
         await pilot.resize_terminal(NARROW + 20, 36)
         await pilot.pause()
         assert not app.screen.has_class("-narrow")
+
+
+@async_test
+async def test_open_transcript_dialog_sends_set_conversation(tmp_path):
+    import json
+
+    holder = Holder()
+    app = replay_app(holder=holder)
+    path = tmp_path / "chat.json"
+    recorded = [{"role": "user", "content": RECORDED_PROMPT}, {"role": "assistant", "content": "x"}]
+    path.write_text(json.dumps(recorded))
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_until(pilot, lambda: app.state.info is not None, "models ready")
+        await pilot.press("o", *str(path), "enter")
+        await wait_until(pilot, lambda: len(app.state.messages) == 2, "the transcript")
+        job = next(j for j in holder.worker.jobs_seen if isinstance(j, ev.SetConversation))
+        assert [m.to_json() for m in job.messages] == recorded
+        assert len(app.state.tokens) == len(holder.worker.session.tokens)
+        assert len(app.chat.log.query("ChatMessage")) == 2
