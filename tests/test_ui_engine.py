@@ -11,7 +11,6 @@ from argparse import Namespace
 
 import pytest
 
-from nla_tui.core import events as ev
 from nla_tui.core.types import NOISY_PREFIX
 from nla_tui.core.worker import EngineWorker
 from nla_tui.ui.app import create_app
@@ -116,16 +115,18 @@ async def test_keys_stay_live_during_explain_all(shared_engine, tmp_path):
                          "the transcript", HANG_GUARD)
         assert len(app.strip.shown_indices) > 60
         await pilot.press("a")
-        await wait_until(pilot, lambda: app.state.all_progress is not None
-                         or holder["worker"]._current is not None, "explain-all to start", HANG_GUARD)
+        worker = holder["worker"]
+        await wait_until(pilot, lambda: app.state.all_progress is not None, "explain-all to start",
+                         HANG_GUARD)
         await pilot.press("home")
         start = app.strip.cursor
         await pilot.press(*["right"] * 50)
         # every key was handled while the worker was still busy explaining
         assert app.strip.cursor == start + 50
-        assert isinstance(holder["worker"]._current, ev.ExplainAll)
+        assert not worker.idle.is_set() and app.state.all_progress is not None
         assert app.query_one("#allbar").display
         await pilot.press("escape")
-        await wait_until(pilot, lambda: holder["worker"]._current is None, "the cancel", HANG_GUARD)
-        assert not app.query_one("#allbar").display
+        await wait_until(pilot, lambda: worker.idle.is_set() and not app.query_one("#allbar").display,
+                         "the cancel", HANG_GUARD)
+        assert any("ExplainAll cancelled" in n.message for n in app._notifications)
         assert app.state.explained_count() < len(app.state.tokens)

@@ -262,6 +262,10 @@ class NlaApp(App[None]):
     def action_cancel(self) -> None:
         if self.worker is not None:
             self.worker.cancel_current()
+        if self.state.all_progress is None:
+            # A queued explain-all is dropped without an event; a running one
+            # reports JobFinished(cancelled) and hides the bar itself.
+            self.query_one(ExplainAllBar).display = False
         if isinstance(self.focused, Input):
             self.strip.focus()
 
