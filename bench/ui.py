@@ -27,21 +27,26 @@ RECORDED = Path(__file__).resolve().parent.parent / "tests" / "data" / "recorded
 N_TOKENS = 5000
 
 
-def big_session(n: int = N_TOKENS):
+def big_session(n: int = N_TOKENS, copies_of_messages: int = 10):
+    """The recorded session tiled to n tokens. Its messages are repeated
+    `copies_of_messages` times (10: ~20 turns of ~250 tokens, a long real chat) and
+    the tiled tokens are spread over those turns in order."""
     from nla_tui.core.session import load_session
 
     s = load_session(RECORDED)
     reps = -(-n // len(s.tokens))
+    copies = max(1, min(copies_of_messages, reps))
     tokens, expls = [], []
     for r in range(reps):
-        off = r * len(s.tokens)
-        tokens += [dataclasses.replace(t, index=t.index + off) for t in s.tokens]
+        off, turn_off = r * len(s.tokens), len(s.messages) * (r * copies // reps)
+        tokens += [dataclasses.replace(t, index=t.index + off, turn=t.turn + turn_off if t.turn >= 0 else t.turn)
+                   for t in s.tokens]
         expls += [dataclasses.replace(e, index=e.index + off) for e in s.explanations]
     tokens = tokens[:n]
     expls = [e for e in expls if e.index < n]
     acts = np.tile(s.activations, (reps, 1))[:n]
     return dataclasses.replace(s, name="bench-5000", tokens=tokens, explanations=expls, activations=acts,
-                               messages=s.messages * reps)
+                               messages=s.messages * copies)
 
 
 async def _measure(session, keys: list[str], size=(120, 36)) -> dict[str, list[float]]:
@@ -69,13 +74,29 @@ async def _measure(session, keys: list[str], size=(120, 36)) -> dict[str, list[f
     return times
 
 
+KEYS = ["right"] * 150 + ["left"] * 50 + ["w"] * 50 + ["pagedown"] * 20 + ["end", "home"] * 10
+
+
 def run(rep: Report, out: Path) -> None:
+    def stress():
+        # Same 5,000 tokens in ~300 short messages: cost that grows with the number of turns.
+        times = asyncio.run(_measure(big_session(copies_of_messages=1000), KEYS[:100]))
+        times.pop("_wall")
+        allt = [x for v in times.values() for x in v]
+        n_msgs = len(big_session(copies_of_messages=1000).messages)
+        rep.add("ui_keypress_p95_ms_many_turns", percentile(allt, 95), "ms",
+                note=f"CPU time per key, {N_TOKENS} tokens in {n_msgs} messages")
+
     def measure():
         s = big_session()
-        keys = ["right"] * 150 + ["left"] * 50 + ["w"] * 50 + ["pagedown"] * 20 + ["end", "home"] * 10
-        times = asyncio.run(_measure(s, keys))
+        rep.details["ui_messages"] = len(s.messages)
+        times = asyncio.run(_measure(s, KEYS + ["f24"] * 50))
         walls = times.pop("_wall")
+        null = times.pop("f24", [])  # unbound key: Pilot + dispatch cost with no app work
         allt = [x for v in times.values() for x in v]
+        if null:
+            rep.add("ui_null_key_p95_ms", percentile(null, 95), "ms",
+                    note="unbound key (f24): what Pilot and Textual's dispatch cost by themselves")
         rep.details["ui_ms_by_key"] = {k: {"n": len(v), "median": round(statistics.median(v), 2),
                                            "p95": round(percentile(v, 95), 2)} for k, v in times.items()}
         rep.add("ui_keypress_p95_ms", percentile(allt, 95), "ms",
@@ -84,3 +105,4 @@ def run(rep: Report, out: Path) -> None:
         rep.add("ui_keypress_wall_p95_ms", percentile(walls, 95), "ms",
                 note="wall incl. Pilot's >=20 ms idle-detection sleeps (upper bound)")
     rep.section("ui", measure, out)
+    rep.section("ui_many_turns", stress, out)
