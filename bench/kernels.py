@@ -102,15 +102,20 @@ def matmuls(out: dict) -> None:
 
 
 def profile_step(out: dict) -> None:
-    from nla_tui.core import fast_decode as fd
-
     from .shapes import build, gemma3_27b_config
 
     model = build(gemma3_27b_config(62), "nf4")
-    r = fd._Runner(model, 1, 256, use_graph=False)
+    for batch in (1, 160):
+        _profile(model, batch, out)
+
+
+def _profile(model, batch: int, out: dict) -> None:
+    from nla_tui.core import fast_decode as fd
+
+    r = fd._Runner(model, batch, 256, use_graph=False)
     with torch.inference_mode():
-        r.prefill(torch.randn(1, 48, 5376, dtype=torch.bfloat16, device="cuda"), 0)
-        ids = torch.zeros(1, dtype=torch.long, device="cuda")
+        r.prefill(torch.randn(batch, 48, 5376, dtype=torch.bfloat16, device="cuda"), 0)
+        ids = torch.zeros(batch, dtype=torch.long, device="cuda")
         for i in range(3):
             r.step(ids, 48 + i)
         torch.cuda.synchronize()
@@ -124,18 +129,22 @@ def profile_step(out: dict) -> None:
             t, c = by.get(key, (0.0, 0))
             by[key] = (t + ev.device_time, c + 1)
     total = sum(t for t, _ in by.values())
-    top = sorted(by.items(), key=lambda kv: -kv[1][0])[:15]
-    out["step_profile_b1"] = {"gpu_us_total": round(total), "kernels": sum(c for _, c in by.values()),
+    top = sorted(by.items(), key=lambda kv: -kv[1][0])[:25]
+    out[f"step_profile_b{batch}"] = {"gpu_us_total": round(total), "kernels": sum(c for _, c in by.values()),
                               "top": [{"kernel": k, "us": round(t), "n": c} for k, (t, c) in top]}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/results/kernels.json")
+    ap.add_argument("--profile-only", action="store_true")
     args = ap.parse_args()
     out: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    for name, fn in (("matmuls", matmuls), ("profile", profile_step)):
+    steps = (("matmuls", matmuls), ("profile", profile_step))
+    if args.profile_only:
+        steps = steps[1:]
+    for name, fn in steps:
         try:
             fn(out)
         except Exception as exc:
@@ -144,7 +153,11 @@ def main() -> int:
         Path(args.out).write_text(json.dumps(out, indent=1))
     for k, row in out.get("matmul_us", {}).items():
         print(k, {c: (v["us"] if isinstance(v, dict) and "us" in v else v) for c, v in row.items()})
-    print(json.dumps(out.get("step_profile_b1", {}), indent=0)[:3000])
+    for b in (1, 160):
+        prof = out.get(f"step_profile_b{b}", {})
+        print(f"b{b}", prof.get("gpu_us_total"), prof.get("kernels"))
+        for k in prof.get("top", []):
+            print(f"  {k['us']:>8} us {k['n']:>5}  {k['kernel'][:70]}")
     print(out.get("errors"))
     return 0
 

@@ -1,28 +1,20 @@
 """Fast autoregressive decoding from `inputs_embeds`, used for AV explanations.
 
-Why not `model.generate`: at batch 1 on a 27B nf4 model, eager generate spends
-~190 ms of CPU per step launching ~5,400 kernels for ~35 ms of GPU work. This
-module keeps its own static KV cache (fixed addresses, fixed shapes), so the
-whole decode step can be captured once into a `torch.cuda.CUDAGraph` per
-(batch bucket, cache length) and replayed with one launch. No torch.compile.
+Eager `generate` on a 27B nf4 model spends ~180 ms of CPU per step launching
+~5,500 kernels for ~24 ms of GPU work. Here the KV cache is our own static one
+(fixed addresses and shapes), so the decode step is captured once per (batch
+bucket, cache length) into a `torch.cuda.CUDAGraph` and replayed. No torch.compile.
 
-- The cache is our own duck-typed `Cache` (just `update`): transformers 5.17
-  and 5.24 differ in cache classes and argument names, but both call
-  `cache.update(k, v, layer_idx, ...)` and both accept a ready 4D mask (or a
-  dict of them per layer type), so we build masks ourselves and never touch
-  transformers' mask or cache machinery.
-- Every layer keeps a full-length cache; sliding-window layers are handled by
-  the mask (`kv > q - window`), which equals HF's semantics and costs nothing
-  at AV lengths (a few hundred tokens, window 512/1024).
-- Rows of equal prompt length run together without padding (explain-all uses
-  one template, so that is every row); groups of different lengths run one
-  after another. Batches are rounded up to a bucket size by repeating a row.
-- The shared prompt prefix (the AV template before the injection slot) is
-  computed once at batch 1 and copied into every row; it is also kept across
-  calls in a small LRU keyed by the prefix's bytes.
-
-On CPU the same static-cache path runs eagerly (no graphs); tests compare its
-greedy output with HF `generate` token for token.
+- Our duck-typed cache needs only `update(k, v, layer_idx, ...)`, which both
+  transformers 5.17 and 5.24 call; we pass ready masks (a dict per layer type),
+  so transformers' cache and mask machinery (which changed between them) is unused.
+- Every layer keeps a full-length cache; sliding-window layers are handled by the
+  mask (`kv > q - window`, HF's semantics).
+- Rows are grouped by true length (one AV template: all rows), batches rounded up
+  to a bucket by repeating a row. The prefix shared by all rows (the template
+  before the injection slot) is computed once and kept in a small LRU.
+- On CPU the same static-cache path runs eagerly; tests compare its greedy output
+  with HF `generate` token for token.
 """
 
 from __future__ import annotations
@@ -73,8 +65,9 @@ class _StaticKV:
             self.values[layer_idx] = value_states.new_zeros((self.batch, h, self.max_len, value_states.shape[-1]))
         k = self.keys[layer_idx][self.rows]
         v = self.values[layer_idx][self.rows]
-        k.index_copy_(2, self.write_idx, key_states)
-        v.index_copy_(2, self.write_idx, value_states)
+        idx = self.write_idx.to(k.device)  # no-op unless layers are split over GPUs
+        k.index_copy_(2, idx, key_states)
+        v.index_copy_(2, idx, value_states)
         return k, v
 
     # Called by some models only when position_ids is missing; we always pass them.
@@ -83,6 +76,48 @@ class _StaticKV:
 
     def __len__(self) -> int:
         return self.n_layers
+
+
+_ATTN = "nla_static_decode"
+_ORIG_IMPL: dict[int, str] = {}  # id(text config) -> the model's own attention implementation
+
+
+def _decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """One query position against the static cache, grouped-query heads packed into the
+    matmul. transformers' sdpa path with a mask repeats K/V per query head instead
+    (`repeat_kv`): at batch 160 those copies were ~50 of 137 ms per step on an H100.
+    Prefill (several query positions) goes to the model's own implementation."""
+    orig = _ORIG_IMPL.get(id(module.config), "sdpa")
+    if query.shape[2] != 1 or dropout:
+        if orig == "eager":
+            import sys
+
+            fn = sys.modules[type(module).__module__].eager_attention_forward
+        else:
+            from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+            fn = ALL_ATTENTION_FUNCTIONS[orig]
+        return fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    b, h, _, d = query.shape
+    kvh = key.shape[1]
+    q = query.reshape(b, kvh, h // kvh, d)  # head i reads kv head i // groups, as repeat_kv does
+    scores = torch.matmul(q, key.transpose(-1, -2)) * (scaling if scaling is not None else d ** -0.5)
+    cap = getattr(module, "attn_logit_softcapping", None)
+    if cap:
+        scores = torch.tanh(scores / cap) * cap
+    if attention_mask is not None:  # [1, 1, 1, L]: bool (attend) or additive float
+        m = attention_mask[..., : key.shape[-2]]
+        scores = scores.masked_fill(~m, torch.finfo(scores.dtype).min) if m.dtype == torch.bool else scores + m
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    out = torch.matmul(probs, value).reshape(b, h, 1, d)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register_attention() -> None:
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if _ATTN not in ALL_ATTENTION_FUNCTIONS:
+        ALL_ATTENTION_FUNCTIONS[_ATTN] = _decode_attention
 
 
 def _text_config(model):
@@ -115,7 +150,8 @@ class _Runner:
         self.model = model
         self.batch = batch
         self.max_len = max_len
-        cfg = _text_config(model)
+        cfg = self.text_cfg = _text_config(model)
+        _register_attention()
         self.n_layers = cfg.num_hidden_layers
         self.layer_types = list(getattr(cfg, "layer_types", None) or [])
         self.window = getattr(cfg, "sliding_window", None)
@@ -126,9 +162,12 @@ class _Runner:
         # Allocate up front (not lazily) so a cached prefix can be copied in before any forward.
         heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        devices = _layer_devices(model, self.n_layers, self.device)
         for i in range(self.n_layers):
-            self.kv.keys[i] = torch.zeros((batch, heads, max_len, head_dim), dtype=self.dtype, device=self.device)
+            self.kv.keys[i] = torch.zeros((batch, heads, max_len, head_dim), dtype=self.dtype, device=devices[i])
             self.kv.values[i] = torch.zeros_like(self.kv.keys[i])
+        # One graph cannot span several GPUs (accelerate splits): those run eagerly.
+        use_graph = use_graph and len(set(devices)) == 1
         self.cache_kw = _cache_kwarg(model)
         self.arange = torch.arange(max_len, device=self.device)
         self.ids = torch.zeros((batch, 1), dtype=torch.long, device=self.device)
@@ -168,7 +207,15 @@ class _Runner:
             kwargs["input_ids"] = ids
         else:
             kwargs["inputs_embeds"] = embeds
-        return self.model(**kwargs).logits[:, -1, :]
+        # Our attention only inside our own calls (and so inside the captured graph).
+        cfg = self.text_cfg
+        prev = cfg._attn_implementation_internal
+        _ORIG_IMPL[id(cfg)] = prev or "sdpa"
+        cfg._attn_implementation_internal = _ATTN
+        try:
+            return self.model(**kwargs).logits[:, -1, :]
+        finally:
+            cfg._attn_implementation_internal = prev
 
     def _step_body(self):
         self.kv.write_idx = self.pos
@@ -225,6 +272,20 @@ class _Runner:
     def read_prefix(self, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [(self.kv.keys[i][:1, :, :length].clone(), self.kv.values[i][:1, :, :length].clone())
                 for i in range(self.n_layers)]
+
+
+def _layer_devices(model, n_layers: int, default: torch.device) -> list[torch.device]:
+    """Device of each decoder layer (a model split over GPUs keeps each layer's KV beside it)."""
+    inner = getattr(model, "model", model)
+    inner = getattr(inner, "language_model", inner)
+    layers = getattr(inner, "layers", None)
+    if layers is None or len(layers) < n_layers:
+        return [default] * n_layers
+    out = []
+    for layer in list(layers)[:n_layers]:
+        p = next(layer.parameters(), None)
+        out.append(default if p is None or p.device.type == "meta" else p.device)
+    return out
 
 
 def _quant_state_to_device(model, device):
