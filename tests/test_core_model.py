@@ -11,7 +11,19 @@ import torch
 from nla_tui.core.ar import score_vectors
 from nla_tui.core.errors import CheckpointError, InputError
 from nla_tui.core.sidecar import find_injection_slot
-from nla_tui.core.types import Sampling
+from nla_tui.core.types import Message, Sampling
+
+CONVERSATION = [Message("user", "What is the capital of France?"),
+                Message("assistant", "The capital of France is Paris.")]
+
+
+@pytest.fixture(autouse=True)
+def known_conversation(demo_engine):
+    """Other test modules share demo_engine; give these tests a fixed, teacher-forced
+    conversation (chat generation itself is tested in test_core_cli_worker.py)."""
+    if demo_engine.messages != CONVERSATION:
+        demo_engine.set_conversation(list(CONVERSATION))
+    yield
 
 
 def test_capture_equals_hidden_states_k_plus_1(demo_engine):
@@ -156,7 +168,6 @@ def test_bad_vectors_rejected(demo_engine):
 
 def test_teacher_forced_conversation(demo_engine):
     from nla_tui.core.engine import Engine
-    from nla_tui.core.types import Message
 
     eng = Engine(demo_engine.options)
     eng.info, eng.subject, eng.av, eng.ar = demo_engine.info, demo_engine.subject, demo_engine.av, demo_engine.ar

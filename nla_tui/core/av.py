@@ -148,7 +148,7 @@ class Verbalizer:
 
         def step(new: list[int]) -> bool:
             for r, tid in enumerate(new):
-                if done[r] or tid in stops:
+                if done[r] or tid < 0 or tid in stops:  # -1: row no longer decoding
                     done[r] = True
                     continue
                 so_far[r].append(tid)
