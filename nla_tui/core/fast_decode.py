@@ -436,28 +436,46 @@ def _decode_rows(model, emb, chunk, B, out, max_new, temperature, top_p, generat
     done = [False] * b
     pos = n
     ts = time.perf_counter()
+    # On CUDA the next step is launched before the host reads this step's ids, so the
+    # stop checks and callbacks run while the GPU works (~5% at batch 160). Rows keep
+    # decoding after they stop anyway, so the early launch changes no output.
+    cuda = r.device.type == "cuda"
+    host = torch.empty(bb, dtype=torch.long, pin_memory=True) if cuda else None
+    copied = torch.cuda.Event() if cuda else None
     for step in range(max_new):
         nxt = _pick(logits, temperature, top_p, generator)
-        ids = nxt[:b].to("cpu")  # the one sync per step: stop checks need the ids
+        last = step == max_new - 1
+        if cuda:
+            host.copy_(nxt, non_blocking=True)
+            copied.record()
+            if not last:
+                logits = r.step(nxt, pos)
+                pos += 1
+                stats["steps"] += 1
+            copied.synchronize()
+            ids = host[:b].tolist()
+        else:
+            ids = nxt[:b].tolist()
         if stats["first_token_s"] is None:
             stats["first_token_s"] = time.perf_counter() - t0
         full = torch.full((B,), -1, dtype=torch.long)
         for j, row in enumerate(chunk):
             if done[j]:
                 continue
-            tok = int(ids[j])
+            tok = ids[j]
             out[row].append(tok)
             full[row] = tok
             if tok in stops or (stop_strings_fn is not None and stop_strings_fn(out[row])):
                 done[j] = True
         if on_step is not None and on_step(full) is False:
             return False
-        if all(done) or step == max_new - 1:
+        if all(done) or last:
             break
-        logits = r.step(nxt, pos)
-        pos += 1
-        stats["steps"] += 1
-    if r.device.type == "cuda":
+        if not cuda:
+            logits = r.step(nxt, pos)
+            pos += 1
+            stats["steps"] += 1
+    if cuda:
         torch.cuda.synchronize(r.device)
     stats["step_s"] += time.perf_counter() - ts
     return True
