@@ -279,3 +279,27 @@ async def test_open_transcript_dialog_sends_set_conversation(tmp_path):
         assert [m.to_json() for m in job.messages] == recorded
         assert len(app.state.tokens) == len(holder.worker.session.tokens)
         assert len(app.chat.log.query("ChatMessage")) == 2
+
+
+@async_test
+async def test_click_moves_the_cursor_and_esc_in_the_message_box_only_leaves_it():
+    from nla_tui.ui.widgets.strip_layout import GUTTER
+
+    holder = Holder()
+    app = replay_app(preload=True, holder=holder)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle_replay(pilot, app)
+        strip = app.strip
+        row = strip._layout.row_of[5]
+        cell = next(c for c in strip._layout.rows[row].cells if c.index == 5)
+        top = strip.gutter.top  # the strip's top border
+        await pilot.click("#strip", offset=(GUTTER + cell.x, top + row - int(strip.scroll_offset.y)))
+        assert strip.cursor == 5
+        await pilot.press("i")
+        assert app.focused is app.chat.input
+        cancels = []
+        holder.worker.cancel_current = lambda: cancels.append(1)
+        await pilot.press("escape")
+        assert app.focused is strip and not cancels
+        await pilot.press("escape")
+        assert cancels == [1]

@@ -195,3 +195,12 @@ def test_load_failure_is_kept_and_shown_in_the_status_line():
     assert "subject 50%" in status_text(st, 0.0, False).plain
     st.apply(ev.JobFailed("LoadModels", "No weights at /x; run nla-tui check."))
     assert st.load_failed and "not loaded" in status_text(st, 0.0, False).plain
+
+
+def test_progress_bar_is_fixed_width_with_half_cells():
+    from nla_tui.ui.widgets.status import progress_bar
+
+    assert progress_bar(0, 36, 10).plain == "━" * 10
+    assert progress_bar(36, 36, 10).plain == "━" * 10
+    assert progress_bar(1, 4, 10).plain == "━━╸━━━━━━━"
+    assert len(progress_bar(10, 36).plain) == 30

@@ -260,14 +260,17 @@ class NlaApp(App[None]):
         self.submit(ev.ExplainAll(indices, self._sampling(False), self.av_prompt))
 
     def action_cancel(self) -> None:
+        if isinstance(self.focused, Input):
+            # Esc in the message box only leaves it: typing the next message while a
+            # reply streams must not cancel that reply.
+            self.strip.focus()
+            return
         if self.worker is not None:
             self.worker.cancel_current()
         if self.state.all_progress is None:
             # A queued explain-all is dropped without an event; a running one
             # reports JobFinished(cancelled) and hides the bar itself.
             self.query_one(ExplainAllBar).display = False
-        if isinstance(self.focused, Input):
-            self.strip.focus()
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

@@ -10,6 +10,7 @@ KEYS: list[tuple[str, list[tuple[str, str]]]] = [
         ("Home / End", "first / last token (End follows a streaming reply)"),
         ("PgUp / PgDn", "previous / next turn"),
         ("s", "show / hide special tokens (<bos>, turn markers)"),
+        ("click", "put the cursor on a token"),
     ]),
     ("Explanations", [
         ("e", "explain the token under the cursor"),
@@ -28,7 +29,7 @@ KEYS: list[tuple[str, list[tuple[str, str]]]] = [
         ("o", "open a transcript (JSON list of {role, content})"),
     ]),
     ("App", [
-        ("Esc", "cancel the running job (leave the message box)"),
+        ("Esc", "cancel the running job (in the message box: leave it)"),
         ("? / F1", "this help"),
         ("ctrl+p", "command palette"),
         ("ctrl+q", "quit"),

@@ -6,7 +6,7 @@ import sys
 
 from rich.text import Text
 from textual.containers import Horizontal
-from textual.widgets import Label, ProgressBar, Static
+from textual.widgets import Label, Static
 
 from ..state import UiState
 from .colors import legend_swatch
@@ -59,18 +59,34 @@ class StatusLine(Static):
     pass
 
 
+BAR_CELLS = 30
+
+
+def progress_bar(done: int, total: int, cells: int = BAR_CELLS) -> Text:
+    """A fixed-width text bar. Textual's ProgressBar quantises against its size at
+    update time, which made the same progress draw differently between runs."""
+    halves = 0 if total <= 0 else round(2 * cells * min(done, total) / total)
+    full, half = divmod(halves, 2)
+    t = Text("━" * full, style="bold #5fafff")
+    if half:
+        t.append("╸", style="bold #5fafff")
+    t.append("━" * (cells - full - half), style="#3a3a3a")
+    return t
+
+
 class ExplainAllBar(Horizontal):
     """Visible while an explain-all job runs."""
 
     def compose(self):
         yield Label("explain all", id="all-label")
-        yield ProgressBar(total=1, show_eta=False, id="all-bar")
+        yield Label(progress_bar(0, 1), id="all-bar")
         yield Label("", id="all-eta")
 
     def show_progress(self, done: int, total: int, eta_s: float | None) -> None:
-        self.query_one(ProgressBar).update(total=max(1, total), progress=done)
+        self.query_one("#all-bar", Label).update(progress_bar(done, total))
+        pct = 100 * done // max(1, total)
         eta = "" if eta_s is None else f" · ETA {int(eta_s) // 60}:{int(eta_s) % 60:02d}"
-        self.query_one("#all-eta", Label).update(f"{done}/{total}{eta} · Esc cancels")
+        self.query_one("#all-eta", Label).update(f"{pct}% · {done}/{total}{eta} · Esc cancels")
 
 
 def legend_text(show_special: bool) -> Text:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
+from rich.cells import cell_len
 from rich.segment import Segment
 from rich.style import Style
 from textual.binding import Binding
@@ -254,6 +255,19 @@ class TokenStrip(ScrollView, can_focus=True):
         cells = lay.rows[r].cells
         best = min(cells, key=lambda c: abs(c.x - x))
         self.set_cursor(best.index)
+
+    def on_click(self, event) -> None:
+        at = event.get_content_offset(self)  # None on the border / scrollbar
+        if at is None:
+            return
+        row = at.y + int(self.scroll_offset.y)
+        rows = self._layout.rows
+        if not 0 <= row < len(rows) or not rows[row].cells:
+            return
+        x = at.x + int(self.scroll_offset.x) - GUTTER
+        cells = rows[row].cells
+        hit = next((c for c in cells if c.x <= x < c.x + cell_len(c.text)), None)
+        self.set_cursor((hit or (cells[0] if x < 0 else cells[-1])).index)
 
     def on_resize(self) -> None:
         self.refresh_tokens()
