@@ -215,3 +215,41 @@ def test_nf4_path_runs_on_cpu(demo_engine):
     cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
     assert np.isfinite(a).all() and np.median(cos) > 0.8
     assert not np.allclose(a, b)
+
+
+def _fake_hub_cache(root: Path, repo: str, src: Path) -> str:
+    """Lay a checkpoint out exactly as huggingface_hub caches a download
+    (models--owner--name/refs/main -> snapshots/<commit>/files)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    base = root / ("models--" + repo.replace("/", "--"))
+    snap = base / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (base / "refs").mkdir()
+    (base / "refs" / "main").write_text(commit)
+    for f in src.iterdir():
+        (snap / f.name).symlink_to(f.resolve())
+    return commit
+
+
+def test_hub_ids_resolve_offline_from_the_hf_cache(demo_paths, tmp_path, monkeypatch):
+    """The released pairs load by hub id from the HF cache (HF_HUB_OFFLINE=1): the demo
+    pair, laid out as a hub download, goes through that path and loads fully."""
+    hub = tmp_path / "hub"
+    commits = {k: _fake_hub_cache(hub, f"local-test/nla-demo-{k}", demo_paths[k]) for k in ("subject", "av", "ar")}
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    ck = resolve_checkpoint("local-test/nla-demo-av")
+    assert ck.revision == commits["av"] and (ck.path / "nla_meta.yaml").is_file()
+    from nla_tui.core.engine import Engine
+
+    eng = Engine.from_options(subject="local-test/nla-demo-subject", av="local-test/nla-demo-av",
+                              ar="local-test/nla-demo-ar", device="cpu", quant="fp32", cache=False)
+    info = eng.load()
+    assert info.av == "local-test/nla-demo-av" and info.revision["ar"] == commits["ar"]
+    assert info.layer == 12 and info.untrained_av
+    with pytest.raises(Exception, match="not in the local Hugging Face cache"):
+        resolve_checkpoint("local-test/absent-repo")
