@@ -7,6 +7,7 @@ with `app.post_message` (thread-safe), so this module stays free of Textual.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from .types import Explanation, Message, ModelInfo, Sampling, TokenInfo
 
@@ -135,10 +136,15 @@ class ChatDelta(Event):
 
 @dataclass
 class ConversationUpdated(Event):
-    """The whole captured conversation after a chat turn or SetConversation."""
+    """The whole captured conversation after a chat turn or SetConversation.
+
+    `activations` (numpy float32 [len(tokens), d_model], or None) rides along so the
+    UI can save a session without reaching into the engine from another thread; the
+    engine replaces (never mutates) the array, so sharing the reference is safe."""
 
     messages: list[Message]
     tokens: list[TokenInfo]
+    activations: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass

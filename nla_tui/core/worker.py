@@ -140,7 +140,8 @@ class EngineWorker:
         self.ready.set()
         self.emit(ev.ModelsReady(info))
         if self.engine.tokens:
-            self.emit(ev.ConversationUpdated(list(self.engine.messages), list(self.engine.tokens)))
+            self.emit(ev.ConversationUpdated(list(self.engine.messages), list(self.engine.tokens),
+                                             self.engine.activations))
 
     def _do_Chat(self, job: ev.Chat) -> None:
         eng = self._engine()
@@ -156,12 +157,12 @@ class EngineWorker:
         eng.chat(job.text, job.max_new_tokens, on_delta, self._cancel)
         if pending:
             self.emit(ev.ChatDelta("".join(pending)))
-        self.emit(ev.ConversationUpdated(list(eng.messages), list(eng.tokens)))
+        self.emit(ev.ConversationUpdated(list(eng.messages), list(eng.tokens), eng.activations))
 
     def _do_SetConversation(self, job: ev.SetConversation) -> None:
         eng = self._engine()
         eng.set_conversation(job.messages)
-        self.emit(ev.ConversationUpdated(list(eng.messages), list(eng.tokens)))
+        self.emit(ev.ConversationUpdated(list(eng.messages), list(eng.tokens), eng.activations))
 
     def _cached(self, index: int, job) -> list[Explanation] | None:
         have = self._engine().explanations.get(index, [])
