@@ -28,6 +28,8 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from .fast_attention import ATTN_NAME, ORIG_IMPL, StaticKV, register_attention
+
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
 LEN_QUANTUM = 64  # cache lengths are rounded up to this, so graphs get reused
 MAX_RUNNERS = 4  # captured graphs (+ their KV caches) kept per model
@@ -39,85 +41,6 @@ _PREFIXES: "weakref.WeakKeyDictionary[torch.nn.Module, OrderedDict]" = weakref.W
 
 #: Figures from the last `decode` call (the benchmark reads them).
 last_stats: dict = {}
-
-
-class _StaticKV:
-    """Minimal transformers-compatible cache: one [B, kv_heads, L, head_dim] buffer
-    per layer, written at the positions in `self.write_idx` (a device tensor, so a
-    captured graph reads the current position without re-capture)."""
-
-    is_compileable = True
-
-    def __init__(self, n_layers: int, batch: int, max_len: int):
-        self.n_layers = n_layers
-        self.batch = batch
-        self.max_len = max_len
-        self.keys: list[torch.Tensor | None] = [None] * n_layers
-        self.values: list[torch.Tensor | None] = [None] * n_layers
-        self.write_idx: torch.Tensor | None = None
-        self.rows: slice = slice(None)  # prefix prefill writes row 0 only
-        self.seen = 0
-
-    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        if self.keys[layer_idx] is None:  # lazy: shapes and dtype come from the model
-            _, h, _, d = key_states.shape
-            self.keys[layer_idx] = key_states.new_zeros((self.batch, h, self.max_len, d))
-            self.values[layer_idx] = value_states.new_zeros((self.batch, h, self.max_len, value_states.shape[-1]))
-        k = self.keys[layer_idx][self.rows]
-        v = self.values[layer_idx][self.rows]
-        idx = self.write_idx.to(k.device)  # no-op unless layers are split over GPUs
-        k.index_copy_(2, idx, key_states)
-        v.index_copy_(2, idx, value_states)
-        return k, v
-
-    # Called by some models only when position_ids is missing; we always pass them.
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.seen
-
-    def __len__(self) -> int:
-        return self.n_layers
-
-
-_ATTN = "nla_static_decode"
-_ORIG_IMPL: dict[int, str] = {}  # id(text config) -> the model's own attention implementation
-
-
-def _decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """One query position against the static cache, grouped-query heads packed into the
-    matmul. transformers' sdpa path with a mask repeats K/V per query head instead
-    (`repeat_kv`): at batch 160 those copies were ~50 of 137 ms per step on an H100.
-    Prefill (several query positions) goes to the model's own implementation."""
-    orig = _ORIG_IMPL.get(id(module.config), "sdpa")
-    if query.shape[2] != 1 or dropout:
-        if orig == "eager":
-            import sys
-
-            fn = sys.modules[type(module).__module__].eager_attention_forward
-        else:
-            from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-            fn = ALL_ATTENTION_FUNCTIONS[orig]
-        return fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
-    b, h, _, d = query.shape
-    kvh = key.shape[1]
-    q = query.reshape(b, kvh, h // kvh, d)  # head i reads kv head i // groups, as repeat_kv does
-    scores = torch.matmul(q, key.transpose(-1, -2)) * (scaling if scaling is not None else d ** -0.5)
-    cap = getattr(module, "attn_logit_softcapping", None)
-    if cap:
-        scores = torch.tanh(scores / cap) * cap
-    if attention_mask is not None:  # [1, 1, 1, L]: bool (attend) or additive float
-        m = attention_mask[..., : key.shape[-2]]
-        scores = scores.masked_fill(~m, torch.finfo(scores.dtype).min) if m.dtype == torch.bool else scores + m
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    out = torch.matmul(probs, value).reshape(b, h, 1, d)
-    return out.transpose(1, 2).contiguous(), None
-
-
-def _register_attention() -> None:
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    if _ATTN not in ALL_ATTENTION_FUNCTIONS:
-        ALL_ATTENTION_FUNCTIONS[_ATTN] = _decode_attention
 
 
 def _text_config(model):
@@ -151,21 +74,21 @@ class _Runner:
         self.batch = batch
         self.max_len = max_len
         cfg = self.text_cfg = _text_config(model)
-        _register_attention()
+        register_attention()
         self.n_layers = cfg.num_hidden_layers
         self.layer_types = list(getattr(cfg, "layer_types", None) or [])
         self.window = getattr(cfg, "sliding_window", None)
         self.eager_mask = getattr(cfg, "_attn_implementation", "sdpa") == "eager"
         self.device = model.get_input_embeddings().weight.device
         self.dtype = model.get_input_embeddings().weight.dtype
-        self.kv = _StaticKV(self.n_layers, batch, max_len)
+        self.kv = StaticKV(self.n_layers, batch, max_len)
         # Allocate up front (not lazily) so a cached prefix can be copied in before any forward.
         heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         devices = _layer_devices(model, self.n_layers, self.device)
         for i in range(self.n_layers):
-            self.kv.keys[i] = torch.zeros((batch, heads, max_len, head_dim), dtype=self.dtype, device=devices[i])
-            self.kv.values[i] = torch.zeros_like(self.kv.keys[i])
+            self.kv.keys.append(torch.zeros((batch, heads, max_len, head_dim), dtype=self.dtype, device=devices[i]))
+            self.kv.values.append(torch.zeros_like(self.kv.keys[i]))
         # One graph cannot span several GPUs (accelerate splits): those run eagerly.
         use_graph = use_graph and len(set(devices)) == 1
         self.cache_kw = _cache_kwarg(model)
@@ -210,8 +133,8 @@ class _Runner:
         # Our attention only inside our own calls (and so inside the captured graph).
         cfg = self.text_cfg
         prev = cfg._attn_implementation_internal
-        _ORIG_IMPL[id(cfg)] = prev or "sdpa"
-        cfg._attn_implementation_internal = _ATTN
+        ORIG_IMPL[id(cfg)] = prev or "sdpa"
+        cfg._attn_implementation_internal = ATTN_NAME
         try:
             return self.model(**kwargs).logits[:, -1, :]
         finally:
@@ -316,10 +239,7 @@ def warmup(model, batch_sizes: Iterable[int] = (1,), max_len: int = 256, use_gra
     use = _use_graphs(model, use_graphs)
     with torch.inference_mode():
         for b in batch_sizes:
-            r = _runner(model, bucket_for(b), _round_len(max_len), use)
-            # Allocate the cache even without graphs (first prefill would otherwise).
-            if r.kv.keys[0] is None:
-                r.step(torch.zeros(r.batch, dtype=torch.long, device=r.device), r.max_len - 1)
+            _runner(model, bucket_for(b), _round_len(max_len), use)
     return time.perf_counter() - t
 
 
