@@ -23,6 +23,19 @@ from ..core import events as ev
 from ..core.session import Session, load_session
 from ..core.types import Explanation, TokenInfo
 
+READ_ONLY_NOTE = ("Read-only session: models are not loaded, so only the recorded explanations "
+                  "can be shown. To explain new tokens, run `nla-tui` and open the session "
+                  "there (ctrl+o).")
+
+
+def _updated(messages, tokens, activations) -> ev.ConversationUpdated:
+    """ConversationUpdated with the activations riding along, like EngineWorker's."""
+    acts = None if activations is None else activations[: len(tokens)]
+    try:
+        return ev.ConversationUpdated(messages, tokens, activations=acts)
+    except TypeError:  # an events.py without the field
+        return ev.ConversationUpdated(messages, tokens)
+
 
 class ReplayWorker:
     def __init__(self, session: Session | str | Path, emit: Callable[[ev.Event], None],
@@ -109,7 +122,7 @@ class ReplayWorker:
             self.emit(ev.ModelsReady(s.info))
             if self.preload:
                 self._turn = len(s.messages)
-                self.emit(ev.ConversationUpdated(list(s.messages), list(s.tokens)))
+                self.emit(ev.ConversationUpdated(list(s.messages), list(s.tokens), s.activations))
                 for index, exps in sorted(self._by_index.items()):
                     self.emit(ev.ExplainDone(index, exps, cached=True))
             return False
@@ -118,7 +131,7 @@ class ReplayWorker:
         if isinstance(job, ev.SetConversation):
             n = len(job.messages)
             self._turn = n
-            self.emit(ev.ConversationUpdated(list(s.messages[:n]), self._tokens_through(n - 1)))
+            self.emit(self._updated(n))
             return False
         if isinstance(job, ev.Explain):
             return self._explain(job.index)
@@ -128,6 +141,13 @@ class ReplayWorker:
 
     def _tokens_through(self, turn: int) -> list[TokenInfo]:
         return [t for t in self.session.tokens if t.turn <= turn]
+
+    def _updated(self, n_messages: int) -> ev.ConversationUpdated:
+        """The first n messages, their tokens and (like EngineWorker) their activations."""
+        s = self.session
+        toks = self._tokens_through(n_messages - 1)
+        acts = None if s.activations is None else s.activations[: len(toks)]
+        return ev.ConversationUpdated(list(s.messages[:n_messages]), toks, acts)
 
     def _chat(self) -> bool | None:
         s = self.session
@@ -148,15 +168,14 @@ class ReplayWorker:
                 return True
             self.emit(ev.ChatDelta(tok.text))
         self._turn = reply_turn + 1
-        self.emit(ev.ConversationUpdated(list(s.messages[: reply_turn + 1]),
-                                         self._tokens_through(reply_turn)))
+        self.emit(self._updated(reply_turn + 1))
         return False
 
     def _explain(self, index: int) -> bool | None:
         exps = self._by_index.get(index)
         if not exps:
-            self.emit(ev.JobFailed("Explain", f"The recorded session has no explanation for "
-                                   f"token {index}."))
+            self.emit(ev.JobFailed("Explain", READ_ONLY_NOTE if self.preload else
+                                   f"The recorded session has no explanation for token {index}."))
             return None
         self.emit(ev.ExplainStarted(index))
         text = exps[0].text
@@ -167,7 +186,10 @@ class ReplayWorker:
         self.emit(ev.ExplainDone(index, exps))
         return False
 
-    def _explain_all(self, indices: list[int]) -> bool:
+    def _explain_all(self, indices: list[int]) -> bool | None:
+        if self.preload:  # everything recorded is already shown; new tokens need models
+            self.emit(ev.JobFailed("ExplainAll", READ_ONLY_NOTE))
+            return None
         t0 = time.monotonic()
         total = len(indices)
         for done, index in enumerate(indices, 1):
