@@ -52,6 +52,9 @@ class UiState:
     queue_depth: int = 0
     all_progress: ev.ExplainAllProgress | None = None
     median_norm: float = 0.0
+    # numpy [T, d_model] from the last ConversationUpdated (for saving sessions);
+    # typed loosely so this module needs no numpy import.
+    activations: object | None = None
 
     # ------------------------------------------------------------ folding
 
@@ -72,6 +75,7 @@ class UiState:
         elif isinstance(event, ev.ConversationUpdated):
             self.messages = list(event.messages)
             self.set_tokens(event.tokens)
+            self.activations = getattr(event, "activations", None)
             self.reply = None
         elif isinstance(event, ev.ExplainStarted):
             self.explaining = event.index
