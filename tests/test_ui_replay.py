@@ -222,7 +222,7 @@ async def test_explain_current_turn_only_and_palette_commands():
         assert isinstance(job, ev.ExplainAll) and job.indices
         assert {app.state.tokens[i].turn for i in job.indices} == {turn}
         titles = {c.title for c in app.get_system_commands(app.screen)}
-        assert {"Explain token", "Explain all", "Cancel", "Edit AV prompt", "Keys"} <= titles
+        assert {"Explain token", "Explain all", "Cancel", "Edit AV prompt", "nla-tui keys"} <= titles
 
 
 def _key_names(binding_key: str) -> list[str]:
@@ -303,3 +303,13 @@ async def test_click_moves_the_cursor_and_esc_in_the_message_box_only_leaves_it(
         assert app.focused is strip and not cancels
         await pilot.press("escape")
         assert cancels == [1]
+
+
+@async_test
+async def test_conversation_activations_reach_the_ui_state():
+    holder = Holder()
+    app = replay_app(holder=holder)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _chat(pilot, app)
+        acts = app.state.activations
+        assert acts is not None and acts.shape == (len(app.state.tokens), app.state.info.d_model)

@@ -26,6 +26,7 @@ from ..core.types import Sampling
 from .messages import EngineEvent
 from .screens.dialogs import PromptDialog, ValueDialog, check_temperature
 from .screens.help import HelpScreen
+from .session_actions import SessionActions
 from .state import UiState, job_kind
 from .transcript import load_transcript
 from .widgets.chat import ChatPane
@@ -48,7 +49,7 @@ class WorkerLike(Protocol):
 WorkerFactory = Callable[[Callable[[ev.Event], None]], WorkerLike]
 
 
-class NlaApp(App[None]):
+class NlaApp(SessionActions, App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "nla-tui"
     AUTO_FOCUS = "#strip"  # keys drive the strip from the first frame
@@ -68,6 +69,9 @@ class NlaApp(App[None]):
         Binding("y", "copy", "copy", show=False),
         Binding("i", "focus_input", "chat", show=False),
         Binding("o", "open_transcript", "open", show=False),
+        Binding("ctrl+s", "save_session", "save"),
+        Binding("ctrl+o,f2", "sessions", "sessions"),
+        Binding("X", "export", "export", show=False),
     ]
 
     def __init__(self, worker_factory: WorkerFactory, options: Namespace | None = None) -> None:
@@ -108,6 +112,7 @@ class NlaApp(App[None]):
         return self.query_one(ExplanationPane)
 
     def on_mount(self) -> None:
+        self.sessions_mount()
         self._fold(self.size.width)
         self.pane.show(-1)
         self._update_status()
@@ -121,6 +126,7 @@ class NlaApp(App[None]):
             self.open_transcript(messages)
 
     def on_unmount(self) -> None:
+        self.sessions_unmount()  # before the worker stops: autosave on exit
         if self.worker is not None:
             self.worker.stop()
 
@@ -169,6 +175,7 @@ class NlaApp(App[None]):
         elif isinstance(e, ev.ModelsReady):
             self.pane.show(strip.cursor)
         self._update_status()
+        self.sessions_event(e)
 
     def _job_ended(self, e: ev.JobFinished | ev.JobFailed) -> None:
         kind = job_kind(e.job)
@@ -333,6 +340,7 @@ class NlaApp(App[None]):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
+        yield from self.session_commands()
         yield SystemCommand("Explain token", "Explain the token under the cursor (e)", self.action_explain)
         yield SystemCommand("Resample explanation", "New sample at temperature > 0 (r)", self.action_resample)
         yield SystemCommand("Rank 4 samples", "Draw 4 explanations, best AR score first (n)",
@@ -350,7 +358,7 @@ class NlaApp(App[None]):
                             self.action_toggle_auto)
         yield SystemCommand("Copy explanation", "Copy via OSC 52 (y)", self.action_copy)
         yield SystemCommand("Open transcript", "Load a JSON chat transcript (o)", self.action_open_transcript)
-        yield SystemCommand("Keys", "Every key binding (?)", self.action_help)
+        yield SystemCommand("nla-tui keys", "Every key of nla-tui (? or F1)", self.action_help)
 
 
 def create_app(worker_factory: WorkerFactory, options: Namespace | None = None) -> NlaApp:
@@ -365,5 +373,13 @@ def run_app(options: Any) -> None:
     """Entry for `nla-tui` and `nla-tui open PATH` (called by nla_tui.cli)."""
     from .engine_factory import worker_factory_for
 
+    if getattr(options, "autosave", None) is None:
+        options.autosave = True  # the CLI saves every session; tests opt in
     app = create_app(worker_factory_for(options), options)
     app.run(mouse=not getattr(options, "no_mouse", False))
+    saved = app.keeper.last_saved if hasattr(app, "keeper") else None
+    if saved is not None:
+        try:
+            print(f"session saved to {saved} (reopen: nla-tui open {saved})")
+        except OSError:  # the terminal is gone (SIGHUP): the save itself is done
+            pass

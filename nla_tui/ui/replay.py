@@ -28,15 +28,6 @@ READ_ONLY_NOTE = ("Read-only session: models are not loaded, so only the recorde
                   "there (ctrl+o).")
 
 
-def _updated(messages, tokens, activations) -> ev.ConversationUpdated:
-    """ConversationUpdated with the activations riding along, like EngineWorker's."""
-    acts = None if activations is None else activations[: len(tokens)]
-    try:
-        return ev.ConversationUpdated(messages, tokens, activations=acts)
-    except TypeError:  # an events.py without the field
-        return ev.ConversationUpdated(messages, tokens)
-
-
 class ReplayWorker:
     def __init__(self, session: Session | str | Path, emit: Callable[[ev.Event], None],
                  *, preload: bool = False, delay: float = 0.0, hold_after: int | None = None):
