@@ -28,6 +28,11 @@ KEYS: list[tuple[str, list[tuple[str, str]]]] = [
         ("Enter", "send the message (the reply streams in)"),
         ("o", "open a transcript (JSON list of {role, content})"),
     ]),
+    ("Sessions", [
+        ("ctrl+s", "save the session under a name (it also autosaves after every job and on exit)"),
+        ("ctrl+o / f2", "saved sessions: Enter opens, r renames, d deletes"),
+        ("X", "export the session as Markdown, HTML or JSON (the file name picks the format)"),
+    ]),
     ("App", [
         ("Esc", "cancel the running job (in the message box: leave it)"),
         ("? / F1", "this help"),

@@ -1,0 +1,46 @@
+"""`nla-tui open PATH`: browse a saved session without loading any model.
+
+Everything recorded is shown (strip, explanations, scores, next-token candidates);
+chatting and explaining new tokens are refused with a note, since no model is
+loaded. No Engine is constructed and torch is never imported on this path: the app
+runs over a ReplayWorker (preload=True) serving the loaded Session.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "open", help="browse a saved session in the TUI without loading any model",
+        description="Open a saved session directory (it holds session.json). Loads no model: "
+                    "everything recorded is browsable; explaining new tokens needs `nla-tui`.")
+    p.add_argument("path", help="session directory (or its session.json)")
+    p.add_argument("--color-system", choices=["auto", "truecolor", "256", "standard", "none"],
+                   default="auto", help="force the colour depth (COLORTERM is often not forwarded over SSH)")
+    p.add_argument("--no-mouse", action="store_true", help="disable mouse support")
+    p.set_defaults(func=run_open)
+    return p
+
+
+def open_options(path: str | Path, **extra: Any) -> argparse.Namespace:
+    """Load the session (InputError with a clear message if missing or corrupt) and
+    build the options run_app / create_app take."""
+    from ..core.session import SESSION_FILE, load_session
+
+    session = load_session(path)  # raises InputError: the CLI prints it and exits 2
+    p = Path(path).expanduser()
+    directory = p.parent if p.name == SESSION_FILE and p.is_file() else p
+    return argparse.Namespace(session=session, session_dir=directory.resolve(), **extra)
+
+
+def run_open(args: argparse.Namespace) -> int:
+    from .app import run_app
+
+    options = open_options(args.path, color_system=args.color_system, no_mouse=args.no_mouse,
+                           autosave=True)
+    run_app(options)
+    return 0

@@ -1,0 +1,236 @@
+"""The app's session actions (mixed into NlaApp): ctrl+s save, ctrl+o / f2 browser,
+X export, autosave after every job, on exit and on SIGTERM / SIGHUP.
+
+Kept out of app.py so the app stays about chat and explanations; app.py only calls
+the four hooks (sessions_mount, sessions_event, sessions_unmount, session_commands).
+Autosave is off unless options.autosave is true (the CLI sets it), so tests and
+scripts never write into the user's data directory by accident.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, Iterable
+
+from textual.app import SystemCommand
+
+from ..core import events as ev
+from ..core.autosave import SIGNALS
+from ..core.errors import NlaError
+from ..core.export import FORMATS, export_session
+from ..core.session import Session, load_session, slugify
+from ..paths import data_root, sessions_dir
+from .messages import EngineEvent
+from .saving import SessionKeeper
+from .screens.dialogs import ValueDialog
+from .screens.sessions import SessionBrowser, SessionRenamed
+
+READ_ONLY_MESSAGE = ("Read-only session: models are not loaded. Everything recorded is browsable; "
+                     "explaining new tokens needs `nla-tui` (open the session there with ctrl+o).")
+
+
+def export_format(path: str) -> str | None:
+    suffix = Path(path).suffix.lower().lstrip(".")
+    return {"markdown": "md", "htm": "html"}.get(suffix, suffix) if suffix else None
+
+
+def check_export_path(path: str) -> str | None:
+    if not path.strip():
+        return "Give a file name ending in .md, .html or .json."
+    if export_format(path) not in FORMATS:
+        return "The file name must end in .md, .html or .json (that picks the format)."
+    return None
+
+
+class SessionActions:
+    """Mixin for NlaApp (an App with .state, .worker, .options, .notify, .push_screen)."""
+
+    keeper: SessionKeeper
+
+    # ------------------------------------------------------------ hooks from app.py
+
+    def sessions_mount(self) -> None:
+        app: Any = self
+        self.keeper = SessionKeeper(app.state)
+        self.autosave = bool(getattr(app.options, "autosave", False))
+        opened = getattr(app.options, "session", None)
+        if isinstance(opened, Session):  # nla-tui open PATH
+            self.keeper.adopt(opened, getattr(app.options, "session_dir", None))
+            self.keeper.read_only = True
+            app.notify(READ_ONLY_MESSAGE, title=opened.name, timeout=10)
+        if self.autosave:
+            self._install_signal_handlers()
+
+    def sessions_event(self, event: ev.Event) -> None:
+        if self.keeper.observe(event) and self.autosave and not self.keeper.read_only:
+            self.keeper.request_save()
+
+    def sessions_unmount(self) -> None:
+        """Exit (ctrl+q, app.exit, a signal): write what was not saved yet, and wait."""
+        if self.autosave and not self.keeper.read_only:
+            self.keeper.save_now(only_if_dirty=True)
+        if self.autosave:
+            self._remove_signal_handlers()
+
+    def session_commands(self) -> Iterable[SystemCommand]:
+        yield SystemCommand("Save session", "Save the conversation under a name (ctrl+s)",
+                            self.action_save_session)
+        yield SystemCommand("Browse sessions", "Open, rename or delete saved sessions (ctrl+o)",
+                            self.action_sessions)
+        for fmt, label in (("md", "Markdown"), ("html", "HTML heat map"), ("json", "JSON")):
+            yield SystemCommand(f"Export session as {label}",
+                                f"Write {fmt.upper()} to the exports folder (X asks for a path)",
+                                lambda fmt=fmt: self.export_to(self.default_export_path(fmt)))
+
+    # ------------------------------------------------------------ signals
+
+    def _install_signal_handlers(self) -> None:
+        # Through the event loop, not signal.signal: the handler then runs between two
+        # UI callbacks, never in the middle of folding an event or of a save.
+        try:
+            loop = asyncio.get_running_loop()
+            for sig in SIGNALS:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            self._signals_installed = True
+        except (RuntimeError, NotImplementedError, ValueError):  # no loop / not main thread
+            self._signals_installed = False
+
+    def _remove_signal_handlers(self) -> None:
+        if getattr(self, "_signals_installed", False):
+            loop = asyncio.get_running_loop()
+            for sig in SIGNALS:
+                loop.remove_signal_handler(sig)
+            self._signals_installed = False
+
+    def _on_signal(self, signum: int) -> None:
+        """SIGTERM, or SIGHUP from a dropped SSH connection: save first, then leave."""
+        if not self.keeper.read_only:
+            self.keeper.save_now(only_if_dirty=True)
+        self.exit(return_code=128 + signum)  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------ ctrl+s
+
+    def action_save_session(self) -> None:
+        app: Any = self
+        if self.keeper.snapshot() is None:
+            app.notify("Nothing to save yet: chat first (i) or open a transcript (o).",
+                       severity="warning")
+            return
+
+        def done(name: str | None) -> None:
+            if not name or not name.strip():
+                return
+            path = self.keeper.save_as(name, sessions_dir())
+            self._report_save(path)
+
+        app.push_screen(ValueDialog("Save session as", self.keeper.name,
+                                    validate=lambda v: None if v.strip() else
+                                    "A session name cannot be empty."), done)
+
+    def _report_save(self, path: Path | None) -> None:
+        app: Any = self
+        if path is None:
+            err = self.keeper.saver.last_error
+            app.notify(f"{err}" if err else "Nothing to save.", title="Save failed",
+                       severity="error", timeout=10)
+        else:
+            app.notify(f"Saved {self.keeper.name!r} to {path}", timeout=4)
+
+    # ------------------------------------------------------------ browser
+
+    def action_sessions(self) -> None:
+        app: Any = self
+        if isinstance(app.screen, SessionBrowser):
+            return
+
+        def done(path: Path | None) -> None:
+            if path is not None:
+                self.open_saved_session(path)
+
+        app.push_screen(SessionBrowser(sessions_dir(), self.keeper.directory), done)
+
+    def on_session_renamed(self, message: SessionRenamed) -> None:
+        if message.new is None:  # the shown session was deleted: the next save makes a new one
+            self.keeper.directory = None
+        else:
+            self.keeper.directory, self.keeper.name, self.keeper.named = message.new, message.name, True
+
+    def open_saved_session(self, path: Path) -> None:
+        """Show a saved session. A live engine recaptures its conversation (from the
+        activation cache) so new tokens can be explained; a read-only app swaps its
+        replay worker."""
+        app: Any = self
+        try:
+            session = load_session(path)
+        except NlaError as e:
+            app.notify(str(e), title="Cannot open session", severity="error", timeout=10)
+            return
+        if self.autosave and not self.keeper.read_only:
+            self.keeper.save_now(only_if_dirty=True)  # the current conversation is not lost
+        st = app.state
+        st.explanations.clear()
+        st.partial.clear()
+        if self.keeper.read_only or st.info is None:
+            from .replay import ReplayWorker
+
+            if app.worker is not None:
+                app.worker.stop()
+            app.worker = ReplayWorker(session, app._emit, preload=True)
+            app.worker.start()
+            self.keeper.read_only = True
+        else:
+            if (session.info.subject, session.info.layer) != (st.info.subject, st.info.layer):
+                app.notify(f"{session.name} was saved with {session.info.subject} (layer "
+                           f"{session.info.layer}); new explanations come from the loaded "
+                           "models.", severity="warning", timeout=8)
+            app.strip.follow = False
+            app.on_engine_event(EngineEvent(ev.ConversationUpdated(
+                list(session.messages), list(session.tokens), session.activations)))
+            by_index: dict[int, list] = {}
+            for e in session.explanations:
+                by_index.setdefault(e.index, []).append(e)
+            for index, exps in sorted(by_index.items()):
+                app.on_engine_event(EngineEvent(ev.ExplainDone(index, exps, cached=True)))
+            # The engine must hold the same conversation for e / a to explain it.
+            app.submit(ev.SetConversation(list(session.messages)))
+        self.keeper.adopt(session, Path(path))
+        app.notify(f"Opened {session.name}", timeout=3)
+
+    # ------------------------------------------------------------ export
+
+    def default_export_path(self, fmt: str) -> Path:
+        return data_root() / "exports" / f"{slugify(self.keeper.name)}.{fmt}"
+
+    def action_export(self) -> None:
+        app: Any = self
+        if self.keeper.snapshot() is None:
+            app.notify("Nothing to export yet: chat first (i) or open a session (ctrl+o).",
+                       severity="warning")
+            return
+
+        def done(path: str | None) -> None:
+            if path:
+                self.export_to(Path(path).expanduser())
+
+        app.push_screen(ValueDialog("Export to (.md, .html or .json)",
+                                    str(self.default_export_path("html")),
+                                    validate=check_export_path), done)
+
+    def export_to(self, out: Path) -> Path | None:
+        """Save first (the export then matches a session on disk), then write `out`."""
+        app: Any = self
+        session = self.keeper.snapshot()
+        if session is None:
+            app.notify("Nothing to export yet.", severity="warning")
+            return None
+        if not self.keeper.read_only:
+            self._report_save(self.keeper.save_now())
+            session = self.keeper.snapshot() or session
+        try:
+            written = export_session(session, export_format(str(out)) or "md", out)
+        except (NlaError, OSError) as e:
+            app.notify(str(e), title="Export failed", severity="error", timeout=10)
+            return None
+        app.notify(f"Exported to {written}", timeout=6)
+        return Path(written)
