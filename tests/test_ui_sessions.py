@@ -273,3 +273,35 @@ def test_cli_open_bad_session_exits_2_with_one_clear_line(tmp_path, case):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr
     assert ("corrupted or truncated" if case == "truncated" else "missing") in lines[0]
+
+
+@pytest.mark.slow
+@async_test
+async def test_real_engine_save_round_trip(request, data_dir):
+    """The EngineWorker path: activations ride on ConversationUpdated from the real demo
+    engine (Gemma 3 270M on CPU) and the saved file holds them bit-exact."""
+    from nla_tui.core.types import NOISY_PREFIX
+    from nla_tui.core.worker import EngineWorker
+    from nla_tui.ui.app import create_app
+
+    engine = request.getfixturevalue("demo_engine")  # holds one captured chat turn
+    saved_state = (list(engine.messages), list(engine.tokens), engine.activations,
+                   dict(engine.explanations))
+    app = create_app(lambda emit: EngineWorker(engine, emit), Namespace(autosave=True))
+    try:
+        async with app.run_test(size=(120, 36)) as pilot:
+            await wait_until(pilot, lambda: app.state.tokens and app.state.queue_depth == 0,
+                             "the engine's conversation", 900)
+            index = NOISY_PREFIX + 1
+            await pilot.press("home", *["right"] * index, "e")
+            await wait_until(pilot, lambda: app.state.best(index) is not None
+                             and app.keeper.last_saved is not None and not app.keeper.dirty,
+                             "the explanation and its autosave", 900)
+            path = app.keeper.last_saved
+            loaded = load_session(path)
+            assert np.array_equal(loaded.activations, engine.activations)
+            assert [t.to_json() for t in loaded.tokens] == [t.to_json() for t in engine.tokens]
+            assert [e.to_json() for e in loaded.explanations] == _shown_explanations(app)
+            assert loaded.explanations[0].index == index and loaded.info == engine.info
+    finally:
+        engine.messages, engine.tokens, engine.activations, engine.explanations = saved_state
