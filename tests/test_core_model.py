@@ -181,3 +181,17 @@ def test_teacher_forced_conversation(demo_engine):
     assert eng.activations.shape == (len(eng.tokens), 640)
     with pytest.raises(InputError, match="alternate"):
         eng.set_conversation([Message("user", "a"), Message("user", "b")])
+
+
+def test_chat_decoding_equals_hf_generate(demo_engine):
+    """Subject chat goes through fast_decode; greedy tokens equal HF generate's."""
+    subj = demo_engine.subject
+    msgs = [Message("user", "Name three colours.")]
+    ids, _, _ = subj.tokenize(msgs, add_generation_prompt=True)
+    with torch.inference_mode():
+        out = subj.model.generate(input_ids=torch.tensor([ids]), max_new_tokens=12, do_sample=False,
+                                  eos_token_id=subj.stop_ids(), top_p=None, top_k=None, temperature=None)
+    want = subj.tok.decode(out[0, len(ids):], skip_special_tokens=True).strip()
+    deltas: list[str] = []
+    got = subj.generate(msgs, 12, deltas.append)
+    assert got == want and "".join(deltas).strip() == got
