@@ -305,3 +305,30 @@ async def test_real_engine_save_round_trip(request, data_dir):
             assert loaded.explanations[0].index == index and loaded.info == engine.info
     finally:
         engine.messages, engine.tokens, engine.activations, engine.explanations = saved_state
+
+
+SNAP_DATA = Path("/tmp/nla-tui-snapshot-data")  # fixed: the browser title shows the folder
+
+
+def test_browser_snapshot(snap_compare, monkeypatch):
+    import shutil
+
+    shutil.rmtree(SNAP_DATA, ignore_errors=True)
+    monkeypatch.setenv("NLA_TUI_DATA", str(SNAP_DATA))
+    paths = _make_sessions(SNAP_DATA / "sessions")
+    for name, stamp in (("alpha", "2026-11-24T09:15:00+00:00"), ("beta", "2026-11-25T10:30:00+00:00")):
+        jpath = paths[name] / "session.json"
+        doc = json.loads(jpath.read_text())
+        doc["created"] = doc["updated"] = stamp  # fixed dates; the checksum covers activations only
+        jpath.write_text(json.dumps(doc))
+
+    async def open_browser(pilot):
+        await settle_replay(pilot, pilot.app)
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+
+    try:
+        assert snap_compare(replay_app(preload=True), terminal_size=(120, 36),
+                            run_before=open_browser)
+    finally:
+        shutil.rmtree(SNAP_DATA, ignore_errors=True)

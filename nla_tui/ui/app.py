@@ -69,8 +69,8 @@ class NlaApp(SessionActions, App[None]):
         Binding("y", "copy", "copy", show=False),
         Binding("i", "focus_input", "chat", show=False),
         Binding("o", "open_transcript", "open", show=False),
-        Binding("ctrl+s", "save_session", "save"),
-        Binding("ctrl+o,f2", "sessions", "sessions"),
+        Binding("ctrl+s", "save_session", "save", show=False),  # in help and the palette
+        Binding("ctrl+o,f2", "sessions", "sessions", show=False),
         Binding("X", "export", "export", show=False),
     ]
 
