@@ -332,3 +332,26 @@ def test_browser_snapshot(snap_compare, monkeypatch):
                             run_before=open_browser)
     finally:
         shutil.rmtree(SNAP_DATA, ignore_errors=True)
+
+
+@async_test
+async def test_naming_an_autosaved_session_moves_it_and_never_overwrites_another(data_dir):
+    other = load_session(RECORDED)
+    other.name = "Named"
+    taken = save_session(other, data_dir / "sessions" / "named-2")  # not ours either
+    app = replay_app(options=Namespace(autosave=True))
+    async with app.run_test(size=(120, 36)) as pilot:
+        await _chat(pilot, app)
+        await wait_until(pilot, lambda: app.keeper.last_saved is not None, "the autosave")
+        autosaved = app.keeper.last_saved
+        await pilot.press("ctrl+s")
+        app.screen.query_one("#dialog-input").value = "Named"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: app.keeper.name == "Named"
+                         and not isinstance(app.screen, ValueDialog), "the save")
+        assert not autosaved.exists()  # moved, no stale copy
+        assert load_session(data_dir / "sessions" / "named").name == "Named"
+        # a different session already called "Named": a suffix, never an overwrite
+        app.keeper.directory, app.keeper.named = None, False
+        assert app.keeper.save_as("Named", data_dir / "sessions") == data_dir / "sessions" / "named-3"
+        assert load_session(taken).messages == other.messages

@@ -98,10 +98,13 @@ class SessionActions:
 
     def _remove_signal_handlers(self) -> None:
         if getattr(self, "_signals_installed", False):
-            loop = asyncio.get_running_loop()
+            self._signals_installed = False
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # the loop is already gone: nothing left to remove
+                return
             for sig in SIGNALS:
                 loop.remove_signal_handler(sig)
-            self._signals_installed = False
 
     def _on_signal(self, signum: int) -> None:
         """SIGTERM, or SIGHUP from a dropped SSH connection: save first, then leave."""
@@ -113,6 +116,8 @@ class SessionActions:
 
     def action_save_session(self) -> None:
         app: Any = self
+        if isinstance(app.screen, ValueDialog):  # ctrl+s inside a dialog: not a second one
+            return
         if self.keeper.snapshot() is None:
             app.notify("Nothing to save yet: chat first (i) or open a transcript (o).",
                        severity="warning")
