@@ -188,8 +188,16 @@ class Engine:
         """The tokens the subject will see for the next turn, before the reply (uncaptured)."""
         msgs = self.messages + [Message("user", text)]
         ids, roles, turns = self.subject.tokenize(msgs, add_generation_prompt=True)
-        return [TokenInfo(k, i, self.subject.tok.decode([i]), roles[k], turns[k], 0.0, [])
-                for k, i in enumerate(ids)]
+        out, same_prefix = [], True
+        for k, i in enumerate(ids):
+            prev = self.tokens[k] if k < len(self.tokens) else None
+            same_prefix = same_prefix and prev is not None and prev.token_id == i
+            if same_prefix:
+                # The earlier turns are unchanged: keep their captured norm and candidates.
+                out.append(replace(prev, role=roles[k], turn=turns[k]))
+            else:
+                out.append(TokenInfo(k, i, self.subject.tok.decode([i]), roles[k], turns[k], 0.0, []))
+        return out
 
     def chat(self, text: str, max_new_tokens: int = 256, on_delta: Callable[[str], None] | None = None,
              cancel: threading.Event | None = None) -> str:
