@@ -125,7 +125,8 @@ class Engine:
             preset=preset.name if preset else None, subject=ckpts["subject"].name, av=ckpts["av"].name,
             ar=ckpts["ar"].name, layer=layer, quant=quant, device=device, d_model=d,
             revision={k: c.revision for k, c in ckpts.items()}, injection_scale=av_meta.injection_scale,
-            mse_scale=ar_meta.mse_scale, fve_variance=variance, untrained_av=av_meta.untrained)
+            mse_scale=ar_meta.mse_scale, fve_variance=variance, untrained_av=av_meta.untrained,
+            placement=self.placement_text)
         self.activations = np.zeros((0, d), np.float32)
         return self.info
 

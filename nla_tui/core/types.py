@@ -164,6 +164,7 @@ class ModelInfo:
     mse_scale: float | None = None
     fve_variance: float | None = None
     untrained_av: bool = False
+    placement: str = ""  # where each model lives, e.g. "subject cuda:0 15.0G · av cuda:1 15.0G · …"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -41,7 +41,9 @@ def status_text(state: UiState, temperature: float, auto_explain: bool) -> Text:
             t.append("starting models…", style="yellow")
     else:
         t.append(info.preset or "custom", style="bold")
-        t.append(f" · L{info.layer} · {info.quant} · {info.device}")
+        # On CUDA the placement says which card holds each model and its memory.
+        where = info.placement if info.placement and info.device.startswith("cuda") else info.device
+        t.append(f" · L{info.layer} · {info.quant} · {where}")
         mem = _gpu_memory(info.device)
         if mem:
             t.append(f" · GPU {mem}")
