@@ -130,7 +130,7 @@ def _make_sessions(root: Path) -> dict[str, Path]:
     for name, n_exp in (("alpha", 3), ("beta", 0)):
         recorded.name = name
         full = list(recorded.explanations)
-        recorded.explanations = full[:n_exp]
+        recorded.explanations = [e for e in full if e.index >= 20][:n_exp]  # past the prompt
         paths[name] = save_session(recorded, root / name)
         recorded.explanations = full
     broken = root / "broken"
@@ -355,3 +355,47 @@ async def test_naming_an_autosaved_session_moves_it_and_never_overwrites_another
         app.keeper.directory, app.keeper.named = None, False
         assert app.keeper.save_as("Named", data_dir / "sessions") == data_dir / "sessions" / "named-3"
         assert load_session(taken).messages == other.messages
+
+
+@pytest.mark.slow
+@async_test
+async def test_open_then_L_loads_the_models_and_explains_new_tokens(request, data_dir, monkeypatch):
+    """nla-tui open, then L: the real demo engine recaptures the recorded conversation
+    (same tokens, so the recorded explanations stay) and explains an unexplained token."""
+    from nla_tui.core.worker import EngineWorker
+    from nla_tui.ui import session_actions
+    from nla_tui.ui.app import create_app
+    from nla_tui.ui.engine_factory import worker_factory_for
+    from nla_tui.ui.open_command import open_options
+
+    engine = request.getfixturevalue("demo_engine")
+    saved_state = (list(engine.messages), list(engine.tokens), engine.activations,
+                   dict(engine.explanations))
+    built = []
+
+    def worker_for(info, emit):  # the shared, already loaded engine instead of a second load
+        built.append(info)
+        return EngineWorker(engine, emit)
+
+    monkeypatch.setattr(session_actions, "_engine_worker", worker_for)
+    path = _make_sessions(data_dir / "sessions")["alpha"]  # 3 of 36 tokens explained
+    options = open_options(path, autosave=True)
+    app = create_app(worker_factory_for(options), options)
+    try:
+        async with app.run_test(size=(120, 36)) as pilot:
+            await wait_until(pilot, lambda: len(app.state.tokens) == 36 and app.state.queue_depth == 0,
+                             "the session")
+            await pilot.press("L")
+            await wait_until(pilot, lambda: app.state.info is not None and app.state.queue_depth == 0
+                             and engine.messages == load_session(path).messages,
+                             "the models and the recaptured conversation", 900)
+            assert built and built[0].preset == "demo"
+            assert app.state.explained_count() == 3  # recorded explanations kept
+            index = next(i for i in range(12, 36) if i not in app.state.explanations)
+            await pilot.press("home", *["right"] * index, "e")
+            await wait_until(pilot, lambda: app.state.best(index) is not None
+                             and not app.keeper.dirty, "the new explanation, autosaved", 900)
+            assert app.state.best(index).score is not None
+        assert load_session(path).n_explained == 4  # written back to the opened session
+    finally:
+        engine.messages, engine.tokens, engine.activations, engine.explanations = saved_state

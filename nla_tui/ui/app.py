@@ -72,6 +72,7 @@ class NlaApp(SessionActions, App[None]):
         Binding("ctrl+s", "save_session", "save", show=False),  # in help and the palette
         Binding("ctrl+o,f2", "sessions", "sessions", show=False),
         Binding("X", "export", "export", show=False),
+        Binding("L", "load_models", "load models", show=False),
     ]
 
     def __init__(self, worker_factory: WorkerFactory, options: Namespace | None = None) -> None:

@@ -32,6 +32,7 @@ KEYS: list[tuple[str, list[tuple[str, str]]]] = [
         ("ctrl+s", "save the session under a name (it also autosaves after every job and on exit)"),
         ("ctrl+o / f2", "saved sessions: Enter opens, r renames, d deletes"),
         ("X", "export the session as Markdown, HTML or JSON (the file name picks the format)"),
+        ("L", "read-only session (nla-tui open): load its models to explain new tokens"),
     ]),
     ("App", [
         ("Esc", "cancel the running job (in the message box: leave it)"),

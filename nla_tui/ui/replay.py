@@ -24,8 +24,7 @@ from ..core.session import Session, load_session
 from ..core.types import Explanation, TokenInfo
 
 READ_ONLY_NOTE = ("Read-only session: models are not loaded, so only the recorded explanations "
-                  "can be shown. To explain new tokens, run `nla-tui` and open the session "
-                  "there (ctrl+o).")
+                  "can be shown. Press L to load this session's models and explain new tokens.")
 
 
 class ReplayWorker:

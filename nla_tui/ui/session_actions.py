@@ -10,6 +10,7 @@ scripts never write into the user's data directory by accident.
 from __future__ import annotations
 
 import asyncio
+from argparse import Namespace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -27,7 +28,7 @@ from .screens.dialogs import ValueDialog
 from .screens.sessions import SessionBrowser, SessionRenamed
 
 READ_ONLY_MESSAGE = ("Read-only session: models are not loaded. Everything recorded is browsable; "
-                     "explaining new tokens needs `nla-tui` (open the session there with ctrl+o).")
+                     "press L to load this session's models and explain new tokens.")
 
 
 def export_format(path: str) -> str | None:
@@ -63,6 +64,17 @@ class SessionActions:
             self._install_signal_handlers()
 
     def sessions_event(self, event: ev.Event) -> None:
+        restore = getattr(self, "_restore", None)
+        if restore and isinstance(event, ev.ConversationUpdated) and \
+                [t.token_id for t in event.tokens] == restore[0]:
+            self._restore = None
+            app: Any = self
+            for e in restore[1]:
+                app.state.explanations.setdefault(e.index, [])
+                if e not in app.state.explanations[e.index]:
+                    app.state.explanations[e.index].append(e)
+            app.strip.refresh_tokens()
+            app.pane.show(app.strip.cursor)
         if self.keeper.observe(event) and self.autosave and not self.keeper.read_only:
             self.keeper.request_save()
 
@@ -202,6 +214,34 @@ class SessionActions:
         self.keeper.adopt(session, Path(path))
         app.notify(f"Opened {session.name}", timeout=3)
 
+    # ------------------------------------------------------------ L: load models on demand
+
+    def action_load_models(self) -> None:
+        """A read-only session (nla-tui open) gets its models: the replay worker is
+        replaced by an EngineWorker for the session's subject/AV/AR, which recaptures
+        the conversation; the recorded explanations stay (same tokens), new ones can
+        be made, and autosave writes back to the session's directory."""
+        app: Any = self
+        if not self.keeper.read_only:
+            app.notify("The models are already loaded.", timeout=3)
+            return
+        session = self.keeper.snapshot()
+        info = app.state.info
+        if session is None or info is None:
+            app.notify("Nothing to load models for yet.", severity="warning")
+            return
+        if app.worker is not None:
+            app.worker.stop()
+        app.state.info = None  # the status line shows loading progress until ModelsReady
+        app.worker = _engine_worker(info, app._emit)
+        app.worker.start()
+        app.submit(ev.SetConversation(list(session.messages)))
+        # Re-applied when the engine's capture of these same tokens arrives (an engine
+        # may first report another conversation, which would drop them from the UI).
+        self._restore = ([t.token_id for t in session.tokens], list(session.explanations))
+        self.keeper.read_only = False
+        app.notify(f"Loading {info.preset or info.subject} (subject, AV, AR)…", timeout=5)
+
     # ------------------------------------------------------------ export
 
     def default_export_path(self, fmt: str) -> Path:
@@ -239,3 +279,15 @@ class SessionActions:
             return None
         app.notify(f"Exported to {written}", timeout=6)
         return Path(written)
+
+
+def _engine_worker(info: Any, emit: Any) -> Any:
+    """An EngineWorker for the models a session was saved with. Device and precision
+    are chosen for this machine (the session may come from a GPU box); torch is only
+    imported on the worker thread."""
+    from ..core.worker import EngineWorker
+    from .engine_factory import engine_factory
+
+    opts = Namespace(preset=info.preset, subject=info.subject, av=info.av, ar=info.ar,
+                     quant=None, device=None)
+    return EngineWorker(engine_factory(opts), emit)
