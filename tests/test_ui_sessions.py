@@ -399,3 +399,17 @@ async def test_open_then_L_loads_the_models_and_explains_new_tokens(request, dat
         assert load_session(path).n_explained == 4  # written back to the opened session
     finally:
         engine.messages, engine.tokens, engine.activations, engine.explanations = saved_state
+
+
+@async_test
+async def test_a_failed_autosave_is_shown_and_the_app_keeps_running(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the data directory should be")
+    monkeypatch.setenv("NLA_TUI_DATA", str(blocker))
+    app = replay_app(options=Namespace(autosave=True))
+    async with app.run_test(size=(120, 36)) as pilot:
+        await _chat(pilot, app)
+        await wait_until(pilot, lambda: app.keeper.saver.last_error is not None, "the failed save")
+        await wait_until(pilot, lambda: any(n.title == "Autosave failed" for n in app._notifications),
+                         "the notice")
+        assert app.is_running and app.keeper.dirty

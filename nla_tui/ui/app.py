@@ -370,8 +370,10 @@ def create_app(worker_factory: WorkerFactory, options: Namespace | None = None) 
     return NlaApp(worker_factory, options)
 
 
-def run_app(options: Any) -> None:
+def run_app(options: Any) -> int | None:
     """Entry for `nla-tui` and `nla-tui open PATH` (called by nla_tui.cli)."""
+    import sys
+
     from .engine_factory import worker_factory_for
 
     if getattr(options, "autosave", None) is None:
@@ -379,8 +381,12 @@ def run_app(options: Any) -> None:
     app = create_app(worker_factory_for(options), options)
     app.run(mouse=not getattr(options, "no_mouse", False))
     saved = app.keeper.last_saved if hasattr(app, "keeper") else None
+    if hasattr(app, "keeper") and app.keeper.dirty and app.keeper.saver.last_error is not None:
+        print(f"nla-tui: the last changes were NOT saved: {app.keeper.saver.last_error}",
+              file=sys.stderr)
     if saved is not None:
         try:
             print(f"session saved to {saved} (reopen: nla-tui open {saved})")
         except OSError:  # the terminal is gone (SIGHUP): the save itself is done
             pass
+    return app.return_code or None  # 128+N after SIGTERM / SIGHUP (saved first)

@@ -42,5 +42,4 @@ def run_open(args: argparse.Namespace) -> int:
 
     options = open_options(args.path, color_system=args.color_system, no_mouse=args.no_mouse,
                            autosave=True)
-    run_app(options)
-    return 0
+    return run_app(options) or 0

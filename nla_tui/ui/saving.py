@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..core import events as ev
 from ..core.autosave import Autosaver
@@ -48,9 +48,11 @@ class SessionKeeper:
         self._saved_changes = 0
         self._pending_changes = 0
         self._again = False
+        self._running = False
         self._mutex = threading.Lock()
         self._thread: threading.Thread | None = None
-        self.read_only = False  # a session opened without models cannot change: never autosave
+        self.read_only = False
+        self.on_error: Callable[[Exception], None] | None = None  # background save failed  # a session opened without models cannot change: never autosave
 
     # ------------------------------------------------------------ bookkeeping
 
@@ -113,10 +115,10 @@ class SessionKeeper:
         with self._mutex:
             self._latest = self.snapshot()
             self._pending_changes = self._changes
-            if self._thread is not None and self._thread.is_alive():
+            if self._running:  # the running saver picks this snapshot up when it is done
                 self._again = True
                 return
-            self._again = False
+            self._again, self._running = False, True
             self._thread = threading.Thread(target=self._background, name="nla-autosave",
                                             daemon=True)
             self._thread.start()
@@ -128,8 +130,14 @@ class SessionKeeper:
                 self._again = False
             if self.saver.save(wait=True) is not None:
                 self._mark_saved(changes)
-            with self._mutex:
+            elif self.saver.last_error is not None and self.on_error is not None:
+                try:
+                    self.on_error(self.saver.last_error)
+                except Exception:  # the app is closing: save_now on exit reports it
+                    pass
+            with self._mutex:  # decided under the lock: a request now starts a new thread
                 if not self._again:
+                    self._running = False
                     return
 
     def _mark_saved(self, changes: int) -> None:

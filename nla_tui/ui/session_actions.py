@@ -54,6 +54,8 @@ class SessionActions:
     def sessions_mount(self) -> None:
         app: Any = self
         self.keeper = SessionKeeper(app.state)
+        # A background autosave that fails says so at once (from its thread, safely).
+        self.keeper.on_error = lambda err: app.call_from_thread(self._autosave_failed, err)
         self.autosave = bool(getattr(app.options, "autosave", False))
         opened = getattr(app.options, "session", None)
         if isinstance(opened, Session):  # nla-tui open PATH
@@ -64,11 +66,11 @@ class SessionActions:
             self._install_signal_handlers()
 
     def sessions_event(self, event: ev.Event) -> None:
+        app: Any = self
         restore = getattr(self, "_restore", None)
         if restore and isinstance(event, ev.ConversationUpdated) and \
                 [t.token_id for t in event.tokens] == restore[0]:
             self._restore = None
-            app: Any = self
             for e in restore[1]:
                 app.state.explanations.setdefault(e.index, [])
                 if e not in app.state.explanations[e.index]:
@@ -78,8 +80,16 @@ class SessionActions:
         if self.keeper.observe(event) and self.autosave and not self.keeper.read_only:
             self.keeper.request_save()
 
+
+    def _autosave_failed(self, err: Exception) -> None:
+        app: Any = self
+        app.notify(f"{err} The conversation is still here; fix that, then press ctrl+s.",
+                   title="Autosave failed", severity="error", timeout=12)
+
     def sessions_unmount(self) -> None:
         """Exit (ctrl+q, app.exit, a signal): write what was not saved yet, and wait."""
+        if not hasattr(self, "keeper"):  # unmounted before mount finished
+            return
         if self.autosave and not self.keeper.read_only:
             self.keeper.save_now(only_if_dirty=True)
         if self.autosave:
