@@ -221,6 +221,7 @@ class SessionActions:
                 app.on_engine_event(EngineEvent(ev.ExplainDone(index, exps, cached=True)))
             # The engine must hold the same conversation for e / a to explain it.
             app.submit(ev.SetConversation(list(session.messages)))
+            self._restore = ([t.token_id for t in session.tokens], list(session.explanations))
         self.keeper.adopt(session, Path(path))
         app.notify(f"Opened {session.name}", timeout=3)
 
