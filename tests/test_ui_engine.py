@@ -93,7 +93,7 @@ async def test_chat_streams_then_explain_shows_a_score(shared_engine):
         await wait_until(pilot, lambda: app.state.best(index) is not None, "the explanation", HANG_GUARD)
         best = app.state.best(index)
         assert best.score is not None
-        body = str(app.query_one("#explanation-body").render())
+        body = str(app.pane.render())
         assert best.score.label in body and f"cos {best.score.cos:.3f}" in body
         assert "untrained AV" in body  # the demo pair says so
 

@@ -92,7 +92,7 @@ async def test_explain_resample_samples_and_copy_submit_the_right_jobs():
         await pilot.press("home", *["right"] * 12, "e")
         index = app.strip.cursor
         await wait_until(pilot, lambda: app.state.best(index) is not None, "the explanation")
-        body = str(app.query_one("#explanation-body").render())
+        body = str(app.pane.render())
         best = app.state.best(index)
         assert best.text.strip()[:20] in body and best.score.label in body
         await pilot.press("r", "n")

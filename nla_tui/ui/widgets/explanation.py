@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual.containers import VerticalScroll
-from textual.widgets import Static
+from textual.geometry import Size
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+from textual.visual import Visual, visualize
 
 from ...core.types import Explanation, Sampling
 from ..state import UiState
@@ -106,20 +108,79 @@ def render_token(state: UiState, index: int) -> Text:
     return out
 
 
-class ExplanationPane(VerticalScroll, can_focus=False):
-    """Scrollable side pane; the app calls show(index) on cursor moves and results."""
+class ExplanationPane(ScrollView, can_focus=False):
+    """Scrollable side pane; the app calls show(index) on cursor moves and results.
+
+    Line API, like the token strip: show() wraps the new text itself and repaints
+    the pane's own region. A Static inside a VerticalScroll changed height on nearly
+    every cursor move, and each height change is a layout of the whole screen (every
+    chat message included) and a repaint of all of it; that was most of a keypress.
+    A layout happens here only when the scrollbar appears or goes, which moves the
+    text's wrap width just as the VerticalScroll did.
+    """
+
+    DEFAULT_CSS = """
+    ExplanationPane { overflow-x: hidden; overflow-y: auto; }
+    """
 
     def __init__(self, state: UiState, **kwargs) -> None:
         super().__init__(**kwargs)
         self.state = state
         self.index = -1
-        self.body = Static(id="explanation-body")
+        self.text = Text()
+        self._lines: list[Strip] = []
+        self._wrapped_at = -1  # the width self._lines were wrapped to; -1: stale
 
-    def compose(self):
-        yield self.body
+    def render(self) -> Text:
+        """The pane's text (what tests and copy read); drawing goes through render_line."""
+        return self.text
 
     def show(self, index: int) -> None:
         if index != self.index:
-            self.scroll_home(animate=False)
+            self.scroll_to(y=0, animate=False, immediate=True)
         self.index = index
-        self.body.update(render_token(self.state, index))
+        self.text = render_token(self.state, index)
+        self._wrapped_at = -1
+        self._fit()
+        self.refresh()
+
+    def _wrap(self, width: int) -> list[Strip]:
+        visual = visualize(self, self.text)
+        return Visual.to_strips(self, visual, max(1, width), None, self.visual_style)
+
+    def _fit(self) -> None:
+        """Wrap the text to the width left beside a scrollbar only if it needs one,
+        as a VerticalScroll sizes its child; set the virtual size without a layout
+        unless the scrollbar's presence changes."""
+        width, height = self.container_size
+        if width <= 0:
+            return  # not laid out yet: on_resize wraps
+        lines = self._wrap(width)
+        bar = self.styles.scrollbar_size_vertical
+        overflow = self.styles.overflow_y
+        needs_bar = overflow == "scroll" or (overflow == "auto" and len(lines) > height)
+        if needs_bar and bar:
+            width = max(1, width - bar)
+            lines = self._wrap(width)
+        self._lines, self._wrapped_at = lines, width
+        size = Size(width, len(lines))
+        if needs_bar != self.show_vertical_scrollbar:
+            self.virtual_size = size  # a reactive with layout=True: the scrollbar moves
+        elif size != self.virtual_size:
+            self.set_reactive(ScrollView.virtual_size, size)
+            self._scroll_update(size)  # scrollbar thumb and clamp the scroll offset
+
+    def render_line(self, y: int) -> Strip:
+        width = self.scrollable_content_region.width
+        if self._wrapped_at != width:
+            self._lines, self._wrapped_at = self._wrap(width), width
+        r = y + int(self.scroll_offset.y)
+        if 0 <= r < len(self._lines):
+            return self._lines[r]
+        # Empty: the styles cache pads it with the pane's own background style, so
+        # the rows below the text merge with the padding as a container's did.
+        return Strip([])
+
+    def on_resize(self) -> None:
+        self._wrapped_at = -1
+        self._fit()
