@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--max-explain-tokens", type=int, default=200, help="AV max new tokens (default 200)")
     r.add_argument("--av-prompt", help="custom AV prompt containing <INJECT>")
-    r.add_argument("--batch-size", type=int, default=16, help="explanations per AV batch")
+    r.add_argument("--batch-size", type=int, default=None,
+                   help="explanations per AV batch (default: 16 on CPU; on CUDA as many as free memory allows, up to 160)")
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("check", help="load tokenizers and sidecars only; report whether the pair is consistent")

@@ -244,11 +244,13 @@ class Engine:
 
     def explain(self, indices: list[int], sampling: Sampling = Sampling(), prompt: str | None = None,
                 on_delta: Callable[[int, str], None] | None = None, cancel: threading.Event | None = None,
-                batch_size: int = 8, on_batch: Callable[[list[Explanation]], None] | None = None) -> list[Explanation]:
+                batch_size: int | None = None,
+                on_batch: Callable[[list[Explanation]], None] | None = None) -> list[Explanation]:
         """Explain the tokens at `indices`, batched; results are also kept in self.explanations."""
         self._need_models()
         self._check_indices(indices)
         out: list[Explanation] = []
+        batch_size = batch_size or self.explain_batch_size(sampling.max_new_tokens)
         for b in range(0, len(indices), batch_size):
             if cancel is not None and cancel.is_set():
                 break
@@ -261,6 +263,22 @@ class Engine:
             if on_batch and exps:
                 on_batch(exps)
         return out
+
+    def explain_batch_size(self, max_new_tokens: int, cap: int = 160) -> int:
+        """Rows per AV batch. Explain-all throughput grows with the batch (BENCHMARKS.md:
+        ~140 tok/s at 8 rows, ~1,750 at 150 on an H100), bounded by the KV cache that
+        fits in the AV card's free memory (half of it, leaving room for the AR pass)."""
+        import torch
+
+        if not self.av.device.type == "cuda":
+            return 16
+        cfg = text_config(self.av.model)
+        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        tokens = len(self.av.canonical_ids) + max_new_tokens
+        per_row = 2 * cfg.num_hidden_layers * heads * head_dim * 2 * tokens + 8 * cfg.vocab_size
+        free, _ = torch.cuda.mem_get_info(self.av.device)
+        return max(1, min(cap, int(free * 0.5 // per_row)))
 
     def explain_samples(self, index: int, samples: int, sampling: Sampling, prompt: str | None = None,
                         cancel: threading.Event | None = None) -> list[Explanation]:
