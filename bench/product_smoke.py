@@ -102,11 +102,12 @@ def main(argv=None) -> int:
         assert all(t.norm > 0 for t in eng.tokens)
         streamed: dict[int, str] = {}
         exps = eng.explain(list(range(len(eng.tokens))), Sampling(max_new_tokens=24),
-                           on_delta=lambda i, s: streamed.__setitem__(i, s), batch_size=16)
+                           on_delta=lambda i, s: streamed.__setitem__(i, s))  # batch sized by the engine
         assert len(exps) == len(eng.tokens) and all(e.score is not None for e in exps)
         solo = eng.explain([5], Sampling(max_new_tokens=24))[0]
         report["batch_equals_solo_greedy"] = solo.raw == next(e for e in exps if e.index == 5).raw
         report["explained"] = len(exps)
+        report["auto_batch_size"] = eng.explain_batch_size(24)
         report["mean_cos"] = sum(e.score.cos for e in exps) / len(exps)
         report["reply"] = reply[:80]
         if torch.cuda.is_available():
