@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from rich.text import Text
 from textual.geometry import Size
+from textual.renderables.blank import Blank
 from textual.scroll_view import ScrollView
+from textual.scrollbar import ScrollBar
 from textual.strip import Strip
 from textual.visual import Visual, visualize
 
@@ -108,6 +110,17 @@ def render_token(state: UiState, index: int) -> Text:
     return out
 
 
+class _GutterScrollBar(ScrollBar):
+    """A vertical scrollbar that is always arranged but draws as a blank gutter
+    while the text fits: the pane then never toggles its scrollbar, and each
+    toggle was a layout of the whole screen (and a re-wrap at another width)."""
+
+    def render(self):
+        if self.window_virtual_size <= self.window_size:
+            return Blank(self.parent.background_colors[1])
+        return super().render()
+
+
 class ExplanationPane(ScrollView, can_focus=False):
     """Scrollable side pane; the app calls show(index) on cursor moves and results.
 
@@ -115,12 +128,13 @@ class ExplanationPane(ScrollView, can_focus=False):
     the pane's own region. A Static inside a VerticalScroll changed height on nearly
     every cursor move, and each height change is a layout of the whole screen (every
     chat message included) and a repaint of all of it; that was most of a keypress.
-    A layout happens here only when the scrollbar appears or goes, which moves the
-    text's wrap width just as the VerticalScroll did.
+    The scrollbar's column is always reserved (overflow-y: scroll, drawn blank while
+    the text fits), so the wrap width never changes and the pane never asks for a
+    layout.
     """
 
     DEFAULT_CSS = """
-    ExplanationPane { overflow-x: hidden; overflow-y: auto; }
+    ExplanationPane { overflow-x: hidden; overflow-y: scroll; }
     """
 
     def __init__(self, state: UiState, **kwargs) -> None:
@@ -136,7 +150,7 @@ class ExplanationPane(ScrollView, can_focus=False):
         return self.text
 
     def show(self, index: int) -> None:
-        if index != self.index:
+        if index != self.index and self.scroll_offset.y:
             self.scroll_to(y=0, animate=False, immediate=True)
         self.index = index
         self.text = render_token(self.state, index)
@@ -148,25 +162,27 @@ class ExplanationPane(ScrollView, can_focus=False):
         visual = visualize(self, self.text)
         return Visual.to_strips(self, visual, max(1, width), None, self.visual_style)
 
+    @property
+    def vertical_scrollbar(self) -> ScrollBar:
+        if self._vertical_scrollbar is None:
+            bar = _GutterScrollBar(vertical=True, name="vertical", thickness=self.scrollbar_size_vertical)
+            self._vertical_scrollbar = bar
+            bar.display = False
+            self.app._start_widget(self, bar)
+        return self._vertical_scrollbar
+
     def _fit(self) -> None:
-        """Wrap the text to the width left beside a scrollbar only if it needs one,
-        as a VerticalScroll sizes its child; set the virtual size without a layout
-        unless the scrollbar's presence changes."""
-        width, height = self.container_size
+        """Wrap the text to the width beside the (always reserved) scrollbar column and
+        set the virtual size without a layout."""
+        # container_size still includes the scrollbar's column; overflow-y: scroll
+        # always reserves it, so this is the width render_line draws at.
+        width = self.container_size.width - self.styles.scrollbar_size_vertical
         if width <= 0:
             return  # not laid out yet: on_resize wraps
         lines = self._wrap(width)
-        bar = self.styles.scrollbar_size_vertical
-        overflow = self.styles.overflow_y
-        needs_bar = overflow == "scroll" or (overflow == "auto" and len(lines) > height)
-        if needs_bar and bar:
-            width = max(1, width - bar)
-            lines = self._wrap(width)
         self._lines, self._wrapped_at = lines, width
         size = Size(width, len(lines))
-        if needs_bar != self.show_vertical_scrollbar:
-            self.virtual_size = size  # a reactive with layout=True: the scrollbar moves
-        elif size != self.virtual_size:
+        if size != self.virtual_size:
             self.set_reactive(ScrollView.virtual_size, size)
             self._scroll_update(size)  # scrollbar thumb and clamp the scroll offset
 
