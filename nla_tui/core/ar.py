@@ -8,7 +8,6 @@ tokenized WITH <bos> (the Gemma/Llama ARs were trained that way).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +94,3 @@ class Reconstructor:
         originals = np.asarray(originals, dtype=np.float32).reshape(len(explanations), -1)
         preds = self.reconstruct(explanations)
         return [score_vectors(p, g, self.meta.mse_scale, self.variance) for p, g in zip(preds, originals)]
-
-    @staticmethod
-    def expected_mse_scale(d: int) -> float:
-        return math.sqrt(d)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .loading import model_device, text_config
+from .loading import model_device
 from .sidecar import NlaMeta, av_content, find_injection_slot, template_ids, validate_av
 from .types import Sampling
 
@@ -158,7 +158,3 @@ class Verbalizer:
 
         rows = self.decode(embeds, sampling, step if on_text else None, cancel)
         return [self.tok.decode(r, skip_special_tokens=True) for r in rows]
-
-    @property
-    def d_model(self) -> int:
-        return text_config(self.model).hidden_size

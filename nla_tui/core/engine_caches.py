@@ -4,7 +4,7 @@
     exps = caches.explain(info, vectors, sampling, prompt, on_text, cancel, indices, compute)
 
 Both are pass-through when `enabled` is False. Torch-free: a cached capture comes back
-as `CachedCapture`, which has the same three fields the engine reads from a real one.
+as the same `types.Capture` the subject produces.
 """
 
 from __future__ import annotations
@@ -12,22 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from .cache import ActivationCache, ExplanationCache, av_identity, subject_identity
-from .types import Explanation, ModelInfo, Sampling
+from .types import Capture, Explanation, ModelInfo, Sampling
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class CachedCapture:
-    activations: np.ndarray  # float32 [T, d]
-    top_ids: np.ndarray  # int64 [T, k]
-    top_probs: np.ndarray  # float32 [T, k]
 
 
 class EngineCaches:
@@ -58,11 +50,11 @@ class EngineCaches:
         ident = subject_identity(info)
         hit = self.activations.get(ident, ids)
         if hit is not None and {"top_ids", "top_probs"} <= hit.extras.keys():
-            return CachedCapture(hit.activations, hit.extras["top_ids"], hit.extras["top_probs"])
+            return Capture(hit.activations, hit.extras["top_ids"], hit.extras["top_probs"])
         cap = compute(ids)
-        self.activations.put(ident, ids, cap.activations,  # type: ignore[attr-defined]
-                             {"top_ids": np.asarray(cap.top_ids, np.int64),  # type: ignore[attr-defined]
-                              "top_probs": np.asarray(cap.top_probs, np.float32)})  # type: ignore[attr-defined]
+        self.activations.put(ident, ids, cap.activations,
+                             {"top_ids": np.asarray(cap.top_ids, np.int64),
+                              "top_probs": np.asarray(cap.top_probs, np.float32)})
         return cap
 
     def explain(self, info: ModelInfo, vectors: np.ndarray, sampling: Sampling, prompt: str | None,

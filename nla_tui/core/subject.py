@@ -8,7 +8,6 @@ tensor without keeping every layer's states around.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -16,7 +15,7 @@ import torch
 
 from .errors import InputError
 from .loading import model_device, text_config, text_parts
-from .types import Candidate, Message, TokenInfo
+from .types import Candidate, Capture, Message, TokenInfo
 
 TOP_K = 5
 # Tokens that open a new turn in common chat templates: scaffolding after one of
@@ -24,14 +23,6 @@ TOP_K = 5
 TURN_OPENERS = {"<start_of_turn>", "<|im_start|>", "<|start_header_id|>"}
 ROLE_OF = {"user": "user", "assistant": "model", "model": "model", "system": "system"}
 
-
-@dataclass
-class Capture:
-    """Layer-K activations and next-token candidates for every position."""
-
-    activations: np.ndarray  # float32 [T, d]
-    top_ids: np.ndarray  # int64 [T, TOP_K]
-    top_probs: np.ndarray  # float32 [T, TOP_K]
 
 
 class _Streamer:

@@ -176,6 +176,16 @@ class ModelInfo:
 
 
 @dataclass
+class Capture:
+    """The subject's layer-K activations and top-k next-token candidates at every
+    position: produced by Subject.capture, or read back from the activation cache."""
+
+    activations: Any  # np.ndarray float32 [T, d]
+    top_ids: Any  # np.ndarray int64 [T, k]
+    top_probs: Any  # np.ndarray float32 [T, k]
+
+
+@dataclass
 class Message:
     """One chat message, OpenAI style."""
 
