@@ -181,6 +181,13 @@ def _write_sidecar(path: Path, role: str, tok, d: int, scale: float, var: float)
     (path / "nla_meta.yaml").write_text(yaml.safe_dump(meta, allow_unicode=True, sort_keys=False), encoding="utf-8")
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def _build(root: Path, report: ProgressFn) -> None:
     from safetensors.torch import save_file
 
@@ -191,9 +198,11 @@ def _build(root: Path, report: ProgressFn) -> None:
     paths = {k: root / v.name for k, v in demo_paths().items()}
     report(0.65, "writing the converted base model")
     model.to(torch.bfloat16)  # the released Gemma weights are bf16; halves the disk use
-    for key in ("subject", "av"):
-        model.save_pretrained(paths[key])
-        tok.save_pretrained(paths[key])
+    model.save_pretrained(paths["subject"])
+    tok.save_pretrained(paths["subject"])
+    # The untrained AV is the base model itself: hard-link its files rather than
+    # writing the same half-gigabyte of weights twice (copy where links are refused).
+    shutil.copytree(paths["subject"], paths["av"], copy_function=_link_or_copy)
     _write_sidecar(paths["av"], "av", tok, d, scale, var)
     report(0.8, "writing the truncated AR (K+1 layers) and its value head")
     n = DEMO_LAYER + 1
