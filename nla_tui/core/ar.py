@@ -70,24 +70,31 @@ class Reconstructor:
         head.requires_grad_(False)
         return head
 
+    def prompt_ids(self, explanations: list[str]) -> list[list[int]]:
+        """AR prompt token ids, WITH <bos> (the Gemma/Llama ARs were trained that way)."""
+        prompts = [self.meta.ar_template.format(explanation=e) for e in explanations]
+        return [self.tok(p, add_special_tokens=True)["input_ids"] for p in prompts]
+
+    def predict(self, explanations: list[str]) -> torch.Tensor:
+        """[N, d] fp32 predictions for one batch, differentiable (training uses this;
+        `reconstruct` wraps it in inference mode)."""
+        enc = self.prompt_ids(explanations)
+        # Right-pad: causal attention keeps the real tokens' states unaffected by padding.
+        width = max(len(e) for e in enc)
+        pad = self.tok.pad_token_id or 0
+        ids = torch.tensor([e + [pad] * (width - len(e)) for e in enc], device=self.device)
+        mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in enc], device=self.device)
+        self.forward_calls += 1
+        h = self.decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        last = torch.tensor([len(e) - 1 for e in enc], device=h.device)
+        hl = h[torch.arange(len(enc), device=h.device), last].float().to(self.device)
+        return self.value_head(hl)
+
     @torch.inference_mode()
     def reconstruct(self, explanations: list[str], batch_size: int = 16) -> np.ndarray:
         """[N, d] predicted activations (raw, unnormalized)."""
-        out = []
-        for i in range(0, len(explanations), batch_size):
-            chunk = explanations[i:i + batch_size]
-            prompts = [self.meta.ar_template.format(explanation=e) for e in chunk]
-            enc = [self.tok(p, add_special_tokens=True)["input_ids"] for p in prompts]
-            # Right-pad: causal attention keeps the real tokens' states unaffected by padding.
-            width = max(len(e) for e in enc)
-            pad = self.tok.pad_token_id or 0
-            ids = torch.tensor([e + [pad] * (width - len(e)) for e in enc], device=self.device)
-            mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in enc], device=self.device)
-            self.forward_calls += 1
-            h = self.decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-            last = torch.tensor([len(e) - 1 for e in enc], device=self.device)
-            hl = h[torch.arange(len(enc), device=h.device), last.to(h.device)].float().to(self.device)
-            out.append(self.value_head(hl).cpu().numpy())
+        out = [self.predict(explanations[i:i + batch_size]).cpu().numpy()
+               for i in range(0, len(explanations), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.meta.d_model), np.float32)
 
     def score(self, explanations: list[str], originals: np.ndarray) -> list[Score]:

