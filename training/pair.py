@@ -50,3 +50,8 @@ def policy_changed(model) -> None:
     weights move, so drop it after every update (captured graphs read the weights in
     place and stay valid)."""
     fast_decode._PREFIXES.pop(model, None)
+
+
+def structure_changed(model) -> None:
+    """Modules were replaced (LoRA added): captured CUDA graphs replay the old kernels."""
+    fast_decode.clear(model)

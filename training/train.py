@@ -87,7 +87,7 @@ def sft(name: str, loss_fn, params_groups, items: list, batch: int, budget_s: fl
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in params_groups for p in g["params"]], 1.0)
         opt.step()
-        losses_seen.append(float(loss))
+        losses_seen.append(float(loss.detach()))
         if step % 50 == 0:
             log(f"{name} step {step} loss {np.mean(losses_seen[-50:]):.4f}")
         step += 1
@@ -170,6 +170,9 @@ def run(args) -> dict:
     log(f"untrained: {ev['untrained']['fve_mean']:.3f}")
     av_peft = pair.add_lora(vz.model, args.r, args.alpha)
     ar_peft = pair.add_lora(rc.model, args.r, args.alpha)
+    # Graphs captured for the untrained eval would replay the model without its new
+    # LoRA layers (a graph replays kernels, not Python): drop them.
+    pair.structure_changed(vz.model)
     pair.freeze_all_but_lora(vz.model)
     pair.freeze_all_but_lora(rc.model)
     rc.value_head.requires_grad_(True)
