@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nla_tui.core import fast_decode as fd
+from nla_tui.core.models import fast_decode as fd
 
 from .common import Report, median_time
 
@@ -34,7 +34,7 @@ def _hf_ms_per_step(model, emb, n: int) -> float:
 
 
 def run(rep: Report, out: Path, new_tokens: int = 48, n_explain: int = 32) -> None:
-    from nla_tui.core.engine import Engine
+    from nla_tui.core.runtime.engine import Engine
     from nla_tui.core.types import Message, Sampling
 
     d = rep.details

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from nla_tui.core import fast_decode as fd
+from nla_tui.core.models import fast_decode as fd
 
 from .common import Report, machine, median_time
 from .shapes import build, gemma3_27b_config, value_head

@@ -110,7 +110,7 @@ def profile_step(out: dict) -> None:
 
 
 def _profile(model, batch: int, out: dict) -> None:
-    from nla_tui.core import fast_decode as fd
+    from nla_tui.core.models import fast_decode as fd
 
     r = fd._Runner(model, batch, 256, use_graph=False)
     with torch.inference_mode():

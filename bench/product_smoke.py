@@ -4,7 +4,7 @@ pair laid out like the released checkpoints (AV/AR in the multimodal wrapper).
     python -m bench.product_smoke --device cuda --quant nf4 --tokenizer-dir DIR --out out.json
 
 Unlike bench/gpu.py (which times 27B-shaped models built in memory), this goes
-through nla_tui.core.engine exactly as `nla-tui` does: checkpoint dirs on disk,
+through nla_tui.core.runtime.engine exactly as `nla-tui` does: checkpoint dirs on disk,
 sidecar validation, bitsandbytes loading, placement, capture, the fast AV decode, AR
 scoring. It asserts behaviour, not speed, and writes what it saw as JSON.
 """
@@ -38,7 +38,7 @@ def build_pair(root: Path, tok_dir: Path, layers: int = 6, k: int = 4, d: int = 
     from transformers import (AutoTokenizer, Gemma3Config, Gemma3ForCausalLM,
                               Gemma3ForConditionalGeneration, Gemma3TextConfig)
 
-    from nla_tui.core import demo
+    from nla_tui.core.nla import demo
     from safetensors.torch import save_file
 
     text = dict(vocab_size=262208, hidden_size=d, intermediate_size=2 * d, num_hidden_layers=layers,
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
 
-    from nla_tui.core.engine import Engine
+    from nla_tui.core.runtime.engine import Engine
     from nla_tui.core.types import Sampling
 
     report: dict = {"device": a.device, "torch": torch.__version__}

@@ -31,7 +31,7 @@ def big_session(n: int = N_TOKENS, copies_of_messages: int = 10):
     """The recorded session tiled to n tokens. Its messages are repeated
     `copies_of_messages` times (10: ~20 turns of ~250 tokens, a long real chat) and
     the tiled tokens are spread over those turns in order."""
-    from nla_tui.core.session import load_session
+    from nla_tui.core.store.session import load_session
 
     s = load_session(RECORDED)
     reps = -(-n // len(s.tokens))
@@ -51,7 +51,7 @@ def big_session(n: int = N_TOKENS, copies_of_messages: int = 10):
 
 async def _measure(session, keys: list[str], size=(120, 36)) -> dict[str, list[float]]:
     from nla_tui.ui.app import create_app
-    from nla_tui.ui.replay import ReplayWorker
+    from nla_tui.core.runtime.replay import ReplayWorker
 
     app = create_app(lambda emit: ReplayWorker(session, emit, preload=True))
     times: dict[str, list[float]] = {}

@@ -11,7 +11,7 @@ import shutil
 
 import numpy as np
 
-from nla_tui.core.session import Session
+from nla_tui.core.store.session import Session
 from nla_tui.core.types import (Candidate, Explanation, Message, ModelInfo, Sampling, Score,
                                 TokenInfo)
 
@@ -145,7 +145,7 @@ def demo_engine_for(request):
     except pytest.FixtureLookupError:
         pass
     if not _OWN_ENGINE:
-        from nla_tui.core.engine import Engine
+        from nla_tui.core.runtime.engine import Engine
 
         # cache=False: tests give it a temporary cache when they want one.
         engine = Engine.from_options(preset="demo", device="cpu", quant="fp32", cache=False)
@@ -161,8 +161,8 @@ def record_real_session(out: str = REAL_SESSION) -> None:
     """Re-record the real demo-preset session the export tests replay:
     python -c "from tests._support_session import record_real_session as r; r()"
     """
-    from nla_tui.core.engine import Engine
-    from nla_tui.core.session import save_session, session_from_engine
+    from nla_tui.core.runtime.engine import Engine
+    from nla_tui.core.store.session import save_session, session_from_engine
     from nla_tui.core.types import Message, Sampling
 
     engine = Engine.from_options(preset="demo", device="cpu", quant="fp32", cache=False)

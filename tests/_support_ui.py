@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from nla_tui.ui.app import NlaApp, create_app
-from nla_tui.ui.replay import ReplayWorker
+from nla_tui.core.runtime.replay import ReplayWorker
 
 RECORDED = Path(__file__).parent / "data" / "recorded_session"
 # The prompt the recorded session was made with (tests type it into the chat box).

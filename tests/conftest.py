@@ -16,7 +16,7 @@ os.environ.setdefault("NLA_TUI_NO_CACHE", "1")
 
 @pytest.fixture(scope="session")
 def demo_paths():
-    from nla_tui.core.demo import ensure_demo
+    from nla_tui.core.nla.demo import ensure_demo
 
     return ensure_demo()
 
@@ -25,7 +25,7 @@ def demo_paths():
 def demo_engine(demo_paths):
     """A loaded Engine on the demo preset with one short real chat turn captured.
     Tests that change its conversation must restore it (or use their own engine)."""
-    from nla_tui.core.engine import Engine
+    from nla_tui.core.runtime.engine import Engine
 
     engine = Engine.from_options(preset="demo", device="cpu", quant="fp32")
     engine.load()
@@ -35,6 +35,6 @@ def demo_engine(demo_paths):
 
 @pytest.fixture(scope="session")
 def demo_tokenizer(demo_paths):
-    from nla_tui.core.loading import load_tokenizer, resolve_checkpoint
+    from nla_tui.core.models.loading import load_tokenizer, resolve_checkpoint
 
     return load_tokenizer(resolve_checkpoint(demo_paths["av"]))

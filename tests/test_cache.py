@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nla_tui.core.cache import (ActivationCache, ExplanationCache, av_identity,
+from nla_tui.core.store.cache import (ActivationCache, ExplanationCache, av_identity,
                                 default_cache_root, parse_size, subject_identity)
 from nla_tui.core.errors import InputError
 from nla_tui.core.types import Explanation, Sampling, Score
@@ -113,7 +113,7 @@ def _entry_bytes(tmp_path: Path) -> bytes:
 _WRITER = textwrap.dedent("""
     import sys, numpy as np
     sys.path.insert(0, {repo!r})
-    from nla_tui.core.cache import ActivationCache
+    from nla_tui.core.store.cache import ActivationCache
     ident = {{"subject": "s@r", "quant": "fp32", "layer": 3}}
     c = ActivationCache({root!r}, max_bytes={bound})
     def acts(k):
@@ -201,8 +201,8 @@ def test_cache_root_and_sizes(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_reopening_and_reexplaining_runs_neither_the_subject_nor_the_av(tmp_path, request):
     """Real engine on the demo preset; model calls counted by engine.counters."""
-    from nla_tui.core.engine_caches import EngineCaches
-    from nla_tui.core.session import load_session, save_session, session_from_engine
+    from nla_tui.core.runtime.engine_caches import EngineCaches
+    from nla_tui.core.store.session import load_session, save_session, session_from_engine
     from nla_tui.core.types import Message
     from tests._support_session import demo_engine_for
 
@@ -245,7 +245,7 @@ def test_reopening_and_reexplaining_runs_neither_the_subject_nor_the_av(tmp_path
 
 
 def test_engine_caches_can_be_switched_off(tmp_path, monkeypatch):
-    from nla_tui.core.engine_caches import EngineCaches
+    from nla_tui.core.runtime.engine_caches import EngineCaches
 
     calls = []
 

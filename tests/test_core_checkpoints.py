@@ -14,8 +14,8 @@ import torch
 import yaml
 
 from nla_tui.core.errors import CheckpointError
-from nla_tui.core.loading import load_tokenizer, resolve_checkpoint
-from nla_tui.core.sidecar import read_sidecar, validate_ar, validate_av
+from nla_tui.core.models.loading import load_tokenizer, resolve_checkpoint
+from nla_tui.core.nla.sidecar import read_sidecar, validate_ar, validate_av
 
 
 def clone_ckpt(src: Path, dst: Path, edit=None) -> Path:
@@ -65,7 +65,7 @@ def test_av_sidecar_drift_fails_loudly(demo_paths, tmp_path, edit, message):
     with pytest.raises((CheckpointError, Exception), match=message) as exc:
         meta = read_sidecar(path)
         if meta.role != "av":
-            from nla_tui.core.av import Verbalizer
+            from nla_tui.core.nla.av import Verbalizer
 
             Verbalizer(None, None, meta)
         _validate_av_dir(path)
@@ -110,7 +110,7 @@ def test_ar_checks(demo_paths, tmp_path):
 
 
 def test_missing_value_head_is_named(demo_engine, demo_paths, tmp_path):
-    from nla_tui.core.ar import Reconstructor
+    from nla_tui.core.nla.ar import Reconstructor
 
     ar = clone_ckpt(demo_paths["ar"], tmp_path / "ar")
     (ar / "value_head.safetensors").unlink()
@@ -161,7 +161,7 @@ def _tiny_multimodal(path: Path, layers: int, tok_dir: Path) -> None:
 def test_multimodal_wrapper_loads_and_round_trips(demo_paths, tmp_path):
     """The released Gemma AV/AR keep Gemma3ForConditionalGeneration (text_config,
     model.language_model). A tiny random one goes through the same engine path."""
-    from nla_tui.core.engine import Engine
+    from nla_tui.core.runtime.engine import Engine
 
     src_av = read_sidecar(demo_paths["av"])
     subj, av, ar = tmp_path / "subject", tmp_path / "av", tmp_path / "ar"
@@ -202,8 +202,8 @@ def test_multimodal_wrapper_loads_and_round_trips(demo_paths, tmp_path):
 def test_nf4_path_runs_on_cpu(demo_engine):
     """bitsandbytes 4-bit on CPU: the subject loads in nf4 and captures activations
     close to the fp32 ones (quantisation changes them, but not their direction)."""
-    from nla_tui.core.loading import load_model, load_tokenizer, resolve_checkpoint
-    from nla_tui.core.subject import Subject
+    from nla_tui.core.models.loading import load_model, load_tokenizer, resolve_checkpoint
+    from nla_tui.core.models.subject import Subject
 
     ck = resolve_checkpoint(demo_engine.subject.model.name_or_path)
     model = load_model(ck, "nf4", "cpu")
@@ -244,7 +244,7 @@ def test_hub_ids_resolve_offline_from_the_hf_cache(demo_paths, tmp_path, monkeyp
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     ck = resolve_checkpoint("local-test/nla-demo-av")
     assert ck.revision == commits["av"] and (ck.path / "nla_meta.yaml").is_file()
-    from nla_tui.core.engine import Engine
+    from nla_tui.core.runtime.engine import Engine
 
     eng = Engine.from_options(subject="local-test/nla-demo-subject", av="local-test/nla-demo-av",
                               ar="local-test/nla-demo-ar", device="cpu", quant="fp32", cache=False)

@@ -21,7 +21,7 @@ def _run(*args, env=None, timeout=900):
 
 
 def test_run_writes_a_valid_session(demo_paths, tmp_path):
-    from nla_tui.core.session import load_session
+    from nla_tui.core.store.session import load_session
 
     out = tmp_path / "s"
     r = _run("run", "--preset", "demo", "--prompt", "What is the capital of France?", "--max-new-tokens", "6",
@@ -92,8 +92,8 @@ class Collector:
 
 
 def test_worker_runs_jobs_in_order_and_survives_errors(demo_engine):
-    from nla_tui.core.engine import Engine
-    from nla_tui.core.worker import EngineWorker
+    from nla_tui.core.runtime.engine import Engine
+    from nla_tui.core.runtime.worker import EngineWorker
 
     eng = Engine(demo_engine.options)  # share the loaded models, own conversation
     eng.info, eng.subject, eng.av, eng.ar = demo_engine.info, demo_engine.subject, demo_engine.av, demo_engine.ar
@@ -132,8 +132,8 @@ def test_worker_runs_jobs_in_order_and_survives_errors(demo_engine):
 
 
 @pytest.mark.parametrize("module, forbidden", [
-    ("nla_tui.core.engine", ("textual", "rich")),
-    ("nla_tui.core.worker", ("textual", "rich")),
+    ("nla_tui.core.runtime.engine", ("textual", "rich")),
+    ("nla_tui.core.runtime.worker", ("textual", "rich")),
     ("nla_tui.cli", ("torch", "textual")),
 ])
 def test_import_hygiene(module, forbidden):

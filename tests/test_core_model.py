@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from nla_tui.core.ar import score_vectors
+from nla_tui.core.nla.ar import score_vectors
 from nla_tui.core.errors import CheckpointError, InputError
-from nla_tui.core.sidecar import find_injection_slot
+from nla_tui.core.nla.sidecar import find_injection_slot
 from nla_tui.core.types import Message, Sampling
 
 CONVERSATION = [Message("user", "What is the capital of France?"),
@@ -167,7 +167,7 @@ def test_bad_vectors_rejected(demo_engine):
 
 
 def test_teacher_forced_conversation(demo_engine):
-    from nla_tui.core.engine import Engine
+    from nla_tui.core.runtime.engine import Engine
 
     eng = Engine(demo_engine.options)
     eng.info, eng.subject, eng.av, eng.ar = demo_engine.info, demo_engine.subject, demo_engine.av, demo_engine.ar

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import re
@@ -14,9 +13,10 @@ import numpy as np
 import pytest
 
 from nla_tui.core.errors import InputError
-from nla_tui.core.export import (add_subparser, best_explanation, export_session,
+from nla_tui.cli import build_parser
+from nla_tui.core.store.export import (best_explanation, export_session,
                                  fidelity_colour, to_html, to_json, to_markdown)
-from nla_tui.core.session import load_session, save_session
+from nla_tui.core.store.session import load_session, save_session
 from tests._support_session import (REAL_SESSION, chromium_binary, chromium_flags, hsl_to_rgb, make_session,
                                     read_png)
 
@@ -63,8 +63,7 @@ def test_html_is_self_contained_and_escapes_token_text():
 
 def test_export_cli_writes_files_atomically(tmp_path, capsys):
     d = save_session(make_session(), tmp_path / "sess")
-    parser = argparse.ArgumentParser(prog="nla-tui")
-    add_subparser(parser.add_subparsers(dest="command"))
+    parser = build_parser()
     for fmt in ("md", "json", "html"):
         out = tmp_path / f"out.{fmt}"
         args = parser.parse_args(["export", str(d), "--format", fmt, "--out", str(out)])
@@ -83,11 +82,7 @@ def test_export_cli_writes_files_atomically(tmp_path, capsys):
 
 
 def test_nla_tui_export_command(tmp_path):
-    """Through the real entry point, once cli.py wires `export` in."""
-    try:
-        from nla_tui import cli  # noqa: F401
-    except ImportError:
-        pytest.skip("nla_tui/cli.py has not landed yet")
+    """Through the real entry point (`python -m nla_tui.cli`)."""
     d = save_session(make_session(), tmp_path / "sess")
     out = subprocess.run([sys.executable, "-m", "nla_tui.cli", "export", str(d), "--format",
                           "html", "--out", str(tmp_path / "x.html")],

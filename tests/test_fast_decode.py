@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from nla_tui.core import fast_decode as fd
+from nla_tui.core.models import fast_decode as fd
 
 N_NEW = 8  # enough to leave the prompt's echo; CPU decode is ~0.3 s/step
 
@@ -20,9 +20,9 @@ N_NEW = 8  # enough to leave the prompt's echo; CPU decode is ~0.3 s/step
 def av():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from nla_tui.core.av import Verbalizer
-    from nla_tui.core.demo import ensure_demo
-    from nla_tui.core.sidecar import read_sidecar
+    from nla_tui.core.nla.av import Verbalizer
+    from nla_tui.core.nla.demo import ensure_demo
+    from nla_tui.core.nla.sidecar import read_sidecar
 
     path = ensure_demo()["av"]
     tok = AutoTokenizer.from_pretrained(path)

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from nla_tui.core.errors import InputError, NlaError
-from nla_tui.core.placement import (GIB, ROLE_CONTEXT_TOKENS, ROLES, Placement, describe, device_map_for,
+from nla_tui.core.models.placement import (GIB, ROLE_CONTEXT_TOKENS, ROLES, Placement, describe, device_map_for,
                                     estimate_model_bytes, estimate_weight_bytes, gpu_free_memory, model_size,
                                     parse_devices, plan_placement)
 
@@ -283,7 +283,7 @@ def test_describe_status_line():
 
 
 def test_import_pulls_in_neither_torch_nor_textual():
-    code = ("import sys, nla_tui.core.placement; "
+    code = ("import sys, nla_tui.core.models.placement; "
             "print(sorted(m for m in ('torch', 'textual', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from nla_tui.core.errors import InputError, NlaError
-from nla_tui.core.session import (SCHEMA_VERSION, delete_session, list_sessions, load_session,
+from nla_tui.core.store.session import (SCHEMA_VERSION, delete_session, list_sessions, load_session,
                                   rename_session, save_session)
 from tests._support_session import make_session
 
@@ -48,8 +48,8 @@ def test_round_trip_preserves_everything(tmp_path):
 @pytest.mark.slow
 def test_round_trip_of_a_real_engine_session(tmp_path, request):
     """A conversation the real subject produced (demo preset), explained by the real AV."""
-    from nla_tui.core.engine_caches import EngineCaches
-    from nla_tui.core.session import session_from_engine
+    from nla_tui.core.runtime.engine_caches import EngineCaches
+    from nla_tui.core.store.session import session_from_engine
     from nla_tui.core.types import Message, Sampling
     from tests._support_session import demo_engine_for
 
@@ -145,7 +145,7 @@ _SAVER = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {repo!r})
     from tests._support_session import make_session
-    from nla_tui.core.session import save_session
+    from nla_tui.core.store.session import save_session
     a, b = make_session(3000, 256, seed=1, name="A"), make_session(3000, 256, seed=2, name="B")
     save_session(a, {d!r})
     crash_at = {crash_at}
@@ -211,7 +211,7 @@ _FULL_DISK = textwrap.dedent("""
     sys.path.insert(0, {repo!r})
     from tests._support_session import make_session
     from nla_tui.core.errors import NlaError
-    from nla_tui.core.session import save_session
+    from nla_tui.core.store.session import save_session
     # A real kernel write failure: files may not grow past 64 KiB (EFBIG, like ENOSPC).
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
@@ -272,8 +272,8 @@ def test_open_needs_neither_torch_nor_pickle(tmp_path):
     d = save_session(make_session(), tmp_path / "s")
     code = (f"import sys, pickle; sys.path.insert(0, {str(REPO)!r})\n"
             "pickle.loads = pickle.load = None  # any use would raise TypeError\n"
-            "from nla_tui.core.session import load_session\n"
-            "from nla_tui.core.export import to_html, to_markdown\n"
+            "from nla_tui.core.store.session import load_session\n"
+            "from nla_tui.core.store.export import to_html, to_markdown\n"
             f"s = load_session({str(d)!r}); to_html(s); to_markdown(s)\n"
             "bad = [m for m in ('torch', 'transformers', 'textual') if m in sys.modules]\n"
             "assert not bad, bad\nprint('ok')")
@@ -285,7 +285,7 @@ _AUTOSAVER = textwrap.dedent("""
     import os, signal, sys, time
     sys.path.insert(0, {repo!r})
     from tests._support_session import make_session
-    from nla_tui.core.autosave import Autosaver
+    from nla_tui.core.store.autosave import Autosaver
     state = {{"n": 0}}
     def snapshot():
         state["n"] += 1
@@ -316,7 +316,7 @@ def test_sigterm_and_sighup_autosave_then_exit(tmp_path, sig, mid_save):
 
 
 def test_autosaver_never_overwrites_another_session_and_keeps_errors(tmp_path):
-    from nla_tui.core.autosave import Autosaver
+    from nla_tui.core.store.autosave import Autosaver
 
     save_session(make_session(name="autosaved", seed=5), tmp_path / "autosaved")
     current = {"s": None}

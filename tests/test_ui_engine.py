@@ -12,7 +12,7 @@ from argparse import Namespace
 import pytest
 
 from nla_tui.core.types import NOISY_PREFIX
-from nla_tui.core.worker import EngineWorker
+from nla_tui.core.runtime.worker import EngineWorker
 from nla_tui.ui.app import create_app
 
 from _support_ui import async_test, wait_until
@@ -26,7 +26,7 @@ def engine(request):
     try:
         eng = request.getfixturevalue("demo_engine")
     except pytest.FixtureLookupError:  # before tests/conftest.py provides it
-        from nla_tui.core.engine import Engine
+        from nla_tui.core.runtime.engine import Engine
 
         eng = Engine.from_options(preset="demo", device="cpu", quant="fp32")
         eng.load()

@@ -6,7 +6,7 @@ import sys
 
 def test_ui_app_imports_no_torch():
     code = (
-        "import sys; import nla_tui.ui.app, nla_tui.ui.replay, nla_tui.ui.engine_factory; "
+        "import sys; import nla_tui.ui.app, nla_tui.core.runtime.replay, nla_tui.cli.open; "
         "bad = [m for m in ('torch', 'transformers', 'bitsandbytes', 'accelerate') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

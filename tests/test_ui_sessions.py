@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from nla_tui.core import events as ev
-from nla_tui.core.session import load_session, save_session
+from nla_tui.core.store.session import load_session, save_session
 from nla_tui.ui.screens.dialogs import ValueDialog
 from nla_tui.ui.screens.sessions import ConfirmDialog, SessionBrowser
 
@@ -232,18 +232,16 @@ async def test_export_writes_the_format_of_the_file_name(data_dir, tmp_path):
 
 
 @async_test
-async def test_nla_tui_open_shows_the_session_without_models(data_dir, monkeypatch):
-    from nla_tui.ui import engine_factory
+async def test_nla_tui_open_shows_the_session_without_models(data_dir):
+    from nla_tui.cli.open import open_options, replay_worker
     from nla_tui.ui.app import create_app
-    from nla_tui.ui.open_command import open_options
 
     def no_engine(*a, **k):
         raise AssertionError("nla-tui open must not build an Engine")
 
-    monkeypatch.setattr(engine_factory, "engine_factory", no_engine)
     path = _make_sessions(data_dir / "sessions")["alpha"]
     options = open_options(path, autosave=True)
-    app = create_app(engine_factory.worker_factory_for(options), options)
+    app = create_app(replay_worker(options), options, engine_worker=no_engine)
     async with app.run_test(size=(120, 36)) as pilot:
         await wait_until(pilot, lambda: len(app.state.tokens) == 36 and app.state.queue_depth == 0,
                          "the session")
@@ -281,7 +279,7 @@ async def test_real_engine_save_round_trip(request, data_dir):
     """The EngineWorker path: activations ride on ConversationUpdated from the real demo
     engine (Gemma 3 270M on CPU) and the saved file holds them bit-exact."""
     from nla_tui.core.types import NOISY_PREFIX
-    from nla_tui.core.worker import EngineWorker
+    from nla_tui.core.runtime.worker import EngineWorker
     from nla_tui.ui.app import create_app
 
     engine = request.getfixturevalue("demo_engine")  # holds one captured chat turn
@@ -359,28 +357,25 @@ async def test_naming_an_autosaved_session_moves_it_and_never_overwrites_another
 
 @pytest.mark.slow
 @async_test
-async def test_open_then_L_loads_the_models_and_explains_new_tokens(request, data_dir, monkeypatch):
+async def test_open_then_L_loads_the_models_and_explains_new_tokens(request, data_dir):
     """nla-tui open, then L: the real demo engine recaptures the recorded conversation
     (same tokens, so the recorded explanations stay) and explains an unexplained token."""
-    from nla_tui.core.worker import EngineWorker
-    from nla_tui.ui import session_actions
+    from nla_tui.cli.open import open_options, replay_worker
+    from nla_tui.core.runtime.worker import EngineWorker
     from nla_tui.ui.app import create_app
-    from nla_tui.ui.engine_factory import worker_factory_for
-    from nla_tui.ui.open_command import open_options
 
     engine = request.getfixturevalue("demo_engine")
     saved_state = (list(engine.messages), list(engine.tokens), engine.activations,
                    dict(engine.explanations))
     built = []
 
-    def worker_for(info, emit):  # the shared, already loaded engine instead of a second load
-        built.append(info)
+    def worker_for(opts, emit):  # the shared, already loaded engine instead of a second load
+        built.append(opts)
         return EngineWorker(engine, emit)
 
-    monkeypatch.setattr(session_actions, "_engine_worker", worker_for)
     path = _make_sessions(data_dir / "sessions")["alpha"]  # 3 of 36 tokens explained
     options = open_options(path, autosave=True)
-    app = create_app(worker_factory_for(options), options)
+    app = create_app(replay_worker(options), options, engine_worker=worker_for)
     try:
         async with app.run_test(size=(120, 36)) as pilot:
             await wait_until(pilot, lambda: len(app.state.tokens) == 36 and app.state.queue_depth == 0,
@@ -389,7 +384,9 @@ async def test_open_then_L_loads_the_models_and_explains_new_tokens(request, dat
             await wait_until(pilot, lambda: app.state.info is not None and app.state.queue_depth == 0
                              and engine.messages == load_session(path).messages,
                              "the models and the recaptured conversation", 900)
-            assert built and built[0].preset == "demo"
+            recorded = load_session(path).info
+            assert built and (built[0].preset, built[0].layer, built[0].fve_variance) == \
+                (recorded.preset, recorded.layer, recorded.fve_variance)
             assert app.state.explained_count() == 3  # recorded explanations kept
             index = next(i for i in range(12, 36) if i not in app.state.explanations)
             await pilot.press("home", *["right"] * index, "e")

@@ -10,7 +10,7 @@ from nla_tui.core.errors import InputError
 from nla_tui.core.types import Explanation, Message, Sampling, Score, TokenInfo
 from nla_tui.ui.screens.dialogs import check_prompt, check_temperature
 from nla_tui.ui.state import UiState, job_kind
-from nla_tui.ui.transcript import load_transcript
+from nla_tui.core.store.transcript import load_transcript
 from nla_tui.ui.widgets.colors import fidelity_t
 from nla_tui.ui.widgets.explanation import render_token
 from nla_tui.ui.widgets.strip_layout import GUTTER, display_text, layout_pending, layout_tokens
@@ -168,23 +168,29 @@ def test_color_system_override_reaches_the_console(monkeypatch):
         apply_color_system("millions")
 
 
-def test_run_app_passes_no_mouse_and_builds_a_replay_for_open(monkeypatch):
-    from argparse import Namespace
-
+def test_nla_tui_open_passes_no_mouse_and_builds_a_replay(monkeypatch, tmp_path):
+    from nla_tui.cli import main
+    from nla_tui.core.runtime.replay import ReplayWorker
+    from nla_tui.core.runtime.worker import EngineWorker
     from nla_tui.ui import app as app_mod
-    from nla_tui.ui.replay import ReplayWorker
 
     calls = {}
 
     def fake_run(self, **kw):
         calls.update(kw)
         calls["worker"] = self.worker_factory(lambda e: None)
+        calls["engine_worker"] = self.engine_worker
 
     monkeypatch.setattr(app_mod.NlaApp, "run", fake_run)
+    monkeypatch.setenv("NLA_TUI_DATA", str(tmp_path))
     session = Path(__file__).parent / "data" / "recorded_session"
-    app_mod.run_app(Namespace(no_mouse=True, color_system=None, session=str(session)))
+    assert main(["open", str(session), "--no-mouse"]) == 0
     assert calls["mouse"] is False
     assert isinstance(calls["worker"], ReplayWorker) and calls["worker"].preload
+    # L can load the session's models: the CLI hands the app an EngineWorker builder.
+    from nla_tui.core.options import EngineOptions
+
+    assert isinstance(calls["engine_worker"](EngineOptions(preset="demo"), lambda e: None), EngineWorker)
 
 
 def test_load_failure_is_kept_and_shown_in_the_status_line():

@@ -22,13 +22,14 @@ from textual.widgets import Footer, Input
 
 from ..core import events as ev
 from ..core.errors import NlaError
+from ..core.options import EngineOptions
 from ..core.types import Sampling
 from .messages import EngineEvent
 from .screens.dialogs import PromptDialog, ValueDialog, check_temperature
 from .screens.help import HelpScreen
 from .session_actions import SessionActions
 from .state import UiState, job_kind
-from .transcript import load_transcript
+from ..core.store.transcript import load_transcript
 from .widgets.chat import ChatPane
 from .widgets.explanation import ExplanationPane, explanation_text
 from .widgets.status import ExplainAllBar, Legend, StatusLine, legend_text, status_text
@@ -46,7 +47,11 @@ class WorkerLike(Protocol):
     def stop(self) -> None: ...
 
 
-WorkerFactory = Callable[[Callable[[ev.Event], None]], WorkerLike]
+Emit = Callable[[ev.Event], None]
+WorkerFactory = Callable[[Emit], WorkerLike]
+# Builds a worker over real models for given EngineOptions (L on a read-only session).
+# The CLI passes it in, so the UI never imports the engine (or torch) itself.
+EngineWorkerFactory = Callable[[EngineOptions, Emit], WorkerLike]
 
 
 class NlaApp(SessionActions, App[None]):
@@ -75,9 +80,11 @@ class NlaApp(SessionActions, App[None]):
         Binding("L", "load_models", "load models", show=False),
     ]
 
-    def __init__(self, worker_factory: WorkerFactory, options: Namespace | None = None) -> None:
+    def __init__(self, worker_factory: WorkerFactory, options: Namespace | None = None,
+                 engine_worker: EngineWorkerFactory | None = None) -> None:
         super().__init__()
         self.worker_factory = worker_factory
+        self.engine_worker = engine_worker
         self.options = options or Namespace()
         self.state = UiState()
         self.worker: WorkerLike | None = None
@@ -362,23 +369,23 @@ class NlaApp(SessionActions, App[None]):
         yield SystemCommand("nla-tui keys", "Every key of nla-tui (? or F1)", self.action_help)
 
 
-def create_app(worker_factory: WorkerFactory, options: Namespace | None = None) -> NlaApp:
+def create_app(worker_factory: WorkerFactory, options: Namespace | None = None,
+               engine_worker: EngineWorkerFactory | None = None) -> NlaApp:
     """The app factory shared by the CLI and the tests (tests pass a ReplayWorker)."""
     from .terminal import apply_color_system
 
     apply_color_system(getattr(options, "color_system", None))
-    return NlaApp(worker_factory, options)
+    return NlaApp(worker_factory, options, engine_worker)
 
 
-def run_app(options: Any) -> int | None:
-    """Entry for `nla-tui` and `nla-tui open PATH` (called by nla_tui.cli)."""
+def run_app(options: Any, worker_factory: WorkerFactory,
+            engine_worker: EngineWorkerFactory | None = None) -> int | None:
+    """Entry for `nla-tui` and `nla-tui open PATH` (nla_tui.cli builds the workers)."""
     import sys
-
-    from .engine_factory import worker_factory_for
 
     if getattr(options, "autosave", None) is None:
         options.autosave = True  # the CLI saves every session; tests opt in
-    app = create_app(worker_factory_for(options), options)
+    app = create_app(worker_factory, options, engine_worker)
     app.run(mouse=not getattr(options, "no_mouse", False))
     saved = app.keeper.last_saved if hasattr(app, "keeper") else None
     if hasattr(app, "keeper") and app.keeper.dirty and app.keeper.saver.last_error is not None:

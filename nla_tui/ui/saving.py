@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core import events as ev
-from ..core.autosave import Autosaver
-from ..core.session import SESSION_FILE, Session, now_iso, slugify
+from ..core.store.autosave import Autosaver
+from ..core.store.session import SESSION_FILE, Session, now_iso, slugify
 from .state import UiState, job_kind
 
 # Jobs whose end may have changed what a saved session would hold.

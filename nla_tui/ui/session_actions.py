@@ -10,17 +10,17 @@ scripts never write into the user's data directory by accident.
 from __future__ import annotations
 
 import asyncio
-from argparse import Namespace
 from pathlib import Path
 from typing import Any, Iterable
 
 from textual.app import SystemCommand
 
 from ..core import events as ev
-from ..core.autosave import SIGNALS
+from ..core.store.autosave import SIGNALS
 from ..core.errors import NlaError
-from ..core.export import FORMATS, export_session
-from ..core.session import Session, load_session, slugify
+from ..core.options import from_args, from_model_info
+from ..core.store.export import FORMATS, export_session
+from ..core.store.session import Session, load_session, slugify
 from ..paths import data_root, sessions_dir
 from .messages import EngineEvent
 from .saving import SessionKeeper
@@ -199,7 +199,7 @@ class SessionActions:
         st.explanations.clear()
         st.partial.clear()
         if self.keeper.read_only or st.info is None:
-            from .replay import ReplayWorker
+            from ..core.runtime.replay import ReplayWorker
 
             if app.worker is not None:
                 app.worker.stop()
@@ -231,7 +231,8 @@ class SessionActions:
         """A read-only session (nla-tui open) gets its models: the replay worker is
         replaced by an EngineWorker for the session's subject/AV/AR, which recaptures
         the conversation; the recorded explanations stay (same tokens), new ones can
-        be made, and autosave writes back to the session's directory."""
+        be made, and autosave writes back to the session's directory. Device and
+        precision are chosen for this machine (the session may come from a GPU box)."""
         app: Any = self
         if not self.keeper.read_only:
             app.notify("The models are already loaded.", timeout=3)
@@ -241,10 +242,15 @@ class SessionActions:
         if session is None or info is None:
             app.notify("Nothing to load models for yet.", severity="warning")
             return
+        if app.engine_worker is None:
+            app.notify("This app cannot load models (it was started without them).",
+                       severity="warning")
+            return
         if app.worker is not None:
             app.worker.stop()
         app.state.info = None  # the status line shows loading progress until ModelsReady
-        app.worker = _engine_worker(info, app._emit)
+        # The session's models, layer and fve variance; this run's device/placement/cache flags.
+        app.worker = app.engine_worker(from_model_info(info, from_args(app.options)), app._emit)
         app.worker.start()
         app.submit(ev.SetConversation(list(session.messages)))
         # Re-applied when the engine's capture of these same tokens arrives (an engine
@@ -290,15 +296,3 @@ class SessionActions:
             return None
         app.notify(f"Exported to {written}", timeout=6)
         return Path(written)
-
-
-def _engine_worker(info: Any, emit: Any) -> Any:
-    """An EngineWorker for the models a session was saved with. Device and precision
-    are chosen for this machine (the session may come from a GPU box); torch is only
-    imported on the worker thread."""
-    from ..core.worker import EngineWorker
-    from .engine_factory import engine_factory
-
-    opts = Namespace(preset=info.preset, subject=info.subject, av=info.av, ar=info.ar,
-                     quant=None, device=None)
-    return EngineWorker(engine_factory(opts), emit)

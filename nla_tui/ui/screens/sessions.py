@@ -17,7 +17,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Label, Static
 
 from ...core.errors import NlaError
-from ...core.session import SessionSummary, delete_session, list_sessions, rename_session
+from ...core.store.session import SessionSummary, delete_session, list_sessions, rename_session
 from .dialogs import ValueDialog
 
 HINT = "Enter open · r rename · d delete · Esc close"

@@ -4,13 +4,13 @@
 
 Gemma 3 270M subject + the demo (untrained) AV/AR pair, fp32, greedy. 36 tokens,
 every one explained with the default Sampling. The UI tests replay it through
-nla_tui.ui.replay.ReplayWorker, so their screens are deterministic.
+nla_tui.core.runtime.replay.ReplayWorker, so their screens are deterministic.
 """
 
 import sys
 
-from nla_tui.core.engine import Engine
-from nla_tui.core.session import save_session, session_from_engine
+from nla_tui.core.runtime.engine import Engine
+from nla_tui.core.store.session import save_session, session_from_engine
 
 PROMPT = "The Eiffel Tower is in"  # tests/_support_ui.py RECORDED_PROMPT
 

@@ -3,14 +3,17 @@
 Everything recorded is shown (strip, explanations, scores, next-token candidates);
 chatting and explaining new tokens are refused with a note, since no model is
 loaded. No Engine is constructed and torch is never imported on this path: the app
-runs over a ReplayWorker (preload=True) serving the loaded Session.
+runs over a ReplayWorker (preload=True) serving the loaded Session, until `L` asks
+for the session's models (an EngineWorker built by cli.tui.engine_worker).
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from .common import add_display_args
 
 
 def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
@@ -19,9 +22,7 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
         description="Open a saved session directory (it holds session.json). Loads no model: "
                     "everything recorded is browsable; explaining new tokens needs `nla-tui`.")
     p.add_argument("path", help="session directory (or its session.json)")
-    p.add_argument("--color-system", choices=["auto", "truecolor", "256", "standard", "none"],
-                   default="auto", help="force the colour depth (COLORTERM is often not forwarded over SSH)")
-    p.add_argument("--no-mouse", action="store_true", help="disable mouse support")
+    add_display_args(p)
     p.set_defaults(func=run_open)
     return p
 
@@ -29,7 +30,7 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
 def open_options(path: str | Path, **extra: Any) -> argparse.Namespace:
     """Load the session (InputError with a clear message if missing or corrupt) and
     build the options run_app / create_app take."""
-    from ..core.session import SESSION_FILE, load_session
+    from ..core.store.session import SESSION_FILE, load_session
 
     session = load_session(path)  # raises InputError: the CLI prints it and exits 2
     p = Path(path).expanduser()
@@ -37,9 +38,17 @@ def open_options(path: str | Path, **extra: Any) -> argparse.Namespace:
     return argparse.Namespace(session=session, session_dir=directory.resolve(), **extra)
 
 
+def replay_worker(options: argparse.Namespace) -> Callable[[Any], Any]:
+    """The worker factory for an opened session: a ReplayWorker serving it, no model."""
+    from ..core.runtime.replay import ReplayWorker
+
+    return lambda emit: ReplayWorker(options.session, emit, preload=True)
+
+
 def run_open(args: argparse.Namespace) -> int:
-    from .app import run_app
+    from ..ui.app import run_app
+    from .tui import engine_worker
 
     options = open_options(args.path, color_system=args.color_system, no_mouse=args.no_mouse,
                            autosave=True)
-    return run_app(options) or 0
+    return run_app(options, replay_worker(options), engine_worker) or 0

@@ -28,8 +28,8 @@ from typing import Callable
 import torch
 import yaml
 
-from ..paths import models_dir
-from .chat_template import ensure_chat_template
+from ...paths import models_dir
+from ..models.chat_template import ensure_chat_template
 from .sidecar import INJECT_PLACEHOLDER
 
 DEMO_VERSION = "v1"

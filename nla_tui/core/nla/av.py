@@ -14,10 +14,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .errors import InputError
-from .loading import model_device
+from ..errors import InputError
+from ..models.loading import model_device
 from .sidecar import NlaMeta, av_content, find_injection_slot, template_ids, validate_av
-from .types import Sampling
+from ..types import Sampling
 
 EXPLANATION_RE = re.compile(r"<explanation>\s*(.*?)\s*</explanation>", re.DOTALL)
 CLOSE_TAG = "</explanation>"
@@ -110,7 +110,7 @@ class Verbalizer:
         Goes through fast_decode (static KV cache, CUDA graphs on GPU, the template
         prefix before the injection slot computed once); its greedy output equals
         HF generate token for token (tests/test_fast_decode.py)."""
-        from . import fast_decode
+        from ..models import fast_decode
 
         self.generate_calls += 1
         tok = self.tok

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .engine import EngineOptions, resolve_sources
-from .errors import NlaError
-from .loading import load_tokenizer, read_json, resolve_checkpoint
+from ..options import EngineOptions
+from .presets import resolve_sources
+from ..errors import NlaError
+from ..models.loading import load_tokenizer, read_json, resolve_checkpoint
 from .sidecar import find_injection_slot, read_sidecar, validate_ar, validate_av
 
 

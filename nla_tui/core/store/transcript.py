@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..core.errors import InputError
-from ..core.types import Message
+from ..errors import InputError
+from ..types import Message
 
 ROLES = ("system", "user", "assistant")
 
@@ -16,7 +16,7 @@ def load_transcript(path: str | Path) -> list[Message]:
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise InputError(f"No transcript at {p}; check the path.") from None
+        raise InputError(f"No transcript at {p}: the file does not exist; check the path.") from None
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"Cannot read transcript {p}: {e}") from None
     except json.JSONDecodeError as e:
@@ -26,11 +26,11 @@ def load_transcript(path: str | Path) -> list[Message]:
         doc = doc["messages"]  # {"messages": [...]} as written by many exporters
     if not isinstance(doc, list) or not doc:
         raise InputError(f"Transcript {p} must be a non-empty JSON list of "
-                         '{"role", "content"} objects.')
+                         '{"role", "content"} objects (OpenAI style).')
     out = []
     for i, m in enumerate(doc):
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise InputError(f"Transcript {p}, message {i}: expected {{\"role\": one of "
+            raise InputError(f"Transcript {p}, message {i}: expected OpenAI style {{\"role\": one of "
                              f"{', '.join(ROLES)}, \"content\": string}}, got {str(m)[:80]!r}.")
         out.append(Message(role=m["role"], content=m["content"]))
     return out

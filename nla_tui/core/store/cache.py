@@ -39,8 +39,8 @@ import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from .errors import InputError
-from .types import Explanation, ModelInfo, Sampling
+from ..errors import InputError
+from ..types import Explanation, ModelInfo, Sampling
 
 LAYOUT_VERSION = 1
 GiB = 1 << 30
@@ -53,7 +53,7 @@ _STALE_TMP_S = 3600.0
 
 def default_cache_root() -> Path:
     """The cache root: env NLA_TUI_CACHE if set, else the platform user cache dir."""
-    from ..paths import cache_root
+    from ...paths import cache_root
 
     return cache_root()
 

@@ -16,8 +16,8 @@ from typing import Callable
 
 import numpy as np
 
-from .cache import ActivationCache, ExplanationCache, av_identity, subject_identity
-from .types import Capture, Explanation, ModelInfo, Sampling
+from ..store.cache import ActivationCache, ExplanationCache, av_identity, subject_identity
+from ..types import Capture, Explanation, ModelInfo, Sampling
 
 log = logging.getLogger(__name__)
 

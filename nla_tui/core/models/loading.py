@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .chat_template import ensure_chat_template
-from .errors import CheckpointError, NlaError
+from ..errors import CheckpointError, NlaError
 
 QUANTS = ("nf4", "int8", "bf16", "fp32")
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 SIDECAR = "nla_meta.yaml"
 INJECT_PLACEHOLDER = "<INJECT>"

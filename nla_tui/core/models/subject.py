@@ -13,9 +13,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 from .loading import model_device, text_config, text_parts
-from .types import Candidate, Capture, Message, TokenInfo
+from ..types import Candidate, Capture, Message, TokenInfo
 
 TOP_K = 5
 # Tokens that open a new turn in common chat templates: scaffolding after one of

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import CheckpointError, InputError
-from .loading import model_device, text_config, text_parts
+from ..errors import CheckpointError, InputError
+from ..models.loading import model_device, text_config, text_parts
 from .sidecar import NlaMeta, validate_ar
-from .types import Score
+from ..types import Score
 
 
 def score_vectors(pred: np.ndarray, gold: np.ndarray, mse_scale: float, variance: float | None) -> Score:

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..core import events as ev
-from ..core.session import Session, load_session
-from ..core.types import Explanation, TokenInfo
+from .. import events as ev
+from ..store.session import Session, load_session
+from ..types import Explanation, TokenInfo
 
 READ_ONLY_NOTE = ("Read-only session: models are not loaded, so only the recorded explanations "
                   "can be shown. Press L to load this session's models and explain new tokens.")

@@ -5,7 +5,6 @@ Stable API (the TUI and `nla-tui export` call these):
     to_json(session, include_activations=False) -> str
     to_html(session) -> str
     export_session(session, fmt, out=None) -> Path | str   # writes atomically when out is given
-    add_subparser(subparsers)                               # registers `nla-tui export`
 
 The HTML has no external references (a CSP forbids any network fetch): tokens are
 coloured by round-trip fidelity (fve_nrm, else cos) and unexplained tokens in grey by
@@ -16,20 +15,18 @@ for sharing a link to one token).
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import os
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 from .session import Session, load_session
-from .types import Explanation
+from ..types import Explanation
 
 FORMATS = ("md", "json", "html")
 
@@ -282,25 +279,3 @@ def export_session(session: Session, fmt: str, out: str | os.PathLike | None = N
         raise InputError(f"Could not write {out}: {e.strerror or e}. Choose another --out "
                          "path or free disk space.") from e
     return out
-
-
-def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register `nla-tui export SESSION --format md|json|html [--out FILE]`."""
-    p = subparsers.add_parser(
-        "export", help="export a saved session as Markdown, JSON or a self-contained HTML heat map",
-        description="Export a saved session (a directory holding session.json). Loads no model.")
-    p.add_argument("session", help="session directory (or its session.json)")
-    p.add_argument("--format", "-f", choices=FORMATS, default="md", help="output format (default md)")
-    p.add_argument("--out", "-o", default=None, help="output file (default: standard output)")
-    p.set_defaults(func=run_export)
-    return p
-
-
-def run_export(args: argparse.Namespace) -> int:
-    session = load_session(args.session)
-    result = export_session(session, args.format, args.out)
-    if args.out is None:
-        sys.stdout.write(str(result))
-    else:
-        print(f"wrote {result}", file=sys.stderr)
-    return 0

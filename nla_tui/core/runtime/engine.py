@@ -7,68 +7,37 @@ thread-safe by design: one worker thread (worker.py) owns an Engine.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
 
-from .ar import Reconstructor
-from .av import Verbalizer, injection_warnings, parse_explanation
+from ..errors import CheckpointError, InputError
+from ..models.loading import (Checkpoint, default_device, default_quant, load_model, load_tokenizer,
+                              resolve_checkpoint, text_config)
+from ..models.subject import Subject
+from ..nla.ar import Reconstructor
+from ..nla.av import Verbalizer, injection_warnings, parse_explanation
+from ..nla.presets import Preset, resolve_sources
+from ..nla.sidecar import read_sidecar
+from ..options import EngineOptions
+from ..types import Explanation, Message, ModelInfo, Sampling, Score, TokenInfo
 from .engine_caches import EngineCaches
-from .errors import CheckpointError, InputError
-from .loading import (Checkpoint, default_device, default_quant, load_model, load_tokenizer,
-                      resolve_checkpoint, text_config)
-from .presets import Preset, default_preset_name, get_preset
-from .sidecar import read_sidecar
-from .subject import Subject
-from .types import Explanation, Message, ModelInfo, Sampling, Score, TokenInfo
+
 
 def placement_kwargs(placement, role: str) -> dict:
-    from .placement import device_map_for
+    from ..models.placement import device_map_for
 
     return device_map_for(placement, role)
 
 
 def describe_placement(placement, models) -> str:
-    from .placement import describe
+    from ..models.placement import describe
 
     return describe(placement, {r: m.get_memory_footprint() for r, (m, _) in models.items()})
 
 
 Progress = Callable[[str, float, str], None]  # (model, fraction, message)
-
-
-@dataclass
-class EngineOptions:
-    preset: str | None = None
-    subject: str | None = None
-    av: str | None = None
-    ar: str | None = None
-    layer: int | None = None
-    quant: str | None = None
-    device: str | None = None
-    fve_variance: float | None = None
-    devices: str | None = None  # --devices: "subject=0,av=1,ar=1"; None = place by free GPU memory
-    cache: bool | None = None  # on-disk activation/explanation caches; None = on unless NLA_TUI_NO_CACHE=1
-    cache_dir: str | None = None  # default: NLA_TUI_CACHE or the user cache dir
-
-
-def resolve_sources(opts: EngineOptions, progress: Progress | None = None) -> tuple[Preset | None, dict[str, str]]:
-    """Which subject/AV/AR to load: a preset, overridden piecewise by explicit ids/paths."""
-    explicit = {k: getattr(opts, k) for k in ("subject", "av", "ar")}
-    name = opts.preset or (None if all(explicit.values()) else default_preset_name())
-    preset = get_preset(name) if name else None
-    sources = {k: explicit[k] or (getattr(preset, k) if preset else None) for k in explicit}
-    missing = [k for k, v in sources.items() if not v]
-    if missing:
-        raise InputError(f"No {', '.join('--' + m for m in missing)} given. Pass --preset, or all of "
-                         f"--subject, --av and --ar (hub ids or local directories).")
-    if any(v.startswith("demo:") for v in sources.values()):
-        from .demo import ensure_demo
-
-        paths = ensure_demo(lambda f, m: progress and progress("demo", f, m))
-        sources = {k: str(paths[v.split(":", 1)[1]]) if v.startswith("demo:") else v for k, v in sources.items()}
-    return preset, sources
 
 
 class Engine:
@@ -136,7 +105,7 @@ class Engine:
             return None  # one named card, or CPU: everything goes there
         from transformers import AutoConfig
 
-        from . import placement as pl
+        from ..models import placement as pl
 
         explicit = pl.parse_devices(self.options.devices or "")
         sizes = {r: pl.model_size(AutoConfig.from_pretrained(str(c.path)), quant,

@@ -16,9 +16,9 @@ import time
 import traceback
 from typing import Callable
 
-from . import events as ev
-from .errors import Cancelled, NlaError
-from .types import Explanation
+from .. import events as ev
+from ..errors import Cancelled, NlaError
+from ..types import Explanation
 
 log = logging.getLogger(__name__)
 STREAM_INTERVAL_S = 0.04  # batch streamed text: the UI re-renders at most ~25 times a second

@@ -34,9 +34,9 @@ import numpy as np
 from safetensors.numpy import load_file as st_load_file
 from safetensors.numpy import save as st_save
 
-from .errors import InputError, NlaError
-from .session_migrate import MIGRATIONS
-from .types import Explanation, Message, ModelInfo, TokenInfo
+from ..errors import InputError, NlaError
+from .migrations import MIGRATIONS
+from ..types import Explanation, Message, ModelInfo, TokenInfo
 
 SCHEMA_VERSION = 1
 SESSION_FILE = "session.json"
@@ -111,7 +111,7 @@ def slugify(name: str) -> str:
 
 
 def default_sessions_root() -> Path:
-    from ..paths import sessions_dir  # lazy: keeps platformdirs off the import path of tests
+    from ...paths import sessions_dir  # lazy: keeps platformdirs off the import path of tests
     return sessions_dir()
 
 

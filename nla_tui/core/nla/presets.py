@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
-from .errors import InputError
+from ..errors import InputError
+from ..options import EngineOptions
+
+Progress = Callable[[str, float, str], None]  # (model, fraction, message)
 
 
 @dataclass(frozen=True)
@@ -54,3 +58,21 @@ def get_preset(name: str) -> Preset:
             f"Unknown preset {name!r}. Choose one of: {', '.join(PRESETS)}; or give "
             f"--subject, --av and --ar as hub ids or local directories."
         ) from None
+
+
+def resolve_sources(opts: EngineOptions, progress: Progress | None = None) -> tuple[Preset | None, dict[str, str]]:
+    """Which subject/AV/AR to load: a preset, overridden piecewise by explicit ids/paths."""
+    explicit = {k: getattr(opts, k) for k in ("subject", "av", "ar")}
+    name = opts.preset or (None if all(explicit.values()) else default_preset_name())
+    preset = get_preset(name) if name else None
+    sources = {k: explicit[k] or (getattr(preset, k) if preset else None) for k in explicit}
+    missing = [k for k, v in sources.items() if not v]
+    if missing:
+        raise InputError(f"No {', '.join('--' + m for m in missing)} given. Pass --preset, or all of "
+                         f"--subject, --av and --ar (hub ids or local directories).")
+    if any(v.startswith("demo:") for v in sources.values()):
+        from .demo import ensure_demo
+
+        paths = ensure_demo(lambda f, m: progress and progress("demo", f, m))
+        sources = {k: str(paths[v.split(":", 1)[1]]) if v.startswith("demo:") else v for k, v in sources.items()}
+    return preset, sources

@@ -1,7 +1,7 @@
 """The static KV cache and the decode attention behind fast_decode.
 
 Kept apart from the decode loop so each module stays small; nothing here is
-public API (use nla_tui.core.fast_decode).
+public API (use nla_tui.core.models.fast_decode).
 """
 
 from __future__ import annotations

@@ -1,0 +1,65 @@
+"""`nla-tui` entry point: the TUI by default, and headless subcommands.
+
+    nla-tui [--preset P | --subject S --av A --ar R]        the TUI            (tui.py)
+    nla-tui run   (--prompt TEXT | --messages FILE) [...]    chat, capture, explain, score (run.py)
+    nla-tui check [--preset P | ...]                         sidecars + tokenizers only (check.py)
+    nla-tui open PATH | export SESSION                       saved sessions     (open.py, export.py)
+    nla-tui bench                                            from a source checkout (bench/cli.py)
+
+One module per subcommand, each with add_subparser(sub); they are registered by
+name below, so an error inside one fails loudly instead of removing the command.
+Nothing else in nla_tui imports this package. User errors print one paragraph and
+exit 2; --debug shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+
+from ..core.errors import NlaError
+from . import check, export, open, run, tui
+from .common import EXIT_USER_ERROR, add_display_args, add_model_args
+
+SUBCOMMANDS = (run, check, open, export)
+
+
+def _add_bench(sub) -> None:
+    """`nla-tui bench` lives in the repository's bench/ package, which a wheel does not
+    ship: offered only where it is importable (a source checkout)."""
+    if importlib.util.find_spec("bench") is None:
+        return
+    from bench.cli import add_subparser
+
+    add_subparser(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nla-tui", description="Read what a language model is thinking, token by token.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_model_args(p)
+    p.add_argument("--messages", help="open a transcript (JSON list of {role, content}) instead of chatting")
+    add_display_args(p)
+    sub = p.add_subparsers(dest="command")
+    for command in SUBCOMMANDS:
+        command.add_subparser(sub)
+    _add_bench(sub)
+    p.set_defaults(func=tui.cmd_tui)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except NlaError as e:
+        if args.debug:
+            raise
+        print(f"nla-tui: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+__all__ = ["EXIT_USER_ERROR", "build_parser", "main"]

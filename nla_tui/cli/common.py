@@ -1,0 +1,48 @@
+"""Flags shared by several subcommands, and how they become EngineOptions."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..core.options import EngineOptions, from_args
+
+EXIT_USER_ERROR = 2
+COLOR_SYSTEMS = ["auto", "truecolor", "256", "standard", "none"]
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models")
+    g.add_argument("--preset", help="gemma3-27b | gemma3-12b | qwen2.5-7b | llama3.3-70b | demo "
+                                    "(default: gemma3-27b with a CUDA GPU, else demo)")
+    g.add_argument("--subject", help="subject model: hub id or local directory (overrides the preset)")
+    g.add_argument("--av", help="NLA activation verbalizer checkpoint (hub id or directory)")
+    g.add_argument("--ar", help="NLA activation reconstructor checkpoint (hub id or directory)")
+    g.add_argument("--layer", type=int, help="extraction layer K (default: from the sidecars)")
+    g.add_argument("--quant", choices=["nf4", "int8", "bf16", "fp32"],
+                   help="weights precision (default: nf4 on CUDA, fp32 on CPU)")
+    g.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda if available)")
+    g.add_argument("--devices", help="place models on GPUs, e.g. subject=0,av=1,ar=1 (default: by free memory)")
+    g.add_argument("--cache-dir", help="activation/explanation cache (default: NLA_TUI_CACHE or the user cache dir)")
+    g.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk caches")
+    g.add_argument("--fve-variance", type=float, help="predict-the-mean variance for fve_nrm (default: sidecar/preset)")
+
+
+def add_display_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--color-system", choices=COLOR_SYSTEMS, default="auto",
+                   help="force the colour depth (COLORTERM is often not forwarded over SSH)")
+    p.add_argument("--no-mouse", action="store_true", help="disable mouse support")
+
+
+def engine_options(args: argparse.Namespace) -> EngineOptions:
+    """The model flags as EngineOptions; a malformed --devices fails here, before any model loads."""
+    opts = from_args(args)
+    if opts.devices:
+        from ..core.models.placement import parse_devices
+
+        parse_devices(opts.devices)
+    return opts
+
+
+def progress(model: str, fraction: float, message: str) -> None:
+    print(f"[{model}] {fraction * 100:3.0f}% {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,91 @@
+"""`nla-tui run`: headless chat, capture, explain, score; prints a table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..core.errors import InputError
+from .common import add_model_args, engine_options, progress
+
+
+def add_subparser(sub) -> None:
+    r = sub.add_parser("run", help="headless: chat, capture, explain, score, print a table")
+    add_model_args(r)
+    r.add_argument("--prompt", help="user message to send")
+    r.add_argument("--messages", help="JSON list of {role, content}; assistant turns are teacher-forced")
+    r.add_argument("--max-new-tokens", type=int, default=64, help="reply length (default 64)")
+    r.add_argument("--explain", default="all", help="all | none | comma list of token indices (default all)")
+    r.add_argument("--out", help="write a session directory here")
+    r.add_argument("--temperature", type=float, default=0.0, help="AV sampling temperature (0 = greedy)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--max-explain-tokens", type=int, default=200, help="AV max new tokens (default 200)")
+    r.add_argument("--av-prompt", help="custom AV prompt containing <INJECT>")
+    r.add_argument("--batch-size", type=int, default=None,
+                   help="explanations per AV batch (default: 16 on CPU; on CUDA as many as free memory allows, up to 160)")
+    r.set_defaults(func=cmd_run)
+
+
+def parse_explain(spec: str, n_tokens: int) -> list[int]:
+    if spec == "none":
+        return []
+    if spec == "all":
+        return list(range(n_tokens))
+    try:
+        idx = [int(s) for s in spec.split(",") if s.strip()]
+    except ValueError:
+        raise InputError(f"--explain {spec!r} is not all, none or a comma list of token indices like 3,7,12.") from None
+    bad = [i for i in idx if not 0 <= i < n_tokens]
+    if bad:
+        raise InputError(f"--explain index {bad[0]} is out of range: the conversation has {n_tokens} tokens.")
+    return idx
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..core.runtime.engine import Engine
+    from ..core.store.transcript import load_transcript
+    from ..core.types import Sampling
+
+    if args.prompt is None and args.messages is None:
+        raise InputError("Give --prompt TEXT or --messages FILE.json.")
+    if args.prompt is not None and not args.prompt.strip():
+        raise InputError("The prompt is empty: pass some text with --prompt.")
+    messages = load_transcript(args.messages) if args.messages else None
+    engine = Engine(engine_options(args))
+    engine.load(progress)
+    if messages is not None:
+        engine.set_conversation(messages)
+    else:
+        print("reply: ", end="", flush=True)
+        engine.chat(args.prompt, args.max_new_tokens, lambda d: print(d, end="", flush=True))
+        print()
+    indices = parse_explain(args.explain, len(engine.tokens))
+    sampling = Sampling(temperature=args.temperature, max_new_tokens=args.max_explain_tokens, seed=args.seed)
+    done = [0]
+
+    def on_batch(exps):
+        done[0] += len(exps)
+        print(f"[explain] {done[0]}/{len(indices)}", file=sys.stderr, flush=True)
+
+    exps = engine.explain(indices, sampling, args.av_prompt, batch_size=args.batch_size, on_batch=on_batch)
+    print_table(engine, {e.index: e for e in exps})
+    if engine.info.untrained_av:
+        print("\nNote: the demo AV is untrained; its text is NOT a faithful explanation of the activation.")
+    if args.out:
+        from ..core.store.session import save_session, session_from_engine
+
+        path = save_session(session_from_engine(engine, Path(args.out).name, exps), args.out)
+        print(f"session written to {path}")
+    return 0
+
+
+def print_table(engine, by_index) -> None:
+    print(f"\n{'idx':>4} {'role':<8} {'token':<16} {'norm':>9} {'cos':>6} {'fve':>6}  explanation")
+    for t in engine.tokens:
+        e = by_index.get(t.index)
+        tok = repr(t.text)[1:-1][:16]
+        cos = f"{e.score.cos:6.3f}" if e and e.score else "     -"
+        fve = f"{e.score.fve_nrm:6.2f}" if e and e.score and e.score.fve_nrm is not None else "     -"
+        text = (e.text.replace("\n", " ")[:60] if e else "")
+        print(f"{t.index:>4} {t.role:<8} {tok:<16} {t.norm:>9.1f} {cos} {fve}  {text}")

@@ -1,0 +1,50 @@
+"""What to load and where: EngineOptions, built from the command line or from a session.
+
+Plain data and the standard library only, so the CLI, the UI and `nla-tui check`
+share one definition without importing torch or each other. Which checkpoints a
+preset names is resolved later, by `core.nla.presets.resolve_sources`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .types import ModelInfo
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    preset: str | None = None
+    subject: str | None = None
+    av: str | None = None
+    ar: str | None = None
+    layer: int | None = None
+    quant: str | None = None
+    device: str | None = None
+    fve_variance: float | None = None
+    devices: str | None = None  # --devices: "subject=0,av=1,ar=1"; None = place by free GPU memory
+    cache: bool | None = None  # on-disk activation/explanation caches; None = on unless NLA_TUI_NO_CACHE=1
+    cache_dir: str | None = None  # default: NLA_TUI_CACHE or the user cache dir
+
+
+def from_args(args: Any) -> EngineOptions:
+    """Every model flag of an argparse Namespace (`nla-tui`, `run`, `check`). A flag the
+    parser did not define (a bare Namespace from a test or a script) counts as not given."""
+    get = lambda name: getattr(args, name, None)  # noqa: E731
+    return EngineOptions(preset=get("preset"), subject=get("subject"), av=get("av"), ar=get("ar"),
+                         layer=get("layer"), quant=get("quant"), device=get("device"),
+                         fve_variance=get("fve_variance"), devices=get("devices"),
+                         cache=False if get("no_cache") else None, cache_dir=get("cache_dir"))
+
+
+def from_model_info(info: ModelInfo, base: EngineOptions | None = None) -> EngineOptions:
+    """The options that reload the models a session was saved with (`L` on an opened
+    session). What the session recorded about the models wins: the preset, the three
+    checkpoints, the layer and the fve variance. Where they run (device, precision,
+    placement, caches) is this machine's business: `base` (this run's flags) or the
+    defaults, since a session made on a GPU box may be opened on a laptop."""
+    # A demo session records its checkpoints as "demo:subject" etc.; resolve_sources
+    # rebuilds those from the shipped demo pair.
+    return replace(base or EngineOptions(), preset=info.preset, subject=info.subject, av=info.av,
+                   ar=info.ar, layer=info.layer, fve_variance=info.fve_variance)
