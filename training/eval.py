@@ -22,7 +22,8 @@ from . import corpus, data, evaluate
 
 
 def _engine(root: Path, device: str):
-    from nla_tui.core.engine import Engine, EngineOptions
+    from nla_tui.core.options import EngineOptions
+    from nla_tui.core.runtime.engine import Engine
 
     quant = "bf16" if device.startswith("cuda") else "fp32"
     eng = Engine(EngineOptions(subject=str(root / "base"), av=str(root / "av"), ar=str(root / "ar"),
@@ -32,7 +33,7 @@ def _engine(root: Path, device: str):
 
 
 def _build(root: Path, adapters: Path | None) -> float:
-    from nla_tui.core.demo import build_pair
+    from nla_tui.core.nla.demo import build_pair
 
     t = time.perf_counter()
     if not (root / "ar" / "value_head.safetensors").is_file():
@@ -51,7 +52,7 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch", type=int, default=64)
     args = ap.parse_args(argv)
-    from nla_tui.core.demo import shipped_adapters
+    from nla_tui.core.nla.demo import shipped_adapters
 
     adapters = args.adapters or shipped_adapters()
     build_s = _build(args.work / "trained", adapters)

@@ -3,7 +3,7 @@
 Figures: mean and median fve_nrm and cos of greedy explanations (≤ 64 new tokens),
 the share with a closing tag; a shuffled control (explanation i scored against vector
 j); the AR fed the warm-start target text directly. Scoring is the product's
-(`nla_tui.core.ar.score_vectors`); truncated explanations are scored too (the release
+(`nla_tui.core.nla.ar.score_vectors`); truncated explanations are scored too (the release
 never scores them; we report both the all-rows and closed-only means).
 """
 
@@ -14,8 +14,8 @@ import statistics
 import numpy as np
 import torch
 
-from nla_tui.core.ar import score_vectors
-from nla_tui.core.av import parse_explanation
+from nla_tui.core.nla.ar import score_vectors
+from nla_tui.core.nla.av import parse_explanation
 from nla_tui.core.types import Sampling
 
 MAX_NEW = 64

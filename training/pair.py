@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from nla_tui.core import fast_decode
+from nla_tui.core.models import fast_decode
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nla_tui.core.av import parse_explanation
+from nla_tui.core.nla.av import parse_explanation
 from nla_tui.core.types import Sampling
 
 from . import corpus, data, evaluate, losses, pair
@@ -46,8 +46,9 @@ def log(msg: str) -> None:
 
 
 def load_untrained(work: Path, device: str):
-    from nla_tui.core.demo import build_pair
-    from nla_tui.core.engine import Engine, EngineOptions
+    from nla_tui.core.nla.demo import build_pair
+    from nla_tui.core.options import EngineOptions
+    from nla_tui.core.runtime.engine import Engine
 
     root = work / "untrained"
     if not (root / "ar" / "value_head.safetensors").is_file():
