@@ -9,6 +9,7 @@ control and the AR fed the warm-start targets, all in the same run. CPU or GPU.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import sys
@@ -55,14 +56,19 @@ def main(argv=None) -> None:
     from nla_tui.core.nla.demo import shipped_adapters
 
     adapters = args.adapters or shipped_adapters()
-    build_s = _build(args.work / "trained", adapters)
+    if adapters is None:
+        raise SystemExit("no adapters: pass --adapters DIR (adapters.safetensors + training.json)")
+    # One build per adapters file: a stale build of other adapters must never be measured.
+    digest = hashlib.sha256((adapters / "adapters.safetensors").read_bytes()).hexdigest()[:12]
+    trained_root = args.work / f"trained-{digest}"
+    build_s = _build(trained_root, adapters)
     _build(args.work / "untrained", None)
-    trained = _engine(args.work / "trained", args.device)
+    trained = _engine(trained_root, args.device)
     records = [r for r in corpus.load(Path(args.corpus)) if r["split"] == "heldout"]
     ex = data.build_examples(trained.subject, records, max_heldout=args.n, progress=lambda m: None)[:args.n]
     vecs = torch.stack([e.vector for e in ex]).cpu().numpy()
     targets = [e.target for e in ex]
-    result = {"machine": f"{torch.cuda.get_device_name(0) if args.device.startswith('cuda') else platform.processor() or 'CPU'}",
+    result = {"adapters_sha256_12": digest, "machine": f"{torch.cuda.get_device_name(0) if args.device.startswith('cuda') else platform.processor() or 'CPU'}",
               "precision": "bf16" if args.device.startswith("cuda") else "fp32",
               "command": "python -m training.eval " + " ".join(sys.argv[1:]), "heldout_n": len(ex),
               "demo_build_s": round(build_s, 1)}

@@ -7,6 +7,7 @@
 # /tmp/site survives while it does), each `bash training/remote.sh STEP` with carry:
 #   part1 [.whl/part1]  part2 [.whl/part2]  part3 [.whl/part3]  part4 [.whl/part4]
 #   train [.whl/main, .carry]      (ARGS="..." passes extra flags to python -m training)
+#   eval  [.whl/main, .carry]      (the shipped adapters, or ADAPTERS=/tmp/last-run: the last train)
 # Results come back under $OUT/run: adapters.safetensors, training.json, train.log.
 set -euo pipefail
 step=${1:?usage: remote.sh fetch|part1|part2|part3|part4|train|eval}
@@ -27,9 +28,9 @@ case "$step" in
     if [ "$step" = train ]; then
       python3 -m training --corpus .carry/corpus.jsonl.gz --out "$OUT/run" --work /tmp/nla-work ${ARGS:-} 2>&1 \
         | grep --line-buffered -v "it/s]" | tee "$OUT/run/train.log"
-      cp -r "$OUT/run" /tmp/last-run  # a later `eval` call on the warm machine reads it
+      rm -rf /tmp/last-run && cp -r "$OUT/run" /tmp/last-run  # a later `eval` call on the warm machine reads it
     else
-      python3 -m training.eval --adapters /tmp/last-run --corpus .carry/corpus.jsonl.gz --out "$OUT/run/eval.json" \
+      python3 -m training.eval ${ADAPTERS:+--adapters "$ADAPTERS"} --corpus .carry/corpus.jsonl.gz --out "$OUT/run/eval.json" \
         --work /tmp/nla-work ${ARGS:-} 2>&1 | grep --line-buffered -v "it/s]" | tee "$OUT/run/eval.log"
     fi ;;
   *) echo "unknown step $step" >&2; exit 2 ;;

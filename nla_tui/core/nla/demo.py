@@ -32,7 +32,7 @@ from ...paths import models_dir
 from ..models.chat_template import ensure_chat_template
 from .sidecar import INJECT_PLACEHOLDER
 
-DEMO_VERSION = "v1"
+DEMO_VERSION = "v2"  # v2: the trained pair; older untrained directories are rebuilt
 DEMO_LAYER = 12  # 2/3 of Gemma 3 270M's 18 layers, as 41/62 is for 27B
 INJECTION_CHAR = "㈜"
 # A training-free self-interpretation prompt (SelfIE/Patchscopes style): the vector
