@@ -79,5 +79,5 @@ def rl_loss(vz, ref, vectors: torch.Tensor, seqs: list[list[int]], advantages: t
     kl = torch.exp(delta) - delta - 1
     per_tok = -advantages[:, None].to(lp.device) * lp + kl_coef * kl
     per_seq = (per_tok * mask).sum(1) / mask.sum(1).clamp(min=1)
-    mean_kl = float(((kl * mask).sum(1) / mask.sum(1).clamp(min=1)).mean())
+    mean_kl = float(((kl.detach() * mask).sum(1) / mask.sum(1).clamp(min=1)).mean())
     return per_seq.mean(), mean_kl

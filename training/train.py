@@ -97,6 +97,36 @@ def sft(name: str, loss_fn, params_groups, items: list, batch: int, budget_s: fl
             "loss_last": float(np.mean(losses_seen[-20:])) if losses_seen else None}
 
 
+def rollout(vz, rc, vecs: torch.Tensor, group: int, penalty: float, seed: int):
+    """Sample explanations (temperature 1, product decode path), score them with the AR
+    (reward −mse_nrm; no closing tag: a fixed penalty, never scored), and normalise the
+    rewards within each group of samples of one vector (GRPO's advantage)."""
+    vz.model.eval()
+    with torch.inference_mode():
+        embeds = vz.build_embeds(vecs.cpu().numpy())
+        rows = vz.decode(embeds, Sampling(temperature=1.0, max_new_tokens=evaluate.MAX_NEW, seed=seed))
+    texts = [parse_explanation(vz.tok.decode(r, skip_special_tokens=True)) for r in rows]
+    closed = torch.tensor([not tr for _, tr in texts])
+    reward = torch.full((len(rows),), -penalty)
+    if closed.any():
+        idx = closed.nonzero()[:, 0].tolist()
+        with torch.inference_mode():
+            mse = losses.normalized_mse(rc.predict([texts[i][0] for i in idx]), vecs[idx])
+        reward[idx] = -mse.cpu()
+    g = reward.view(-1, group)
+    adv = ((g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + 1e-4)).view(-1)
+    seqs = [r if r else [vz.tok.eos_token_id] for r in rows]
+    return seqs, texts, adv, reward, closed
+
+
+def reference_policy(vz):
+    """A frozen copy of the AV as it is now (the SFT policy the KL term holds to)."""
+    ref = copy.copy(vz)
+    ref.model = copy.deepcopy(vz.model).requires_grad_(False).eval()
+    ref.embed = ref.model.get_input_embeddings()
+    return ref
+
+
 def rl(vz, rc, ref, items: list, args, rng: random.Random) -> dict:
     av_params = pair.lora_params(vz.model)
     ar_params = pair.lora_params(rc.model) + list(rc.value_head.parameters())
@@ -107,21 +137,8 @@ def rl(vz, rc, ref, items: list, args, rng: random.Random) -> dict:
         if step >= args.rl_max_steps or time.perf_counter() - t0 > args.rl_seconds:
             break
         vecs = torch.stack([e.vector for e in chunk]).repeat_interleave(args.rl_group, 0)
-        vz.model.eval()
-        with torch.inference_mode():
-            embeds = vz.build_embeds(vecs.cpu().numpy())
-            rows = vz.decode(embeds, Sampling(temperature=1.0, max_new_tokens=evaluate.MAX_NEW, seed=step))
-        texts = [parse_explanation(vz.tok.decode(r, skip_special_tokens=True)) for r in rows]
-        closed = torch.tensor([not tr for _, tr in texts])
-        reward = torch.full((len(rows),), -args.truncation_penalty)
-        if closed.any():
-            idx = closed.nonzero()[:, 0].tolist()
-            with torch.inference_mode():
-                mse = losses.normalized_mse(rc.predict([texts[i][0] for i in idx]), vecs[idx])
-            reward[idx] = -mse.cpu()
-        g = reward.view(-1, args.rl_group)
-        adv = ((g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + 1e-4)).view(-1)
-        seqs = [r if r else [vz.tok.eos_token_id] for r in rows]
+        seqs, texts, adv, reward, closed = rollout(vz, rc, vecs, args.rl_group, args.truncation_penalty, step)
+        idx = closed.nonzero()[:, 0].tolist()
         vz.model.train()
         loss, kl = losses.rl_loss(vz, ref, vecs, seqs, adv, args.kl)
         opt_av.zero_grad(set_to_none=True)
@@ -193,9 +210,7 @@ def run(args) -> dict:
     ev["sft"] = evaluate.evaluate(vz, rc, hv, ht, batch=args.eval_batch)
     log(f"after SFT: {json.dumps({k: v for k, v in ev['sft'].items() if k != 'examples'})}")
     if args.rl_seconds > 0:
-        ref = copy.copy(vz)
-        ref.model = copy.deepcopy(vz.model).requires_grad_(False).eval()
-        ref.embed = ref.model.get_input_embeddings()
+        ref = reference_policy(vz)
         rc.model.train()
         stages["rl"] = rl(vz, rc, ref, split["rl"], args, rng)
         rc.model.eval()

@@ -70,7 +70,8 @@ class Engine:
         av_meta, ar_meta = read_sidecar(ckpts["av"].path), read_sidecar(ckpts["ar"].path)
         layer = self._layer(preset, av_meta.extraction_layer, ar_meta.extraction_layer)
         device = o.device or default_device()
-        quant = o.quant or default_quant(device)
+        quant = o.quant or (preset.cuda_quant if preset and preset.cuda_quant and device.startswith("cuda") else None) \
+            or default_quant(device)
         placement = self._place(ckpts, quant, device)
         models = {}
         for key in ("subject", "av", "ar"):
