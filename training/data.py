@@ -138,20 +138,20 @@ def build_examples(subject, records: list[dict], seed: int = 0, batch: int = 64,
         k = min(len(ids) // 24 + 1, 6)
         pos = sorted(rng.sample(range(1, len(ids)), min(k, len(ids) - 1)))
         items.append((ids, where, pos, _split(str(i), rec["split"] == "heldout"), rec["genre"]))
+    # Held-out positions: a random subset over every kind of record (not the shortest).
+    held = [(k, p) for k, it in enumerate(items) if it[3] == "heldout" for p in it[2]]
+    keep_held = set(rng.sample(held, min(max_heldout, len(held))))
+    items = [(ids, where, [p for p in pos if split != "heldout" or (k, p) in keep_held], split, genre)
+             for k, (ids, where, pos, split, genre) in enumerate(items)]
+    items = [it for it in items if it[2]]
     items.sort(key=lambda t: len(t[0]))  # similar lengths batch with little padding
     out: list[Example] = []
-    n_heldout = 0
     for b in range(0, len(items), batch):
         chunk = items[b:b + batch]
         acts, tops = capture_positions(subject, [c[0] for c in chunk], [c[2] for c in chunk])
         j = 0
         for ids, where, pos, split, genre in chunk:
             for p in pos:
-                if split == "heldout":
-                    n_heldout += 1
-                    if n_heldout > max_heldout:
-                        j += 1
-                        continue
                 text = target_text(subject.tok, ids, p, where[p], tops[j])
                 out.append(Example(acts[j], text, split, {"genre": genre, "token": subject.tok.decode([ids[p]]),
                                                           "position": p}))
