@@ -259,6 +259,10 @@ def run(rep: Report, out: Path, new_tokens: int = 200, n_explain: int = 150, mem
         fd.clear(subj)
     rep.section("subject_chat", chat, out)
 
+    from .gpu_steer import run_section as steered_continuation  # what-if (issue 13)
+
+    steered_continuation(rep, out, subj, layer_k, cfg62.vocab_size, dev, _sync)
+
     def capture():
         ids = torch.randint(10, cfg62.vocab_size - 10, (1, 1000), device=dev)
         got = {}

@@ -20,10 +20,21 @@ class Holder:
     worker: ReplayWorker | None = None
 
 
+def recorded_comparisons() -> list:
+    """The comparisons recorded from the real engine beside the recorded session."""
+    import json
+
+    from nla_tui.core.branches import Comparison
+
+    path = RECORDED / "comparisons.json"
+    return [Comparison.from_json(c) for c in json.loads(path.read_text())] if path.exists() else []
+
+
 def replay_app(preload: bool = False, delay: float = 0.0, holder: Holder | None = None,
                options=None, hold_after: int | None = None) -> NlaApp:
     def factory(emit):
-        w = ReplayWorker(RECORDED, emit, preload=preload, delay=delay, hold_after=hold_after)
+        w = ReplayWorker(RECORDED, emit, preload=preload, delay=delay, hold_after=hold_after,
+                         comparisons=recorded_comparisons())
         if holder is not None:
             holder.worker = w
         return w
@@ -67,6 +78,10 @@ def async_test(fn):
 # screenshots/ are exactly the screens the snapshot tests pin.
 
 CURSOR_TOKEN = 14  # ' Eiffel' in the reply: past the noisy prefix
+# The what-if and compare recorded from the real engine (data/recorded_session/record_steer.py).
+STEER_TOKEN = 18  # ' in' of the reply: the next token names the place
+STEER_EDIT = "The Colosseum in Rome, Italy."
+COMPARE_PAIR = (18, 8)  # ' in' in the reply and ' in' in the prompt
 
 
 async def _after_chat(pilot) -> None:
@@ -102,6 +117,40 @@ async def _explain_all(pilot) -> None:
                      and app.state.all_progress.done == 10, "ten results")
 
 
+async def _whatif_edit(pilot) -> None:
+    from textual.widgets import TextArea
+
+    from nla_tui.ui.screens.steer import WhatIfDialog
+
+    app = pilot.app
+    await settle_replay(pilot, app)
+    app.strip.set_cursor(STEER_TOKEN)
+    await pilot.press("w")
+    await wait_until(pilot, lambda: isinstance(app.screen, WhatIfDialog), "the what-if editor")
+    app.screen.query_one(TextArea).load_text(STEER_EDIT)
+    await pilot.pause()
+
+
+async def _whatif_result(pilot) -> None:
+    from nla_tui.ui.screens.steer import SteeredScreen
+
+    await _whatif_edit(pilot)
+    await pilot.press("ctrl+s")
+    await wait_until(pilot, lambda: isinstance(pilot.app.screen, SteeredScreen), "the steered branch")
+
+
+async def _compare(pilot) -> None:
+    from nla_tui.ui.screens.steer import CompareScreen
+
+    app = pilot.app
+    await settle_replay(pilot, app)
+    app.strip.set_cursor(COMPARE_PAIR[0])
+    await pilot.press("c")
+    app.strip.set_cursor(COMPARE_PAIR[1])
+    await pilot.press("c")
+    await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen), "the comparison")
+
+
 # name -> (app kwargs, size, run_before)
 SCENARIOS = {
     "main_80x24": (dict(), (80, 24), _after_chat),
@@ -110,4 +159,7 @@ SCENARIOS = {
     "explained_120x36": (dict(preload=True), (120, 36), _explained),
     "help_120x36": (dict(preload=True), (120, 36), _help),
     "explain_all_120x36": (dict(), (120, 36), _explain_all),
+    "whatif_edit_120x36": (dict(preload=True), (120, 36), _whatif_edit),
+    "whatif_result_120x36": (dict(preload=True), (120, 36), _whatif_result),
+    "compare_120x36": (dict(preload=True), (120, 36), _compare),
 }

@@ -16,7 +16,7 @@ from nla_tui.core.errors import InputError
 from nla_tui.cli import build_parser
 from nla_tui.core.store.export import (best_explanation, export_session,
                                  fidelity_colour, to_html, to_json, to_markdown)
-from nla_tui.core.store.session import load_session, save_session
+from nla_tui.core.store.session import SCHEMA_VERSION, load_session, save_session
 from tests._support_session import (REAL_SESSION, chromium_binary, chromium_flags, hsl_to_rgb, make_session,
                                     read_png)
 
@@ -43,7 +43,7 @@ def test_markdown_has_the_conversation_and_one_row_per_token():
 def test_json_export_is_the_session_document():
     s = make_session()
     doc = json.loads(to_json(s))
-    assert doc["schema_version"] == 1 and doc["name"] == s.name
+    assert doc["schema_version"] == SCHEMA_VERSION and doc["name"] == s.name
     assert len(doc["tokens"]) == len(s.tokens) and doc["activations"] is None
     assert [e["text"] for e in doc["explanations"]] == [e.text for e in s.explanations]
     full = json.loads(to_json(s, include_activations=True))

@@ -28,6 +28,7 @@ from .messages import EngineEvent
 from .screens.dialogs import PromptDialog, ValueDialog, check_temperature
 from .screens.help import HelpScreen
 from .session_actions import SessionActions
+from .steer_actions import SteerActions
 from .state import UiState, job_kind
 from ..core.store.transcript import load_transcript
 from .widgets.chat import ChatPane
@@ -54,7 +55,7 @@ WorkerFactory = Callable[[Emit], WorkerLike]
 EngineWorkerFactory = Callable[[EngineOptions, Emit], WorkerLike]
 
 
-class NlaApp(SessionActions, App[None]):
+class NlaApp(SessionActions, SteerActions, App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "nla-tui"
     AUTO_FOCUS = "#strip"  # keys drive the strip from the first frame
@@ -78,6 +79,8 @@ class NlaApp(SessionActions, App[None]):
         Binding("ctrl+o,f2", "sessions", "sessions", show=False),
         Binding("X", "export", "export", show=False),
         Binding("L", "load_models", "load models", show=False),
+        Binding("w", "what_if", "what if", show=False),
+        Binding("c", "compare", "compare", show=False),
     ]
 
     def __init__(self, worker_factory: WorkerFactory, options: Namespace | None = None,
@@ -183,6 +186,7 @@ class NlaApp(SessionActions, App[None]):
         elif isinstance(e, ev.ModelsReady):
             self.pane.show(strip.cursor)
         self._update_status()
+        self.steer_event(e)
         self.sessions_event(e)
 
     def _job_ended(self, e: ev.JobFinished | ev.JobFailed) -> None:
@@ -280,6 +284,7 @@ class NlaApp(SessionActions, App[None]):
             # reply streams must not cancel that reply.
             self.strip.focus()
             return
+        self.clear_compare_mark()
         if self.worker is not None:
             self.worker.cancel_current()
         if self.state.all_progress is None:

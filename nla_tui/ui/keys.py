@@ -5,7 +5,7 @@ from __future__ import annotations
 KEYS: list[tuple[str, list[tuple[str, str]]]] = [
     ("Token strip", [
         ("← / →", "previous / next token"),
-        ("ctrl+← / ctrl+→, b / w", "previous / next word"),
+        ("ctrl+← / ctrl+→, b / f", "previous / next word"),
         ("↑ / ↓", "token on the row above / below"),
         ("Home / End", "first / last token (End follows a streaming reply)"),
         ("PgUp / PgDn", "previous / next turn"),
@@ -22,6 +22,10 @@ KEYS: list[tuple[str, list[tuple[str, str]]]] = [
         ("a", "explain every token of the conversation (background)"),
         ("A", "explain every token of the current turn"),
         ("y", "copy the explanation (OSC 52, works over SSH)"),
+    ]),
+    ("What if / compare", [
+        ("w", "what-if: edit the explanation, regenerate steered from here (before/after side by side)"),
+        ("c", "compare: c marks token A, c on token B explains a − b and b − a (Esc clears A)"),
     ]),
     ("Chat", [
         ("i / Tab", "focus the message box"),

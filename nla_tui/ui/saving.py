@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core import events as ev
+from ..core.steer_jobs import WhatIfDone
 from ..core.store.autosave import Autosaver
 from ..core.store.session import SESSION_FILE, Session, now_iso, slugify
 from .state import UiState, job_kind
 
 # Jobs whose end may have changed what a saved session would hold.
-CHANGING_KINDS = ("chat", "explain", "explain_all")
+CHANGING_KINDS = ("chat", "explain", "explain_all", "whatif")
 
 
 def default_name(now: datetime | None = None) -> str:
@@ -74,7 +75,7 @@ class SessionKeeper:
             self.messages, self.tokens = list(event.messages), list(event.tokens)
             self.activations = getattr(event, "activations", None)
             self._changes += 1
-        elif isinstance(event, ev.ExplainDone):
+        elif isinstance(event, (ev.ExplainDone, WhatIfDone)):
             self._changes += 1
         elif isinstance(event, (ev.JobFinished, ev.JobFailed)):
             # Save once per finished job, not per ExplainDone of an explain-all batch.
@@ -102,7 +103,7 @@ class SessionKeeper:
                         for e in st.explanations[i]]
         return Session(name=self.name, info=st.info, messages=list(self.messages),
                        tokens=list(tokens), explanations=explanations, activations=acts,
-                       created=self.created)
+                       steered=[b for b in st.steered if b.index < len(tokens)], created=self.created)
 
     def _snapshot_for_saver(self) -> Session | None:
         return self._latest

@@ -198,6 +198,7 @@ class SessionActions:
         st = app.state
         st.explanations.clear()
         st.partial.clear()
+        st.steered = list(session.steered)
         if self.keeper.read_only or st.info is None:
             from ..core.runtime.replay import ReplayWorker
 

@@ -32,6 +32,8 @@ def job_kind(job: str) -> str:
         return "chat"
     if j.startswith("load"):
         return "load"
+    if j.startswith("whatif"):
+        return "whatif"
     return "other"
 
 
@@ -55,6 +57,7 @@ class UiState:
     # numpy [T, d_model] from the last ConversationUpdated (for saving sessions);
     # typed loosely so this module needs no numpy import.
     activations: object | None = None
+    steered: list = field(default_factory=list)  # what-if branches (core.branches.SteeredBranch)
 
     # ------------------------------------------------------------ folding
 

@@ -220,9 +220,9 @@ def _quant_state_to_device(model, device):
             qs.to(device)
 
 
-def _runner(model, batch: int, max_len: int, use_graph: bool) -> _Runner:
+def _runner(model, batch: int, max_len: int, use_graph: bool, tag: str = "") -> _Runner:
     runners = _RUNNERS.setdefault(model, OrderedDict())
-    key = (batch, max_len, use_graph)
+    key = (batch, max_len, use_graph, tag)
     r = runners.pop(key, None)
     if r is None:
         while len(runners) >= MAX_RUNNERS:
@@ -283,7 +283,7 @@ def decode(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | No
            stop_strings_fn: Callable[[list[int]], bool] | None = None,
            on_step: Callable[[torch.Tensor], bool] | None = None, *,
            prefix_len: int | None = None, max_batch: int = 64, use_graphs: bool | None = None,
-           ) -> list[list[int]]:
+           graph_tag: str = "") -> list[list[int]]:
     """Generate up to `max_new_tokens` per row from `inputs_embeds` [B, T, d].
 
     attention_mask [B, T] may left-pad rows of different lengths; padding is
@@ -293,6 +293,9 @@ def decode(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | No
     on_step(new_ids [B] on CPU, -1 for rows not decoding this step) -> False cancels.
     prefix_len: length of a prefix shared by every call (AV template before the
     injection slot); None = detect it across rows of this call.
+    graph_tag: runners (and their captured graphs) are kept per tag. A forward hook
+    present at capture time is baked into the graph, so a call made under a hook
+    (steering.py) passes its own tag and never shares a graph with plain decoding.
     """
     B, T, _ = inputs_embeds.shape
     stops = set(int(s) for s in (stop_token_ids or ()))
@@ -315,17 +318,17 @@ def decode(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | No
             emb = torch.stack([inputs_embeds[i, T - n:] for i in chunk])  # left padding dropped
             cancelled = not _decode_rows(model, emb, chunk, B, out, max_new_tokens, temperature, top_p,
                                          generator, stops, stop_strings_fn, on_step, prefix_len, use,
-                                         stats, t0)
+                                         stats, t0, graph_tag)
     last_stats.clear()
     last_stats.update(stats, total_s=time.perf_counter() - t0)
     return out
 
 
 def _decode_rows(model, emb, chunk, B, out, max_new, temperature, top_p, generator, stops,
-                 stop_strings_fn, on_step, prefix_len, use_graph, stats, t0) -> bool:
+                 stop_strings_fn, on_step, prefix_len, use_graph, stats, t0, graph_tag="") -> bool:
     b, n, _ = emb.shape
     bb = bucket_for(b)
-    r = _runner(model, bb, _round_len(n + max_new), use_graph)
+    r = _runner(model, bb, _round_len(n + max_new), use_graph, graph_tag)
     stats["graphs"] += int(r.graph is not None)
     stats["graph_error"] = stats["graph_error"] or r.graph_error
     stats["batches"].append(bb)

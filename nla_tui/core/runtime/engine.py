@@ -51,6 +51,7 @@ class Engine:
         self.tokens: list[TokenInfo] = []
         self.activations = np.zeros((0, 0), np.float32)
         self.explanations: dict[int, list[Explanation]] = {}
+        self.steered: list = []  # what-if branches (runtime/whatif.py); the conversation itself never changes
         self.placement_text = ""
         self.caches = EngineCaches(options.cache_dir, options.cache)
 

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 from .. import events as ev
+from ..branches import Comparison, compare_activations
+from ..steer_jobs import Compare, CompareDone, WhatIf, WhatIfDone
 from ..store.session import Session, load_session
 from ..types import Explanation, TokenInfo
 
@@ -29,7 +31,8 @@ READ_ONLY_NOTE = ("Read-only session: models are not loaded, so only the recorde
 
 class ReplayWorker:
     def __init__(self, session: Session | str | Path, emit: Callable[[ev.Event], None],
-                 *, preload: bool = False, delay: float = 0.0, hold_after: int | None = None):
+                 *, preload: bool = False, delay: float = 0.0, hold_after: int | None = None,
+                 comparisons: list[Comparison] | None = None):
         self.session = session if isinstance(session, Session) else load_session(session)
         self.emit = emit
         self.preload = preload
@@ -50,6 +53,7 @@ class ReplayWorker:
         self._by_index: dict[int, list[Explanation]] = {}
         for e in self.session.explanations:
             self._by_index.setdefault(e.index, []).append(e)
+        self.comparisons = list(comparisons or [])  # recorded Compare results (tests, screenshots)
         self.jobs_seen: list[ev.Job] = []  # what the UI asked for (tests assert on it)
         self.submit(ev.LoadModels())  # like EngineWorker(autoload=True)
 
@@ -127,6 +131,10 @@ class ReplayWorker:
             return self._explain(job.index)
         if isinstance(job, ev.ExplainAll):
             return self._explain_all(job.indices)
+        if isinstance(job, WhatIf):
+            return self._what_if(job)
+        if isinstance(job, Compare):
+            return self._compare(job)
         raise ValueError(f"replay cannot run {type(job).__name__}")
 
     def _tokens_through(self, turn: int) -> list[TokenInfo]:
@@ -174,6 +182,32 @@ class ReplayWorker:
                 return True
             self.emit(ev.ExplainDelta(index, text[:cut]))
         self.emit(ev.ExplainDone(index, exps))
+        return False
+
+    def _what_if(self, job: WhatIf) -> bool | None:
+        """The recorded branch of exactly this request (tests, screenshots); anything else
+        needs the models."""
+        branch = next((b for b in reversed(self.session.steered)
+                       if (b.index, b.edited_explanation, b.alpha, b.span) == (job.index, job.edited, job.alpha, job.span)),
+                      None)
+        if branch is None:
+            self.emit(ev.JobFailed("WhatIf", READ_ONLY_NOTE if self.preload else
+                                   f"The recorded session has no what-if branch for token {job.index}."))
+            return None
+        self.emit(WhatIfDone(branch))
+        return False
+
+    def _compare(self, job: Compare) -> bool | None:
+        """A recorded comparison of that pair; otherwise cos(a, b) from the saved
+        activations, and a note that explaining the difference needs the models."""
+        rec = next((c for c in self.comparisons if (c.i, c.j) == (job.i, job.j)), None)
+        if rec is None:
+            if self.session.activations is None:
+                self.emit(ev.JobFailed("Compare", READ_ONLY_NOTE))
+                return None
+            rec = compare_activations(self.session.activations, job.i, job.j,
+                                      "Explaining a − b and b − a needs the models: press L to load them.")
+        self.emit(CompareDone(rec))
         return False
 
     def _explain_all(self, indices: list[int]) -> bool | None:

@@ -19,6 +19,7 @@ from typing import Callable
 from .. import events as ev
 from ..errors import Cancelled, NlaError
 from ..types import Explanation
+from .steer_worker import SteerJobs
 
 log = logging.getLogger(__name__)
 STREAM_INTERVAL_S = 0.04  # batch streamed text: the UI re-renders at most ~25 times a second
@@ -36,7 +37,7 @@ class _Throttle:
         return False
 
 
-class EngineWorker:
+class EngineWorker(SteerJobs):
     def __init__(self, engine_or_factory, emit: Callable[[ev.Event], None], autoload: bool = True):
         self._factory = engine_or_factory if callable(engine_or_factory) else (lambda: engine_or_factory)
         self.engine = None if callable(engine_or_factory) else engine_or_factory

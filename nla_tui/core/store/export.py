@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from .branch_export import branches_html, branches_markdown
 from .session import Session, load_session
 from ..types import Explanation
 
@@ -93,6 +94,7 @@ def to_markdown(session: Session) -> str:
             f"| {t.index} | {_md_cell(t.text)} | {t.role} | {t.norm:.1f} | "
             f"{_md_cell(e.text) if e else ''} | {_fmt(s.cos) if s else ''} | "
             f"{_fmt(s.fve_nrm) if s else ''} | {s.label if s else ''} |")
+    lines += [""] + branches_markdown(session.steered) if session.steered else []
     return "\n".join(lines) + "\n"
 
 
@@ -100,7 +102,7 @@ def to_markdown(session: Session) -> str:
 
 
 def to_json(session: Session, include_activations: bool = False) -> str:
-    """session.json's content (schema_version 1); activations inline as nested lists
+    """session.json's content (the current schema_version); activations inline as nested lists
     only on request, since they dwarf everything else."""
     doc: dict[str, Any] = session.to_json()
     acts = session.activations
@@ -249,6 +251,7 @@ def to_html(session: Session) -> str:
 {warn}{legend}</header>
 <div id="wrap"><section id="conv">{"".join(blocks)}</section>
 <aside id="detail"><p class="none">Click a token to see its explanation.</p></aside></div>
+{branches_html(session.steered)}
 <script id="nla-data" type="application/json">{_script_json(data)}</script>
 <script>{_JS}</script>
 </body></html>

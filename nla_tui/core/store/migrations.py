@@ -30,5 +30,13 @@ def _migrate_v0(doc: dict[str, Any], directory: Path) -> dict[str, Any]:
     return doc
 
 
+def _migrate_v1(doc: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """v1 -> v2: sessions gained `steered`, the list of what-if branches (issue 13)."""
+    doc = dict(doc)
+    doc.setdefault("steered", [])
+    doc["schema_version"] = 2
+    return doc
+
+
 # schema_version -> function upgrading a document of that version by one step.
-MIGRATIONS: dict[int, Callable[[dict[str, Any], Path], dict[str, Any]]] = {0: _migrate_v0}
+MIGRATIONS: dict[int, Callable[[dict[str, Any], Path], dict[str, Any]]] = {0: _migrate_v0, 1: _migrate_v1}

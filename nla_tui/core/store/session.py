@@ -34,11 +34,12 @@ import numpy as np
 from safetensors.numpy import load_file as st_load_file
 from safetensors.numpy import save as st_save
 
+from ..branches import SteeredBranch
 from ..errors import InputError, NlaError
 from .migrations import MIGRATIONS
 from ..types import Explanation, Message, ModelInfo, TokenInfo
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SESSION_FILE = "session.json"
 _ACTS_RE = re.compile(r"^activations(-[0-9a-f]{16})?\.safetensors$")
 
@@ -57,6 +58,7 @@ class Session:
     tokens: list[TokenInfo] = field(default_factory=list)
     explanations: list[Explanation] = field(default_factory=list)
     activations: np.ndarray | None = None  # float32 [len(tokens), info.d_model]
+    steered: list[SteeredBranch] = field(default_factory=list)  # what-if branches; the conversation is unchanged
     created: str = field(default_factory=now_iso)
     updated: str = field(default_factory=now_iso)
 
@@ -77,6 +79,7 @@ class Session:
             "conversation": [m.to_json() for m in self.messages],
             "tokens": [t.to_json() for t in self.tokens],
             "explanations": [e.to_json() for e in self.explanations],
+            "steered": [b.to_json() for b in self.steered],
         }
 
 
@@ -101,7 +104,7 @@ def session_from_engine(engine: Any, name: str, explanations: list[Explanation] 
     return Session(name=name, info=engine.info, messages=list(engine.messages),
                    tokens=list(engine.tokens), explanations=list(explanations or []),
                    activations=None if acts is None else np.array(acts, dtype=np.float32),
-                   created=created or now_iso())
+                   steered=list(getattr(engine, "steered", [])), created=created or now_iso())
 
 
 def slugify(name: str) -> str:
@@ -219,10 +222,11 @@ def _validate(session: Session, directory: Path) -> None:
     if acts is not None and (acts.ndim != 2 or acts.shape[0] != len(session.tokens)):
         raise InputError(f"Cannot save session to {directory}: activations have shape "
                          f"{tuple(acts.shape)} but there are {len(session.tokens)} tokens.")
-    for e in session.explanations:
-        if not 0 <= e.index < len(session.tokens):
-            raise InputError(f"Cannot save session to {directory}: an explanation points at "
-                             f"token {e.index}, outside 0..{len(session.tokens) - 1}.")
+    for what, items in (("an explanation", session.explanations), ("a steered branch", session.steered)):
+        for e in items:
+            if not 0 <= e.index < len(session.tokens):
+                raise InputError(f"Cannot save session to {directory}: {what} points at "
+                                 f"token {e.index}, outside 0..{len(session.tokens) - 1}.")
 
 
 # ------------------------------------------------------------------ load
@@ -281,17 +285,19 @@ def load_session(path: str | os.PathLike) -> Session:
                     for m in doc.get("conversation", [])]
         tokens = [TokenInfo.from_json(t) for t in doc.get("tokens", [])]
         explanations = [Explanation.from_json(e) for e in doc.get("explanations", [])]
+        steered = [SteeredBranch.from_json(b) for b in doc.get("steered", [])]
         session = Session(name=str(doc["name"]), info=info, messages=messages, tokens=tokens,
-                          explanations=explanations, created=str(doc["created"]),
+                          explanations=explanations, steered=steered, created=str(doc["created"]),
                           updated=str(doc["updated"]))
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(f"Session file {jpath} is missing or has a malformed field ({e!r}); "
                          "it was left untouched.") from e
     session.activations = _load_activations(directory, doc, len(tokens), info.d_model)
-    for e in session.explanations:
-        if not 0 <= e.index < len(tokens):
-            raise InputError(f"Session file {jpath} has an explanation for token {e.index}, "
-                             f"but the session has {len(tokens)} tokens.")
+    for what, items in (("an explanation", session.explanations), ("a steered branch", session.steered)):
+        for e in items:
+            if not 0 <= e.index < len(tokens):
+                raise InputError(f"Session file {jpath} has {what} for token {e.index}, "
+                                 f"but the session has {len(tokens)} tokens.")
     return session
 
 

@@ -1,0 +1,80 @@
+"""`nla-tui steer SESSION --token I --edit "…" [--alpha A] [--span here|onward] [--max-new-tokens N] [--out FILE.json]`:
+what if the model had thought otherwise at token I? Checks everything it can before
+any model loads; the branch is kept in the session's `steered` list."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..core.errors import InputError
+from .common import add_model_args
+from .session_engine import add_sampling_args, check_token, load_engine, sampling, write_json
+
+
+def add_subparser(sub) -> None:
+    s = sub.add_parser("steer", help="what-if: steer the subject at a token toward an edited explanation",
+                       description="Regenerate a saved session's conversation from token I with the steering "
+                                   "vector AR(edited) - AR(original), scaled to the activation's norm x alpha, "
+                                   "added at layer K. Prints next-token top-5 before/after and both "
+                                   "continuations; the branch is kept in the session.")
+    add_model_args(s)
+    s.add_argument("session", help="session directory (or its session.json)")
+    s.add_argument("--token", type=int, required=True, help="token index to steer at")
+    s.add_argument("--edit", required=True, help="the edited explanation")
+    s.add_argument("--alpha", type=float, default=1.0, help="strength, x the activation's norm (default 1)")
+    s.add_argument("--span", default="here", choices=["here", "onward"],
+                   help="here: that token only; onward: it and every later position (default here)")
+    s.add_argument("--max-new-tokens", type=int, default=32, help="continuation length (default 32)")
+    s.add_argument("--out", help="also write the branch as JSON here")
+    add_sampling_args(s)
+    s.set_defaults(func=cmd_steer)
+
+
+def cmd_steer(args: argparse.Namespace) -> int:
+    import math
+
+    from ..core.models.steering import positions
+    from ..core.store.session import load_session, save_session
+
+    session = load_session(args.session)
+    check_token(session, args.token, "--token")
+    positions(args.token, args.span)
+    if not args.edit.strip():
+        raise InputError("--edit is empty: give the edited explanation (what the model should have thought).")
+    if not math.isfinite(args.alpha):
+        raise InputError(f"--alpha {args.alpha} is not a finite number; try 1 (the activation's own norm).")
+    if args.max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens {args.max_new_tokens} must be at least 1.")
+    from ..core.runtime.whatif import what_if
+
+    engine = load_engine(session, args)
+    branch = what_if(engine, args.token, args.edit, args.alpha, args.span, args.max_new_tokens,
+                     sampling=sampling(args))
+    print_branch(branch)
+    if engine.info.untrained_av:
+        print("\nNote: the demo AV/AR are untrained; the steering direction carries little meaning.")
+    session.steered.append(branch)
+    save_session(session, args.session if Path(args.session).name != "session.json" else Path(args.session).parent)
+    print(f"branch kept in the session ({len(session.steered)} what-if branches): {args.session}")
+    if args.out:
+        print(f"branch written to {write_json(args.out, branch.to_json())}")
+    return 0
+
+
+def print_branch(b) -> None:
+    from ..core.branches import token_diff
+
+    print(f"what-if at token {b.index} {b.token_text!r} (layer {b.layer}), alpha {b.alpha:g}, span {b.span}, "
+          f"|v| {b.vector_norm:.1f}")
+    print(f"original explanation: {b.original_explanation}")
+    print(f"edited explanation:   {b.edited_explanation}")
+    print(f"\n{'next token':<12} {'before':<28} after")
+    for k in range(max(len(b.before), len(b.after))):
+        cell = lambda cs: f"{cs[k].text!r} {cs[k].prob:.3f}" if k < len(cs) else ""  # noqa: E731
+        print(f"{k + 1:<12} {cell(b.before):<28} {cell(b.after)}")
+    left, right = token_diff(b.original_tokens, b.steered_tokens)
+    mark = lambda ps: "".join(f"[{t}]" if ch else t for t, ch in ps)  # noqa: E731
+    print(f"\noriginal continuation: {mark(left)!r}")
+    print(f"steered continuation:  {mark(right)!r}")
+    print("(tokens that differ are in [brackets])")

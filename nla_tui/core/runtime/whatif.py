@@ -1,0 +1,122 @@
+"""What if the model had thought otherwise? Steer from an edited explanation, and
+compare two tokens. Engine-level operations (duck-typed on a loaded Engine: subject,
+ar, tokens, activations, explanations), kept out of engine.py.
+
+Steering vector (the NLA authors' recipe): the AR reconstructs the original and the
+edited explanation; their difference, rescaled to the activation's own L2 norm times
+alpha, is added to layer K's residual stream at the token (span "here") or at the token
+and every later position (span "onward"), and the subject regenerates from there.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+
+from ..branches import Comparison, SteeredBranch, compare_activations
+from ..errors import Cancelled, InputError
+from ..models.steering import continue_from, last_logits, positions, steer, top_candidates
+from ..types import Sampling
+
+DEFAULT_ALPHA = 1.0
+DEFAULT_CONTINUATION = 32
+
+
+def _check_index(engine, index: int, what: str = "--token") -> None:
+    n = len(engine.tokens)
+    if not 0 <= index < n:
+        raise InputError(f"{what} {index} is out of range: the conversation has {n} tokens (0..{n - 1}).")
+
+
+def check_request(engine, index: int, edited: str, alpha: float, span: str, max_new_tokens: int) -> None:
+    """Everything about a what-if that can be wrong, checked before any model runs."""
+    engine._need_models()
+    _check_index(engine, index)
+    positions(index, span)  # raises on an unknown span
+    if not edited or not edited.strip():
+        raise InputError("The edited explanation is empty: write what the model should have thought "
+                         "(e.g. the original explanation with one concept changed).")
+    if not math.isfinite(alpha):
+        raise InputError(f"--alpha {alpha} is not a finite number; try 1 (the activation's own norm) or 0.5.")
+    if max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens {max_new_tokens} must be at least 1.")
+
+
+def original_explanation(engine, index: int, sampling: Sampling = Sampling(),
+                         cancel: threading.Event | None = None) -> str:
+    """The token's latest explanation; explained now if it has none."""
+    have = engine.explanations.get(index)
+    if have:
+        return have[0].text
+    exps = engine.explain([index], sampling, cancel=cancel)
+    if not exps:
+        raise Cancelled()
+    return exps[0].text
+
+
+def steering_vector(engine, index: int, original: str, edited: str, alpha: float) -> np.ndarray:
+    """AR(edited) − AR(original), rescaled to ‖activation[index]‖ × alpha."""
+    if original.strip() == edited.strip():
+        raise InputError("The edited explanation is the same as the original, so there is no direction to "
+                         "steer in: change what it says (a concept, an entity, a sentiment).")
+    recon = engine.ar.reconstruct([original, edited]).astype(np.float64)
+    diff = recon[1] - recon[0]
+    n = float(np.linalg.norm(diff))
+    if not np.isfinite(diff).all() or n == 0.0:
+        raise InputError("The AR reconstructs the original and the edited explanation to the same vector, so "
+                         "there is no direction to steer in: change the explanation more.")
+    act_norm = float(np.linalg.norm(engine.activations[index]))
+    return (diff / n * act_norm * alpha).astype(np.float32)
+
+
+def what_if(engine, index: int, edited: str, alpha: float = DEFAULT_ALPHA, span: str = "here",
+            max_new_tokens: int = DEFAULT_CONTINUATION, original: str | None = None,
+            sampling: Sampling = Sampling(), cancel: threading.Event | None = None,
+            keep: bool = True) -> SteeredBranch:
+    """Regenerate from token `index` with the steering vector in place; the unsteered
+    continuation is decoded the same way in the same call, so the two compare like for
+    like. The branch is appended to engine.steered (keep=True); the conversation is
+    not changed."""
+    check_request(engine, index, edited, alpha, span, max_new_tokens)
+    if original is None:
+        original = original_explanation(engine, index, sampling, cancel)
+    vector = steering_vector(engine, index, original, edited, alpha)
+    lo, hi = positions(index, span)
+    subject = engine.subject
+    ids = [t.token_id for t in engine.tokens[:index + 1]]
+    plain = continue_from(subject, ids, max_new_tokens, cancel=cancel)
+    with steer(subject, vector, lo, hi):
+        after = top_candidates(subject, last_logits(subject, ids))
+        steered = continue_from(subject, ids, max_new_tokens, steered=True, cancel=cancel)
+    if cancel is not None and cancel.is_set():
+        raise Cancelled()
+    from ..store.session import now_iso
+
+    piece = lambda t: subject.tok.decode([t])  # noqa: E731
+    branch = SteeredBranch(
+        index=index, token_text=engine.tokens[index].text, layer=subject.layer, original_explanation=original,
+        edited_explanation=edited, alpha=float(alpha), span=span, vector_norm=float(np.linalg.norm(vector)),
+        before=list(engine.tokens[index].top), after=after, original_tokens=[piece(t) for t in plain],
+        steered_tokens=[piece(t) for t in steered], original_ids=plain, steered_ids=steered, created=now_iso())
+    if keep:
+        engine.steered.append(branch)
+    return branch
+
+
+def compare(engine, i: int, j: int, sampling: Sampling = Sampling(),
+            cancel: threading.Event | None = None) -> Comparison:
+    """cos(a, b) and the explanations of a − b and b − a, each scored by the AR
+    against its own difference vector. a == b gives the zero vector and a message."""
+    engine._need_models()
+    _check_index(engine, i, "Token")
+    _check_index(engine, j, "Token")
+    c = compare_activations(engine.activations, i, j)
+    if c.message:  # a == b: nothing to explain, no model runs
+        return c
+    exps = engine.explain_vectors(np.stack([c.vector, -c.vector]), sampling, cancel=cancel)
+    if len(exps) < 2:
+        raise Cancelled()
+    c.a_minus_b, c.b_minus_a = exps
+    return c

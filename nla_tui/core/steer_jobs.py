@@ -1,0 +1,59 @@
+"""Worker jobs and events for what-if (steering) and compare. Plain dataclasses, like
+events.py (torch-free: the UI imports them); the worker runs them in
+runtime/steer_worker.py (a mixin of EngineWorker)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .branches import Comparison, SteeredBranch
+from .events import PRIORITY_EXPLAIN, Event, Job
+from .types import Sampling
+
+
+@dataclass
+class WhatIf(Job):
+    """Regenerate from token `index` steered toward `edited` (whatif.what_if)."""
+
+    index: int
+    edited: str
+    original: str | None = None
+    alpha: float = 1.0
+    span: str = "here"
+    max_new_tokens: int = 32
+    sampling: Sampling = field(default_factory=Sampling)
+
+    @property
+    def key(self) -> str:
+        return f"whatif:{id(self)}"  # never deduplicated: each edit is its own branch
+
+    @property
+    def priority(self) -> int:
+        return PRIORITY_EXPLAIN
+
+
+@dataclass
+class Compare(Job):
+    """Explain a − b and b − a for tokens i and j (whatif.compare)."""
+
+    i: int
+    j: int
+    sampling: Sampling = field(default_factory=Sampling)
+
+    @property
+    def key(self) -> str:
+        return "compare"
+
+    @property
+    def priority(self) -> int:
+        return PRIORITY_EXPLAIN
+
+
+@dataclass
+class WhatIfDone(Event):
+    branch: SteeredBranch
+
+
+@dataclass
+class CompareDone(Event):
+    comparison: Comparison

@@ -1,0 +1,63 @@
+"""What-if branches in exports (Markdown and HTML); JSON carries them as the session's
+`steered` list. Kept apart from export.py so the branch rendering has one home."""
+
+from __future__ import annotations
+
+import html
+from itertools import groupby
+
+from ..branches import SteeredBranch, token_diff
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", "⏎").replace("`", "'")
+
+
+def _top(cands) -> str:
+    return ", ".join(f"{c.text!r} {c.prob:.2f}" for c in cands)
+
+
+def _marked_md(pieces: list[tuple[str, bool]]) -> str:
+    """Changed runs in **bold**."""
+    runs = ("".join(t for t, _ in group) for _, group in groupby(pieces, key=lambda p: p[1]))
+    flags = (ch for ch, _ in groupby(pieces, key=lambda p: p[1]))
+    return "".join(f"**{_md(r)}**" if ch and r.strip() else _md(r) for r, ch in zip(runs, flags))
+
+
+def branches_markdown(branches: list[SteeredBranch]) -> list[str]:
+    if not branches:
+        return []
+    lines = ["## What-if branches", "",
+             "Each branch regenerates from one token with a steering vector added at layer K: "
+             "AR(edited) − AR(original), scaled to the activation's norm × α. "
+             "Changed words in **bold**.", ""]
+    for n, b in enumerate(branches, 1):
+        left, right = token_diff(b.original_tokens, b.steered_tokens)
+        lines += [f"### {n}. token {b.index} {_md(repr(b.token_text))}, α = {b.alpha:g}, span {b.span}", "",
+                  f"- original explanation: {_md(b.original_explanation)}",
+                  f"- edited explanation: {_md(b.edited_explanation)}",
+                  f"- next-token top-5 before: {_md(_top(b.before))}",
+                  f"- next-token top-5 after: {_md(_top(b.after))}",
+                  f"- original continuation: {_marked_md(left) if left else '(none)'}",
+                  f"- steered continuation: {_marked_md(right) if right else '(none)'}", ""]
+    return lines
+
+
+def _marked_html(pieces: list[tuple[str, bool]]) -> str:
+    return "".join(f"<mark>{html.escape(t)}</mark>" if ch else html.escape(t) for t, ch in pieces)
+
+
+def branches_html(branches: list[SteeredBranch]) -> str:
+    if not branches:
+        return ""
+    rows = []
+    for b in branches:
+        left, right = token_diff(b.original_tokens, b.steered_tokens)
+        rows.append(
+            f"<tr><td>{b.index} {html.escape(repr(b.token_text))}<br>α {b.alpha:g} · {html.escape(b.span)}</td>"
+            f"<td>{html.escape(b.original_explanation)}<hr>{html.escape(b.edited_explanation)}</td>"
+            f"<td>{html.escape(_top(b.before))}<hr>{html.escape(_top(b.after))}</td>"
+            f"<td>{_marked_html(left)}<hr>{_marked_html(right)}</td></tr>")
+    return ('<section id="branches"><h2>What-if branches</h2><table class="branches">'
+            "<tr><th>token</th><th>explanation: original / edited</th><th>top-5: before / after</th>"
+            "<th>continuation: original / steered</th></tr>" + "".join(rows) + "</table></section>")

@@ -1,0 +1,71 @@
+"""What-if (w) and compare (c) in the app: the keys, the jobs, and the result screens.
+
+Kept out of app.py like session_actions.py; the app calls `steer_event(e)` for every
+core event and `clear_compare_mark()` on Esc.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..core import events as ev
+from ..core.steer_jobs import Compare, CompareDone, WhatIf, WhatIfDone
+from .screens.steer import CompareScreen, SteeredScreen, WhatIfDialog
+
+STEER_TOKENS = 32  # continuation length of a what-if (both branches)
+
+
+class SteerActions:
+    compare_mark: int | None = None
+    steer_alpha: float = 1.0
+    steer_span: str = "here"
+
+    def action_what_if(self) -> None:
+        app: Any = self
+        index = app._cursor()
+        if index is None:
+            return
+        best = app.state.best(index)
+        if best is None:
+            app.notify("Explain this token first (e): what-if edits its explanation.", severity="warning")
+            return
+        token = app.state.tokens[index].text
+
+        def done(result: tuple[str, float, str] | None) -> None:
+            if result is None:
+                return
+            edited, self.steer_alpha, self.steer_span = result
+            app.submit(WhatIf(index, edited, original=best.text, alpha=self.steer_alpha, span=self.steer_span,
+                              max_new_tokens=getattr(app.options, "steer_tokens", None) or STEER_TOKENS,
+                              sampling=app._sampling(False)))
+            app.notify(f"Steering from token {index}: regenerating with and without the edit…", timeout=4)
+
+        app.push_screen(WhatIfDialog(index, token, best.text, self.steer_alpha, self.steer_span), done)
+
+    def action_compare(self) -> None:
+        app: Any = self
+        index = app._cursor()
+        if index is None:
+            return
+        if self.compare_mark is None:
+            self.compare_mark = index
+            app.notify(f"A = token {index} {app.state.tokens[index].text!r}. Move to B and press c "
+                       "(Esc clears A).", timeout=5)
+            return
+        a, self.compare_mark = self.compare_mark, None
+        app.submit(Compare(a, index, app._sampling(False)))
+        app.notify(f"Comparing token {a} with token {index}: explaining a − b and b − a…", timeout=4)
+
+    def clear_compare_mark(self) -> None:
+        self.compare_mark = None
+
+    def steer_event(self, e: ev.Event) -> None:
+        app: Any = self
+        st = app.state
+        if isinstance(e, WhatIfDone):
+            st.steered.append(e.branch)
+            app.push_screen(SteeredScreen(e.branch, st.untrained_av))
+        elif isinstance(e, CompareDone):
+            c = e.comparison
+            text = lambda i: st.tokens[i].text if 0 <= i < len(st.tokens) else "?"  # noqa: E731
+            app.push_screen(CompareScreen(c, text(c.i), text(c.j), st.untrained_av))

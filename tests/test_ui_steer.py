@@ -1,0 +1,80 @@
+"""What-if (w) and compare (c) keys, over a replay of the real recorded session and the
+what-if branch / comparison recorded from the real demo engine beside it."""
+
+from textual.widgets import Input, Label, TextArea
+
+from nla_tui.core.steer_jobs import Compare, WhatIf
+from nla_tui.ui.screens.steer import CompareScreen, SteeredScreen, WhatIfDialog
+
+from _support_ui import (COMPARE_PAIR, STEER_EDIT, STEER_TOKEN, Holder, async_test, replay_app, settle_replay,
+                         wait_until)
+
+
+@async_test
+async def test_what_if_edits_the_explanation_and_shows_the_branch():
+    holder = Holder()
+    app = replay_app(preload=True, holder=holder)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle_replay(pilot, app)
+        app.strip.set_cursor(STEER_TOKEN)
+        original = app.state.best(STEER_TOKEN).text
+        await pilot.press("w")
+        await wait_until(pilot, lambda: isinstance(app.screen, WhatIfDialog), "the editor")
+        dialog = app.screen
+        assert dialog.query_one(TextArea).text == original
+        await pilot.press("ctrl+s")  # unchanged: refused in the dialog, nothing submitted
+        assert "Change the explanation" in str(dialog.query_one("#dialog-error", Label).render())
+        dialog.query_one(TextArea).load_text(STEER_EDIT)
+        dialog.query_one("#whatif-alpha", Input).value = "x"
+        await pilot.press("ctrl+s")
+        assert "α must be a number" in str(dialog.query_one("#dialog-error", Label).render())
+        dialog.query_one("#whatif-alpha", Input).value = "1"
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: isinstance(app.screen, SteeredScreen), "the steered branch")
+        job = [j for j in holder.worker.jobs_seen if isinstance(j, WhatIf)][-1]
+        assert (job.index, job.edited, job.original, job.alpha, job.span) == (
+            STEER_TOKEN, STEER_EDIT, original, 1.0, "here")
+        branch = app.screen.branch
+        assert app.state.steered == [branch] and branch.index == STEER_TOKEN
+        assert app.keeper.snapshot().steered == [branch]  # saved with the session, exported with it
+        await pilot.press("escape")
+        assert not isinstance(app.screen, SteeredScreen)
+
+
+@async_test
+async def test_what_if_needs_an_explanation_first():
+    holder = Holder()
+    app = replay_app(holder=holder)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_until(pilot, lambda: app.state.info is not None, "models ready")
+        await pilot.press("w")  # no token yet
+        await pilot.pause()
+        assert not isinstance(app.screen, WhatIfDialog)
+        assert not any(isinstance(j, WhatIf) for j in holder.worker.jobs_seen)
+
+
+@async_test
+async def test_compare_marks_a_then_b():
+    holder = Holder()
+    app = replay_app(preload=True, holder=holder)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle_replay(pilot, app)
+        a, b = COMPARE_PAIR
+        app.strip.set_cursor(a)
+        await pilot.press("c")
+        assert app.compare_mark == a
+        await pilot.press("escape")  # Esc clears A
+        assert app.compare_mark is None
+        await pilot.press("c")
+        app.strip.set_cursor(b)
+        await pilot.press("c")
+        await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen), "the comparison")
+        job = [j for j in holder.worker.jobs_seen if isinstance(j, Compare)][-1]
+        assert (job.i, job.j) == (a, b) and app.compare_mark is None
+        c = app.screen.c
+        assert c.a_minus_b.text and c.b_minus_a.text and c.a_minus_b.score is not None
+        await pilot.press("escape")
+        # the same token twice: the zero vector and the message, no explanation
+        await pilot.press("c", "c")
+        await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen), "the self-comparison")
+        assert "zero vector" in app.screen.c.message and app.screen.c.a_minus_b is None
