@@ -46,16 +46,17 @@ class WhatIfDialog(ModalScreen[tuple[str, float, str] | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog -whatif"):
-            yield Label(f"What if token {self.index} {safe_text(repr(self.token))} had meant… Edit its "
-                        "explanation, then ctrl+s: the subject regenerates from here, steered by "
-                        "AR(edited) − AR(original). Esc cancels.", classes="dialog-title")
+            yield Static(f"What if token {self.index} {safe_text(repr(self.token))} had meant… Edit its "
+                         "explanation, then ctrl+s: the subject regenerates from here, steered by "
+                         "AR(edited) − AR(original). Esc cancels.", classes="dialog-title")
             yield TextArea(self.original, id="whatif-area")
             with Horizontal(id="whatif-options"):
-                yield Label("α (× activation norm)", classes="whatif-label")
+                yield Label("strength α (× ‖activation‖)", classes="whatif-label")
                 yield Input(value=f"{self.alpha:g}", id="whatif-alpha")
+                yield Label("span", classes="whatif-label")
                 with RadioSet(id="whatif-span"):
-                    yield RadioButton("this token", value=self.span == "here", id="span-here")
-                    yield RadioButton("this token onward", value=self.span == "onward", id="span-onward")
+                    yield RadioButton("here", value=self.span == "here", id="span-here")
+                    yield RadioButton("onward", value=self.span == "onward", id="span-onward")
             yield Label("", id="dialog-error", classes="dialog-error")
 
     def action_steer(self) -> None:
