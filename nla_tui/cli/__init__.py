@@ -6,6 +6,7 @@
     nla-tui open PATH | export SESSION                       saved sessions     (open.py, export.py)
     nla-tui steer | compare SESSION …                       what-if, difference of two tokens (steer.py, compare.py)
     nla-tui explain-vectors FILE                             explain any vectors (explain_vectors.py)
+    nla-tui cache list|clear [KIND ...]                      quantised models, activations, explanations (cache.py)
     nla-tui bench                                            from a source checkout (bench/cli.py)
 
 One module per subcommand, each with add_subparser(sub); they are registered by
@@ -21,10 +22,10 @@ import importlib.util
 import sys
 
 from ..core.errors import NlaError
-from . import check, compare, explain_vectors, export, open, run, steer, tui
+from . import cache, check, compare, explain_vectors, export, open, run, steer, tui
 from .common import EXIT_USER_ERROR, add_display_args, add_model_args
 
-SUBCOMMANDS = (run, check, open, export, steer, compare, explain_vectors)
+SUBCOMMANDS = (run, check, open, export, steer, compare, explain_vectors, cache)
 
 
 def _add_bench(sub) -> None:

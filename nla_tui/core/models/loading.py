@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -19,6 +20,7 @@ from .chat_template import ensure_chat_template
 from ..errors import CheckpointError, NlaError
 
 QUANTS = ("nf4", "int8", "bf16", "fp32")
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -131,9 +133,15 @@ def is_multimodal(config) -> bool:
     return hasattr(config, "text_config") and getattr(config, "model_type", "") == "gemma3"
 
 
-def load_model(ckpt: Checkpoint, quant: str, device: str, device_map: Any = None, max_memory: Any = None):
-    """Load a causal LM, text-only or Gemma 3's multimodal wrapper, in `quant`."""
+def load_model(ckpt: Checkpoint, quant: str, device: str, device_map: Any = None, max_memory: Any = None,
+               quant_cache=None, progress: Callable[[float, str], None] | None = None):
+    """Load a causal LM, text-only or Gemma 3's multimodal wrapper, in `quant`.
+
+    With a `quant_cache` (quant_cache.QuantCache), an nf4/int8 model is read from its
+    pre-quantised copy when there is one, and saved there after quantising when there is not."""
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .quant_cache import load_cached
 
     try:
         config = AutoConfig.from_pretrained(str(ckpt.path))
@@ -147,13 +155,22 @@ def load_model(ckpt: Checkpoint, quant: str, device: str, device_map: Any = None
     kwargs["device_map"] = device_map if device_map is not None else {"": device}
     if max_memory is not None:
         kwargs["max_memory"] = max_memory
-    try:
-        model = cls.from_pretrained(str(ckpt.path), **kwargs)
-    except torch.cuda.OutOfMemoryError:
-        raise NlaError(f"Out of GPU memory loading {ckpt.name} in {quant}. Try --quant nf4, "
-                       f"fewer models per card (--devices), or a smaller preset.") from None
-    except (OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f"Could not load the weights of {ckpt.name} ({type(e).__name__}: {e}).") from None
+
+    def from_pretrained(cached: str | None):
+        # A cached entry is already quantised: its config.json carries the quantization_config.
+        kw = kwargs if cached is None else {k: v for k, v in kwargs.items() if k != "quantization_config"}
+        try:
+            return cls.from_pretrained(cached or str(ckpt.path), **kw)
+        except torch.cuda.OutOfMemoryError:
+            raise NlaError(f"Out of GPU memory loading {ckpt.name} in {quant}. Try --quant nf4, "
+                           f"fewer models per card (--devices), or a smaller preset.") from None
+        except (OSError, ValueError, KeyError) as e:
+            if cached is not None:
+                raise  # quant_cache discards the entry and loads the checkpoint instead
+            raise CheckpointError(f"Could not load the weights of {ckpt.name} ({type(e).__name__}: {e}).") from None
+
+    dtype = str(kwargs["dtype"]).removeprefix("torch.")
+    model = load_cached(ckpt, quant, dtype, from_pretrained, quant_cache, progress, _log.warning)
     model.eval()
     model.requires_grad_(False)
     return model

@@ -79,7 +79,8 @@ class Engine:
             kw = placement_kwargs(placement, key) if placement else {}
             where = placement.label(key) if placement else device
             report(key, 0.0, f"loading {ckpts[key].name} ({quant}, {where})")
-            models[key] = (load_model(ckpts[key], quant, device, kw.get("device_map"), kw.get("max_memory")),
+            models[key] = (load_model(ckpts[key], quant, device, kw.get("device_map"), kw.get("max_memory"),
+                                      self.caches.quantised, lambda f, m, k=key: report(k, f, m)),
                            load_tokenizer(ckpts[key]))
             report(key, 1.0, "loaded")
         self.placement_text = describe_placement(placement, models) if placement else device

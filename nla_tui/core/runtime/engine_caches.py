@@ -34,10 +34,14 @@ class EngineCaches:
             enabled = os.environ.get("NLA_TUI_NO_CACHE", "") in ("", "0")
         self.activations: ActivationCache | None = None
         self.explanations: ExplanationCache | None = None
+        self.quantised = None  # quant_cache.QuantCache: pre-quantised nf4/int8 models
         if enabled:
             try:
                 self.activations = ActivationCache(root, max_bytes)
                 self.explanations = ExplanationCache(root)
+                from ..models.quant_cache import QuantCache
+
+                self.quantised = QuantCache(root)
             except OSError as e:  # read-only or full cache dir: run uncached, don't fail
                 log.warning("caches disabled: cannot use %s (%s)", root or "the cache dir", e)
                 self.activations = self.explanations = None

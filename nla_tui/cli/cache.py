@@ -1,0 +1,73 @@
+"""`nla-tui cache list|clear`: what nla-tui keeps in its user cache, and removing it.
+
+Three caches live under the cache root (NLA_TUI_CACHE or the platform user cache dir):
+quantised/ (pre-quantised nf4/int8 models, core/quant_cache.py), activations/ and
+explanations/ (core/cache.py). The demo models under models/ are not touched here: they
+are rebuilt only when their version changes. `clear` removes only what nla-tui wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+KINDS = ("quantised", "activations", "explanations")
+GiB = 1 << 30
+
+
+def add_subparser(subparsers) -> None:
+    p = subparsers.add_parser("cache", help="list or clear nla-tui's caches (quantised models, activations, explanations)")
+    p.add_argument("action", choices=["list", "clear"])
+    p.add_argument("kinds", nargs="*", metavar="KIND",
+                   help=f"which caches ({', '.join(KINDS)}); default all of them")
+    p.set_defaults(func=run)
+
+
+def _size(n: int) -> str:
+    return f"{n / GiB:.2f} GiB" if n >= GiB / 10 else f"{n / (1 << 20):.1f} MiB"
+
+
+def _disk_caches(root):
+    from ..core.store.cache import ActivationCache, ExplanationCache
+
+    return {"activations": ActivationCache(root), "explanations": ExplanationCache(root)}
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..core.models.quant_cache import QuantCache
+    from ..paths import cache_root
+
+    from ..core.errors import InputError
+
+    bad = [k for k in args.kinds if k not in KINDS]
+    if bad:
+        raise InputError(f"Unknown cache {bad[0]!r}: name one or more of {', '.join(KINDS)}, or none for all.")
+    root = cache_root()
+    kinds = args.kinds or list(KINDS)
+    quant = QuantCache(root)
+    others = {k: c for k, c in _disk_caches(root).items() if k in kinds}
+    if args.action == "list":
+        print(f"cache root: {root}")
+        if "quantised" in kinds:
+            entries = quant.entries()
+            print(f"quantised models: {len(entries)} ({_size(sum(e.size for e in entries))} of "
+                  f"{_size(quant.bound)} allowed; NLA_TUI_QUANT_CACHE_MAX_BYTES) in {quant.dir}")
+            for e in sorted(entries, key=lambda e: -e.last_used):
+                src = e.meta.get("source", {})
+                used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
+                print(f"  {e.path.name}  {src.get('quant', '?'):<4} {_size(e.size):>10}  last used {used}  "
+                      f"{src.get('name', '?')} @ {str(src.get('revision'))[:16]} "
+                      f"(transformers {src.get('transformers', '?')}, bitsandbytes {src.get('bitsandbytes', '?')})")
+        for name, c in others.items():
+            print(f"{name}: {len(c)} entries, {_size(c.total_bytes())} of {_size(c.max_bytes)} allowed, in {c.dir}")
+        return 0
+    if "quantised" in kinds:
+        removed, freed, foreign = quant.clear()
+        print(f"quantised models: removed {removed} ({_size(freed)})")
+        for p in foreign:
+            print(f"  left alone (not written by nla-tui): {p}")
+    for name, c in others.items():
+        n, size = len(c), c.total_bytes()
+        c.clear()
+        print(f"{name}: removed {n} entries ({_size(size)})")
+    return 0
