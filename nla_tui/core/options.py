@@ -26,6 +26,7 @@ class EngineOptions:
     devices: str | None = None  # --devices: "subject=0,av=1,ar=1"; None = place by free GPU memory
     cache: bool | None = None  # on-disk activation/explanation caches; None = on unless NLA_TUI_NO_CACHE=1
     cache_dir: str | None = None  # default: NLA_TUI_CACHE or the user cache dir
+    park: str | None = None  # explain-all: "auto" (default), "always" or "never" park the subject + AR
 
 
 def from_args(args: Any) -> EngineOptions:

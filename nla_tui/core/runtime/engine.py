@@ -54,6 +54,10 @@ class Engine:
         self.steered: list = []  # what-if branches (runtime/whatif.py); the conversation itself never changes
         self.placement_text = ""
         self.caches = EngineCaches(options.cache_dir, options.cache)
+        # Explain-all: "auto" parks the subject and AR off the AV's card when that saves AV passes.
+        self.park_policy = options.park or "auto"
+        self.park_state: dict = {"parked": []}
+        self.last_explain_plan: dict = {}
 
     @classmethod
     def from_options(cls, **kw) -> "Engine":
@@ -218,11 +222,25 @@ class Engine:
                 on_delta: Callable[[int, str], None] | None = None, cancel: threading.Event | None = None,
                 batch_size: int | None = None,
                 on_batch: Callable[[list[Explanation]], None] | None = None) -> list[Explanation]:
-        """Explain the tokens at `indices`, batched; results are also kept in self.explanations."""
+        """Explain the tokens at `indices`, batched; results are also kept in self.explanations.
+        Without a batch_size, explain_all.plan_for sizes the batch from free memory and may park
+        the subject and AR in host memory during the AV passes (parking.py)."""
+        from .explain_all import explain_parked, plan_for
+
         self._need_models()
         self._check_indices(indices)
+        plan = plan_for(self, len(indices), sampling.max_new_tokens) if batch_size is None else None
+        self.last_explain_plan = {"park": False, "batch": batch_size or plan.batch,
+                                  "reason": plan.reason if plan else "batch size given"}
+        if plan is not None and plan.park:
+            def keep(exps: list[Explanation]) -> None:
+                for e in exps:
+                    self.explanations.setdefault(e.index, []).insert(0, e)
+                if on_batch and exps:
+                    on_batch(exps)
+            return explain_parked(self, indices, sampling, prompt, on_delta, cancel, keep, plan)
         out: list[Explanation] = []
-        batch_size = batch_size or self.explain_batch_size(sampling.max_new_tokens)
+        batch_size = batch_size or plan.batch
         for b in range(0, len(indices), batch_size):
             if cancel is not None and cancel.is_set():
                 break
@@ -236,21 +254,16 @@ class Engine:
                 on_batch(exps)
         return out
 
-    def explain_batch_size(self, max_new_tokens: int, cap: int = 160) -> int:
-        """Rows per AV batch. Explain-all throughput grows with the batch (BENCHMARKS.md:
-        ~140 tok/s at 8 rows, ~1,750 at 150 on an H100), bounded by the KV cache that
-        fits in the AV card's free memory (half of it, leaving room for the AR pass)."""
-        import torch
+    def explain_batch_size(self, max_new_tokens: int, cap: int = 160, rows: int = 160) -> int:
+        """Rows per AV pass for `rows` explanations without parking: the bf16 KV cache that fits in
+        the AV card's free memory (explain_all.py), 16 on CPU. Throughput grows with the batch
+        (BENCHMARKS.md: ~140 tok/s at 8 rows, ~1,750 at 150 on an H100)."""
+        from .explain_all import CPU_BATCH, kv_bytes_per_row
+        from ..models.parking import free_bytes, rows_that_fit
 
-        if not self.av.device.type == "cuda":
-            return 16
-        cfg = text_config(self.av.model)
-        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        tokens = len(self.av.canonical_ids) + max_new_tokens
-        per_row = 2 * cfg.num_hidden_layers * heads * head_dim * 2 * tokens + 8 * cfg.vocab_size
-        free, _ = torch.cuda.mem_get_info(self.av.device)
-        return max(1, min(cap, int(free * 0.5 // per_row)))
+        if self.av.device.type != "cuda":
+            return CPU_BATCH
+        return rows_that_fit(free_bytes(self.av.device), kv_bytes_per_row(self.av, max_new_tokens), cap, rows)
 
     def explain_samples(self, index: int, samples: int, sampling: Sampling, prompt: str | None = None,
                         cancel: threading.Event | None = None) -> list[Explanation]:

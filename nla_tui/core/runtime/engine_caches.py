@@ -61,6 +61,22 @@ class EngineCaches:
                               "top_probs": np.asarray(cap.top_probs, np.float32)})
         return cap
 
+    def cached(self, info: ModelInfo, vectors: np.ndarray, sampling: Sampling, prompt: str | None,
+               indices: list[int]) -> list[Explanation | None]:
+        """The cached explanation of each vector, None where there is none (or caching is off)."""
+        if self.explanations is None:
+            return [None] * len(vectors)
+        ident = av_identity(info)
+        return [self.explanations.get(ident, v, prompt, sampling, i) for v, i in zip(vectors, indices)]
+
+    def store(self, info: ModelInfo, vectors: np.ndarray, sampling: Sampling, prompt: str | None,
+              exps: list[Explanation]) -> None:
+        if self.explanations is None:
+            return
+        ident = av_identity(info)
+        for v, e in zip(vectors, exps):
+            self.explanations.put(ident, v, prompt, sampling, e)
+
     def explain(self, info: ModelInfo, vectors: np.ndarray, sampling: Sampling, prompt: str | None,
                 on_text: Callable[[int, str], None] | None, cancel: threading.Event | None,
                 indices: list[int] | None, compute: Callable[..., list[Explanation]]) -> list[Explanation]:

@@ -1,0 +1,129 @@
+"""Explain-all memory (core/parking.py, core/explain_all.py): the park/batch decision from
+free memory, and the subject + AR always coming back, whether explain-all ends, is cancelled
+or fails. The engine tests use the real demo models on CPU with parking forced."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from nla_tui.core.models.parking import GIB, HOST_RESERVE, parked, passes, plan_explain
+from nla_tui.core.types import Sampling
+
+# One 27B AV row: 62 layers x 2 (K, V) x 16 heads x 128 x bf16 over 48 + 200 tokens, + fp32 logits.
+ROW_27B = 2 * 62 * 16 * 128 * 2 * 248 + 8 * 262208
+
+
+def test_48gb_card_parks_and_runs_150_rows_in_one_pass():
+    # Three 27B nf4 models (~41 GiB) on a 44 GiB budget leave ~3 GiB: ~12 rows, 13 passes.
+    plan = plan_explain(150, ROW_27B, free=3 * GIB, parkable=26 * GIB, host_free=64 * GIB)
+    assert plan.park and plan.batch == 150 and passes(150, plan.batch) == 1
+    unparked = plan_explain(150, ROW_27B, free=3 * GIB, parkable=0, host_free=64 * GIB)
+    assert not unparked.park and passes(150, unparked.batch) > 10
+
+
+def test_no_parking_when_everything_already_fits():
+    plan = plan_explain(150, ROW_27B, free=60 * GIB, parkable=26 * GIB, host_free=64 * GIB)
+    assert not plan.park and plan.batch == 150
+
+
+def test_no_parking_without_host_memory_or_when_it_saves_too_little():
+    short = plan_explain(150, ROW_27B, free=3 * GIB, parkable=26 * GIB, host_free=26 * GIB + HOST_RESERVE - 1)
+    assert not short.park and "host memory" in short.reason
+    assert not plan_explain(150, ROW_27B, free=3 * GIB, parkable=26 * GIB, host_free=None).park
+    # Parking 0.5 GiB adds a few rows: one pass saved is not worth two copies of the weights.
+    small = plan_explain(30, ROW_27B, free=3 * GIB, parkable=GIB // 2, host_free=64 * GIB)
+    assert not small.park and "save" in small.reason
+
+
+def test_batch_never_exceeds_the_rows_or_the_cap_and_is_at_least_one():
+    assert plan_explain(5, ROW_27B, free=80 * GIB, parkable=0, host_free=None).batch == 5
+    assert plan_explain(500, ROW_27B, free=3 * GIB, parkable=60 * GIB, host_free=99 * GIB, cap=64).batch == 64
+    assert plan_explain(500, ROW_27B, free=0, parkable=0, host_free=None).batch == 1
+
+
+def test_parked_restores_storage_when_the_block_raises():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 4))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ptrs = {n: p.data_ptr() for n, p in model.named_parameters()}
+    state: dict = {}
+    with pytest.raises(RuntimeError, match="boom"):
+        with parked({"m": model}, torch.device("cpu"), state=state) as sizes:
+            assert state["parked"] == ["m"] and sizes["m"] == sum(p.numel() * 4 for p in model.parameters())
+            assert all(p.data_ptr() != ptrs[n] for n, p in model.named_parameters())  # moved to the copies
+            raise RuntimeError("boom")
+    assert state["parked"] == []
+    for n, p in model.named_parameters():
+        assert p.device.type == "cpu" and torch.equal(p, before[n])
+
+
+def _param_snapshot(model):
+    return {n: (p.device, p.detach().flatten()[:64].clone()) for n, p in list(model.named_parameters())[:6]}
+
+
+def _assert_back(model, snap):
+    now = dict(model.named_parameters())
+    for n, (dev, head) in snap.items():
+        assert now[n].device == dev and torch.equal(now[n].detach().flatten()[:64], head)
+
+
+@pytest.fixture
+def parking_engine(demo_engine):
+    demo_engine.park_policy = "always"
+    yield demo_engine
+    demo_engine.park_policy = "auto"
+
+
+SAMPLING = Sampling(max_new_tokens=6)
+
+
+@pytest.mark.slow
+def test_parked_explain_all_matches_unparked_and_parks_during_the_av(parking_engine, monkeypatch):
+    eng = parking_engine
+    idx = list(range(min(5, len(eng.tokens))))
+    eng.park_policy = "never"
+    plain = eng.explain(idx, SAMPLING)
+    assert eng.last_explain_plan["park"] is False
+    eng.park_policy = "always"
+    subj_ptr = eng.subject.model.get_input_embeddings().weight.data_ptr()
+    seen = {}
+    real = eng.av.generate
+
+    def spy(*a, **k):
+        seen["parked"] = list(eng.park_state["parked"])
+        seen["moved"] = eng.subject.model.get_input_embeddings().weight.data_ptr() != subj_ptr
+        return real(*a, **k)
+    monkeypatch.setattr(eng.av, "generate", spy)
+    got = eng.explain(idx, SAMPLING)
+    assert seen == {"parked": ["ar", "subject"], "moved": True}
+    assert eng.last_explain_plan["park"] is True and eng.park_state["parked"] == []
+    assert [(e.index, e.raw, e.score.cos) for e in got] == [(e.index, e.raw, e.score.cos) for e in plain]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["fails", "cancelled"])
+def test_models_come_back_when_explain_all_fails_or_is_cancelled(parking_engine, monkeypatch, how):
+    eng = parking_engine
+    snaps = {"subject": _param_snapshot(eng.subject.model), "ar": _param_snapshot(eng.ar.model)}
+    score_before = eng.score("Paris is the capital.", eng.activations[1])
+    cancel = threading.Event()
+
+    def stop(*a, **k):
+        assert eng.park_state["parked"] == ["ar", "subject"]
+        if how == "fails":
+            raise RuntimeError("AV crashed")
+        cancel.set()
+        return ["partial"] * len(a[0])
+    monkeypatch.setattr(eng.av, "generate", stop)
+    if how == "fails":
+        with pytest.raises(RuntimeError, match="AV crashed"):
+            eng.explain([0, 1, 2], SAMPLING, cancel=cancel)
+    else:
+        assert eng.explain([0, 1, 2], SAMPLING, cancel=cancel) == []
+    assert eng.park_state["parked"] == []
+    _assert_back(eng.subject.model, snaps["subject"])
+    _assert_back(eng.ar.model, snaps["ar"])
+    monkeypatch.undo()
+    assert eng.score("Paris is the capital.", eng.activations[1]) == score_before
