@@ -8,12 +8,15 @@ from pathlib import Path
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("suite", choices=["gpu", "cpu", "ui"], help="gpu: 27B-shaped nf4; cpu: demo preset; ui: Pilot")
+    p.add_argument("suite", choices=["gpu", "multigpu", "cpu", "ui"],
+                   help="gpu: 27B-shaped nf4; multigpu: 2 cards capped at 24 GiB; cpu: demo preset; ui: Pilot")
     p.add_argument("--out", help="JSON file to write (default bench/results/<suite>.json)")
     p.add_argument("--new-tokens", type=int, default=None, help="tokens per explanation (gpu 200, cpu 48)")
     p.add_argument("--explain", type=int, default=None, help="explanations in explain-all (gpu 150, cpu 32)")
     p.add_argument("--mem-budget-gib", type=float, default=44.0, help="GPU memory target for explain-all")
-    p.add_argument("--dry-run", action="store_true", help="gpu suite on CPU with a tiny config (checks the script)")
+    p.add_argument("--dry-run", action="store_true", help="gpu/multigpu suite on CPU with a tiny config (checks the script)")
+    p.add_argument("--sections", help="gpu: comma list of sections to run (default all; see bench/gpu.py SECTIONS)")
+    p.add_argument("--workdir", help="gpu startup / multigpu: where to write the 27B-shaped checkpoint (default: TMPDIR)")
     p.set_defaults(func=run)
 
 
@@ -34,8 +37,24 @@ def run(args: argparse.Namespace) -> int:
             gpu.DEV.update(device="cpu", mode="bf16", tiny=True)
         rep = Report("gpu: Gemma-3-27B-shaped nf4, random weights", machine(gpu.DEV["device"]), command,
                      apply_targets=not args.dry_run)
+        sections = {x.strip() for x in args.sections.split(",")} if args.sections else None
+        unknown = sorted((sections or set()) - set(gpu.SECTIONS))
+        if unknown:
+            from nla_tui.core.errors import InputError
+
+            raise InputError(f"Unknown --sections {', '.join(unknown)}; choose from {', '.join(gpu.SECTIONS)}.")
         gpu.run(rep, out, new_tokens=args.new_tokens or (200 if not args.dry_run else 16),
-                n_explain=args.explain or (150 if not args.dry_run else 12), mem_budget_gib=args.mem_budget_gib)
+                n_explain=args.explain or (150 if not args.dry_run else 12), mem_budget_gib=args.mem_budget_gib,
+                sections=sections, workdir=args.workdir)
+    elif args.suite == "multigpu":
+        from . import gpu, multigpu
+
+        if args.dry_run:
+            gpu.DEV.update(device="cpu", mode="bf16", tiny=True)
+        rep = Report("multigpu: Gemma-3-27B-shaped nf4 on 2 cards capped at 24 GiB", machine(gpu.DEV["device"]),
+                     command, apply_targets=not args.dry_run)
+        multigpu.run(rep, out, new_tokens=args.new_tokens or (200 if not args.dry_run else 12),
+                     n_explain=args.explain or (150 if not args.dry_run else 10), workdir=args.workdir)
     elif args.suite == "cpu":
         from . import cpu
 

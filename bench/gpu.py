@@ -108,13 +108,47 @@ def step_ms(model, batch: int, max_len: int, steps: int = 20) -> tuple[float, bo
     return 1000 * (time.perf_counter() - t) / steps, graphed
 
 
-def run(rep: Report, out: Path, new_tokens: int = 200, n_explain: int = 150, mem_budget_gib: float = 44.0) -> None:
+# Sections `--sections` can pick; the builds they need run with them.
+SECTIONS = ("startup", "eager_b1", "fast_b1", "sweep", "eager_batch", "explain_all_capped", "explain_all_parked",
+            "explain_all_one_batch", "subject_chat", "capture", "ar_score", "denest_experiment")
+_NEEDS_THREE = {"explain_all_capped", "explain_all_parked", "explain_all_one_batch", "subject_chat", "capture",
+                "ar_score"}
+
+
+def cap_memory(gib: float | None) -> None:
+    """Enforce a per-process cap on card 0 (None lifts it): the allocator then fails as a card
+    of that size would."""
+    if DEV["device"] != "cuda":
+        return
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(1.0 if gib is None else min(1.0, gib * GIB / total), 0)
+
+
+def run(rep: Report, out: Path, new_tokens: int = 200, n_explain: int = 150, mem_budget_gib: float = 44.0,
+        sections: set[str] | None = None, workdir: str | None = None) -> None:
     cfg62, cfg42 = _cfg(62), _cfg(42)
     dev, mode = DEV["device"], DEV["mode"]
     layer_k = min(LAYER_K, cfg62.num_hidden_layers - 1)
     m: dict = {}
     d = rep.details
     max_len = AV_PROMPT + new_tokens
+    want = set(SECTIONS) if not sections else set(sections)
+    if "explain_all_parked" in want:
+        want.add("explain_all_capped")  # its baseline: today's path, same run
+    d["sections"] = sorted(want)
+
+    def section(name, fn):
+        if name in want:
+            rep.section(name, fn, out)
+
+    def startup():
+        from . import startup as st
+
+        # The dry run exercises the cache in nf4 on the CPU too (bitsandbytes runs there).
+        st.run(rep, out, _cfg, dev, "nf4" if mode == "bf16" else mode, workdir)
+    section("startup", startup)
+    if not want - {"startup"}:
+        return
 
     def build_av():
         t = time.perf_counter()
@@ -126,7 +160,7 @@ def run(rep: Report, out: Path, new_tokens: int = 200, n_explain: int = 150, mem
 
     def eager_b1():
         d["eager_b1_ms_per_step"] = hf_ms_per_step(av, _av_embeds(av, 1), 24)
-    rep.section("eager_b1", eager_b1, out)
+    section("eager_b1", eager_b1)
 
     def fast_b1():
         t = time.perf_counter()
@@ -157,18 +191,18 @@ def run(rep: Report, out: Path, new_tokens: int = 200, n_explain: int = 150, mem
         rep.add("av_explanation_200_s", med["total_s"], "s",
                 None if base is None else base * new_tokens / 1000, f"{new_tokens} new tokens, batch 1")
         rep.add("warmup_s", d["capture_b1_s"], "s", note="graph capture for batch 1 (more buckets: see details)")
-    rep.section("fast_b1", fast_b1, out)
+    section("fast_b1", fast_b1)
 
     def sweep():
         d["step_ms_by_batch"] = {}
         for b in (1, 8, 16, 32, 64, 96, 160):
             ms, graphed = step_ms(av, b, fd._round_len(max_len))
             d["step_ms_by_batch"][b] = {"ms": round(ms, 2), "tok_s": round(1000 * b / ms), "graph": graphed}
-    rep.section("sweep", sweep, out)
+    section("sweep", sweep)
 
     def eager_batch():
         d["eager_b150_ms_per_step"] = hf_ms_per_step(av, _av_embeds(av, n_explain), 12)
-    rep.section("eager_batch", eager_batch, out)
+    section("eager_batch", eager_batch)
     gc.collect()
     _reset_peak()
 
@@ -181,7 +215,8 @@ def run(rep: Report, out: Path, new_tokens: int = 200, n_explain: int = 150, mem
         m["head"] = value_head(cfg42.hidden_size, dev)
         d["build_ar_s"] = round(time.perf_counter() - t, 1)
         d["three_models_gib"] = _gib(_alloc())
-    rep.section("build_subject_ar", build_others, out)
+    if want & _NEEDS_THREE:
+        rep.section("build_subject_ar", build_others, out)
 
     def explain_all(label: str, max_batch: int, rows_n: int = n_explain):
         fd.clear(av)
@@ -227,8 +262,63 @@ def run(rep: Report, out: Path, new_tokens: int = 200, n_explain: int = 150, mem
         rep.add("explain_all_av_tok_s", toks / wall, "tok/s", base_tok_s, f"max_batch {mb}")
         rep.add("peak_gib_three_models_explain_all", d["explain_all_capped"]["peak_gib"], "GiB",
                 note="subject 62 + AV 62 + AR 42 layers nf4, during explain-all (capped)")
-        rep.add("warmup_s", d["capture_b1_s"] + cap, "s", note=f"graph capture, buckets 1 and {mb}")
-    rep.section("explain_all_capped", explain_all_capped, out)
+        rep.add("warmup_s", d.get("capture_b1_s", 0) + cap, "s", note=f"graph capture, buckets 1 and {mb}")
+    section("explain_all_capped", explain_all_capped)
+
+    def explain_all_parked():
+        # The product's path (nla_tui/core/parking.py): decide from the memory free within the
+        # budget, park the subject + AR (+ value head) in pinned host memory, size the batch from
+        # what is free then, decode all rows, bring them back. The cap is enforced by the allocator.
+        from nla_tui.core import parking as pk
+
+        c = cfg62
+        per_row = c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * 2 * fd._round_len(max_len) \
+            + 8 * c.vocab_size
+        budget = int(mem_budget_gib * GIB)
+        for model in (av, m["subject"], m["ar"]):
+            fd.clear(model)
+        gc.collect()
+        _reset_peak()
+        devt = torch.device(dev if dev != "cuda" else "cuda:0")
+        others = {"subject": m["subject"], "ar": m["ar"], "head": m["head"]}
+        plan = pk.plan_explain(n_explain, per_row, max(0, budget - _alloc()), pk.bytes_on(others.values(), devt),
+                               pk.host_available())
+        rec = d["explain_all_parked"] = {"plan_park": plan.park, "plan_batch": plan.batch, "reason": plan.reason,
+                                         "budget_gib": mem_budget_gib}
+        emb = _av_embeds(av, n_explain, seed=99)
+        cap_memory(mem_budget_gib)
+        try:
+            t0 = time.perf_counter()
+            with pk.parked(others, devt) as sizes:
+                rec["park_s"] = round(time.perf_counter() - t0, 2)
+                rec["parked_gib"] = _gib(sum(sizes.values()))
+                free = budget - _alloc() if dev == "cuda" else 64 * GIB
+                mb = pk.rows_that_fit(free, per_row, 160, n_explain, pk.KV_SHARE_PARKED)
+                t = time.perf_counter()
+                fd.warmup(av, [mb], max_len=max_len)
+                rec["capture_s"] = round(time.perf_counter() - t, 2)
+                t = time.perf_counter()
+                rows = fd.decode(av, emb, None, new_tokens, stop_token_ids=[], max_batch=mb, prefix_len=SLOT)
+                _sync()
+                decode_s = time.perf_counter() - t
+                fd.clear(av)
+                t_back = time.perf_counter()
+            rec["unpark_s"] = round(time.perf_counter() - t_back, 2)
+        finally:
+            cap_memory(None)
+        wall = time.perf_counter() - t0  # park + capture + decode + unpark: all of it
+        toks = sum(len(r) for r in rows)
+        rec.update(max_batch=mb, decode_s=round(decode_s, 2), wall_s=round(wall, 2), tokens=toks,
+                   peak_gib=_gib(_peak()[0]), reserved_gib=_gib(_peak()[1]), graphs=fd.last_stats.get("graphs"))
+        capped = d.get("explain_all_capped", {})
+        base_wall = capped.get("extrapolated_wall_s")
+        rep.add("explain_all_150_parked_s", wall, "s", base_wall,
+                f"{n_explain} x {new_tokens} tokens within {mem_budget_gib:g} GiB, subject+AR parked, batch {mb}; "
+                f"includes park {rec['park_s']} s, capture, unpark {rec['unpark_s']} s; baseline: unparked, same cap")
+        rep.add("explain_all_parked_av_tok_s", toks / wall, "tok/s",
+                None if not base_wall else capped["tokens"] * n_explain / capped["rows"] / base_wall)
+        rep.add("peak_gib_explain_all_parked", rec["peak_gib"], "GiB", note="allocator cap = the budget")
+    section("explain_all_parked", explain_all_parked)
 
     def explain_all_fast():
         wall, toks, _ = explain_all("one_batch", n_explain)
@@ -240,7 +330,7 @@ def run(rep: Report, out: Path, new_tokens: int = 200, n_explain: int = 150, mem
         fd.clear(av)
         gc.collect()
         _reset_peak()
-    rep.section("explain_all_one_batch", explain_all_fast, out)
+    section("explain_all_one_batch", explain_all_fast)
 
     subj = m.get("subject")
 
@@ -257,7 +347,7 @@ def run(rep: Report, out: Path, new_tokens: int = 200, n_explain: int = 150, mem
         rep.add("subject_chat_tok_s", len(rows[0]) / wall, "tok/s", 1000 / base,
                 "fast_decode on the subject, 100-token prompt, 256 new; baseline eager generate")
         fd.clear(subj)
-    rep.section("subject_chat", chat, out)
+    section("subject_chat", chat)
 
     from .gpu_steer import run_section as steered_continuation  # what-if (issue 13)
 
@@ -278,7 +368,7 @@ def run(rep: Report, out: Path, new_tokens: int = 200, n_explain: int = 150, mem
                     note="one prefill of 1,000 tokens, hook at layer 41, activations + top-5 to CPU")
         finally:
             hook.remove()
-    rep.section("capture", capture, out)
+    section("capture", capture)
 
     def ar_score():
         ar, head = m["ar"], m["head"]
@@ -295,7 +385,7 @@ def run(rep: Report, out: Path, new_tokens: int = 200, n_explain: int = 150, mem
         t = median_time(lambda: [score(chunk) for _ in range(n_explain // chunk)], 1, _sync)
         rep.add("ar_score_one_s", one, "s", note=f"batch 1, {n_tok} tokens, 42 layers + value head")
         rep.add("ar_score_batched_per_expl_s", t / n_explain, "s", one, f"{n_explain} in batches of {chunk}")
-    rep.section("ar_score", ar_score, out)
+    section("ar_score", ar_score)
 
     def denest():
         # Experiment: bnb stores absmax double-quantised and dequantises it on every call.
@@ -312,7 +402,7 @@ def run(rep: Report, out: Path, new_tokens: int = 200, n_explain: int = 150, mem
             ms, graphed = step_ms(av, b, fd._round_len(max_len))
             d["denest_step_ms_by_batch"][b] = {"ms": round(ms, 2), "tok_s": round(1000 * b / ms), "graph": graphed}
     if dev == "cuda":
-        rep.section("denest_experiment", denest, out)
+        section("denest_experiment", denest)
 
     start_ready = sum(d.get(k, 0) for k in ("build_av_s", "build_subject_s", "build_ar_s"))
     cap = d.get("explain_all_capped", {}).get("capture_s", 0) + d.get("capture_b1_s", 0)

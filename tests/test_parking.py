@@ -34,7 +34,7 @@ def test_no_parking_without_host_memory_or_when_it_saves_too_little():
     assert not short.park and "host memory" in short.reason
     assert not plan_explain(150, ROW_27B, free=3 * GIB, parkable=26 * GIB, host_free=None).park
     # Parking 0.5 GiB adds a few rows: one pass saved is not worth two copies of the weights.
-    small = plan_explain(30, ROW_27B, free=3 * GIB, parkable=GIB // 2, host_free=64 * GIB)
+    small = plan_explain(20, ROW_27B, free=3 * GIB, parkable=GIB // 2, host_free=64 * GIB)
     assert not small.park and "save" in small.reason
 
 
@@ -127,3 +127,13 @@ def test_models_come_back_when_explain_all_fails_or_is_cancelled(parking_engine,
     _assert_back(eng.ar.model, snaps["ar"])
     monkeypatch.undo()
     assert eng.score("Paris is the capital.", eng.activations[1]) == score_before
+
+
+def test_batch_is_one_the_decoder_pads_within_the_memory():
+    from nla_tui.core.fast_decode import bucket_for
+    from nla_tui.core.parking import rows_that_fit
+
+    for fit_rows in range(1, 200, 7):
+        for rows in (3, 50, 150, 400):
+            b = rows_that_fit(fit_rows * 1000, 1000, 160, rows, share=1.0)
+            assert 1 <= b <= rows and (bucket_for(b) <= max(1, min(fit_rows, 160)) or b == 1)

@@ -43,7 +43,14 @@ def passes(rows: int, batch: int) -> int:
 
 
 def rows_that_fit(free: int, per_row: int, cap: int, rows: int, share: float = KV_SHARE) -> int:
-    return max(1, min(cap, rows, int(free * share // max(1, per_row))))
+    """Rows per AV pass. fast_decode pads a pass to its batch bucket, so the bucket must fit too."""
+    from .fast_decode import BATCH_BUCKETS, bucket_for
+
+    fit = max(1, min(cap, int(free * share // max(1, per_row))))
+    batch = min(fit, rows)
+    if batch > 1 and bucket_for(batch) > fit:
+        batch = max(b for b in BATCH_BUCKETS if b <= fit)
+    return max(1, batch)
 
 
 def plan_explain(rows: int, per_row: int, free: int, parkable: int, host_free: int | None,
@@ -81,12 +88,12 @@ def host_available() -> int | None:
 
 
 def free_bytes(device: torch.device) -> int:
-    """What a new allocation on `device` can get: the driver's free memory plus what this
-    process's caching allocator holds but does not use."""
+    """What a new allocation on `device` can get (placement.capped_free)."""
     if device.type != "cuda":
         return 0
-    free, _ = torch.cuda.mem_get_info(device)
-    return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    from .placement import capped_free
+
+    return capped_free(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def _params_on(models: Iterable, device: torch.device) -> list[torch.nn.Parameter]:

@@ -268,7 +268,23 @@ def gpu_free_memory() -> dict[str, int]:
         return {}
     if not torch.cuda.is_available():
         return {}
-    return {f"cuda:{i}": int(torch.cuda.mem_get_info(i)[0]) for i in range(torch.cuda.device_count())}
+    return {f"cuda:{i}": capped_free(i) for i in range(torch.cuda.device_count())}
+
+
+def capped_free(index: int) -> int:
+    """Bytes a new allocation on card `index` can get: the driver's free memory plus what this
+    process's caching allocator holds unused, within torch.cuda.set_per_process_memory_fraction
+    when one is set (how the multi-GPU benchmark emulates 24 GB cards on larger ones)."""
+    import torch
+
+    free, total = torch.cuda.mem_get_info(index)
+    reserved, allocated = torch.cuda.memory_reserved(index), torch.cuda.memory_allocated(index)
+    avail = free + reserved - allocated
+    get_fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+    fraction = get_fraction(index) if get_fraction else 1.0
+    if fraction < 1.0:
+        avail = min(avail, int(total * fraction) - allocated)
+    return int(max(0, avail))
 
 
 def describe(placement: Placement, used_bytes: dict[str, int] | None = None) -> str:
