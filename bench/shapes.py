@@ -62,6 +62,8 @@ def build(cfg, mode: str = "nf4", device: str = "cuda"):
     for m in model.modules():  # rotary tables must be computed, not zeros
         if type(m).__name__.endswith("RotaryEmbedding"):
             m.__init__(config=cfg, device=device)
+        if isinstance(getattr(m, "embed_scale", None), torch.Tensor):  # Gemma's √d, not zero
+            m.embed_scale.fill_(cfg.hidden_size ** 0.5)
     model.tie_weights()
     model.config.use_cache = True
     return model.eval()
