@@ -67,12 +67,13 @@ def _gib(x: int) -> float:
 
 def _av_embeds(model, n: int, seed: int = 0) -> torch.Tensor:
     """n prompts: one template, a different injected vector in each row."""
-    g = torch.Generator(device=DEV["device"]).manual_seed(1234)
-    ids = torch.randint(10, model.config.vocab_size - 10, (1, AV_PROMPT), device=DEV["device"], generator=g)
+    dev = model.get_input_embeddings().weight.device  # cuda:1 for a model on the second card
+    g = torch.Generator(device=dev).manual_seed(1234)
+    ids = torch.randint(10, model.config.vocab_size - 10, (1, AV_PROMPT), device=dev, generator=g)
     base = model.get_input_embeddings()(ids)
     emb = base.expand(n, -1, -1).clone()
     g.manual_seed(seed)
-    v = torch.randn(n, base.shape[-1], device=DEV["device"], generator=g)
+    v = torch.randn(n, base.shape[-1], device=dev, generator=g)
     emb[:, SLOT] = (v / v.norm(dim=-1, keepdim=True) * base[0].norm(dim=-1).mean() * 4).to(emb.dtype)
     return emb
 
@@ -95,7 +96,7 @@ def step_ms(model, batch: int, max_len: int, steps: int = 20) -> tuple[float, bo
     """ms per captured decode step at one batch bucket (the graph replay alone)."""
     r = fd._runner(model, batch, max_len, DEV["device"] == "cuda")
     r.prefill(_av_embeds(model, batch)[:, :AV_PROMPT], 0)
-    ids = torch.zeros(batch, dtype=torch.long, device=DEV["device"])
+    ids = torch.zeros(batch, dtype=torch.long, device=model.get_input_embeddings().weight.device)
     r.step(ids, AV_PROMPT)
     steps = max(1, min(steps, max_len - AV_PROMPT - 2))
     _sync()

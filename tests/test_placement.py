@@ -121,7 +121,11 @@ def test_gpu_free_memory_reads_each_visible_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: ((i + 1) * GIB, 24 * GIB))
-    assert gpu_free_memory() == {"cuda:0": GIB, "cuda:1": 2 * GIB}
+    # Memory this process's allocator holds unused counts as free; allocated memory does not.
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda i: 3 * GIB)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda i: 2 * GIB)
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda i: 1.0)
+    assert gpu_free_memory() == {"cuda:0": 2 * GIB, "cuda:1": 3 * GIB}
 
 
 # --- --devices -------------------------------------------------------------------------------

@@ -151,15 +151,18 @@ class _Runner:
         # decoding reaches it, and then it is overwritten first.
         self.pos.fill_(self.max_len - 1)
         try:
-            s = torch.cuda.Stream(device=self.device)
-            s.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(s):
-                for _ in range(2):
-                    self._step_body()
-            torch.cuda.current_stream(self.device).wait_stream(s)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                self.logits = self._step_body()
+            # torch.cuda.graph captures on the current device: make it the model's (an AV on
+            # cuda:1, or a replica decoding in its own thread, would otherwise capture on cuda:0).
+            with torch.cuda.device(self.device):
+                s = torch.cuda.Stream(device=self.device)
+                s.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(s):
+                    for _ in range(2):
+                        self._step_body()
+                torch.cuda.current_stream(self.device).wait_stream(s)
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g):
+                    self.logits = self._step_body()
             self.graph = g
         except Exception as exc:  # fall back to eager steps, but say why
             self.graph, self.logits = None, None

@@ -45,9 +45,11 @@ Report = Callable[[float, str], None]
 
 def quant_dir(root: Path | None = None) -> Path:
     """`<cache root>/quantised`; the root is NLA_TUI_CACHE or the user cache dir unless given."""
-    from ...paths import cache_root
+    if root is not None:
+        return Path(root) / "quantised"
+    from ...paths import cache_root  # platformdirs: only when no root is given
 
-    return (Path(root) if root is not None else cache_root()) / "quantised"
+    return cache_root() / "quantised"
 
 
 def max_bytes() -> int:
