@@ -1,7 +1,7 @@
 """Write a Gemma-3-shaped checkpoint with random weights to disk, as `save_pretrained` would.
 
 Start-up and placement must be measured through the product's loading path
-(`nla_tui.core.loading.load_model`), which reads a directory: so the shapes in shapes.py are
+(`nla_tui.core.models.loading.load_model`), which reads a directory: so the shapes in shapes.py are
 written out as bf16 safetensors shards plus an index, random values generated on the GPU.
 The key names come from the model class itself (built on the meta device), so the layout is
 exactly what transformers loads. Adapted from ../shared/tools/gemma27b_shaped.py.

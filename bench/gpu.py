@@ -267,10 +267,10 @@ def run(rep: Report, out: Path, new_tokens: int = 200, n_explain: int = 150, mem
     section("explain_all_capped", explain_all_capped)
 
     def explain_all_parked():
-        # The product's path (nla_tui/core/parking.py): decide from the memory free within the
+        # The product's path (nla_tui/core/models/parking.py): decide from the memory free within the
         # budget, park the subject + AR (+ value head) in pinned host memory, size the batch from
         # what is free then, decode all rows, bring them back. The cap is enforced by the allocator.
-        from nla_tui.core import parking as pk
+        from nla_tui.core.models import parking as pk
 
         c = cfg62
         per_row = c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * 2 * fd._round_len(max_len) \

@@ -3,7 +3,7 @@
 AV replicas splitting the rows (issue 15). `python -m bench multigpu [--dry-run]`.
 
 Models are written to disk pre-quantised (random weights, nf4, `save_pretrained`: what the
-pre-quantised cache holds) and loaded through `nla_tui.core.loading.load_model` with
+pre-quantised cache holds) and loaded through `nla_tui.core.models.loading.load_model` with
 `placement.device_map_for`: the product's path. The 62-layer directory serves as subject and AV.
 Every plan the run uses is recomputed on CPU in tests/test_multigpu_plans.py (`PLANS`).
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from nla_tui.core import fast_decode as fd
-from nla_tui.core import placement as pl
+from nla_tui.core.models import fast_decode as fd
+from nla_tui.core.models import placement as pl
 
 from . import gpu
 from .common import Report
@@ -90,7 +90,7 @@ def _write(root: Path, layers: int) -> Path:
         dev = "cuda:0" if gpu.DEV["device"] == "cuda" else "cpu"
         model = build(gpu._cfg(layers), gpu.DEV["mode"], dev)
         if gpu.DEV["mode"] == "nf4":  # what transformers writes for a model it quantised itself
-            from nla_tui.core.loading import _quant_kwargs
+            from nla_tui.core.models.loading import _quant_kwargs
 
             model.config.quantization_config = _quant_kwargs("nf4", "cuda")["quantization_config"]
         model.save_pretrained(str(path))
@@ -100,7 +100,7 @@ def _write(root: Path, layers: int) -> Path:
 
 
 def _load(path: Path, placement: pl.Placement | None, role: str, device: str):
-    from nla_tui.core.loading import load_model, resolve_checkpoint
+    from nla_tui.core.models.loading import load_model, resolve_checkpoint
 
     kw = pl.device_map_for(placement, role) if placement is not None else {}
     quant = "nf4" if gpu.DEV["mode"] == "nf4" else "bf16"
@@ -212,7 +212,7 @@ def _works(m: dict, rec: dict, new_tokens: int) -> None:
 def _explain_all_plan(m: dict, n: int, new_tokens: int, rec: dict) -> tuple[float, int]:
     """Explain-all as the product sizes it: batch from the AV card's free memory, parking the
     subject/AR parts on that card when that saves passes (parking.plan_explain)."""
-    from nla_tui.core import parking as pk
+    from nla_tui.core.models import parking as pk
 
     av = m["av"]
     dev = av.get_input_embeddings().weight.device

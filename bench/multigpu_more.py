@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from nla_tui.core import fast_decode as fd
+from nla_tui.core.models import fast_decode as fd
 
 from . import gpu
 from .multigpu import CARD_GIB, ONE_CARD_GIB, PLANS, decode_replicas
@@ -48,7 +48,7 @@ def run_more(rep, out, m, d, new_tokens, n_explain, cards, _load, _reset, _cap, 
 
     def split():
         # The AV forced over two cards (plan "forced_split_av") against the AV on one card.
-        from nla_tui.core import placement as pl
+        from nla_tui.core.models import placement as pl
 
         rec = d["forced_split"] = {}
         if "av" not in m:

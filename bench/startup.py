@@ -1,5 +1,5 @@
 """Start-up from disk: today's path (bf16 checkpoint quantised at load) against the
-pre-quantised cache (nla_tui/core/quant_cache.py), through `load_model`, in one run.
+pre-quantised cache (nla_tui/core/models/quant_cache.py), through `load_model`, in one run.
 
 A 27B-shaped bf16 checkpoint (random weights) is written to disk with as many of its 62
 layers as the disk holds next to its quantised copy; the page cache is dropped before each
@@ -49,8 +49,8 @@ def _logits(model, dev: str) -> torch.Tensor:
 
 
 def run(rep, out: Path, cfg_for, dev: str, quant: str, workdir: str | None = None, layers: int | None = None) -> None:
-    from nla_tui.core.loading import load_model, resolve_checkpoint
-    from nla_tui.core.quant_cache import QuantCache
+    from nla_tui.core.models.loading import load_model, resolve_checkpoint
+    from nla_tui.core.models.quant_cache import QuantCache
 
     d = rep.details.setdefault("startup", {})
     root = Path(tempfile.mkdtemp(prefix="nla-bench-startup-", dir=workdir))

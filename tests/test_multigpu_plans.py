@@ -11,7 +11,7 @@ from transformers.quantizers.quantizer_bnb_4bit import Bnb4BitHfQuantizer
 
 from bench import multigpu
 from bench.shapes import gemma3_27b_config
-from nla_tui.core.placement import GIB, device_map_for
+from nla_tui.core.models.placement import GIB, device_map_for
 
 
 def _simulated_device_map(role: str, kwargs: dict) -> dict:
@@ -51,7 +51,7 @@ def test_plan_fits_its_cards_and_splits_load_onto_the_planned_cards(name):
 def test_simulated_free_matches_what_capped_cards_report(monkeypatch):
     """capped_free: a card capped by set_per_process_memory_fraction reports the cap, not the
     driver's free memory (what makes the 2 x 24 GiB emulation plan like real 24 GiB cards)."""
-    from nla_tui.core import placement as pl
+    from nla_tui.core.models import placement as pl
 
     total = 141 * GIB
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

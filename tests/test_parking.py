@@ -130,8 +130,8 @@ def test_models_come_back_when_explain_all_fails_or_is_cancelled(parking_engine,
 
 
 def test_batch_is_one_the_decoder_pads_within_the_memory():
-    from nla_tui.core.fast_decode import bucket_for
-    from nla_tui.core.parking import rows_that_fit
+    from nla_tui.core.models.fast_decode import bucket_for
+    from nla_tui.core.models.parking import rows_that_fit
 
     for fit_rows in range(1, 200, 7):
         for rows in (3, 50, 150, 400):

@@ -26,6 +26,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-dir", help="activation/explanation cache (default: NLA_TUI_CACHE or the user cache dir)")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk caches")
     g.add_argument("--fve-variance", type=float, help="predict-the-mean variance for fve_nrm (default: sidecar/preset)")
+    g.add_argument("--park", choices=["auto", "always", "never"],
+                   help="explain-all: move the subject and AR to host memory while the AV runs "
+                        "(auto: when that saves AV passes on the AV's card; default auto)")
 
 
 def add_display_args(p: argparse.ArgumentParser) -> None:

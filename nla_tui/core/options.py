@@ -36,7 +36,8 @@ def from_args(args: Any) -> EngineOptions:
     return EngineOptions(preset=get("preset"), subject=get("subject"), av=get("av"), ar=get("ar"),
                          layer=get("layer"), quant=get("quant"), device=get("device"),
                          fve_variance=get("fve_variance"), devices=get("devices"),
-                         cache=False if get("no_cache") else None, cache_dir=get("cache_dir"))
+                         cache=False if get("no_cache") else None, cache_dir=get("cache_dir"),
+                         park=get("park"))
 
 
 def from_model_info(info: ModelInfo, base: EngineOptions | None = None) -> EngineOptions:
