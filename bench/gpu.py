@@ -111,9 +111,10 @@ def step_ms(model, batch: int, max_len: int, steps: int = 20) -> tuple[float, bo
 
 # Sections `--sections` can pick; the builds they need run with them.
 SECTIONS = ("startup", "eager_b1", "fast_b1", "sweep", "eager_batch", "explain_all_capped", "explain_all_parked",
-            "explain_all_one_batch", "subject_chat", "capture", "ar_score", "denest_experiment")
-_NEEDS_THREE = {"explain_all_capped", "explain_all_parked", "explain_all_one_batch", "subject_chat", "capture",
-                "ar_score"}
+            "explain_all_one_batch", "subject_chat", "steered_continuation", "capture", "ar_score",
+            "denest_experiment")
+_NEEDS_THREE = {"explain_all_capped", "explain_all_parked", "explain_all_one_batch", "subject_chat",
+                "steered_continuation", "capture", "ar_score"}
 
 
 def cap_memory(gib: float | None) -> None:
@@ -352,7 +353,8 @@ def run(rep: Report, out: Path, new_tokens: int = 200, n_explain: int = 150, mem
 
     from .gpu_steer import run_section as steered_continuation  # what-if (issue 13)
 
-    steered_continuation(rep, out, subj, layer_k, cfg62.vocab_size, dev, _sync)
+    if "steered_continuation" in want:
+        steered_continuation(rep, out, subj, layer_k, cfg62.vocab_size, dev, _sync)
 
     def capture():
         ids = torch.randint(10, cfg62.vocab_size - 10, (1, 1000), device=dev)
