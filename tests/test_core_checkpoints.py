@@ -250,6 +250,6 @@ def test_hub_ids_resolve_offline_from_the_hf_cache(demo_paths, tmp_path, monkeyp
                               ar="local-test/nla-demo-ar", device="cpu", quant="fp32", cache=False)
     info = eng.load()
     assert info.av == "local-test/nla-demo-av" and info.revision["ar"] == commits["ar"]
-    assert info.layer == 12 and info.untrained_av
+    assert info.layer == 12 and not info.untrained_av and "trained here" in info.pair_note
     with pytest.raises(Exception, match="not in the local Hugging Face cache"):
         resolve_checkpoint("local-test/absent-repo")

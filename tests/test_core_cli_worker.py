@@ -27,10 +27,12 @@ def test_run_writes_a_valid_session(demo_paths, tmp_path):
     r = _run("run", "--preset", "demo", "--prompt", "What is the capital of France?", "--max-new-tokens", "6",
              "--explain", "4,9", "--max-explain-tokens", "8", "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "untrained" in r.stdout and "session written" in r.stdout
+    # The trained demo pair says what it is, never "untrained".
+    assert "trained here" in r.stdout and "untrained" not in r.stdout and "session written" in r.stdout
     doc = json.loads((out / "session.json").read_text())
     assert doc["schema_version"] >= 1
     assert doc["models"]["layer"] == 12 and doc["models"]["quant"] == "fp32"
+    assert "trained here" in doc["models"]["pair_note"] and not doc["models"]["untrained_av"]
     assert doc["conversation"][0] == {"role": "user", "content": "What is the capital of France?"}
     s = load_session(out)
     assert len(s.tokens) == s.activations.shape[0] and s.activations.shape[1] == 640

@@ -99,7 +99,7 @@ def test_av_explains_and_ar_scores_consistently(demo_engine):
     exps = demo_engine.explain([4, 9], Sampling(max_new_tokens=12))
     assert [e.index for e in exps] == [4, 9]
     for e in exps:
-        assert e.raw and e.score is not None and e.untrained_av
+        assert e.raw and e.score is not None and not e.untrained_av  # the shipped pair is trained
         assert math.isclose(e.score.mse_nrm, 2 * (1 - e.score.cos), rel_tol=1e-6, abs_tol=1e-9)
         assert 0.0 <= e.score.mse_nrm <= 4.0
         assert e.truncated == ("</explanation>" not in e.raw)

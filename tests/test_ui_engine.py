@@ -95,7 +95,9 @@ async def test_chat_streams_then_explain_shows_a_score(shared_engine):
         assert best.score is not None
         body = str(app.pane.render())
         assert best.score.label in body and f"cos {best.score.cos:.3f}" in body
-        assert "untrained AV" in body  # the demo pair says so
+        # The demo pair says what it is: trained here, a small model
+        info = app.state.info
+        assert info.pair_label in body and info.pair_note in body and "untrained" not in body
 
 
 @async_test
@@ -130,3 +132,56 @@ async def test_keys_stay_live_during_explain_all(shared_engine, tmp_path):
                          "the cancel", HANG_GUARD)
         assert any("ExplainAll cancelled" in n.message for n in app._notifications)
         assert app.state.explained_count() < len(app.state.tokens)
+
+
+@async_test
+async def test_demo_opens_on_its_teacher_forced_example_and_chat_stays_available(shared_engine):
+    """`nla-tui --preset demo` with no transcript: the shipped example conversation is
+    captured as written (its model turns teacher-forced), a one-line note says why, and
+    the chat box still talks to the model."""
+    from nla_tui.core.nla.presets import DEMO_EXAMPLE
+    from nla_tui.core.store.transcript import load_transcript
+    from nla_tui.ui.app import EXAMPLE_NOTE
+    from nla_tui.ui.widgets.chat import ChatMessage
+
+    example = load_transcript(DEMO_EXAMPLE)
+    assert [m.role for m in example] == ["user", "assistant"] * (len(example) // 2)
+    app, _ = _app(shared_engine, example=str(DEMO_EXAMPLE), max_new_tokens=4)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_until(pilot, lambda: app.state.messages == example and app.state.queue_depth == 0,
+                         "the example conversation", HANG_GUARD)
+        await pilot.pause()
+        # Teacher-forced: the engine holds exactly the shipped turns (nothing generated),
+        # and every one of their tokens is on the strip, model turns included.
+        assert shared_engine.messages == example
+        assert len(app.state.tokens) == len(shared_engine.tokens) > 40
+        reply = "".join(t.text for t in app.state.tokens if t.role == "model")
+        assert "sheltered port" in reply and "reverse" in reply
+        assert [w.message_text for w in app.chat.log.query(ChatMessage)] == [m.content for m in example]
+        # The note is on screen, on one line at this size.
+        note = app.query_one("#chat-note")
+        assert app.chat.note == EXAMPLE_NOTE and note.region.height == 1
+        assert "not a chat model" in EXAMPLE_NOTE and "teacher-forced" in EXAMPLE_NOTE
+        # Chat is still available: a typed message continues the conversation.
+        await pilot.press("i", *"Thanks!", "enter")
+        await wait_until(pilot, lambda: app.state.reply is None and len(app.state.messages) == len(example) + 2,
+                         "the reply to finish", HANG_GUARD)
+        assert shared_engine.messages[:len(example)] == example
+        assert shared_engine.messages[len(example)].content == "Thanks!"
+
+
+@async_test
+async def test_a_given_transcript_wins_over_the_demo_example(shared_engine, tmp_path):
+    from nla_tui.core.nla.presets import DEMO_EXAMPLE
+
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps([{"role": "user", "content": "Paris is a city."},
+                                {"role": "assistant", "content": "Yes, in France."}]))
+    app, _ = _app(shared_engine, example=str(DEMO_EXAMPLE), messages=str(mine))
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_until(pilot, lambda: app.state.tokens and app.state.queue_depth == 0
+                         and app.state.messages and app.state.messages[0].content == "Paris is a city.",
+                         "the given transcript", HANG_GUARD)
+        await pilot.pause(0.2)
+        assert [m.content for m in shared_engine.messages] == ["Paris is a city.", "Yes, in France."]
+        assert app.chat.note == ""

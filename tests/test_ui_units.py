@@ -210,3 +210,20 @@ def test_progress_bar_is_fixed_width_with_half_cells():
     assert progress_bar(36, 36, 10).plain == "━" * 10
     assert progress_bar(1, 4, 10).plain == "━━╸━━━━━━━"
     assert len(progress_bar(10, 36).plain) == 30
+
+
+def test_nla_tui_hands_the_app_the_demo_example_unless_a_transcript_is_given(monkeypatch, tmp_path):
+    from nla_tui.cli import main
+    from nla_tui.core.nla.presets import DEMO_EXAMPLE
+    from nla_tui.core.store.transcript import load_transcript
+    from nla_tui.ui import app as app_mod
+
+    seen = []
+    monkeypatch.setattr(app_mod.NlaApp, "run", lambda self, **kw: seen.append(self.options))
+    monkeypatch.setenv("NLA_TUI_DATA", str(tmp_path))
+    assert main(["--preset", "demo", "--no-mouse"]) == 0
+    assert seen[-1].example == str(DEMO_EXAMPLE) and load_transcript(seen[-1].example)  # shipped, valid
+    t = tmp_path / "t.json"
+    t.write_text(json.dumps([{"role": "user", "content": "hi"}]))
+    assert main(["--preset", "demo", "--no-mouse", "--messages", str(t)]) == 0
+    assert getattr(seen[-1], "example", None) is None

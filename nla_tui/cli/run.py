@@ -72,6 +72,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print_table(engine, {e.index: e for e in exps})
     if engine.info.untrained_av:
         print("\nNote: the demo AV is untrained; its text is NOT a faithful explanation of the activation.")
+    elif engine.info.pair_note:
+        print(f"\nNote: {engine.info.pair_note}.")
     if args.out:
         from ..core.store.session import save_session, session_from_engine
 

@@ -30,4 +30,9 @@ def cmd_tui(args: argparse.Namespace) -> int:
     from ..ui.app import run_app
 
     opts = engine_options(args)  # every model flag, checked before the first frame
+    if not getattr(args, "messages", None):
+        from ..core.nla.presets import DEMO_EXAMPLE
+
+        # Opened only if the models turn out to be the demo's (it may be the default).
+        args.example = str(DEMO_EXAMPLE)
     return run_app(args, lambda emit: engine_worker(opts, emit), engine_worker) or 0

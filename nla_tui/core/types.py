@@ -165,6 +165,11 @@ class ModelInfo:
     fve_variance: float | None = None
     untrained_av: bool = False
     placement: str = ""  # where each model lives, e.g. "subject cuda:0 15.0G · av cuda:1 15.0G · …"
+    # What the pair is, from its sidecar's `training` block (nla-tui's trained demo pair):
+    # a short label and a sentence. Empty for hub pairs, untrained pairs and sessions
+    # saved before these fields existed (readers treat a missing field as "").
+    pair_label: str = ""
+    pair_note: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -39,6 +39,9 @@ from .widgets.token_strip import TokenStrip
 NARROW = 100  # below this many columns the explanation pane folds under the strip
 RESAMPLE_TEMPERATURE = 0.7  # r / n from greedy settings: sampling needs some temperature
 EXAMPLE_PROMPT = "What does <concept><INJECT></concept> mean? Answer in <explanation></explanation> tags."
+# Shown above the demo's example conversation (options.example): its model turns were
+# written for the model and teacher-forced, since Gemma 3 270M is a base model.
+EXAMPLE_NOTE = "teacher-forced example: base 270M is not a chat model · i to chat"
 
 
 class WorkerLike(Protocol):
@@ -96,6 +99,11 @@ class NlaApp(SessionActions, SteerActions, App[None]):
         self.auto_explain = False
         self._seeds = itertools.count(1)
         self._auto_timer = None
+        # The demo's example transcript opens once its models are ready, unless the user
+        # has chatted or opened something by then (see _open_example).
+        self._example_pending = bool(getattr(self.options, "example", None)) and \
+            not getattr(self.options, "messages", None)
+        self._example_capturing = False
 
     # ------------------------------------------------------------ layout
 
@@ -152,6 +160,8 @@ class NlaApp(SessionActions, SteerActions, App[None]):
         self.post_message(EngineEvent(event))
 
     def submit(self, job: ev.Job) -> None:
+        if isinstance(job, (ev.Chat, ev.SetConversation)):
+            self._example_pending = False  # the user's own conversation wins
         if self.worker is not None:
             self.worker.submit(job)
 
@@ -185,9 +195,15 @@ class NlaApp(SessionActions, SteerActions, App[None]):
             self._job_ended(e)
         elif isinstance(e, ev.ModelsReady):
             self.pane.show(strip.cursor)
+            self._open_example(e)
         self._update_status()
         self.steer_event(e)
         self.sessions_event(e)
+        if isinstance(e, ev.ConversationUpdated) and self._example_capturing:
+            # The example alone is not the user's work: no session is saved for it
+            # until they explain, chat or save (every demo start would leave one).
+            self._example_capturing = False
+            self.keeper.mark_saved()
 
     def _job_ended(self, e: ev.JobFinished | ev.JobFailed) -> None:
         kind = job_kind(e.job)
@@ -348,8 +364,25 @@ class NlaApp(SessionActions, SteerActions, App[None]):
         except NlaError as e:
             self.notify(str(e), title="Cannot open transcript", severity="error", timeout=10)
             return
+        self.chat.show_note(None)
         self.strip.follow = False
         self.submit(ev.SetConversation(messages))
+
+    def _open_example(self, ready: ev.ModelsReady) -> None:
+        """On the demo preset with nothing else to show, open the shipped example
+        conversation (teacher-forced) and say so above it; chat stays available."""
+        if not self._example_pending or ready.info.preset != "demo" or self.state.tokens:
+            return
+        self._example_pending = False
+        try:
+            messages = load_transcript(self.options.example)
+        except NlaError as e:  # a broken install: the app still works without it
+            self.notify(str(e), title="Cannot open the example", severity="warning", timeout=8)
+            return
+        self.strip.follow = False
+        self.submit(ev.SetConversation(messages))
+        self.chat.show_note(EXAMPLE_NOTE)
+        self._example_capturing = True
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

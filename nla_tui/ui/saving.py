@@ -90,6 +90,10 @@ class SessionKeeper:
         self.directory = directory
         self._saved_changes = self._changes  # nothing new to write yet
 
+    def mark_saved(self) -> None:
+        """What is shown now needs no save (the demo's example): the next change does."""
+        self._saved_changes = self._changes
+
     def snapshot(self) -> Session | None:
         """The session as the UI shows it now (UI thread only); None with nothing to save."""
         st, tokens = self.state, self.tokens

@@ -127,6 +127,11 @@ class UiState:
     def untrained_av(self) -> bool:
         return bool(self.info and self.info.untrained_av)
 
+    @property
+    def pair_note(self) -> str:
+        """What the loaded pair is (nla-tui's trained demo pair), or "" (hub pairs)."""
+        return (self.info.pair_note if self.info else "") or ""
+
     def best(self, index: int) -> Explanation | None:
         found = self.explanations.get(index)
         return found[0] if found else None

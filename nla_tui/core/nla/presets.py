@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from ..errors import InputError
 from ..options import EngineOptions
 
 Progress = Callable[[str, float, str], None]  # (model, fraction, message)
+
+# What `nla-tui --preset demo` opens when given no transcript: a short exchange in the
+# style the demo pair was trained on (a word's meaning, a Python question), its model
+# turns written out and teacher-forced (the 270M base model is not a chat model).
+DEMO_EXAMPLE = Path(__file__).with_name("demo_example.json")
 
 
 @dataclass(frozen=True)

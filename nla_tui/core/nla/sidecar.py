@@ -37,6 +37,45 @@ class NlaMeta:
     fve_variance: float | None  # predict-the-mean baseline; optional nla-tui extension
     untrained: bool  # nla-tui's demo pair marks itself so the UI can say so
     path: Path
+    # What the pair is, in words, from the sidecar's `training` block (nla-tui's trained
+    # demo pair): a short label for the status line and a sentence for panes and exports.
+    # Empty for hub pairs (they carry no such block) and for an untrained pair.
+    pair_label: str = ""
+    pair_note: str = ""
+
+
+# What a pair trained by the context-and-prediction recipe can tell you: said next to
+# its explanations so nobody reads a 270M pair's text as deep concepts.
+RECIPE_SCOPE = {
+    "context-and-prediction": ("a small model's explanations name the token, its context and "
+                               "the likely next tokens, not deep concepts"),
+}
+
+
+def describe_training(meta: dict) -> tuple[str, str]:
+    """(label, note) for a sidecar whose `training` block says how nla-tui trained the pair.
+
+    The block's own `summary`/`label` win where present; otherwise both are put
+    together from its recipe and held-out eval, so the words follow the shipped figures.
+    """
+    training = meta.get("training")
+    extra = meta.get("nla_tui") or {}
+    if not isinstance(training, dict) or extra.get("untrained"):
+        return "", ""
+    ev = training.get("eval") if isinstance(training.get("eval"), dict) else {}
+    fve = ev.get("fve_mean")
+    fve_txt = f"held-out fve {float(fve):.2f}" if isinstance(fve, (int, float)) else ""
+    recipe = str(training.get("recipe") or "")
+    kind = next((k for k in RECIPE_SCOPE if k in recipe), "")
+    label = str(training.get("label") or ("trained mini NLA" + (f" · {fve_txt}" if fve_txt else "")))
+    if training.get("summary"):
+        return label, str(training["summary"])
+    base = str(extra.get("base") or "").split(" (")[0] or "the subject model"
+    how = ", ".join(x for x in (f"{kind} recipe" if kind else "", fve_txt) if x)
+    note = f"demo pair: {base}, trained here" + (f" ({how})" if how else "")
+    if kind:
+        note += f"; {RECIPE_SCOPE[kind]}"
+    return label, note
 
 
 def _need(d: dict, key: str, where: Path, hint: str = "") -> Any:
@@ -105,6 +144,7 @@ def read_sidecar(checkpoint_dir: str | Path) -> NlaMeta:
         raise CheckpointError(f"{path}: extraction.mse_scale is null (raw-MSE mode), which nla-tui cannot score.")
     suffix = tokens.get("critic_suffix_ids")
     var = meta.get("fve_variance", (meta.get("nla_tui") or {}).get("fve_variance"))
+    pair_label, pair_note = describe_training(meta)
     return NlaMeta(
         role=role,
         d_model=d_model,
@@ -121,6 +161,8 @@ def read_sidecar(checkpoint_dir: str | Path) -> NlaMeta:
         fve_variance=None if var is None else float(var),
         untrained=bool((meta.get("nla_tui") or {}).get("untrained", False)),
         path=path,
+        pair_label=pair_label,
+        pair_note=pair_note,
     )
 
 

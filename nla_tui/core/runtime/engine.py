@@ -102,7 +102,7 @@ class Engine:
             ar=ckpts["ar"].name, layer=layer, quant=quant, device=device, d_model=d,
             revision={k: c.revision for k, c in ckpts.items()}, injection_scale=av_meta.injection_scale,
             mse_scale=ar_meta.mse_scale, fve_variance=variance, untrained_av=av_meta.untrained,
-            placement=self.placement_text)
+            placement=self.placement_text, pair_label=av_meta.pair_label, pair_note=av_meta.pair_note)
         self.activations = np.zeros((0, d), np.float32)
         return self.info
 

@@ -77,6 +77,8 @@ def to_markdown(session: Session) -> str:
              f"- {len(session.tokens)} tokens, {session.n_explained} explained", ""]
     if session.info.untrained_av:
         lines += [f"> **Note:** {UNTRAINED_NOTE}", ""]
+    elif session.info.pair_note:
+        lines += [f"> **About the pair:** {_md_cell(session.info.pair_note)}.", ""]
     lines += ["## Conversation", ""]
     for m in session.messages:
         lines.append(f"**{m.role}:**")
@@ -234,7 +236,9 @@ def to_html(session: Session) -> str:
                                   for e in sorted(es, key=lambda e: -(e.score.fidelity if e.score else -9))]
                          for i, es in expl.items()},
     }
-    warn = f'<div class="warn">{html.escape(UNTRAINED_NOTE)}</div>' if session.info.untrained_av else ""
+    warn = (f'<div class="warn">{html.escape(UNTRAINED_NOTE)}</div>' if session.info.untrained_av
+            else f'<div class="meta pair">About the pair: {html.escape(session.info.pair_note)}.</div>'
+            if session.info.pair_note else "")
     legend = ('<div class="legend meta">colour = round-trip fidelity (fve_nrm, else cos): '
               f'<span style="background:{fidelity_colour(0)}">≤0</span>'
               f'<span style="background:{fidelity_colour(0.5)}">0.5</span>'

@@ -38,6 +38,9 @@ class ChatMessage(Static):
 
 class ChatPane(Vertical):
     def compose(self):
+        note = Static("", id="chat-note")
+        note.display = False
+        yield note
         yield VerticalScroll(id="chat-log")
         yield Input(placeholder="message the subject model · Enter sends", id="chat-input")
 
@@ -48,6 +51,17 @@ class ChatPane(Vertical):
     @property
     def input(self) -> Input:
         return self.query_one("#chat-input", Input)
+
+    def show_note(self, text: str | None) -> None:
+        """One line above the conversation (e.g. that the demo's example is teacher-forced)."""
+        note = self.query_one("#chat-note", Static)
+        note.update(text or "")
+        note.display = bool(text)
+
+    @property
+    def note(self) -> str:
+        note = self.query_one("#chat-note", Static)
+        return str(note.render()) if note.display else ""
 
     def set_messages(self, messages: list[Message]) -> None:
         log = self.log

@@ -68,6 +68,8 @@ def render_token(state: UiState, index: int) -> Text:
     out.append("explanation", style="bold underline")
     if untrained:
         out.append(" [untrained AV: not faithful]", style="magenta")
+    elif state.info and state.info.pair_label:
+        out.append(f" [{state.info.pair_label}]", style="cyan")
     partial = state.partial.get(index)
     if partial is not None:
         out.append("  (writing…)\n", style="italic dim")
@@ -107,6 +109,8 @@ def render_token(state: UiState, index: int) -> Text:
             out.append(f"“{display_text(cand.text)}”\n")
     if untrained:
         out.append(f"\nnote: {UNTRAINED_NOTE}\n", style="italic magenta")
+    elif state.pair_note:
+        out.append(f"\nnote: {state.pair_note}\n", style="italic cyan")
     return out
 
 

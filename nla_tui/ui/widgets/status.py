@@ -49,6 +49,8 @@ def status_text(state: UiState, temperature: float, auto_explain: bool) -> Text:
             t.append(f" · GPU {mem}")
         if info.untrained_av:
             t.append(" · untrained AV", style="magenta")
+        elif info.pair_label:
+            t.append(f" · {info.pair_label}", style="cyan")
     t.append(f" · queue {state.queue_depth}")
     t.append(f" · {len(state.tokens)} tok, {state.explained_count()} explained")
     t.append(f" · t={temperature:g}")

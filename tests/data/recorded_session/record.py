@@ -2,9 +2,11 @@
 
     python tests/data/recorded_session/record.py tests/data/recorded_session
 
-Gemma 3 270M subject + the demo (untrained) AV/AR pair, fp32, greedy. 36 tokens,
-every one explained with the default Sampling. The UI tests replay it through
-nla_tui.core.runtime.replay.ReplayWorker, so their screens are deterministic.
+Gemma 3 270M subject + the demo's trained AV/AR pair (the mini NLA pair trained by
+training/, shipped as nla_tui/core/nla/demo_adapters; demo v2), fp32, greedy. Every
+token explained with the default Sampling; the session's models carry the pair's
+label and note. The UI tests replay it through nla_tui.core.runtime.replay.ReplayWorker,
+so their screens are deterministic; screenshots/ and the SVG snapshots are made from it.
 """
 
 import sys
