@@ -281,51 +281,17 @@ def test_open_needs_neither_torch_nor_pickle(tmp_path):
     assert out.stdout.strip() == "ok", out.stderr
 
 
-_AUTOSAVER = textwrap.dedent("""
-    import os, signal, sys, time
-    sys.path.insert(0, {repo!r})
-    from tests._support_session import make_session
-    from nla_tui.core.store.autosave import Autosaver
-    state = {{"n": 0}}
-    def snapshot():
-        state["n"] += 1
-        if {mid_save} and state["n"] == 1:
-            os.kill(os.getpid(), signal.{sig})  # arrives while this save holds its lock
-            time.sleep(0.2)
-        return make_session(name="autosaved")
-    saver = Autosaver(snapshot, root={root!r})
-    saver.install_signal_handlers()
-    if {mid_save}:
-        saver.save()
-    print("ready", flush=True)
-    time.sleep(60)
-""")
-
-
-@pytest.mark.parametrize("sig,mid_save", [("SIGTERM", False), ("SIGHUP", False), ("SIGHUP", True)])
-def test_sigterm_and_sighup_autosave_then_exit(tmp_path, sig, mid_save):
-    code = _AUTOSAVER.format(repo=str(REPO), root=str(tmp_path), sig=sig, mid_save=mid_save)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    if not mid_save:
-        assert proc.stdout.readline().strip() == "ready"
-        proc.send_signal(getattr(signal, sig))
-    assert proc.wait(timeout=60) == -getattr(signal, sig)  # died of the signal, no deadlock
-    rows = list_sessions(tmp_path)
-    assert [r.name for r in rows] == ["autosaved"] and rows[0].error is None
-    assert_same(make_session(name="autosaved"), load_session(rows[0].path))
-
-
 def test_autosaver_never_overwrites_another_session_and_keeps_errors(tmp_path):
     from nla_tui.core.store.autosave import Autosaver
 
     save_session(make_session(name="autosaved", seed=5), tmp_path / "autosaved")
-    current = {"s": None}
-    saver = Autosaver(lambda: current["s"], root=tmp_path)
-    assert saver.save() is None  # nothing to save yet
-    current["s"] = make_session(name="autosaved")
-    assert saver.save() == tmp_path / "autosaved-2"
-    assert saver.save() == tmp_path / "autosaved-2"  # later saves go to the same place
+    saver = Autosaver("autosaved", root=tmp_path)
+    assert saver.save_now(None, 1) is None  # nothing to save yet
+    assert saver.save_now(make_session(name="autosaved"), 1) == tmp_path / "autosaved-2"
+    assert saver.save_now(make_session(name="autosaved"), 2) == tmp_path / "autosaved-2"  # same place
+    assert saver.saved_change == 2
     assert load_session(tmp_path / "autosaved").activations.tobytes() == \
         make_session(seed=5).activations.tobytes()
     (tmp_path / "autosaved-2" / "session.json").write_text("{broken")
-    assert saver.save() is None and isinstance(saver.last_error, InputError)
+    assert saver.save_now(make_session(name="autosaved"), 3) is None
+    assert isinstance(saver.last_error, InputError) and saver.saved_change == 2

@@ -12,3 +12,13 @@ def test_ui_app_imports_no_torch():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, f"nla_tui.ui imported {r.stdout.strip()} {r.stderr[-2000:]}"
+
+
+def test_ui_never_reads_torch_through_sys_modules():
+    """GPU memory arrives in a GpuMemory event from the worker; no UI module peeks at
+    an already imported torch (which would read it from the UI thread)."""
+    from pathlib import Path
+
+    ui = Path(__file__).resolve().parents[1] / "nla_tui" / "ui"
+    peeking = [p.name for p in ui.rglob("*.py") if "sys.modules" in p.read_text(encoding="utf-8")]
+    assert peeking == []

@@ -1,6 +1,7 @@
 """Pure pieces of the UI: strip layout, event folding, colours, transcript parsing."""
 
 import json
+import queue
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from nla_tui.core import events as ev
 from nla_tui.core.errors import InputError
 from nla_tui.core.types import Explanation, Message, Sampling, Score, TokenInfo
 from nla_tui.ui.screens.dialogs import check_prompt, check_temperature
-from nla_tui.ui.state import UiState, job_kind
+from nla_tui.ui.state import UiState
 from nla_tui.core.store.transcript import load_transcript
 from nla_tui.ui.widgets.colors import fidelity_t
 from nla_tui.ui.widgets.explanation import render_token
@@ -75,16 +76,48 @@ def test_state_folds_chat_and_explain_events():
     assert st.best(11) is None
 
 
+def _fold_until(st: UiState, events: "queue.Queue", done) -> list:
+    """Apply a real worker's events to `st` until `done(event)`; returns the events."""
+    seen = []
+    while True:
+        e = events.get(timeout=60)
+        st.apply(e)
+        seen.append(e)
+        if done(e):
+            return seen
+
+
 def test_state_cancel_and_failure_clear_progress():
+    """Folded from the events a real worker sends (the shared scheduler over a replay):
+    a cancelled explain-all and chat, and a failed explain, leave no progress behind."""
+    from nla_tui.core.runtime.replay import ReplayWorker
+
+    ended = lambda kind: lambda e: isinstance(e, (ev.JobFinished, ev.JobFailed)) and e.kind is kind  # noqa: E731
+    events: queue.Queue = queue.Queue()
     st = UiState()
-    st.apply(ev.ExplainAllProgress(3, 10, 5.0))
-    assert st.all_progress is not None
-    st.apply(ev.JobFinished("ExplainAll", cancelled=True))
-    assert st.all_progress is None
-    st.apply(ev.ChatStarted([]))
-    st.apply(ev.JobFailed("chat:1", "boom"))
-    assert st.reply is None
-    assert job_kind("explain-cursor") == "explain" and job_kind("ExplainAll") == "explain_all"
+    w = ReplayWorker(Path(__file__).parent / "data" / "recorded_session", events.put, hold_after=2)
+    w.start()
+    try:
+        _fold_until(st, events, ended(ev.JobKind.LOAD))
+        w.submit(ev.ExplainAll(list(range(20, 30))))
+        _fold_until(st, events, lambda e: isinstance(e, ev.ExplainAllProgress) and e.done == 2)
+        assert st.all_progress is not None
+        w.cancel_current()
+        fin = _fold_until(st, events, ended(ev.JobKind.EXPLAIN_ALL))[-1]
+        assert fin.cancelled and st.all_progress is None
+        w.submit(ev.Chat("hi"))
+        _fold_until(st, events, lambda e: isinstance(e, ev.ChatDelta))
+        assert st.reply
+        w.cancel_current()
+        assert _fold_until(st, events, ended(ev.JobKind.CHAT))[-1].cancelled
+        assert st.reply is None
+        st.apply(ev.ExplainStarted(99))  # as if an explain had begun streaming
+        w.submit(ev.Explain(99))  # the recorded session has no token 99
+        failed = _fold_until(st, events, ended(ev.JobKind.EXPLAIN))[-1]
+        assert isinstance(failed, ev.JobFailed) and "no explanation for token 99" in failed.message
+        assert st.partial == {} and st.explaining is None
+    finally:
+        w.stop()
 
 
 def test_noisy_positions_and_outliers():
@@ -199,7 +232,7 @@ def test_load_failure_is_kept_and_shown_in_the_status_line():
     st = UiState()
     st.apply(ev.LoadProgress("subject", 0.5, "loading"))
     assert "subject 50%" in status_text(st, 0.0, False).plain
-    st.apply(ev.JobFailed("LoadModels", "No weights at /x; run nla-tui check."))
+    st.apply(ev.JobFailed(ev.JobKind.LOAD, "No weights at /x; run nla-tui check."))
     assert st.load_failed and "not loaded" in status_text(st, 0.0, False).plain
 
 
@@ -227,3 +260,17 @@ def test_nla_tui_hands_the_app_the_demo_example_unless_a_transcript_is_given(mon
     t.write_text(json.dumps([{"role": "user", "content": "hi"}]))
     assert main(["--preset", "demo", "--no-mouse", "--messages", str(t)]) == 0
     assert getattr(seen[-1], "example", None) is None
+
+
+def test_gpu_memory_of_every_card_comes_from_the_worker_event():
+    from nla_tui.core.types import CardMemory, ModelInfo
+    from nla_tui.ui.widgets.status import status_text
+
+    st = UiState()
+    st.apply(ev.ModelsReady(ModelInfo(preset=None, subject="s", av="a", ar="r", layer=3, quant="nf4",
+                                      device="cuda", d_model=8, placement="subject cuda:0 · av cuda:1")))
+    assert "GiB" not in status_text(st, 0.0, False).plain  # nothing until the worker reports
+    st.apply(ev.GpuMemory([CardMemory(0, 3 << 30, 80 << 30), CardMemory(1, 21 << 29, 48 << 30)]))
+    assert "GPU cuda:0 3.0/80 · cuda:1 10.5/48 GiB" in status_text(st, 0.0, False).plain
+    st.apply(ev.GpuMemory([CardMemory(2, 1 << 29, 24 << 30)]))  # one card: the short form
+    assert "GPU 0.5/24 GiB" in status_text(st, 0.0, False).plain

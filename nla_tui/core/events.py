@@ -7,9 +7,10 @@ with `app.post_message` (thread-safe), so this module stays free of Textual.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from enum import Enum
+from typing import Any, ClassVar
 
-from .types import Explanation, Message, ModelInfo, Sampling, TokenInfo
+from .types import CardMemory, Explanation, Message, ModelInfo, Sampling, TokenInfo
 
 # Job priorities: lower runs first.
 PRIORITY_CHAT = 0
@@ -20,13 +21,40 @@ PRIORITY_BACKGROUND = 2
 # ---------------------------------------------------------------- jobs
 
 
+class JobKind(Enum):
+    """Which job ended (JobFinished / JobFailed). The value is what the user reads."""
+
+    LOAD = "LoadModels"
+    CHAT = "Chat"
+    SET_CONVERSATION = "SetConversation"
+    EXPLAIN = "Explain"
+    EXPLAIN_ALL = "ExplainAll"
+    WHAT_IF = "WhatIf"
+    COMPARE = "Compare"
+
+    @property
+    def changes_conversation(self) -> bool:
+        """Its end may change what a saved session holds (a what-if branch is saved)."""
+        return self not in (JobKind.LOAD, JobKind.COMPARE)
+
+    @property
+    def is_chat(self) -> bool:
+        return self in (JobKind.CHAT, JobKind.SET_CONVERSATION)
+
+    @property
+    def is_explain(self) -> bool:
+        return self in (JobKind.EXPLAIN, JobKind.EXPLAIN_ALL)
+
+
 @dataclass
 class Job:
     """Base job. `key` identifies duplicates: a queued job with the same key is dropped."""
 
+    kind: ClassVar[JobKind]
+
     @property
     def key(self) -> str:
-        return type(self).__name__
+        return self.kind.value
 
     @property
     def priority(self) -> int:
@@ -37,6 +65,8 @@ class Job:
 class LoadModels(Job):
     """Load subject, AV and AR (the worker does this first, with progress)."""
 
+    kind: ClassVar[JobKind] = JobKind.LOAD
+
     @property
     def priority(self) -> int:
         return PRIORITY_CHAT
@@ -45,6 +75,8 @@ class LoadModels(Job):
 @dataclass
 class Chat(Job):
     """Append a user message, stream the subject's reply, capture every token."""
+
+    kind: ClassVar[JobKind] = JobKind.CHAT
 
     text: str
     max_new_tokens: int = 256
@@ -62,6 +94,8 @@ class Chat(Job):
 class SetConversation(Job):
     """Replace the conversation with given messages (assistant turns teacher-forced)."""
 
+    kind: ClassVar[JobKind] = JobKind.SET_CONVERSATION
+
     messages: list[Message]
 
     @property
@@ -73,6 +107,8 @@ class SetConversation(Job):
 class Explain(Job):
     """Explain the token at `index` (the one under the cursor). `samples` > 1 draws
     several and ranks them by AR score. A newer Explain supersedes a queued one."""
+
+    kind: ClassVar[JobKind] = JobKind.EXPLAIN
 
     index: int
     sampling: Sampling = field(default_factory=Sampling)
@@ -92,6 +128,8 @@ class Explain(Job):
 @dataclass
 class ExplainAll(Job):
     """Explain many positions in the background, batched."""
+
+    kind: ClassVar[JobKind] = JobKind.EXPLAIN_ALL
 
     indices: list[int]
     sampling: Sampling = field(default_factory=Sampling)
@@ -178,7 +216,7 @@ class ExplainAllProgress(Event):
 
 @dataclass
 class JobFinished(Event):
-    job: str
+    kind: JobKind
     cancelled: bool = False
 
 
@@ -186,8 +224,16 @@ class JobFinished(Event):
 class JobFailed(Event):
     """A job failed. `message` is for the user; the worker keeps running."""
 
-    job: str
+    kind: JobKind
     message: str
+
+
+@dataclass
+class GpuMemory(Event):
+    """Memory of each card the models live on, from the worker after loading and after
+    every job (the UI never asks torch itself)."""
+
+    cards: list[CardMemory]
 
 
 @dataclass

@@ -5,15 +5,18 @@ runtime/steer_worker.py (a mixin of EngineWorker)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from .branches import Comparison, SteeredBranch
-from .events import PRIORITY_EXPLAIN, Event, Job
+from .events import PRIORITY_EXPLAIN, Event, Job, JobKind
 from .types import Sampling
 
 
 @dataclass
 class WhatIf(Job):
     """Regenerate from token `index` steered toward `edited` (whatif.what_if)."""
+
+    kind: ClassVar[JobKind] = JobKind.WHAT_IF
 
     index: int
     edited: str
@@ -35,6 +38,8 @@ class WhatIf(Job):
 @dataclass
 class Compare(Job):
     """Explain a − b and b − a for tokens i and j (whatif.compare)."""
+
+    kind: ClassVar[JobKind] = JobKind.COMPARE
 
     i: int
     j: int

@@ -181,6 +181,15 @@ class ModelInfo:
 
 
 @dataclass
+class CardMemory:
+    """GPU memory on one CUDA card, as the worker reads it for the status line."""
+
+    index: int  # the CUDA device number
+    used: int  # bytes this process has allocated on it
+    total: int  # bytes
+
+
+@dataclass
 class Capture:
     """The subject's layer-K activations and top-k next-token candidates at every
     position: produced by Subject.capture, or read back from the activation cache."""

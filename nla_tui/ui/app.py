@@ -28,8 +28,8 @@ from .messages import EngineEvent
 from .screens.dialogs import PromptDialog, ValueDialog, check_temperature
 from .screens.help import HelpScreen
 from .session_actions import SessionActions
+from .state import Change, UiState
 from .steer_actions import SteerActions
-from .state import UiState, job_kind
 from ..core.store.transcript import load_transcript
 from .widgets.chat import ChatPane
 from .widgets.explanation import ExplanationPane, explanation_text
@@ -168,53 +168,50 @@ class NlaApp(SessionActions, SteerActions, App[None]):
     # ------------------------------------------------------------ events
 
     def on_engine_event(self, message: EngineEvent) -> None:
-        e = message.event
         st, strip = self.state, self.strip
         following = strip.follow
-        st.apply(e)
-        if isinstance(e, ev.ChatStarted):
+        change = st.apply(message.event)  # the one place an event is unpacked
+        if change.chat_started:
             strip.follow = following or strip.cursor < 0
+        if change.tokens:
             strip.refresh_tokens()
-        elif isinstance(e, ev.ChatDelta):
-            self.chat.append_reply(e.text)
-            strip.refresh_pending()
-        elif isinstance(e, ev.ConversationUpdated):
+        if change.captured:
             self.chat.set_messages(st.messages)
-            strip.refresh_tokens()
+        if change.reply:
+            self.chat.append_reply(change.reply)
+            strip.refresh_pending()
+        if change.explained and change.index is not None:
+            strip.refresh_index(change.index)
+        if change.captured or change.models or (change.index is not None and change.index == strip.cursor):
             self.pane.show(strip.cursor)
-        elif isinstance(e, (ev.ExplainStarted, ev.ExplainDelta, ev.ExplainDone)):
-            if isinstance(e, ev.ExplainDone):
-                strip.refresh_index(e.index)
-            if e.index == strip.cursor:
-                self.pane.show(strip.cursor)
-        elif isinstance(e, ev.ExplainAllProgress):
+        if change.progress is not None:
             bar = self.query_one(ExplainAllBar)
             bar.display = st.all_progress is not None
-            bar.show_progress(e.done, e.total, e.eta_s)
-        elif isinstance(e, (ev.JobFinished, ev.JobFailed)):
-            self._job_ended(e)
-        elif isinstance(e, ev.ModelsReady):
-            self.pane.show(strip.cursor)
-            self._open_example(e)
+            bar.show_progress(change.progress.done, change.progress.total, change.progress.eta_s)
+        if change.ended is not None:
+            self._job_ended(change)
+        if change.models:
+            self._open_example(message.event)
         self._update_status()
-        self.steer_event(e)
-        self.sessions_event(e)
-        if isinstance(e, ev.ConversationUpdated) and self._example_capturing:
+        self.steer_event(message.event)
+        self.sessions_changed(change)
+        if change.captured and self._example_capturing:
             # The example alone is not the user's work: no session is saved for it
             # until they explain, chat or save (every demo start would leave one).
             self._example_capturing = False
             self.keeper.mark_saved()
 
-    def _job_ended(self, e: ev.JobFinished | ev.JobFailed) -> None:
-        kind = job_kind(e.job)
-        if kind == "explain_all":
+    def _job_ended(self, change: Change) -> None:
+        kind = change.ended
+        assert kind is not None
+        if kind is ev.JobKind.EXPLAIN_ALL:
             self.query_one(ExplainAllBar).display = False
-        if kind == "chat" and self.state.reply is None:
+        if kind.is_chat and self.state.reply is None:
             self.strip.refresh_pending()
-        if isinstance(e, ev.JobFailed):
-            self.notify(e.message, title=f"{e.job} failed", severity="error", timeout=8)
-        elif e.cancelled:
-            self.notify(f"{e.job} cancelled", timeout=3)
+        if change.failure is not None:
+            self.notify(change.failure, title=f"{kind.value} failed", severity="error", timeout=8)
+        elif change.cancelled:
+            self.notify(f"{kind.value} cancelled", timeout=3)
         self.pane.show(self.strip.cursor)
 
     def on_token_strip_cursor_moved(self, message: TokenStrip.CursorMoved) -> None:

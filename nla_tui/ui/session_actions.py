@@ -1,8 +1,10 @@
 """The app's session actions (mixed into NlaApp): ctrl+s save, ctrl+o / f2 browser,
 X export, autosave after every job, on exit and on SIGTERM / SIGHUP.
 
-Kept out of app.py so the app stays about chat and explanations; app.py only calls
-the four hooks (sessions_mount, sessions_event, sessions_unmount, session_commands).
+Kept out of self.py so the app stays about chat and explanations; self.py only calls
+the four hooks (sessions_mount, sessions_changed, sessions_unmount, session_commands).
+Writing is the SessionKeeper's (and its Autosaver's) job; this class wires keys,
+dialogs and signals to it.
 Autosave is off unless options.autosave is true (the CLI sets it), so tests and
 scripts never write into the user's data directory by accident.
 """
@@ -11,21 +13,22 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from argparse import Namespace
 from typing import Any, Iterable
 
 from textual.app import SystemCommand
 
 from ..core import events as ev
-from ..core.store.autosave import SIGNALS
 from ..core.errors import NlaError
 from ..core.options import from_args, from_model_info
+from ..core.store.autosave import SIGNALS
 from ..core.store.export import FORMATS, export_session
 from ..core.store.session import Session, load_session, slugify
 from ..paths import data_root, sessions_dir
-from .messages import EngineEvent
 from .saving import SessionKeeper
+from .state import Change, UiState
 from .screens.dialogs import ValueDialog
-from .screens.sessions import SessionBrowser, SessionRenamed
+from .screens.sessions import SessionBrowser
 
 READ_ONLY_MESSAGE = ("Read-only session: models are not loaded. Everything recorded is browsable; "
                      "press L to load this session's models and explain new tokens.")
@@ -45,49 +48,49 @@ def check_export_path(path: str) -> str | None:
 
 
 class SessionActions:
-    """Mixin for NlaApp (an App with .state, .worker, .options, .notify, .push_screen)."""
+    """The session half of NlaApp (mixed in; App supplies notify, push_screen, exit…)."""
 
     keeper: SessionKeeper
+    # Provided by NlaApp:
+    state: UiState
+    options: Namespace
+    worker: Any
+    engine_worker: Any
 
-    # ------------------------------------------------------------ hooks from app.py
+    # ------------------------------------------------------------ hooks from self.py
 
     def sessions_mount(self) -> None:
-        app: Any = self
-        self.keeper = SessionKeeper(app.state)
+        self.keeper = SessionKeeper(self.state)
         # A background autosave that fails says so at once (from its thread, safely).
-        self.keeper.on_error = lambda err: app.call_from_thread(self._autosave_failed, err)
-        self.autosave = bool(getattr(app.options, "autosave", False))
-        opened = getattr(app.options, "session", None)
+        self.keeper.saver.on_error = lambda err: self.call_from_thread(self._autosave_failed, err)
+        self.autosave = bool(getattr(self.options, "autosave", False))
+        opened = getattr(self.options, "session", None)
         if isinstance(opened, Session):  # nla-tui open PATH
-            self.keeper.adopt(opened, getattr(app.options, "session_dir", None))
+            self.keeper.adopt(opened, getattr(self.options, "session_dir", None))
             self.keeper.read_only = True
-            app.notify(READ_ONLY_MESSAGE, title=opened.name, timeout=10)
+            self.notify(READ_ONLY_MESSAGE, title=opened.name, timeout=10)
         if self.autosave:
             self._install_signal_handlers()
 
-    def sessions_event(self, event: ev.Event) -> None:
-        app: Any = self
+    def sessions_changed(self, change: Change) -> None:
         restore = getattr(self, "_restore", None)
-        if restore and isinstance(event, ev.ConversationUpdated) and \
-                [t.token_id for t in event.tokens] == restore[0]:
+        if restore and change.captured and [t.token_id for t in self.state.tokens] == restore[0]:
             self._restore = None
             for e in restore[1]:
-                app.state.explanations.setdefault(e.index, [])
-                if e not in app.state.explanations[e.index]:
-                    app.state.explanations[e.index].append(e)
-            app.strip.refresh_tokens()
-            app.pane.show(app.strip.cursor)
-        if self.keeper.observe(event) and self.autosave and not self.keeper.read_only:
+                self.state.explanations.setdefault(e.index, [])
+                if e not in self.state.explanations[e.index]:
+                    self.state.explanations[e.index].append(e)
+            self.strip.refresh_tokens()
+            self.pane.show(self.strip.cursor)
+        if self.keeper.observe(change) and self.autosave and not self.keeper.read_only:
             self.keeper.request_save()
 
-
     def _autosave_failed(self, err: Exception) -> None:
-        app: Any = self
-        app.notify(f"{err} The conversation is still here; fix that, then press ctrl+s.",
-                   title="Autosave failed", severity="error", timeout=12)
+        self.notify(f"{err} The conversation is still here; fix that, then press ctrl+s.",
+                    title="Autosave failed", severity="error", timeout=12)
 
     def sessions_unmount(self) -> None:
-        """Exit (ctrl+q, app.exit, a signal): write what was not saved yet, and wait."""
+        """Exit (ctrl+q, self.exit, a signal): write what was not saved yet, and wait."""
         if not hasattr(self, "keeper"):  # unmounted before mount finished
             return
         if self.autosave and not self.keeper.read_only:
@@ -137,12 +140,11 @@ class SessionActions:
     # ------------------------------------------------------------ ctrl+s
 
     def action_save_session(self) -> None:
-        app: Any = self
-        if isinstance(app.screen, ValueDialog):  # ctrl+s inside a dialog: not a second one
+        if isinstance(self.screen, ValueDialog):  # ctrl+s inside a dialog: not a second one
             return
         if self.keeper.snapshot() is None:
-            app.notify("Nothing to save yet: chat first (i) or open a transcript (o).",
-                       severity="warning")
+            self.notify("Nothing to save yet: chat first (i) or open a transcript (o).",
+                        severity="warning")
             return
 
         def done(name: str | None) -> None:
@@ -151,82 +153,74 @@ class SessionActions:
             path = self.keeper.save_as(name, sessions_dir())
             self._report_save(path)
 
-        app.push_screen(ValueDialog("Save session as", self.keeper.name,
-                                    validate=lambda v: None if v.strip() else
-                                    "A session name cannot be empty."), done)
+        self.push_screen(ValueDialog("Save session as", self.keeper.name,
+                                     validate=lambda v: None if v.strip() else
+                                     "A session name cannot be empty."), done)
 
     def _report_save(self, path: Path | None) -> None:
-        app: Any = self
         if path is None:
             err = self.keeper.saver.last_error
-            app.notify(f"{err}" if err else "Nothing to save.", title="Save failed",
-                       severity="error", timeout=10)
+            self.notify(f"{err}" if err else "Nothing to save.", title="Save failed",
+                        severity="error", timeout=10)
         else:
-            app.notify(f"Saved {self.keeper.name!r} to {path}", timeout=4)
+            self.notify(f"Saved {self.keeper.name!r} to {path}", timeout=4)
 
     # ------------------------------------------------------------ browser
 
     def action_sessions(self) -> None:
-        app: Any = self
-        if isinstance(app.screen, SessionBrowser):
+        if isinstance(self.screen, SessionBrowser):
             return
 
         def done(path: Path | None) -> None:
             if path is not None:
                 self.open_saved_session(path)
 
-        app.push_screen(SessionBrowser(sessions_dir(), self.keeper.directory), done)
-
-    def on_session_renamed(self, message: SessionRenamed) -> None:
-        if message.new is None:  # the shown session was deleted: the next save makes a new one
-            self.keeper.directory = None
-        else:
-            self.keeper.directory, self.keeper.name, self.keeper.named = message.new, message.name, True
+        # Renaming or deleting the open session goes through the keeper, between two saves.
+        self.push_screen(SessionBrowser(sessions_dir(), self.keeper.directory,
+                                        rename_open=self.keeper.rename, delete_open=self.keeper.delete),
+                         done)
 
     def open_saved_session(self, path: Path) -> None:
         """Show a saved session. A live engine recaptures its conversation (from the
         activation cache) so new tokens can be explained; a read-only app swaps its
         replay worker."""
-        app: Any = self
         try:
             session = load_session(path)
         except NlaError as e:
-            app.notify(str(e), title="Cannot open session", severity="error", timeout=10)
+            self.notify(str(e), title="Cannot open session", severity="error", timeout=10)
             return
         app.chat.show_note(None)  # no longer the demo's example
         app._example_pending = False
         if self.autosave and not self.keeper.read_only:
             self.keeper.save_now(only_if_dirty=True)  # the current conversation is not lost
-        st = app.state
+        st = self.state
         st.explanations.clear()
         st.partial.clear()
         st.steered = list(session.steered)
         if self.keeper.read_only or st.info is None:
             from ..core.runtime.replay import ReplayWorker
 
-            if app.worker is not None:
-                app.worker.stop()
-            app.worker = ReplayWorker(session, app._emit, preload=True)
-            app.worker.start()
+            if self.worker is not None:
+                self.worker.stop()
+            self.worker = ReplayWorker(session, self._emit, preload=True)
+            self.worker.start()
             self.keeper.read_only = True
         else:
             if (session.info.subject, session.info.layer) != (st.info.subject, st.info.layer):
-                app.notify(f"{session.name} was saved with {session.info.subject} (layer "
-                           f"{session.info.layer}); new explanations come from the loaded "
-                           "models.", severity="warning", timeout=8)
-            app.strip.follow = False
-            app.on_engine_event(EngineEvent(ev.ConversationUpdated(
-                list(session.messages), list(session.tokens), session.activations)))
-            by_index: dict[int, list] = {}
-            for e in session.explanations:
-                by_index.setdefault(e.index, []).append(e)
-            for index, exps in sorted(by_index.items()):
-                app.on_engine_event(EngineEvent(ev.ExplainDone(index, exps, cached=True)))
+                self.notify(f"{session.name} was saved with {session.info.subject} (layer "
+                            f"{session.info.layer}); new explanations come from the loaded "
+                            "models.", severity="warning", timeout=8)
+            self.strip.follow = False
+            st.show_session(session)
+            self.chat.set_messages(st.messages)
+            self.strip.refresh_tokens()
+            self.pane.show(self.strip.cursor)
+            self._update_status()
             # The engine must hold the same conversation for e / a to explain it.
-            app.submit(ev.SetConversation(list(session.messages)))
+            self.submit(ev.SetConversation(list(session.messages)))
             self._restore = ([t.token_id for t in session.tokens], list(session.explanations))
         self.keeper.adopt(session, Path(path))
-        app.notify(f"Opened {session.name}", timeout=3)
+        self.notify(f"Opened {session.name}", timeout=3)
 
     # ------------------------------------------------------------ L: load models on demand
 
@@ -236,31 +230,30 @@ class SessionActions:
         the conversation; the recorded explanations stay (same tokens), new ones can
         be made, and autosave writes back to the session's directory. Device and
         precision are chosen for this machine (the session may come from a GPU box)."""
-        app: Any = self
         if not self.keeper.read_only:
-            app.notify("The models are already loaded.", timeout=3)
+            self.notify("The models are already loaded.", timeout=3)
             return
         session = self.keeper.snapshot()
-        info = app.state.info
+        info = self.state.info
         if session is None or info is None:
-            app.notify("Nothing to load models for yet.", severity="warning")
+            self.notify("Nothing to load models for yet.", severity="warning")
             return
-        if app.engine_worker is None:
-            app.notify("This app cannot load models (it was started without them).",
-                       severity="warning")
+        if self.engine_worker is None:
+            self.notify("This app cannot load models (it was started without them).",
+                        severity="warning")
             return
-        if app.worker is not None:
-            app.worker.stop()
-        app.state.info = None  # the status line shows loading progress until ModelsReady
+        if self.worker is not None:
+            self.worker.stop()
+        self.state.info = None  # the status line shows loading progress until ModelsReady
         # The session's models, layer and fve variance; this run's device/placement/cache flags.
-        app.worker = app.engine_worker(from_model_info(info, from_args(app.options)), app._emit)
-        app.worker.start()
-        app.submit(ev.SetConversation(list(session.messages)))
+        self.worker = self.engine_worker(from_model_info(info, from_args(self.options)), self._emit)
+        self.worker.start()
+        self.submit(ev.SetConversation(list(session.messages)))
         # Re-applied when the engine's capture of these same tokens arrives (an engine
         # may first report another conversation, which would drop them from the UI).
         self._restore = ([t.token_id for t in session.tokens], list(session.explanations))
         self.keeper.read_only = False
-        app.notify(f"Loading {info.preset or info.subject} (subject, AV, AR)…", timeout=5)
+        self.notify(f"Loading {info.preset or info.subject} (subject, AV, AR)…", timeout=5)
 
     # ------------------------------------------------------------ export
 
@@ -268,26 +261,24 @@ class SessionActions:
         return data_root() / "exports" / f"{slugify(self.keeper.name)}.{fmt}"
 
     def action_export(self) -> None:
-        app: Any = self
         if self.keeper.snapshot() is None:
-            app.notify("Nothing to export yet: chat first (i) or open a session (ctrl+o).",
-                       severity="warning")
+            self.notify("Nothing to export yet: chat first (i) or open a session (ctrl+o).",
+                        severity="warning")
             return
 
         def done(path: str | None) -> None:
             if path:
                 self.export_to(Path(path).expanduser())
 
-        app.push_screen(ValueDialog("Export to (.md, .html or .json)",
-                                    str(self.default_export_path("html")),
-                                    validate=check_export_path), done)
+        self.push_screen(ValueDialog("Export to (.md, .html or .json)",
+                                     str(self.default_export_path("html")),
+                                     validate=check_export_path), done)
 
     def export_to(self, out: Path) -> Path | None:
         """Save first (the export then matches a session on disk), then write `out`."""
-        app: Any = self
         session = self.keeper.snapshot()
         if session is None:
-            app.notify("Nothing to export yet.", severity="warning")
+            self.notify("Nothing to export yet.", severity="warning")
             return None
         if not self.keeper.read_only:
             self._report_save(self.keeper.save_now())
@@ -295,7 +286,7 @@ class SessionActions:
         try:
             written = export_session(session, export_format(str(out)) or "md", out)
         except (NlaError, OSError) as e:
-            app.notify(str(e), title="Export failed", severity="error", timeout=10)
+            self.notify(str(e), title="Export failed", severity="error", timeout=10)
             return None
-        app.notify(f"Exported to {written}", timeout=6)
+        self.notify(f"Exported to {written}", timeout=6)
         return Path(written)

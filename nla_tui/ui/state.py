@@ -2,7 +2,7 @@
 
 Pure Python (no Textual) so the folding rules are unit-testable and the widgets
 only read from it. One instance lives on the app; the app applies every core
-event here first, then tells the widgets what changed.
+event here first (the only place events are unpacked), then redraws from the Change.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import statistics
 from dataclasses import dataclass, field
 
 from ..core import events as ev
-from ..core.types import NOISY_PREFIX, Explanation, Message, ModelInfo, TokenInfo
+from ..core.steer_jobs import WhatIfDone
+from ..core.types import NOISY_PREFIX, CardMemory, Explanation, Message, ModelInfo, TokenInfo
 
 # A token whose activation norm exceeds this multiple of the conversation's
 # median is flagged: such positions (often <bos> and early tokens) are
@@ -21,20 +22,24 @@ OUTLIER_NORM_FACTOR = 4.0
 SPECIAL_ROLES = ("bos", "special")
 
 
-def job_kind(job: str) -> str:
-    """Classify the worker's job name ('ExplainAll', 'explain-cursor', 'chat:…')."""
-    j = job.lower().replace("-", "").replace("_", "")
-    if j.startswith("explainall"):
-        return "explain_all"
-    if j.startswith("explain"):
-        return "explain"
-    if j.startswith("chat") or j.startswith("setconversation"):
-        return "chat"
-    if j.startswith("load"):
-        return "load"
-    if j.startswith("whatif"):
-        return "whatif"
-    return "other"
+@dataclass
+class Change:
+    """What one worker event changed. UiState.apply reads the event once and says what
+    changed; the app redraws from this and the session keeper decides on saving from it,
+    so no other code unpacks events."""
+
+    chat_started: bool = False  # prompt tokens known, a reply will stream
+    tokens: bool = False  # the token list was replaced
+    captured: bool = False  # a captured conversation arrived (worth saving)
+    reply: str = ""  # reply text that streamed in
+    index: int | None = None  # the explanation state of this token changed
+    explained: bool = False  # a finished explanation arrived (worth saving)
+    progress: ev.ExplainAllProgress | None = None
+    ended: ev.JobKind | None = None  # a job finished or failed
+    failure: str | None = None  # ...with this message for the user
+    cancelled: bool = False
+    models: bool = False  # models ready
+    branch: object | None = None  # a what-if branch arrived (worth saving)
 
 
 @dataclass
@@ -58,11 +63,13 @@ class UiState:
     # typed loosely so this module needs no numpy import.
     activations: object | None = None
     steered: list = field(default_factory=list)  # what-if branches (core.branches.SteeredBranch)
+    gpu_memory: list[CardMemory] = field(default_factory=list)  # per card, from the worker
 
     # ------------------------------------------------------------ folding
 
-    def apply(self, event: ev.Event) -> None:
-        """Fold one core event into the state."""
+    def apply(self, event: ev.Event) -> Change:
+        """Fold one core event into the state; return what changed."""
+        c = Change()
         if isinstance(event, ev.LoadProgress):
             self.load[event.model] = event.fraction
             self.load_message = event.message
@@ -70,43 +77,70 @@ class UiState:
             self.info = event.info
             self.load = {}
             self.load_message = ""
+            c.models = True
+        elif isinstance(event, ev.GpuMemory):
+            self.gpu_memory = list(event.cards)
         elif isinstance(event, ev.ChatStarted):
             self.set_tokens(event.tokens)
             self.reply = ""
+            c.chat_started = c.tokens = True
         elif isinstance(event, ev.ChatDelta):
             self.reply = (self.reply or "") + event.text
+            c.reply = event.text
         elif isinstance(event, ev.ConversationUpdated):
             self.messages = list(event.messages)
             self.set_tokens(event.tokens)
-            self.activations = getattr(event, "activations", None)
+            self.activations = event.activations
             self.reply = None
+            c.tokens = c.captured = True
         elif isinstance(event, ev.ExplainStarted):
             self.explaining = event.index
             self.partial[event.index] = ""
+            c.index = event.index
         elif isinstance(event, ev.ExplainDelta):
             self.partial[event.index] = event.text
+            c.index = event.index
         elif isinstance(event, ev.ExplainDone):
             self.partial.pop(event.index, None)
             if self.explaining == event.index:
                 self.explaining = None
             if event.explanations:
                 self.explanations[event.index] = list(event.explanations)
+            c.index, c.explained = event.index, True
         elif isinstance(event, ev.ExplainAllProgress):
             self.all_progress = None if event.done >= event.total else event
+            c.progress = event
         elif isinstance(event, (ev.JobFinished, ev.JobFailed)):
-            kind = job_kind(event.job)
-            ended_badly = isinstance(event, ev.JobFailed) or event.cancelled
-            if kind == "explain_all":
+            kind = c.ended = event.kind
+            c.failure = event.message if isinstance(event, ev.JobFailed) else None
+            c.cancelled = isinstance(event, ev.JobFinished) and event.cancelled
+            ended_badly = c.failure is not None or c.cancelled
+            if kind is ev.JobKind.EXPLAIN_ALL:
                 self.all_progress = None
-            if kind == "load" and isinstance(event, ev.JobFailed):
-                self.load_failed = event.message
-            if kind == "chat" and ended_badly:
+            if kind is ev.JobKind.LOAD and c.failure is not None:
+                self.load_failed = c.failure
+            if kind.is_chat and ended_badly:
                 self.reply = None
-            if kind in ("explain", "explain_all") and ended_badly:
+            if kind.is_explain and ended_badly:
                 self.partial.clear()
                 self.explaining = None
+        elif isinstance(event, WhatIfDone):
+            self.steered.append(event.branch)
+            c.branch = event.branch
         elif isinstance(event, ev.QueueDepth):
             self.queue_depth = event.depth
+        return c
+
+    def show_session(self, session) -> None:
+        """Show a saved session (ctrl+o with live models): its conversation, capture and
+        recorded explanations, before the engine has recaptured it."""
+        self.messages = list(session.messages)
+        self.set_tokens(session.tokens)
+        self.activations = session.activations
+        self.reply = None
+        self.explanations, self.partial = {}, {}
+        for e in session.explanations:
+            self.explanations.setdefault(e.index, []).append(e)
 
     def set_tokens(self, tokens: list[TokenInfo]) -> None:
         # A changed prefix invalidates explanations: keep only those whose token

@@ -63,7 +63,6 @@ class SteerActions:
         app: Any = self
         st = app.state
         if isinstance(e, WhatIfDone):
-            st.steered.append(e.branch)
             app.push_screen(SteeredScreen(e.branch, st.untrained_av))
         elif isinstance(e, CompareDone):
             c = e.comparison

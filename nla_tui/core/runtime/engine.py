@@ -21,7 +21,7 @@ from ..nla.av import Verbalizer, injection_warnings, parse_explanation
 from ..nla.presets import Preset, resolve_sources
 from ..nla.sidecar import read_sidecar
 from ..options import EngineOptions
-from ..types import Explanation, Message, ModelInfo, Sampling, Score, TokenInfo
+from ..types import CardMemory, Explanation, Message, ModelInfo, Sampling, Score, TokenInfo
 from .engine_caches import EngineCaches
 
 
@@ -53,6 +53,7 @@ class Engine:
         self.explanations: dict[int, list[Explanation]] = {}
         self.steered: list = []  # what-if branches (runtime/whatif.py); the conversation itself never changes
         self.placement_text = ""
+        self.cards: list[int] = []  # CUDA devices holding a model (for gpu_memory)
         self.caches = EngineCaches(options.cache_dir, options.cache)
         # Explain-all: "auto" parks the subject and AR off the AV's card when that saves AV passes.
         self.park_policy = options.park or "auto"
@@ -88,6 +89,8 @@ class Engine:
                            load_tokenizer(ckpts[key]))
             report(key, 1.0, "loaded")
         self.placement_text = describe_placement(placement, models) if placement else device
+        self.cards = sorted({p.device.index or 0 for m, _ in models.values() for p in m.parameters()
+                             if p.device.type == "cuda"})
         self.subject = Subject(*models["subject"], layer=layer)
         d = text_config(models["subject"][0]).hidden_size
         if d != av_meta.d_model:
@@ -134,6 +137,15 @@ class Engine:
     def _need_models(self) -> None:
         if self.subject is None:
             raise InputError("Models are not loaded yet (call load() first).")
+
+    def gpu_memory(self) -> list[CardMemory]:
+        """Memory this process holds on each card a model lives on (none on CPU)."""
+        if not self.cards:
+            return []
+        import torch
+
+        return [CardMemory(i, torch.cuda.memory_allocated(i), torch.cuda.get_device_properties(i).total_memory)
+                for i in self.cards]
 
     @property
     def counters(self) -> dict[str, int]:

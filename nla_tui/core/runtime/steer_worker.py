@@ -1,5 +1,5 @@
-"""EngineWorker's handlers for what-if and compare (core/steer_jobs.py), dispatched
-by job class name like the worker's own `_do_*` methods."""
+"""EngineWorker's handlers for what-if and compare (core/steer_jobs.py), registered in
+EngineWorker.handlers like the worker's own."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from ..steer_jobs import Compare, CompareDone, WhatIf, WhatIfDone
 
 
 class SteerJobs:
-    """EngineWorker's handlers for the two jobs (dispatched by job class name)."""
+    """EngineWorker's handlers for the two jobs (registered by job type)."""
 
     def _do_WhatIf(self, job: WhatIf) -> None:
         from .whatif import what_if
@@ -16,7 +16,7 @@ class SteerJobs:
         eng = self._engine()
         had = set(eng.explanations)
         branch = what_if(eng, job.index, job.edited, job.alpha, job.span, job.max_new_tokens, job.original,
-                         job.sampling, self._cancel)
+                         job.sampling, self.cancel)
         if job.index not in had and job.index in eng.explanations:  # explained on the way: show it too
             self.emit(ExplainDone(job.index, eng.explanations[job.index]))
         self.emit(WhatIfDone(branch))
@@ -24,4 +24,4 @@ class SteerJobs:
     def _do_Compare(self, job: Compare) -> None:
         from .whatif import compare
 
-        self.emit(CompareDone(compare(self._engine(), job.i, job.j, job.sampling, self._cancel)))
+        self.emit(CompareDone(compare(self._engine(), job.i, job.j, job.sampling, self.cancel)))

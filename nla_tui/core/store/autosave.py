@@ -1,14 +1,21 @@
-"""Autosave for the TUI: after every finished job, on exit, on SIGTERM and SIGHUP.
+"""The only writer of the session the TUI shows: one background thread, one lock.
 
-    saver = Autosaver(lambda: current_session_or_none())
-    saver.install_signal_handlers(on_signal=lambda sig: app.exit())   # from the main thread
-    ...  saver.save()            # after JobFinished (never blocks: skips if a save is running)
-    ...  saver.save(wait=True)   # on exit
+    saver = Autosaver(root=sessions_dir)
+    saver.request(session, change)   # after a finished job: written in the background
+    saver.save_now(session, change)  # ctrl+s, exit, SIGTERM/SIGHUP: written before it returns
+    saver.rename(name) / saver.delete() / saver.save_as(session, change, root, name)
 
-Why not just call save_session from a signal handler: the handler runs on the main
-thread between two bytecodes, possibly in the middle of a save that holds the session
-directory's flock; a nested save would deadlock on it. Here a signal that interrupts a
-save is remembered and handled as soon as that save finishes.
+Every write, and every move or deletion of the session's directory, happens under
+one lock, so renaming or deleting the open session from the browser never races a
+background save: a rename waits for the save in flight, and the next save writes the
+new name into the new directory; a delete drops the save still queued, so the
+deleted session does not come back. A newer `request` replaces one not yet started
+(the latest state wins); a save never raises: the error is kept in `last_error` and
+passed to `on_error` (from the saver thread). `change` is the caller's counter of
+edits: `saved_change` says which one is on disk.
+
+Signals are the UI's business (it installs SIGTERM/SIGHUP handlers through its event
+loop, which then calls save_now); SIGNALS lists them.
 """
 
 from __future__ import annotations
@@ -16,85 +23,134 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from .session import SESSION_FILE, Session, default_sessions_root, save_session, slugify
+from .session import Session, default_sessions_root, delete_session, free_directory, rename_session, \
+    save_session, slugify
 
 SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s)
 
 
 class Autosaver:
-    """Saves `snapshot()` (None = nothing to save) to one directory, chosen on first save.
-
-    `directory`: where to save (e.g. the session that was opened); default a new
-    directory under `root` (default the user sessions dir) named after the session.
-    """
-
-    def __init__(self, snapshot: Callable[[], Session | None], directory: str | os.PathLike | None = None,
-                 root: str | os.PathLike | None = None) -> None:
-        self.snapshot = snapshot
-        self.directory = Path(directory) if directory is not None else None
+    def __init__(self, name: str, root: str | os.PathLike | None = None,
+                 directory: str | os.PathLike | None = None,
+                 on_error: Callable[[Exception], None] | None = None) -> None:
+        self.name = name  # stamped on every write, so a rename is never undone by a queued save
         self.root = Path(root) if root is not None else None
-        self.last_error: Exception | None = None  # the UI shows it; autosave never raises
-        self._lock = threading.Lock()
-        self._pending: int | None = None
-        self._on_signal: Callable[[int], None] | None = None
+        self.directory = Path(directory) if directory is not None else None
+        self.on_error = on_error
+        self.last_error: Exception | None = None
+        self.last_saved: Path | None = None  # where the last successful write went
+        self.saved_change = 0  # the caller's change counter of what is on disk
+        self._write = threading.Lock()  # held while the session's directory is written, moved or deleted
+        self._cv = threading.Condition()  # guards _pending and the thread below
+        self._pending: tuple[Session, int] | None = None
+        self._thread: threading.Thread | None = None
 
-    def _new_directory(self, session: Session) -> Path:
-        """A fresh directory: never reuse one holding a different session."""
-        root = self.root or default_sessions_root()
-        base = slugify(session.name)
-        for n in range(1, 1000):
-            d = root / (base if n == 1 else f"{base}-{n}")
-            if not (d / SESSION_FILE).exists():
-                return d
-        raise OSError(f"too many sessions named {base!r} in {root}")
+    # ------------------------------------------------------------ writes
 
-    def save(self, wait: bool = False) -> Path | None:
-        """Save now; returns the directory, or None if nothing was saved (no session, a
-        save already running and wait=False, or an error kept in `last_error`)."""
-        if not self._lock.acquire(blocking=wait):
+    def request(self, session: Session | None, change: int) -> None:
+        """Save in the background. At most one saver thread runs; it writes the latest
+        request when the running write ends."""
+        if session is None:
+            return
+        with self._cv:
+            self._pending = (session, change)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._background, name="nla-autosave", daemon=True)
+                self._thread.start()
+
+    def _background(self) -> None:
+        while True:
+            with self._write:
+                with self._cv:
+                    job, self._pending = self._pending, None
+                    if job is None:  # decided under the lock: a request now starts a new thread
+                        self._thread = None
+                        return
+                ok = self._save_locked(*job)
+            if not ok and self.on_error is not None:
+                try:
+                    self.on_error(self.last_error)  # type: ignore[arg-type]
+                except Exception:  # the app is closing: the exit save reports it
+                    pass
+
+    def save_now(self, session: Session | None, change: int) -> Path | None:
+        """Write `session` before returning (it supersedes a queued request). Returns the
+        directory, or None when there was nothing to save or the write failed."""
+        if session is None:
             return None
+        with self._write:
+            with self._cv:
+                if self._pending is not None and self._pending[1] <= change:
+                    self._pending = None
+            return self.directory if self._save_locked(session, change) else None
+
+    def _save_locked(self, session: Session, change: int) -> bool:
         try:
-            session = self.snapshot()
-            if session is None or not session.tokens:
-                return None
-            target = self.directory or self._new_directory(session)
+            if not session.tokens:
+                return False
+            session = replace(session, name=self.name)
+            target = self.directory or free_directory(self.root or default_sessions_root(), slugify(self.name))
             save_session(session, target)
-            self.directory, self.last_error = target, None
-            return target
+            self.directory = self.last_saved = target
+            self.last_error = None
+            self.saved_change = max(self.saved_change, change)
+            return True
         except Exception as e:  # a failed autosave must not take the app down
             self.last_error = e
-            return None
-        finally:
-            self._lock.release()
-            pending, self._pending = self._pending, None
-            if pending is not None:
-                self._finish(pending)
+            return False
 
-    def install_signal_handlers(self, on_signal: Callable[[int], None] | None = None) -> None:
-        """SIGTERM/SIGHUP: save, then call on_signal(signum) (e.g. app.exit), or without
-        one, die of the signal as if unhandled. Call from the main thread."""
-        self._on_signal = on_signal
-        for sig in SIGNALS:
-            signal.signal(sig, self._handle)
+    def wait(self) -> None:
+        """Until the background saves queued so far are written."""
+        with self._cv:
+            t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join()
 
-    def _handle(self, signum: int, _frame: object) -> None:
-        if self._lock.locked():  # a save is running (maybe the one we interrupted)
-            self._pending = signum
-            return
-        self.save()
-        self._finish(signum)
+    # ------------------------------------------------------------ the session's directory
 
-    def _finish(self, signum: int) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            # Signal handlers (and signal.signal) belong to the main thread: re-deliver;
-            # the handler there saves again (cheap: the activations file is reused).
-            os.kill(os.getpid(), signum)
-            return
-        if self._on_signal is not None:
-            self._on_signal(signum)
-            return
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
+    def adopt(self, name: str, directory: Path | None, change: int) -> None:
+        """The app now shows a session opened from disk: later saves go back there."""
+        with self._write:
+            with self._cv:
+                self._pending = None  # the previous conversation's queued save is moot
+            self.name, self.directory = name, directory
+            self.saved_change = change
+
+    def save_as(self, session: Session | None, change: int, root: Path, name: str,
+                move_unnamed: bool) -> Path | None:
+        """ctrl+s with a name: save under root/slugify(name). With `move_unnamed`, an
+        autosave directory of a still-unnamed session moves there (no stale copy left
+        behind); a directory holding another session is never overwritten (-N suffix)."""
+        with self._write:
+            self.name = name
+            target = root / slugify(name)
+            old = self.directory
+            if target != old:
+                if move_unnamed and old is not None and not target.exists():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    old.rename(target)  # same filesystem (both under the sessions dir)
+                else:
+                    target = free_directory(root, slugify(name))
+                self.directory = target
+        return self.save_now(session, change)
+
+    def rename(self, name: str) -> Path:
+        """The browser renamed the open session: rename it on disk between two writes."""
+        with self._write:
+            self.directory = rename_session(self.directory, name)
+            self.name = name.strip()
+            return self.directory
+
+    def delete(self, change: int) -> None:
+        """The browser deleted the open session: a save still queued must not bring it
+        back; the next change saves into a fresh directory."""
+        with self._write:
+            delete_session(self.directory)
+            self.directory = None
+            with self._cv:
+                self._pending = None
+            self.saved_change = max(self.saved_change, change)

@@ -113,6 +113,15 @@ def slugify(name: str) -> str:
     return slug[:80] or "session"
 
 
+def free_directory(root: Path, slug: str) -> Path:
+    """root/slug, or root/slug-N: never a directory that holds another session."""
+    for n in range(1, 1000):
+        d = root / (slug if n == 1 else f"{slug}-{n}")
+        if not (d / SESSION_FILE).exists():
+            return d
+    raise OSError(f"too many sessions named {slug!r} in {root}")
+
+
 def default_sessions_root() -> Path:
     from ...paths import sessions_dir  # lazy: keeps platformdirs off the import path of tests
     return sessions_dir()

@@ -8,11 +8,11 @@ its error (and can be deleted) instead of breaking the screen.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Label, Static
 
@@ -23,17 +23,17 @@ from .dialogs import ValueDialog
 HINT = "Enter open · r rename · d delete · Esc close"
 
 
+def shown_path(path: Path) -> str:
+    """A folder as the user knows it: `~/…` under the home directory."""
+    try:
+        return "~/" + str(path.relative_to(Path.home()))
+    except ValueError:
+        return str(path)
+
+
 def when(iso: str) -> str:
     """'2026-11-25T10:30:00+00:00' -> '2026-11-25 10:30 UTC' (as stored: stable, unambiguous)."""
     return f"{iso[:10]} {iso[11:16]} UTC" if len(iso) >= 16 else iso
-
-
-class SessionRenamed(Message):
-    """The session the app shows was renamed (new path and name) or deleted (None, None)."""
-
-    def __init__(self, old: Path, new: Path | None, name: str | None) -> None:
-        super().__init__()
-        self.old, self.new, self.name = old, new, name
 
 
 class ConfirmDialog(ModalScreen[bool]):
@@ -87,15 +87,21 @@ class SessionBrowser(ModalScreen[Path | None]):
         Binding("d,delete", "delete", "delete"),
     ]
 
-    def __init__(self, root: Path, current: Path | None = None) -> None:
+    def __init__(self, root: Path, current: Path | None = None,
+                 rename_open: Callable[[str], Path] | None = None,
+                 delete_open: Callable[[], None] | None = None) -> None:
         super().__init__()
         self.root = root
         self.current = current  # the session the app shows (marked, and kept in sync on rename)
+        # The open session is renamed / deleted through the app's saver, between two
+        # autosaves; any other session directly.
+        self.rename_open = rename_open or (lambda name: rename_session(current, name))
+        self.delete_open = delete_open or (lambda: delete_session(current))
         self.rows: list[SessionSummary] = []
 
     def compose(self) -> ComposeResult:
         with Vertical(id="sessions-box"):
-            yield Static(f"[bold]Saved sessions[/]  in {self.root}", id="sessions-title")
+            yield Static(f"[bold]Saved sessions[/]  in {shown_path(self.root)}", id="sessions-title")
             yield DataTable(id="sessions-table", cursor_type="row", zebra_stripes=True)
             yield Static("", id="sessions-empty")
             yield Static(HINT, id="sessions-hint")
@@ -114,7 +120,8 @@ class SessionBrowser(ModalScreen[Path | None]):
         table = self.table
         table.clear()
         for s in self.rows:
-            note = f"unreadable: {s.error}" if s.error else (
+            error = s.error.replace(str(self.root), shown_path(self.root)) if s.error else None
+            note = f"unreadable: {error}" if error else (
                 "open now" if self.current is not None and s.path == self.current else "")
             table.add_row(s.name, when(s.updated), s.preset or "", str(s.n_tokens),
                           str(s.n_explained), note[:200])
@@ -153,14 +160,14 @@ class SessionBrowser(ModalScreen[Path | None]):
         def done(name: str | None) -> None:
             if not name:
                 return
+            is_open = self.current is not None and s.path == self.current
             try:
-                new = rename_session(s.path, name)
+                new = self.rename_open(name) if is_open else rename_session(s.path, name)
             except (NlaError, OSError) as e:
                 self.notify(str(e), title="Rename failed", severity="error", timeout=10)
                 return
-            if self.current is not None and s.path == self.current:
+            if is_open:
                 self.current = new
-                self.app.post_message(SessionRenamed(s.path, new, name.strip()))
             self.reload(select=new)
 
         self.app.push_screen(ValueDialog("Rename session", s.name,
@@ -175,13 +182,14 @@ class SessionBrowser(ModalScreen[Path | None]):
         def done(yes: bool | None) -> None:
             if not yes:
                 return
+            is_open = self.current is not None and s.path == self.current
             try:
-                delete_session(s.path)
+                self.delete_open() if is_open else delete_session(s.path)
             except (NlaError, OSError) as e:
                 self.notify(str(e), title="Delete failed", severity="error", timeout=10)
                 return
-            if self.current is not None and s.path == self.current:
-                self.app.post_message(SessionRenamed(s.path, None, None))
+            if is_open:
+                self.current = None  # the next save of the shown conversation makes a new one
             self.notify(f"Deleted {s.name}", timeout=3)
             self.reload()
 

@@ -2,28 +2,24 @@
 
 from __future__ import annotations
 
-import sys
-
 from rich.text import Text
 from textual.containers import Horizontal
 from textual.widgets import Label, Static
 
+from ...core.types import CardMemory
 from ..state import UiState
 from .colors import legend_swatch
 
 
-def _gpu_memory(device: str) -> str | None:
-    """GPU memory in use, read from torch only if the worker already imported it
-    (the UI never imports torch itself)."""
-    torch = sys.modules.get("torch")
-    if torch is None or not device.startswith("cuda"):
+def gpu_memory_text(cards: list[CardMemory]) -> str | None:
+    """'12.3/80 GiB' for one card; 'cuda:0 12.3/80 · cuda:1 30.1/80 GiB' for several.
+    The worker sends the figures (GpuMemory): the UI never imports torch."""
+    if not cards:
         return None
-    try:
-        used = torch.cuda.memory_allocated() / 2**30
-        total = torch.cuda.get_device_properties(0).total_memory / 2**30
-    except Exception:
-        return None
-    return f"{used:.1f}/{total:.0f} GiB"
+    gib = lambda c: f"{c.used / 2**30:.1f}/{c.total / 2**30:.0f}"  # noqa: E731
+    if len(cards) == 1:
+        return f"{gib(cards[0])} GiB"
+    return " · ".join(f"cuda:{c.index} {gib(c)}" for c in cards) + " GiB"
 
 
 def status_text(state: UiState, temperature: float, auto_explain: bool) -> Text:
@@ -44,7 +40,7 @@ def status_text(state: UiState, temperature: float, auto_explain: bool) -> Text:
         # On CUDA the placement says which card holds each model and its memory.
         where = info.placement if info.placement and info.device.startswith("cuda") else info.device
         t.append(f" · L{info.layer} · {info.quant} · {where}")
-        mem = _gpu_memory(info.device)
+        mem = gpu_memory_text(state.gpu_memory)
         if mem:
             t.append(f" · GPU {mem}")
         if info.untrained_av:
