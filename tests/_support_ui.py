@@ -6,6 +6,9 @@ import asyncio
 from pathlib import Path
 from typing import Callable
 
+import pytest
+
+from nla_tui.core.store.session import load_session, save_session
 from nla_tui.ui.app import NlaApp, create_app
 from nla_tui.core.runtime.replay import ReplayWorker
 
@@ -163,3 +166,30 @@ SCENARIOS = {
     "whatif_result_120x36": (dict(preload=True), (120, 36), _whatif_result),
     "compare_120x36": (dict(preload=True), (120, 36), _compare),
 }
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    """NLA_TUI_DATA in tmp_path: nothing touches the user's data directory."""
+    monkeypatch.setenv("NLA_TUI_DATA", str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+def shown_explanations(app):
+    return [e.to_json() for i in sorted(app.state.explanations) for e in app.state.explanations[i]]
+
+
+def make_sessions(root: Path) -> dict[str, Path]:
+    recorded = load_session(RECORDED)
+    paths = {}
+    for name, n_exp in (("alpha", 3), ("beta", 0)):
+        recorded.name = name
+        full = list(recorded.explanations)
+        recorded.explanations = [e for e in full if e.index >= 20][:n_exp]  # past the prompt
+        paths[name] = save_session(recorded, root / name)
+        recorded.explanations = full
+    broken = root / "broken"
+    broken.mkdir()
+    (broken / "session.json").write_text('{"schema_version": 1, "name": "bro')  # truncated
+    paths["broken"] = broken
+    return paths

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -190,7 +191,10 @@ def test_cache_root_and_sizes(tmp_path, monkeypatch):
     monkeypatch.delenv("NLA_TUI_CACHE_MAX_BYTES", raising=False)
     assert default_cache_root() == tmp_path / "here"
     assert ActivationCache().dir == tmp_path / "here" / "activations" / "v1"
-    assert ActivationCache().max_bytes == 4 << 30
+    # the built-in bound is the one the docs promise (docs/SESSION_SCHEMA.md)
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "SESSION_SCHEMA.md").read_text(encoding="utf-8")
+    documented = re.search(r"activations ([\d.]+ ?[KMG]iB) by default", doc).group(1)
+    assert ActivationCache().max_bytes == parse_size(documented.replace(" ", ""))
     monkeypatch.setenv("NLA_TUI_CACHE_MAX_BYTES", "512MiB")
     assert ActivationCache().max_bytes == 512 << 20
     assert parse_size("1.5g") == int(1.5 * (1 << 30)) and parse_size("1000") == 1000

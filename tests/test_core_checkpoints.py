@@ -105,8 +105,15 @@ def test_ar_checks(demo_paths, tmp_path):
     sfx = clone_ckpt(demo_paths["ar"], tmp_path / "sfx", _set("tokens.critic_suffix_ids", [1, 2, 3]))
     with pytest.raises(CheckpointError, match="suffix drift"):
         validate_ar(read_sidecar(sfx), tok, 13)
-    meta = read_sidecar(demo_paths["ar"])
-    assert meta.mse_scale == pytest.approx(640 ** 0.5)
+    # The release's "sqrt_d_model" (and a sidecar that omits mse_scale) mean sqrt(d_model)
+    # of that checkpoint: the AR normalises its MSE by the residual width it was trained on.
+    for value in ("sqrt_d_model", KeyError):
+        named = clone_ckpt(demo_paths["ar"], tmp_path / f"mse-{value is KeyError}", _set("extraction.mse_scale", value))
+        meta = read_sidecar(named)
+        assert meta.mse_scale == pytest.approx(meta.d_model ** 0.5) and meta.d_model > 1
+    wide = clone_ckpt(demo_paths["ar"], tmp_path / "wide", lambda m: (_set("d_model", 4 * m["d_model"])(m),
+                                                                     _set("extraction.mse_scale", "sqrt_d_model")(m)))
+    assert read_sidecar(wide).mse_scale == pytest.approx(2 * read_sidecar(named).mse_scale)
 
 
 def test_missing_value_head_is_named(demo_engine, demo_paths, tmp_path):

@@ -121,13 +121,25 @@ def test_worker_runs_jobs_in_order_and_survives_errors(demo_engine):
         w.submit(ev.Explain(index=3, sampling=s))
         col.wait_for(lambda e: isinstance(e, ev.ExplainDone) and e.index == 3 and e.cached)
         assert eng.counters["av_generate"] == calls
-        # explain-all reports progress and can be cancelled
+        # explain-all reports progress and can be cancelled. Its first AV batch waits
+        # until the cancel has landed, so "still running when Esc arrives" is certain.
+        entered, gate, real = threading.Event(), threading.Event(), eng.explain_vectors
+
+        def gated(*args, **kwargs):
+            entered.set()
+            assert gate.wait(600)
+            return real(*args, **kwargs)
+
+        eng.explain_vectors = gated
+        done_before = {e.index for e in col.of(ev.ExplainDone)}
         w.submit(ev.ExplainAll(list(range(len(tokens))), Sampling(max_new_tokens=4)))
-        col.wait_for(lambda e: isinstance(e, ev.ExplainAllProgress) and e.done > 1)
+        assert entered.wait(600)
+        assert col.of(ev.ExplainAllProgress)[-1].done == 0
         w.cancel_current()
-        fin = col.wait_for(lambda e: isinstance(e, ev.JobFinished) and e.job == "ExplainAll")
+        gate.set()
+        fin = col.wait_for(lambda e: isinstance(e, ev.JobFinished) and e.kind is ev.JobKind.EXPLAIN_ALL)
         assert fin[0].cancelled
-        assert len({e.index for e in col.of(ev.ExplainDone)}) < len(tokens)
+        assert {e.index for e in col.of(ev.ExplainDone)} == done_before  # nothing explained after Esc
         assert w.wait_idle(60)
     finally:
         w.stop()

@@ -71,8 +71,9 @@ def test_need_covers_measured_peak_decode_memory(batch, measured_gib):
 
 
 def test_nf4_and_int8_bytes_per_param_match_bitsandbytes():
-    torch = pytest.importorskip("torch")
-    F = pytest.importorskip("bitsandbytes.functional")
+    import bitsandbytes.functional as F
+    import torch
+
     w = torch.randn(512, 1024, dtype=torch.bfloat16)
     q, s = F.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4")
     real = q.numel() + s.absmax.numel() * s.absmax.element_size() + s.state2.absmax.numel() * 4
@@ -86,8 +87,9 @@ def test_nf4_and_int8_bytes_per_param_match_bitsandbytes():
 
 @pytest.mark.parametrize("arch", ["gemma3", "llama", "qwen2"])
 def test_bf16_estimate_matches_real_tiny_models(arch):
-    transformers = pytest.importorskip("transformers")
-    torch = pytest.importorskip("torch")
+    import torch
+    import transformers
+
     shape = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=3, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=64, vocab_size=4096)
     cfg_cls, model_cls = {"gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
@@ -102,8 +104,9 @@ def test_bf16_estimate_matches_real_tiny_models(arch):
 @pytest.mark.parametrize("pooling_head", [True, False])
 def test_multimodal_gemma3_estimate_counts_the_vision_tower(pooling_head):
     """Gemma 3 AV/AR checkpoints keep the multimodal wrapper; its SigLIP tower stays unquantised."""
-    transformers = pytest.importorskip("transformers")
-    torch = pytest.importorskip("torch")
+    import torch
+    import transformers
+
     cfg = transformers.Gemma3Config()
     cfg.vision_config.vision_use_head = pooling_head
     cfg.text_config.num_hidden_layers, cfg.text_config.vocab_size = 2, 1000
@@ -117,7 +120,8 @@ def test_multimodal_gemma3_estimate_counts_the_vision_tower(pooling_head):
 
 
 def test_gpu_free_memory_reads_each_visible_device(monkeypatch):
-    torch = pytest.importorskip("torch")
+    import torch
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: ((i + 1) * GIB, 24 * GIB))
@@ -222,8 +226,9 @@ def test_explicit_devices_validated(explicit, free, what):
 # --- loader arguments and status line ----------------------------------------------------------
 
 def _tiny_meta_model(tied):
-    transformers = pytest.importorskip("transformers")
-    torch = pytest.importorskip("torch")
+    import torch
+    import transformers
+
     cfg = transformers.Gemma3TextConfig(hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
                                         num_attention_heads=8, num_key_value_heads=8, head_dim=64,
                                         vocab_size=8000, tie_word_embeddings=tied)
@@ -256,7 +261,8 @@ def test_split_kwargs_place_every_module_on_planned_cards(tied, fractions):
 
 
 def test_split_budgets_undo_bitsandbytes_factor_and_whole_cards_need_no_budget():
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     from transformers.quantizers.quantizer_bnb_4bit import Bnb4BitHfQuantizer
     size = model_size(G27, "nf4", 42, 512)
     p = plan_placement({"ar": size}, gpus(7 * GIB, 7 * GIB))

@@ -6,6 +6,7 @@ No timing assertions: waits have generous hang guards only.
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from argparse import Namespace
 
@@ -14,6 +15,7 @@ import pytest
 from nla_tui.core.types import NOISY_PREFIX
 from nla_tui.core.runtime.worker import EngineWorker
 from nla_tui.ui.app import create_app
+from nla_tui.ui.messages import EngineEvent
 
 from _support_ui import async_test, wait_until
 
@@ -55,22 +57,23 @@ def _app(engine, **options):
 @async_test
 async def test_chat_streams_then_explain_shows_a_score(shared_engine):
     app, holder = _app(shared_engine, max_new_tokens=24)
-    async with app.run_test(size=(120, 36)) as pilot:
+    seen, pending_rows = [], []
+
+    def hook(message):  # every message the app handles, as Textual delivers it
+        if isinstance(message, EngineEvent):
+            seen.append(type(message.event).__name__)
+
+    async with app.run_test(size=(120, 36), message_hook=hook) as pilot:
         await wait_until(pilot, lambda: app.state.info is not None and app.state.queue_depth == 0,
                          "models ready", HANG_GUARD)
         before = len(app.state.messages)  # the shared engine may hold a conversation already
-        seen, pending_rows = [], []
-        apply, refresh_pending = app.state.apply, app.strip.refresh_pending
-
-        def spy_apply(e):
-            seen.append(type(e).__name__)
-            apply(e)
+        refresh_pending = app.strip.refresh_pending
 
         def spy_refresh():
             refresh_pending()
             pending_rows.append(len(app.strip._pending))
 
-        app.state.apply, app.strip.refresh_pending = spy_apply, spy_refresh
+        app.strip.refresh_pending = spy_refresh
         await pilot.press("i", *"The Eiffel Tower is in", "enter")
         await wait_until(pilot, lambda: app.state.reply is None
                          and len(app.state.messages) == before + 2,
@@ -116,18 +119,32 @@ async def test_keys_stay_live_during_explain_all(shared_engine, tmp_path):
         await wait_until(pilot, lambda: app.state.messages and app.state.messages[0].content == first,
                          "the transcript", HANG_GUARD)
         assert len(app.strip.shown_indices) > 60
-        await pilot.press("a")
-        worker = holder["worker"]
-        await wait_until(pilot, lambda: app.state.all_progress is not None, "explain-all to start",
-                         HANG_GUARD)
-        await pilot.press("home")
-        start = app.strip.cursor
-        await pilot.press(*["right"] * 50)
-        # every key was handled while the worker was still busy explaining
-        assert app.strip.cursor == start + 50
-        assert not worker.idle.is_set() and app.state.all_progress is not None
-        assert app.query_one("#allbar").display
-        await pilot.press("escape")
+        # The first AV batch of explain-all waits for the test: it is certainly still
+        # running while the 50 keys arrive, whatever the machine's speed.
+        entered, gate, real = threading.Event(), threading.Event(), shared_engine.explain_vectors
+
+        def gated(*args, **kwargs):
+            entered.set()
+            assert gate.wait(HANG_GUARD)
+            return real(*args, **kwargs)
+
+        shared_engine.explain_vectors = gated
+        try:
+            await pilot.press("a")
+            worker = holder["worker"]
+            await wait_until(pilot, lambda: entered.is_set() and app.state.all_progress is not None,
+                             "explain-all to start", HANG_GUARD)
+            await pilot.press("home")
+            start = app.strip.cursor
+            await pilot.press(*["right"] * 50)
+            # every key was handled while the worker was busy explaining
+            assert app.strip.cursor == start + 50
+            assert not worker.idle.is_set() and app.state.all_progress is not None
+            assert app.query_one("#allbar").display
+            await pilot.press("escape")
+        finally:
+            gate.set()
+            del shared_engine.explain_vectors  # back to the class's method
         await wait_until(pilot, lambda: worker.idle.is_set() and not app.query_one("#allbar").display,
                          "the cancel", HANG_GUARD)
         assert any("ExplainAll cancelled" in n.message for n in app._notifications)

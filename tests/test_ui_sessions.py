@@ -24,20 +24,10 @@ from nla_tui.core.store.session import load_session, save_session
 from nla_tui.ui.screens.dialogs import ValueDialog
 from nla_tui.ui.screens.sessions import ConfirmDialog, SessionBrowser
 
-from _support_ui import (RECORDED, RECORDED_PROMPT, Holder, async_test, replay_app,
-                         settle_replay, wait_until)
+from _support_ui import (RECORDED, RECORDED_PROMPT, Holder, async_test, data_dir, make_sessions,  # noqa: F401
+                         replay_app, settle_replay, shown_explanations, wait_until)
 
 REPO = Path(__file__).parent.parent
-
-
-@pytest.fixture
-def data_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("NLA_TUI_DATA", str(tmp_path / "data"))
-    return tmp_path / "data"
-
-
-def _shown_explanations(app):
-    return [e.to_json() for i in sorted(app.state.explanations) for e in app.state.explanations[i]]
 
 
 def _saved(data_dir):
@@ -71,7 +61,7 @@ async def test_ctrl_s_saves_a_session_that_loads_back_exactly(data_dir):
         loaded = load_session(path)
         assert loaded.name == "Eiffel test"
         assert [t.to_json() for t in loaded.tokens] == [t.to_json() for t in app.state.tokens]
-        assert [e.to_json() for e in loaded.explanations] == _shown_explanations(app)
+        assert [e.to_json() for e in loaded.explanations] == shown_explanations(app)
         assert loaded.n_explained == app.state.explained_count() > 0
         assert loaded.activations.dtype == np.float32
         assert np.array_equal(loaded.activations, recorded.activations)  # bit-exact
@@ -98,7 +88,7 @@ async def test_autosave_after_a_job_then_on_exit(data_dir):
         await pilot.press("a")
         await wait_until(pilot, lambda: app.state.explained_count() == 3, "three results")
         assert load_session(saved.parent).n_explained == 0
-        shown = _shown_explanations(app)
+        shown = shown_explanations(app)
     assert [e.to_json() for e in load_session(saved.parent).explanations] == shown
 
 
@@ -113,7 +103,7 @@ async def test_sigterm_and_sighup_save_then_exit(data_dir, signame):
         holder.worker.hold_after = 4
         await pilot.press("a")
         await wait_until(pilot, lambda: app.state.explained_count() == 4, "four results")
-        shown = _shown_explanations(app)
+        shown = shown_explanations(app)
         # Without the handler the signal would kill the test run: check it is there.
         assert app._signals_installed
         os.kill(os.getpid(), getattr(signal, signame))
@@ -124,25 +114,9 @@ async def test_sigterm_and_sighup_save_then_exit(data_dir, signame):
     assert app.return_code == 128 + getattr(signal, signame)
 
 
-def _make_sessions(root: Path) -> dict[str, Path]:
-    recorded = load_session(RECORDED)
-    paths = {}
-    for name, n_exp in (("alpha", 3), ("beta", 0)):
-        recorded.name = name
-        full = list(recorded.explanations)
-        recorded.explanations = [e for e in full if e.index >= 20][:n_exp]  # past the prompt
-        paths[name] = save_session(recorded, root / name)
-        recorded.explanations = full
-    broken = root / "broken"
-    broken.mkdir()
-    (broken / "session.json").write_text('{"schema_version": 1, "name": "bro')  # truncated
-    paths["broken"] = broken
-    return paths
-
-
 @async_test
 async def test_browser_lists_renames_and_deletes_with_confirmation(data_dir):
-    paths = _make_sessions(data_dir / "sessions")
+    paths = make_sessions(data_dir / "sessions")
     app = replay_app(preload=True)
     async with app.run_test(size=(120, 36)) as pilot:
         await settle_replay(pilot, app)
@@ -186,7 +160,7 @@ async def test_browser_lists_renames_and_deletes_with_confirmation(data_dir):
 
 @async_test
 async def test_browser_enter_opens_a_session(data_dir):
-    paths = _make_sessions(data_dir / "sessions")
+    paths = make_sessions(data_dir / "sessions")
     holder = Holder()
     app = replay_app(holder=holder)  # a "live" worker: opening recaptures the conversation
     async with app.run_test(size=(120, 36)) as pilot:
@@ -239,7 +213,7 @@ async def test_nla_tui_open_shows_the_session_without_models(data_dir):
     def no_engine(*a, **k):
         raise AssertionError("nla-tui open must not build an Engine")
 
-    path = _make_sessions(data_dir / "sessions")["alpha"]
+    path = make_sessions(data_dir / "sessions")["alpha"]
     options = open_options(path, autosave=True)
     app = create_app(replay_worker(options), options, engine_worker=no_engine)
     async with app.run_test(size=(120, 36)) as pilot:
@@ -273,47 +247,13 @@ def test_cli_open_bad_session_exits_2_with_one_clear_line(tmp_path, case):
     assert ("corrupted or truncated" if case == "truncated" else "missing") in lines[0]
 
 
-@pytest.mark.slow
-@async_test
-async def test_real_engine_save_round_trip(request, data_dir):
-    """The EngineWorker path: activations ride on ConversationUpdated from the real demo
-    engine (Gemma 3 270M on CPU) and the saved file holds them bit-exact."""
-    from nla_tui.core.types import NOISY_PREFIX
-    from nla_tui.core.runtime.worker import EngineWorker
-    from nla_tui.ui.app import create_app
-
-    engine = request.getfixturevalue("demo_engine")  # holds one captured chat turn
-    saved_state = (list(engine.messages), list(engine.tokens), engine.activations,
-                   dict(engine.explanations))
-    app = create_app(lambda emit: EngineWorker(engine, emit), Namespace(autosave=True))
-    try:
-        async with app.run_test(size=(120, 36)) as pilot:
-            await wait_until(pilot, lambda: app.state.tokens and app.state.queue_depth == 0,
-                             "the engine's conversation", 900)
-            index = NOISY_PREFIX + 1
-            await pilot.press("home", *["right"] * index, "e")
-            await wait_until(pilot, lambda: app.state.best(index) is not None
-                             and app.keeper.last_saved is not None and not app.keeper.dirty,
-                             "the explanation and its autosave", 900)
-            path = app.keeper.last_saved
-            loaded = load_session(path)
-            assert np.array_equal(loaded.activations, engine.activations)
-            assert [t.to_json() for t in loaded.tokens] == [t.to_json() for t in engine.tokens]
-            assert [e.to_json() for e in loaded.explanations] == _shown_explanations(app)
-            assert loaded.explanations[0].index == index and loaded.info == engine.info
-    finally:
-        engine.messages, engine.tokens, engine.activations, engine.explanations = saved_state
-
-
-SNAP_DATA = Path("/tmp/nla-tui-snapshot-data")  # fixed: the browser title shows the folder
-
-
-def test_browser_snapshot(snap_compare, monkeypatch):
-    import shutil
-
-    shutil.rmtree(SNAP_DATA, ignore_errors=True)
-    monkeypatch.setenv("NLA_TUI_DATA", str(SNAP_DATA))
-    paths = _make_sessions(SNAP_DATA / "sessions")
+def test_browser_snapshot(snap_compare, monkeypatch, tmp_path):
+    # The title shows the folder, as ~/… under the home directory: a per-test home keeps
+    # the screen the same on every machine without a fixed /tmp path.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    data = tmp_path / "nla-tui-snapshot-data"
+    monkeypatch.setenv("NLA_TUI_DATA", str(data))
+    paths = make_sessions(data / "sessions")
     for name, stamp in (("alpha", "2026-11-24T09:15:00+00:00"), ("beta", "2026-11-25T10:30:00+00:00")):
         jpath = paths[name] / "session.json"
         doc = json.loads(jpath.read_text())
@@ -325,11 +265,7 @@ def test_browser_snapshot(snap_compare, monkeypatch):
         await pilot.press("ctrl+o")
         await pilot.pause()
 
-    try:
-        assert snap_compare(replay_app(preload=True), terminal_size=(120, 36),
-                            run_before=open_browser)
-    finally:
-        shutil.rmtree(SNAP_DATA, ignore_errors=True)
+    assert snap_compare(replay_app(preload=True), terminal_size=(120, 36), run_before=open_browser)
 
 
 @async_test
@@ -350,52 +286,9 @@ async def test_naming_an_autosaved_session_moves_it_and_never_overwrites_another
         assert not autosaved.exists()  # moved, no stale copy
         assert load_session(data_dir / "sessions" / "named").name == "Named"
         # a different session already called "Named": a suffix, never an overwrite
-        app.keeper.directory, app.keeper.named = None, False
+        app.keeper.saver.directory, app.keeper.named = None, False
         assert app.keeper.save_as("Named", data_dir / "sessions") == data_dir / "sessions" / "named-3"
         assert load_session(taken).messages == other.messages
-
-
-@pytest.mark.slow
-@async_test
-async def test_open_then_L_loads_the_models_and_explains_new_tokens(request, data_dir):
-    """nla-tui open, then L: the real demo engine recaptures the recorded conversation
-    (same tokens, so the recorded explanations stay) and explains an unexplained token."""
-    from nla_tui.cli.open import open_options, replay_worker
-    from nla_tui.core.runtime.worker import EngineWorker
-    from nla_tui.ui.app import create_app
-
-    engine = request.getfixturevalue("demo_engine")
-    saved_state = (list(engine.messages), list(engine.tokens), engine.activations,
-                   dict(engine.explanations))
-    built = []
-
-    def worker_for(opts, emit):  # the shared, already loaded engine instead of a second load
-        built.append(opts)
-        return EngineWorker(engine, emit)
-
-    path = _make_sessions(data_dir / "sessions")["alpha"]  # 3 of 36 tokens explained
-    options = open_options(path, autosave=True)
-    app = create_app(replay_worker(options), options, engine_worker=worker_for)
-    try:
-        async with app.run_test(size=(120, 36)) as pilot:
-            await wait_until(pilot, lambda: len(app.state.tokens) == 36 and app.state.queue_depth == 0,
-                             "the session")
-            await pilot.press("L")
-            await wait_until(pilot, lambda: app.state.info is not None and app.state.queue_depth == 0
-                             and engine.messages == load_session(path).messages,
-                             "the models and the recaptured conversation", 900)
-            recorded = load_session(path).info
-            assert built and (built[0].preset, built[0].layer, built[0].fve_variance) == \
-                (recorded.preset, recorded.layer, recorded.fve_variance)
-            assert app.state.explained_count() == 3  # recorded explanations kept
-            index = next(i for i in range(12, 36) if i not in app.state.explanations)
-            await pilot.press("home", *["right"] * index, "e")
-            await wait_until(pilot, lambda: app.state.best(index) is not None
-                             and not app.keeper.dirty, "the new explanation, autosaved", 900)
-            assert app.state.best(index).score is not None
-        assert load_session(path).n_explained == 4  # written back to the opened session
-    finally:
-        engine.messages, engine.tokens, engine.activations, engine.explanations = saved_state
 
 
 @async_test

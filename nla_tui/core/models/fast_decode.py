@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import logging
 import time
 import weakref
 from collections import OrderedDict
@@ -29,7 +30,10 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from .fast_attention import ATTN_NAME, ORIG_IMPL, StaticKV, register_attention
+from .placement import layer_devices, quant_state_to_device
+from .sampling import sample_next
 
+log = logging.getLogger(__name__)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
 LEN_QUANTUM = 64  # cache lengths are rounded up to this, so graphs get reused
 MAX_RUNNERS = 4  # captured graphs (+ their KV caches) kept per model
@@ -85,7 +89,7 @@ class _Runner:
         # Allocate up front (not lazily) so a cached prefix can be copied in before any forward.
         heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        devices = _layer_devices(model, self.n_layers, self.device)
+        devices = layer_devices(model, self.n_layers, self.device)
         for i in range(self.n_layers):
             self.kv.keys.append(torch.zeros((batch, heads, max_len, head_dim), dtype=self.dtype, device=devices[i]))
             self.kv.values.append(torch.zeros_like(self.kv.keys[i]))
@@ -145,7 +149,7 @@ class _Runner:
         return self._forward(self.pos, ids=self.ids)
 
     def _capture(self):
-        _quant_state_to_device(self.model, self.device)
+        quant_state_to_device(self.model, self.device)
         # Warm up on a side stream (allocates the cache, sets bnb compute types), then
         # capture. Writing at the last slot is harmless: that slot is masked out until
         # decoding reaches it, and then it is overwritten first.
@@ -167,7 +171,10 @@ class _Runner:
         except Exception as exc:  # fall back to eager steps, but say why
             self.graph, self.logits = None, None
             self.graph_error = f"{type(exc).__name__}: {exc}"
-            torch.cuda.synchronize(self.device)
+            log.warning("CUDA graph capture failed on %s (batch %d), decoding eagerly (slower): %s",
+                        self.device, self.batch, self.graph_error)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
 
     def prefill(self, embeds: torch.Tensor, start: int, rows: slice = slice(None)) -> torch.Tensor:
         """Run positions start..start+n-1 of `embeds` [b, n, d] into the cache."""
@@ -198,29 +205,6 @@ class _Runner:
     def read_prefix(self, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [(self.kv.keys[i][:1, :, :length].clone(), self.kv.values[i][:1, :, :length].clone())
                 for i in range(self.n_layers)]
-
-
-def _layer_devices(model, n_layers: int, default: torch.device) -> list[torch.device]:
-    """Device of each decoder layer (a model split over GPUs keeps each layer's KV beside it)."""
-    inner = getattr(model, "model", model)
-    inner = getattr(inner, "language_model", inner)
-    layers = getattr(inner, "layers", None)
-    if layers is None or len(layers) < n_layers:
-        return [default] * n_layers
-    out = []
-    for layer in list(layers)[:n_layers]:
-        p = next(layer.parameters(), None)
-        out.append(default if p is None or p.device.type == "meta" else p.device)
-    return out
-
-
-def _quant_state_to_device(model, device):
-    """bitsandbytes keeps small quantisation tables that may sit on the CPU; a
-    host-to-device copy inside graph capture is illegal, so move them first."""
-    for mod in model.modules():
-        qs = getattr(getattr(mod, "weight", None), "quant_state", None)
-        if qs is not None and hasattr(qs, "to"):
-            qs.to(device)
 
 
 def _runner(model, batch: int, max_len: int, use_graph: bool, tag: str = "") -> _Runner:
@@ -263,20 +247,6 @@ def _common_prefix(embeds: torch.Tensor) -> int:
     same = (embeds == embeds[:1]).all(dim=-1).all(dim=0)  # [T]
     diff = (~same).nonzero()
     return int(diff[0]) if diff.numel() else embeds.shape[1] - 1
-
-
-def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
-    if temperature <= 0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sp, si = probs.sort(dim=-1, descending=True)
-        drop = sp.cumsum(-1) - sp > top_p  # keep the smallest set reaching top_p
-        sp = sp.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, si, sp)
-    if generator is not None and generator.device != probs.device:
-        return torch.multinomial(probs.cpu(), 1, generator=generator).view(-1).to(probs.device)
-    return torch.multinomial(probs, 1, generator=generator).view(-1)
 
 
 @torch.inference_mode()
@@ -369,7 +339,7 @@ def _decode_rows(model, emb, chunk, B, out, max_new, temperature, top_p, generat
     host = torch.empty(bb, dtype=torch.long, pin_memory=True) if cuda else None
     copied = torch.cuda.Event() if cuda else None
     for step in range(max_new):
-        nxt = _pick(logits, temperature, top_p, generator)
+        nxt = sample_next(logits, temperature, top_p, generator)
         last = step == max_new - 1
         if cuda:
             host.copy_(nxt, non_blocking=True)

@@ -299,3 +299,29 @@ def describe(placement: Placement, used_bytes: dict[str, int] | None = None) -> 
             size = f"~{placement.needs.get(role, 0) / GIB:.1f}G"
         parts.append(f"{role} {placement.label(role)} {size}")
     return " · ".join(parts)
+
+
+# ---------------------------------------------------------------- a loaded model's devices
+
+
+def layer_devices(model, n_layers: int, default: Any) -> list[Any]:
+    """Device of each decoder layer (a model split over GPUs keeps each layer's KV beside it)."""
+    inner = getattr(model, "model", model)
+    inner = getattr(inner, "language_model", inner)
+    layers = getattr(inner, "layers", None)
+    if layers is None or len(layers) < n_layers:
+        return [default] * n_layers
+    out = []
+    for layer in list(layers)[:n_layers]:
+        p = next(layer.parameters(), None)
+        out.append(default if p is None or p.device.type == "meta" else p.device)
+    return out
+
+
+def quant_state_to_device(model, device) -> None:
+    """bitsandbytes keeps small quantisation tables that may sit on the CPU; a
+    host-to-device copy inside graph capture is illegal, so move them first."""
+    for mod in model.modules():
+        qs = getattr(getattr(mod, "weight", None), "quant_state", None)
+        if qs is not None and hasattr(qs, "to"):
+            qs.to(device)
