@@ -118,20 +118,21 @@ def test_stop_string_and_cancel(av, embeds, reference):
 
 
 def test_sampling_is_seeded(av, embeds):
-    """Same seed, same text; other seeds, other text (a decoder that ignored temperature
-    would be greedy for all); top_p near 0 keeps only the likeliest token, so it must
-    equal greedy (a decoder that ignored top_p would sample freely at temperature 1)."""
-    def run(seed, temperature=1.0, top_p=0.9):
+    """Same seed, same text. At a high temperature (a near-uniform draw over the whole
+    vocabulary) other seeds give other text and none is the greedy one, so a decoder that
+    ignored temperature fails; top_p near 0 keeps only the likeliest token, so it must be
+    greedy again, which a decoder that ignored top_p would not be."""
+    def run(seed, n=6, rows=2, temperature=1.0, top_p=0.9):
         g = torch.Generator().manual_seed(seed)
-        return fd.decode(av.model, embeds[:2], None, 6, temperature=temperature, top_p=top_p, generator=g)
+        return fd.decode(av.model, embeds[:rows], None, n, temperature=temperature, top_p=top_p, generator=g)
 
     a, b = run(1), run(1)
     assert a == b
     assert all(0 <= t < av.model.config.vocab_size for row in a for t in row)
-    greedy = fd.decode(av.model, embeds[:2], None, 6)
-    sampled = [run(seed, top_p=1.0) for seed in (1, 2, 3)]
-    assert any(s != greedy for s in sampled) and len({str(s) for s in sampled}) > 1
-    assert all(run(seed, top_p=1e-6) == greedy for seed in (1, 2, 3))
+    greedy = fd.decode(av.model, embeds[:1], None, 3)
+    hot = [run(seed, n=3, rows=1, temperature=5.0, top_p=1.0) for seed in (1, 2)]
+    assert hot[0] != greedy and hot[1] != greedy and hot[0] != hot[1]
+    assert run(1, n=3, rows=1, temperature=5.0, top_p=1e-6) == greedy
 
 
 def test_sample_next_keeps_the_nucleus():

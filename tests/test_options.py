@@ -51,3 +51,12 @@ def test_L_on_a_demo_session_goes_through_the_demo_preset():
     opts = from_model_info(_info(preset="demo", subject="demo:subject", av="demo:av", ar="demo:ar",
                                  layer=12, fve_variance=None))
     assert (opts.preset, opts.subject, opts.layer, opts.quant, opts.device) == ("demo", "demo:subject", 12, None, None)
+
+
+def test_cli_registers_every_subcommand_by_name():
+    """Registered explicitly (no ImportError swallowed): a broken subcommand module fails
+    `nla-tui` loudly instead of silently removing the command."""
+    import argparse
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert {"run", "check", "open", "export", "bench"} <= set(sub.choices)
