@@ -115,8 +115,7 @@ def slugify(name: str) -> str:
 
 def free_directory(root: Path, slug: str) -> Path:
     """root/slug, or root/slug-N: never a directory that holds another session."""
-    for n in range(1, 1000):
-        d = root / (slug if n == 1 else f"{slug}-{n}")
+    for d in (root / (slug if n == 1 else f"{slug}-{n}") for n in range(1, 1000)):
         if not (d / SESSION_FILE).exists():
             return d
     raise OSError(f"too many sessions named {slug!r} in {root}")
