@@ -46,7 +46,7 @@ def replay_worker(options: argparse.Namespace) -> Callable[[Any], Any]:
 
 
 def run_open(args: argparse.Namespace) -> int:
-    from ..ui.app import run_app
+    from ..ui.launch import run_app
     from .tui import engine_worker
 
     options = open_options(args.path, color_system=args.color_system, no_mouse=args.no_mouse,

@@ -27,7 +27,7 @@ def engine_worker(opts: EngineOptions, emit: Callable[[Any], None]) -> Any:
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
-    from ..ui.app import run_app
+    from ..ui.launch import run_app
 
     opts = engine_options(args)  # every model flag, checked before the first frame
     if not getattr(args, "messages", None):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from argparse import Namespace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
 from textual import events
 from textual.app import App, ComposeResult, SystemCommand
@@ -27,6 +27,7 @@ from ..core.types import Sampling
 from .messages import EngineEvent
 from .screens.dialogs import PromptDialog, ValueDialog, check_temperature
 from .screens.help import HelpScreen
+from .commands import palette_commands
 from .session_actions import SessionActions
 from .state import Change, UiState
 from .steer_actions import SteerActions
@@ -384,24 +385,7 @@ class NlaApp(SessionActions, SteerActions, App[None]):
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         yield from self.session_commands()
-        yield SystemCommand("Explain token", "Explain the token under the cursor (e)", self.action_explain)
-        yield SystemCommand("Resample explanation", "New sample at temperature > 0 (r)", self.action_resample)
-        yield SystemCommand("Rank 4 samples", "Draw 4 explanations, best AR score first (n)",
-                            self.action_samples)
-        yield SystemCommand("Explain all", "Explain every token in the background (a)",
-                            lambda: self.action_explain_all(False))
-        yield SystemCommand("Explain current turn", "Explain every token of this turn (A)",
-                            lambda: self.action_explain_all(True))
-        yield SystemCommand("Cancel", "Cancel the running job (Esc)", self.action_cancel)
-        yield SystemCommand("Set temperature", "AV sampling temperature (t)", self.action_temperature)
-        yield SystemCommand("Edit AV prompt", "Custom prompt with <INJECT> (p)", self.action_prompt)
-        yield SystemCommand("Toggle special tokens", "Show/hide <bos> and turn markers (s)",
-                            self.action_toggle_special)
-        yield SystemCommand("Toggle auto-explain", "Explain the cursor token as you move (x)",
-                            self.action_toggle_auto)
-        yield SystemCommand("Copy explanation", "Copy via OSC 52 (y)", self.action_copy)
-        yield SystemCommand("Open transcript", "Load a JSON chat transcript (o)", self.action_open_transcript)
-        yield SystemCommand("nla-tui keys", "Every key of nla-tui (? or F1)", self.action_help)
+        yield from palette_commands(self)
 
 
 def create_app(worker_factory: WorkerFactory, options: Namespace | None = None,
@@ -411,24 +395,3 @@ def create_app(worker_factory: WorkerFactory, options: Namespace | None = None,
 
     apply_color_system(getattr(options, "color_system", None))
     return NlaApp(worker_factory, options, engine_worker)
-
-
-def run_app(options: Any, worker_factory: WorkerFactory,
-            engine_worker: EngineWorkerFactory | None = None) -> int | None:
-    """Entry for `nla-tui` and `nla-tui open PATH` (nla_tui.cli builds the workers)."""
-    import sys
-
-    if getattr(options, "autosave", None) is None:
-        options.autosave = True  # the CLI saves every session; tests opt in
-    app = create_app(worker_factory, options, engine_worker)
-    app.run(mouse=not getattr(options, "no_mouse", False))
-    saved = app.keeper.last_saved if hasattr(app, "keeper") else None
-    if hasattr(app, "keeper") and app.keeper.dirty and app.keeper.saver.last_error is not None:
-        print(f"nla-tui: the last changes were NOT saved: {app.keeper.saver.last_error}",
-              file=sys.stderr)
-    if saved is not None:
-        try:
-            print(f"session saved to {saved} (reopen: nla-tui open {saved})")
-        except OSError:  # the terminal is gone (SIGHUP): the save itself is done
-            pass
-    return app.return_code or None  # 128+N after SIGTERM / SIGHUP (saved first)
