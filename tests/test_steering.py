@@ -101,26 +101,28 @@ def _target_logprob(engine, index: int, words: list[str], vector=None) -> float:
     return float(torch.log_softmax(logits, -1)[first].mean())
 
 
-# Measured on the 2-core CPU VM with test_steering_toward_an_edit_beats_a_random_vector's
-# own setup, alpha 1 (v as large as the activation):
-# - untrained demo pair (demo v1): edit's words +8.5 nats; random vectors of the same norm
-#   -74 mean / -48 best of 8 (they wreck the distribution): margin ~56 nats;
-# - trained demo pair (demo v2, issue 9): -4.1 nats; random -83 mean / -47 best: margin ~43.
-# So the edit moves the subject far less destructively than a random push and, with the
-# untrained pair, toward the edit's words; the issue's criterion is the margin over random.
-STEER_MARGIN_NATS = 20.0
+# Measured on the 2-core CPU VM with this test's own setup (log-prob change of the edit's
+# words at ' is', random = best of 8 vectors of the same norm):
+# - trained demo pair (demo v2, issue 9; the AV's original explanation names France and
+#   Paris): alpha 0.1 +1.7 (random best +2.2), 0.25 +4.2 (random best -2.2, mean -9.3),
+#   0.5 +3.1 (-15.7), 1.0 -4.1 (-46.8) nats. Random pushes of that size wreck the
+#   distribution; the edit's direction raises the edit's words up to alpha ~0.5.
+# - untrained demo pair (demo v1), alpha 1: +8.5 nats, random best -48.
+STEER_ALPHA = 0.25
+STEER_MIN_GAIN_NATS = 2.0
+STEER_MARGIN_NATS = 3.0
 
 
 def test_steering_toward_an_edit_beats_a_random_vector(engine):
     """Steer ' is' (before 'Paris') toward an explanation about Germany: the subject's
-    log-probability of ' Berlin'/' Germany' rises by more than under random vectors of
-    the same norm (the best of 8), by a margin."""
+    log-probability of ' Berlin'/' Germany' rises, and by a margin more than under any of
+    8 random vectors of the same norm."""
     i = _index(engine, " is")
     original = whatif.original_explanation(engine, i, QUICK)
     edited = "The capital of Germany is Berlin."
     words = [" Berlin", " Germany"]
-    v = whatif.steering_vector(engine, i, original, edited, alpha=1.0)
-    assert np.linalg.norm(v) == pytest.approx(np.linalg.norm(engine.activations[i]), rel=1e-5)
+    v = whatif.steering_vector(engine, i, original, edited, alpha=STEER_ALPHA)
+    assert np.linalg.norm(v) == pytest.approx(STEER_ALPHA * np.linalg.norm(engine.activations[i]), rel=1e-5)
     base = _target_logprob(engine, i, words)
     steered = _target_logprob(engine, i, words, v) - base
     rng = np.random.default_rng(0)
@@ -130,7 +132,8 @@ def test_steering_toward_an_edit_beats_a_random_vector(engine):
         randoms.append(_target_logprob(engine, i, words, r / np.linalg.norm(r) * np.linalg.norm(v)) - base)
     print(f"steering gain {steered:+.3f} nats; random: mean {np.mean(randoms):+.3f}, max {max(randoms):+.3f}; "
           f"untrained AV/AR: {engine.info.untrained_av}")
-    assert steered - max(randoms) > STEER_MARGIN_NATS
+    assert steered > STEER_MIN_GAIN_NATS  # the edit's words become more likely
+    assert steered - max(randoms) > STEER_MARGIN_NATS  # and more than any random push of that size
 
 
 def test_what_if_checks_its_input_before_any_model_runs(engine):
