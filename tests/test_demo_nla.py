@@ -8,21 +8,22 @@ require the controls to fall clearly below it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from nla_tui.core.nla.ar import score_vectors
+from nla_tui.core.nla.av import parse_explanation
 from nla_tui.core.types import Message, Sampling
 
 DATA = Path(__file__).parent / "data" / "heldout_conversation.json"
 SAMPLING = Sampling(max_new_tokens=64)
-N_POSITIONS = 24
+N_POSITIONS = 16
 # Measured on CPU fp32 with the shipped adapters (see docs/DEMO_NLA.md, "tests"):
-MEASURED_FVE = 0.70
+MEASURED_FVE = 0.75  # 16 positions, CPU fp32: 0.752
 MARGIN = 0.15
 
 
@@ -78,16 +79,22 @@ def test_shuffled_control_is_clearly_lower(heldout):
 
 
 def test_sabotaged_injection_drops_fidelity(heldout):
-    """Injected at 100x the sidecar's scale, the vector swamps the prompt: the pipeline's
-    meaning goes with it, so the score must fall clearly."""
+    """With the injected row zeroed the AV gets no activation: its text can only be
+    generic, so scored against the true vectors it must fall clearly. (Scaling the row
+    by 100 does NOT sabotage this pair: the first RMSNorm undoes the norm, and the
+    direction still carries; measured 0.81 -> 0.74.)"""
     eng, idx, exps, vectors = heldout
-    sub = idx[:12]
-    good = np.mean([e.score.fve_nrm for e in exps[:12]])
-    meta = eng.av.meta
-    try:
-        eng.av.meta = dataclasses.replace(meta, injection_scale=meta.injection_scale * 100)
-        bad = eng.explain_vectors(eng.activations[sub], SAMPLING, None, None, None, sub)
-    finally:
-        eng.av.meta = meta
-    bad_fve = np.mean([e.score.fve_nrm if e.score else -4.0 for e in bad])
-    assert good - bad_fve >= 0.4, (good, bad_fve, [e.raw for e in bad[:3]])
+    sub = idx[:8]
+    good = np.mean([e.score.fve_nrm for e in exps[:8]])
+    with torch.inference_mode():
+        embeds = eng.av.build_embeds(eng.activations[sub])
+        _, slot = eng.av.prompt_ids(None)
+        embeds[:, slot] = 0
+        rows = eng.av.decode(embeds, SAMPLING)
+    texts = [parse_explanation(eng.av.tok.decode(r, skip_special_tokens=True))[0] for r in rows]
+    preds = eng.ar.reconstruct(texts)
+    bad = np.mean([score_vectors(p, v, eng.ar.meta.mse_scale, eng.ar.variance).fve_nrm
+                   for p, v in zip(preds, vectors[:8])])
+    print(f"held-out conversation: fve {np.mean([e.score.fve_nrm for e in exps]):.3f}; first 8 {good:.3f}; "
+          f"injection zeroed {bad:.3f}")
+    assert good - bad >= 0.4, (good, bad, texts[:3])
