@@ -24,5 +24,7 @@ def palette_commands(app: Any) -> Iterable[SystemCommand]:
     yield SystemCommand("Toggle auto-explain", "Explain the cursor token as you move (x)",
                         app.action_toggle_auto)
     yield SystemCommand("Copy explanation", "Copy via OSC 52 (y)", app.action_copy)
+    yield SystemCommand("What if…", "Edit this token's explanation and regenerate steered (w)", app.action_what_if)
+    yield SystemCommand("Compare tokens", "Mark A, then on B explain a − b and b − a (c)", app.action_compare)
     yield SystemCommand("Open transcript", "Load a JSON chat transcript (o)", app.action_open_transcript)
     yield SystemCommand("nla-tui keys", "Every key of nla-tui (? or F1)", app.action_help)
