@@ -45,6 +45,14 @@ def replay_app(preload: bool = False, delay: float = 0.0, holder: Holder | None 
     return create_app(factory, options)
 
 
+async def type_message(pilot, text: str) -> None:
+    """Type `text` into the message box and send it: `i` first unless the box already
+    has focus (it does while the conversation is empty)."""
+    if pilot.app.focused is not pilot.app.chat.input:
+        await pilot.press("i")
+    await pilot.press(*text, "enter")
+
+
 async def wait_until(pilot, predicate: Callable[[], bool], what: str, limit: float = 60.0) -> None:
     """Let the app run until `predicate` holds. The limit is a hang guard, not a
     speed assertion: it is far above any normal run."""
@@ -90,7 +98,7 @@ COMPARE_PAIR = (18, 8)  # ' in' in the reply and ' in' in the prompt
 async def _after_chat(pilot) -> None:
     app = pilot.app
     await wait_until(pilot, lambda: app.state.info is not None, "models ready")
-    await pilot.press("i", *RECORDED_PROMPT, "enter")
+    await type_message(pilot, RECORDED_PROMPT)
     # queue_depth 0 comes after the reply's last event: nothing is left in flight
     await wait_until(pilot, lambda: app.state.reply is None and len(app.state.messages) == 2
                      and app.state.queue_depth == 0, "the replayed reply")

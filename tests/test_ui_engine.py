@@ -17,7 +17,7 @@ from nla_tui.core.runtime.worker import EngineWorker
 from nla_tui.ui.app import create_app
 from nla_tui.ui.messages import EngineEvent
 
-from _support_ui import async_test, wait_until
+from _support_ui import async_test, type_message, wait_until
 
 pytestmark = pytest.mark.slow
 HANG_GUARD = 900.0  # seconds; a hang guard on a loaded 2-core CI box, not a speed check
@@ -74,7 +74,7 @@ async def test_chat_streams_then_explain_shows_a_score(shared_engine):
             pending_rows.append(len(app.strip._pending))
 
         app.strip.refresh_pending = spy_refresh
-        await pilot.press("i", *"The Eiffel Tower is in", "enter")
+        await type_message(pilot, "The Eiffel Tower is in")
         await wait_until(pilot, lambda: app.state.reply is None
                          and len(app.state.messages) == before + 2,
                          "the reply to finish", HANG_GUARD)

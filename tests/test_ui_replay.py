@@ -10,11 +10,12 @@ from nla_tui.ui.app import NARROW
 from nla_tui.ui.screens.dialogs import PromptDialog, ValueDialog
 from nla_tui.ui.screens.help import HelpScreen
 
-from _support_ui import RECORDED_PROMPT, Holder, async_test, replay_app, settle_replay, wait_until
+from _support_ui import (RECORDED_PROMPT, Holder, async_test, replay_app, settle_replay, type_message,
+                         wait_until)
 
 
 async def _chat(pilot, app):
-    await pilot.press("i", *RECORDED_PROMPT, "enter")
+    await type_message(pilot, RECORDED_PROMPT)
     await wait_until(pilot, lambda: app.state.reply is None and len(app.state.messages) == 2
                      and app.state.queue_depth == 0, "the replayed reply")
 
@@ -25,7 +26,7 @@ async def test_chat_streams_reply_into_chat_and_strip():
     app = replay_app(holder=holder)
     async with app.run_test(size=(120, 36)) as pilot:
         await wait_until(pilot, lambda: app.state.info is not None, "models ready")
-        assert app.focused is app.strip
+        assert app.focused is app.chat.input  # empty conversation: keys typed are a message
         await _chat(pilot, app)
         jobs = holder.worker.jobs_seen
         assert isinstance(jobs[-1], ev.Chat) and jobs[-1].text == RECORDED_PROMPT
@@ -132,7 +133,7 @@ async def test_failures_and_bad_input_are_shown_and_the_app_keeps_running(tmp_pa
     app = replay_app(preload=True)  # a saved session refuses to chat
     async with app.run_test(size=(120, 36)) as pilot:
         await settle_replay(pilot, app)
-        await pilot.press("i", *"hi", "enter")
+        await type_message(pilot, "hi")
         await wait_until(pilot, lambda: any("without models" in n.message
                                             for n in app._notifications), "the failure notice")
         bad = tmp_path / "bad.json"
@@ -179,7 +180,7 @@ async def test_cursor_follows_a_streaming_reply_unless_moved():
         await wait_until(pilot, lambda: holder.worker is not None, "the worker")
         holder.worker.hold_after = 3  # the reply stops after 3 tokens until released
         strip = app.strip
-        await pilot.press("i", *RECORDED_PROMPT, "enter")
+        await type_message(pilot, RECORDED_PROMPT)
         await wait_until(pilot, lambda: app.state.reply and len(strip._pending) > 0,
                          "the reply to start streaming")
         assert strip.follow and strip.cursor == strip.shown_indices[-1]
@@ -200,7 +201,7 @@ async def test_end_reattaches_the_cursor_to_a_streaming_reply():
         await wait_until(pilot, lambda: holder.worker is not None, "the worker")
         holder.worker.hold_after = 3
         strip = app.strip
-        await pilot.press("i", *RECORDED_PROMPT, "enter")
+        await type_message(pilot, RECORDED_PROMPT)
         await wait_until(pilot, lambda: app.state.reply and len(strip._pending) > 0, "streaming")
         await pilot.press("home", "end")
         assert strip.follow

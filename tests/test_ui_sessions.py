@@ -25,7 +25,7 @@ from nla_tui.ui.screens.dialogs import ValueDialog
 from nla_tui.ui.screens.sessions import ConfirmDialog, SessionBrowser
 
 from _support_ui import (RECORDED, RECORDED_PROMPT, Holder, async_test, data_dir, make_sessions,  # noqa: F401
-                         replay_app, settle_replay, shown_explanations, wait_until)
+                         replay_app, settle_replay, shown_explanations, type_message, wait_until)
 
 REPO = Path(__file__).parent.parent
 
@@ -37,7 +37,7 @@ def _saved(data_dir):
 
 async def _chat(pilot, app):
     await wait_until(pilot, lambda: app.state.info is not None, "models ready")
-    await pilot.press("i", *RECORDED_PROMPT, "enter")
+    await type_message(pilot, RECORDED_PROMPT)
     await wait_until(pilot, lambda: app.state.reply is None and len(app.state.messages) == 2
                      and app.state.queue_depth == 0, "the replayed reply")
 

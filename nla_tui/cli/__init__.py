@@ -23,7 +23,9 @@ import sys
 
 from ..core.errors import NlaError
 from . import cache, check, compare, explain_vectors, export, open, run, steer, tui
+from ..terminal_text import visible
 from .common import EXIT_USER_ERROR, add_display_args, add_model_args
+from .validate import fix_negative_values
 
 SUBCOMMANDS = (run, check, open, export, steer, compare, explain_vectors, cache)
 
@@ -53,13 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(fix_negative_values(list(sys.argv[1:] if argv is None else argv)))
     try:
         return args.func(args)
     except NlaError as e:
         if args.debug:
             raise
-        print(f"nla-tui: {e}", file=sys.stderr)
+        print(f"nla-tui: {visible(str(e))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return 130

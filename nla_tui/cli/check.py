@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..terminal_text import visible
 from .common import EXIT_USER_ERROR, add_model_args, engine_options
 
 
@@ -16,5 +17,5 @@ def add_subparser(sub) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     from ..core.nla.check import check_pair
 
-    ok = check_pair(engine_options(args), print)
+    ok = check_pair(engine_options(args), lambda line: print(visible(line)))
     return 0 if ok else EXIT_USER_ERROR

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..core.options import EngineOptions, from_args
+from ..terminal_text import visible
 
 EXIT_USER_ERROR = 2
 COLOR_SYSTEMS = ["auto", "truecolor", "256", "standard", "none"]
@@ -38,14 +39,12 @@ def add_display_args(p: argparse.ArgumentParser) -> None:
 
 
 def engine_options(args: argparse.Namespace) -> EngineOptions:
-    """The model flags as EngineOptions; a malformed --devices fails here, before any model loads."""
-    opts = from_args(args)
-    if opts.devices:
-        from ..core.models.placement import parse_devices
+    """The model flags as EngineOptions; every one is checked here, before any model loads."""
+    from .validate import check_model_args
 
-        parse_devices(opts.devices)
-    return opts
+    check_model_args(args)
+    return from_args(args)
 
 
 def progress(model: str, fraction: float, message: str) -> None:
-    print(f"[{model}] {fraction * 100:3.0f}% {message}", file=sys.stderr, flush=True)
+    print(visible(f"[{model}] {fraction * 100:3.0f}% {message}"), file=sys.stderr, flush=True)

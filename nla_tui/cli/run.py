@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..core.errors import InputError
+from ..terminal_text import visible
 from .common import add_model_args, engine_options, progress
+from .validate import check_explain_range, check_run_args, parse_explain_spec
 
 
 def add_subparser(sub) -> None:
@@ -17,7 +18,10 @@ def add_subparser(sub) -> None:
     r.add_argument("--messages", help="JSON list of {role, content}; assistant turns are teacher-forced")
     r.add_argument("--max-new-tokens", type=int, default=64, help="reply length (default 64)")
     r.add_argument("--explain", default="all", help="all | none | comma list of token indices (default all)")
-    r.add_argument("--out", help="write a session directory here")
+    r.add_argument("--out", help="write a session directory here (a new or empty folder)")
+    r.add_argument("--force", action="store_true",
+                   help="let --out replace the session in that folder, or write into a non-empty "
+                        "folder (files nla-tui did not write are never deleted)")
     r.add_argument("--temperature", type=float, default=0.0, help="AV sampling temperature (0 = greedy)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--max-explain-tokens", type=int, default=200, help="AV max new tokens (default 200)")
@@ -28,18 +32,7 @@ def add_subparser(sub) -> None:
 
 
 def parse_explain(spec: str, n_tokens: int) -> list[int]:
-    if spec == "none":
-        return []
-    if spec == "all":
-        return list(range(n_tokens))
-    try:
-        idx = [int(s) for s in spec.split(",") if s.strip()]
-    except ValueError:
-        raise InputError(f"--explain {spec!r} is not all, none or a comma list of token indices like 3,7,12.") from None
-    bad = [i for i in idx if not 0 <= i < n_tokens]
-    if bad:
-        raise InputError(f"--explain index {bad[0]} is out of range: the conversation has {n_tokens} tokens.")
-    return idx
+    return check_explain_range(parse_explain_spec(spec), n_tokens)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -47,10 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..core.store.transcript import load_transcript
     from ..core.types import Sampling
 
-    if args.prompt is None and args.messages is None:
-        raise InputError("Give --prompt TEXT or --messages FILE.json.")
-    if args.prompt is not None and not args.prompt.strip():
-        raise InputError("The prompt is empty: pass some text with --prompt.")
+    spec = check_run_args(args)  # every argument, before any model loads
     messages = load_transcript(args.messages) if args.messages else None
     engine = Engine(engine_options(args))
     engine.load(progress)
@@ -58,9 +48,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         engine.set_conversation(messages)
     else:
         print("reply: ", end="", flush=True)
-        engine.chat(args.prompt, args.max_new_tokens, lambda d: print(d, end="", flush=True))
+        engine.chat(args.prompt, args.max_new_tokens, lambda d: print(visible(d), end="", flush=True))
         print()
-    indices = parse_explain(args.explain, len(engine.tokens))
+    indices = check_explain_range(spec, len(engine.tokens))  # before any AV work
     sampling = Sampling(temperature=args.temperature, max_new_tokens=args.max_explain_tokens, seed=args.seed)
     done = [0]
 
@@ -77,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.out:
         from ..core.store.session import save_session, session_from_engine
 
-        path = save_session(session_from_engine(engine, Path(args.out).name, exps), args.out)
+        path = save_session(session_from_engine(engine, Path(args.out).expanduser().name, exps), args.out)
         print(f"session written to {path}")
     return 0
 
@@ -86,8 +76,8 @@ def print_table(engine, by_index) -> None:
     print(f"\n{'idx':>4} {'role':<8} {'token':<16} {'norm':>9} {'cos':>6} {'fve':>6}  explanation")
     for t in engine.tokens:
         e = by_index.get(t.index)
-        tok = repr(t.text)[1:-1][:16]
+        tok = visible(repr(t.text)[1:-1][:16])
         cos = f"{e.score.cos:6.3f}" if e and e.score else "     -"
         fve = f"{e.score.fve_nrm:6.2f}" if e and e.score and e.score.fve_nrm is not None else "     -"
-        text = (e.text.replace("\n", " ")[:60] if e else "")
+        text = visible(e.text.replace("\n", " ")[:60], keep_layout=False) if e else ""
         print(f"{t.index:>4} {t.role:<8} {tok:<16} {t.norm:>9.1f} {cos} {fve}  {text}")

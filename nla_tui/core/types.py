@@ -43,14 +43,15 @@ class TokenInfo:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "TokenInfo":
-        top = [Candidate(**c) for c in d.get("top", [])]
+        top = [Candidate(int(c["token_id"]), str(c["text"]), float(c["prob"])) for c in d.get("top", [])]
         return cls(
             index=int(d["index"]),
             token_id=int(d["token_id"]),
             text=str(d["text"]),
             role=str(d["role"]),
             turn=int(d["turn"]),
-            norm=float(d["norm"]),
+            # null: a non-finite norm that was never written as NaN (see jsonsafe)
+            norm=float("nan") if d["norm"] is None else float(d["norm"]),
             top=top,
         )
 
@@ -105,8 +106,8 @@ class Score:
 
     @classmethod
     def from_json(cls, d: dict[str, Any] | None) -> "Score | None":
-        if d is None:
-            return None
+        if d is None or d.get("cos") is None or d.get("mse_nrm") is None:
+            return None  # unscored, or a non-finite score saved as null (see jsonsafe)
         fve = d.get("fve_nrm")
         return cls(cos=float(d["cos"]), mse_nrm=float(d["mse_nrm"]),
                    fve_nrm=None if fve is None else float(fve))
@@ -176,8 +177,24 @@ class ModelInfo:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "ModelInfo":
+        """Types are checked (TypeError/ValueError on a malformed document), since the UI
+        formats these numbers and keys caches with them."""
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        info = cls(**{k: v for k, v in d.items() if k in known})
+        for name in ("subject", "av", "ar", "quant", "device", "placement"):
+            if not isinstance(getattr(info, name), str):
+                raise TypeError(f"models.{name} must be a string")
+        if info.preset is not None and not isinstance(info.preset, str):
+            raise TypeError("models.preset must be a string or null")
+        info.layer, info.d_model = int(info.layer), int(info.d_model)
+        for name in ("injection_scale", "mse_scale", "fve_variance"):
+            v = getattr(info, name)
+            if v is not None:
+                setattr(info, name, float(v))
+        if not isinstance(info.revision, dict):
+            raise TypeError("models.revision must be a mapping")
+        info.untrained_av = bool(info.untrained_av)
+        return info
 
 
 @dataclass

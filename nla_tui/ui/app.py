@@ -24,6 +24,7 @@ from ..core import events as ev
 from ..core.errors import NlaError
 from ..core.options import EngineOptions
 from ..core.types import Sampling
+from ..terminal_text import visible
 from .messages import EngineEvent
 from .screens.dialogs import PromptDialog, ValueDialog, check_temperature
 from .screens.help import HelpScreen
@@ -136,7 +137,11 @@ class NlaApp(SessionActions, SteerActions, App[None]):
         self._fold(self.size.width)
         self.pane.show(-1)
         self._update_status()
-        self.strip.focus()
+        self.strip.type_target = self._type_into_chat
+        # Nothing to browse yet: the first keys a newcomer types are a message, not
+        # commands (e, a, n, r, t, o are all bound). A conversation arriving later
+        # (transcript, saved session) hands the keys to the strip.
+        self.chat.input.focus()
         # The worker queues LoadModels itself when built, so the first frame is up
         # (and navigable) while the models load.
         self.worker = self.worker_factory(self._emit)
@@ -170,7 +175,7 @@ class NlaApp(SessionActions, SteerActions, App[None]):
 
     def on_engine_event(self, message: EngineEvent) -> None:
         st, strip = self.state, self.strip
-        following = strip.follow
+        following, had_tokens = strip.follow, bool(st.tokens)
         change = st.apply(message.event)  # the one place an event is unpacked
         if change.chat_started:
             strip.follow = following or strip.cursor < 0
@@ -185,6 +190,9 @@ class NlaApp(SessionActions, SteerActions, App[None]):
             strip.refresh_index(change.index)
         if change.captured or change.models or (change.index is not None and change.index == strip.cursor):
             self.pane.show(strip.cursor)
+        if change.captured and not had_tokens and st.tokens and self.focused is self.chat.input \
+                and not self.chat.input.value:
+            strip.focus()  # a loaded conversation (transcript, session) is there to browse
         if change.progress is not None:
             bar = self.query_one(ExplainAllBar)
             bar.display = st.all_progress is not None
@@ -332,6 +340,14 @@ class NlaApp(SessionActions, SteerActions, App[None]):
 
     def action_focus_input(self) -> None:
         self.chat.input.focus()
+
+    def _type_into_chat(self, char: str) -> None:
+        self.chat.input.insert_text_at_cursor(char)
+        self.chat.input.focus()
+
+    def notify(self, message: str, *, title: str = "", **kwargs: Any) -> None:
+        # Job errors and session names are data: never let their control characters out.
+        super().notify(visible(str(message)), title=visible(title), **kwargs)
 
     def action_temperature(self) -> None:
         def done(value: str | None) -> None:

@@ -6,7 +6,6 @@ nla-tui builds itself all go through `resolve_checkpoint` and `load_model`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -37,15 +36,10 @@ class Checkpoint:
 
 
 def _local_revision(path: Path) -> str:
-    h = hashlib.sha256()
-    for f in ("config.json", "model.safetensors.index.json", "nla_meta.yaml"):
-        p = path / f
-        if p.is_file():
-            h.update(p.read_bytes())
-    st = path / "model.safetensors"
-    if st.is_file():
-        h.update(str(st.stat().st_size).encode())
-    return "local-" + h.hexdigest()[:16]
+    """Every file that shapes the output, weights and value head included (fingerprint.py)."""
+    from .fingerprint import checkpoint_digest
+
+    return "local-" + checkpoint_digest(path)[:16]
 
 
 def _download_hint(repo: str) -> str:

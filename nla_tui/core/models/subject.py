@@ -59,6 +59,23 @@ class Subject:
         self.device = model_device(model)
         self.forward_calls = 0
 
+    @property
+    def max_positions(self) -> int | None:
+        return getattr(text_config(self.model), "max_position_embeddings", None)
+
+    def check_fits(self, n_tokens: int, new_tokens: int = 0) -> None:
+        """Refuse a conversation longer than the subject's context before running it: an
+        over-long input would otherwise try to allocate attention for all of it (a 5 MB
+        transcript asked for ~1 TB)."""
+        limit = self.max_positions
+        if limit and n_tokens + new_tokens > limit:
+            reply = f" plus {new_tokens} reply tokens" if new_tokens else ""
+            raise InputError(
+                f"The conversation is {n_tokens} tokens long{reply}, but the subject reads at most "
+                f"{limit} positions. Shorten it by at least {n_tokens + new_tokens - limit} tokens "
+                f"(about {(n_tokens + new_tokens - limit) * 4} characters of English), e.g. drop "
+                f"early messages{' or lower --max-new-tokens' if new_tokens else ''}.")
+
     # ------------------------------------------------------------ tokenization
 
     def render(self, messages: list[Message], add_generation_prompt: bool = False) -> str:
@@ -106,6 +123,7 @@ class Subject:
     @torch.inference_mode()
     def capture(self, ids: list[int], chunk: int = 256) -> Capture:
         """One forward pass: layer-K residual and top-k next-token candidates everywhere."""
+        self.check_fits(len(ids))
         self.forward_calls += 1
         x = torch.tensor([ids], device=self.device)
         store: dict[str, torch.Tensor] = {}
@@ -165,6 +183,7 @@ class Subject:
         from . import fast_decode
 
         ids, _, _ = self.tokenize(messages, add_generation_prompt=True)
+        self.check_fits(len(ids), max_new_tokens)
         embeds = self.model.get_input_embeddings()(torch.tensor([ids], device=self.device))
         streamer = _Streamer(self.tok, on_delta, skip_prompt=False)
         stops = set(self.stop_ids())

@@ -8,6 +8,7 @@ tokenized WITH <bos> (the Gemma/Llama ARs were trained that way).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,37 @@ def score_vectors(pred: np.ndarray, gold: np.ndarray, mse_scale: float, variance
     return Score(cos=cos, mse_nrm=mse, fve_nrm=fve)
 
 
+def read_value_head(root: Path, d: int) -> torch.Tensor:
+    """The AR's value head weight as float32 [d, d], checked: present, readable, one
+    tensor 'weight' of that shape, every value finite. Anything else is a CheckpointError
+    naming the file (`nla-tui check` calls this too: the head is small)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(root) / "value_head.safetensors"
+    if not path.is_file():
+        raise CheckpointError(
+            f"{root} has no value_head.safetensors. NLA AR checkpoints ship this trained "
+            f"Linear(d, d) head beside config.json; it cannot be derived from the backbone. "
+            f"Re-download the AR repo completely.")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}). It is corrupted or "
+                              f"truncated: re-download the AR repo.") from None
+    w = state.get("weight")
+    if w is None or tuple(w.shape) != (d, d) or not w.is_floating_point():
+        raise CheckpointError(f"{path} must hold one floating-point tensor 'weight' of shape ({d}, {d}); "
+                              f"found { {k: (tuple(v.shape), str(v.dtype)) for k, v in state.items()} }. "
+                              f"It belongs to another model or is damaged: re-download the AR repo.")
+    w = w.float()
+    bad = int((~torch.isfinite(w)).sum())
+    if bad:
+        raise CheckpointError(f"{path} holds {bad} non-finite values (NaN/Inf) of {d * d}: every score "
+                              f"would be NaN. The file is damaged: re-download the AR repo.")
+    return w
+
+
 class Reconstructor:
     def __init__(self, model, tokenizer, meta: NlaMeta, checkpoint_dir: Path, fve_variance: float | None):
         if meta.role != "ar":
@@ -52,21 +84,9 @@ class Reconstructor:
         self.forward_calls = 0
 
     def _load_value_head(self, root: Path, d: int) -> torch.nn.Linear:
-        from safetensors.torch import load_file
-
-        path = root / "value_head.safetensors"
-        if not path.is_file():
-            raise CheckpointError(
-                f"{root} has no value_head.safetensors. NLA AR checkpoints ship this trained "
-                f"Linear(d, d) head beside config.json; it cannot be derived from the backbone. "
-                f"Re-download the AR repo completely.")
-        state = load_file(str(path))
-        w = state.get("weight")
-        if w is None or tuple(w.shape) != (d, d):
-            raise CheckpointError(f"{path} must hold one tensor 'weight' of shape ({d}, {d}); found "
-                                  f"{ {k: tuple(v.shape) for k, v in state.items()} }.")
+        w = read_value_head(root, d)
         head = torch.nn.Linear(d, d, bias=False, device=self.device, dtype=torch.float32)
-        head.weight.data.copy_(w.float())
+        head.weight.data.copy_(w)
         head.requires_grad_(False)
         return head
 
@@ -97,7 +117,14 @@ class Reconstructor:
                for i in range(0, len(explanations), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.meta.d_model), np.float32)
 
-    def score(self, explanations: list[str], originals: np.ndarray) -> list[Score]:
+    def score(self, explanations: list[str], originals: np.ndarray) -> list[Score | None]:
+        """One Score per explanation; None where the reconstruction or the original is
+        not finite (a NaN score would poison JSON, colours and sorting)."""
         originals = np.asarray(originals, dtype=np.float32).reshape(len(explanations), -1)
         preds = self.reconstruct(explanations)
-        return [score_vectors(p, g, self.meta.mse_scale, self.variance) for p, g in zip(preds, originals)]
+        out: list[Score | None] = []
+        for p, g in zip(preds, originals):
+            s = score_vectors(p, g, self.meta.mse_scale, self.variance)
+            finite = all(v is None or math.isfinite(v) for v in (s.cos, s.mse_nrm, s.fve_nrm))
+            out.append(s if finite else None)
+        return out

@@ -30,6 +30,7 @@ import yaml
 
 from ...paths import models_dir
 from ..models.chat_template import ensure_chat_template
+from .demo_tokenizer import verify_saved_tokenizer
 from .sidecar import INJECT_PLACEHOLDER
 
 DEMO_VERSION = "v2"  # v2: the trained pair; older untrained directories are rebuilt
@@ -250,6 +251,7 @@ def build_pair(root: Path, report: ProgressFn, adapters: Path | None) -> None:
     model.to(torch.bfloat16)  # the released Gemma weights are bf16; halves the disk use
     model.save_pretrained(paths["subject"])
     tok.save_pretrained(paths["subject"])
+    verify_saved_tokenizer(tok, paths["subject"])  # the saved copy must give the GGUF's ids
     if not trained:
         # The untrained AV is the base model itself: hard-link its files rather than
         # writing the same half-gigabyte of weights twice (copy where links are refused).

@@ -92,11 +92,51 @@ def _resolve_scale(raw: Any, d_model: int, field: str, where: Path) -> float | N
     if raw == SQRT_D:
         return math.sqrt(d_model)
     try:
-        return float(raw)
+        value = float(raw)
     except (TypeError, ValueError):
         raise CheckpointError(
             f"{where}: `{field}` is {raw!r}; expected a number or '{SQRT_D}'. Fix the sidecar."
         ) from None
+    if isinstance(raw, bool) or not math.isfinite(value) or value <= 0:
+        raise CheckpointError(
+            f"{where}: `{field}` is {raw!r}; it must be a finite number above 0 (or '{SQRT_D}'). "
+            f"A NaN or zero scale makes every score NaN. Restore the checkpoint's original sidecar."
+        )
+    return value
+
+
+def _mapping(meta: dict, key: str, where: Path) -> dict:
+    """A sub-section that must be a mapping when present (absent = empty)."""
+    value = meta.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{where}: `{key}` is a {type(value).__name__}; it must be a mapping "
+                              f"of names to values. Restore the checkpoint's original {SIDECAR}.")
+    return value
+
+
+def _int(raw: Any, field: str, where: Path) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, (int, str)) or not str(raw).strip().lstrip("-").isdigit():
+        raise CheckpointError(f"{where}: `{field}` is {raw!r}; it must be a whole number. "
+                              f"Restore the checkpoint's original {SIDECAR}.")
+    return int(raw)
+
+
+def _template(raw: Any, slot: str, field: str, where: Path) -> str | None:
+    """A prompt template: a string whose only format field is {slot} ({{ }} for braces)."""
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str):
+        raise CheckpointError(f"{where}: `{field}` is a {type(raw).__name__}; it must be text.")
+    try:
+        raw.format(**{slot: "x"})
+    except (KeyError, IndexError, ValueError, AttributeError) as e:
+        raise CheckpointError(
+            f"{where}: `{field}` has a stray brace field ({type(e).__name__}: {e}); the only field "
+            f"allowed is {{{slot}}}. Write {{{{ and }}}} for literal braces, or restore the "
+            f"original template.") from None
+    return raw
 
 
 def read_sidecar(checkpoint_dir: str | Path) -> NlaMeta:
@@ -110,25 +150,31 @@ def read_sidecar(checkpoint_dir: str | Path) -> NlaMeta:
         )
     try:
         meta = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
         raise CheckpointError(f"{path} is not valid YAML ({e}). Re-download the checkpoint.") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path} does not hold a mapping. Re-download the checkpoint.")
     kind = meta.get("kind", "nla_model")
     if kind != "nla_model":
         raise CheckpointError(f"{path} has kind {kind!r}; a model checkpoint needs kind: nla_model.")
-    role = {"actor": "av", "critic": "ar"}.get(meta.get("role"), meta.get("role"))
+    role = meta.get("role")
+    role = {"actor": "av", "critic": "ar"}.get(role, role) if isinstance(role, str) else role
     if role not in ("av", "ar"):
         raise CheckpointError(f"{path}: role is {meta.get('role')!r}; expected av|ar (or older actor|critic).")
-    d_model = int(_need(meta, "d_model", path))
-    tokens = _need(meta, "tokens", path)
-    templates = _need(meta, "prompt_templates", path)
-    extraction = meta.get("extraction") or {}
-    critic = meta.get("critic") or {}
+    d_model = _int(_need(meta, "d_model", path), "d_model", path)
+    if d_model <= 0:
+        raise CheckpointError(f"{path}: d_model is {d_model}; it must be the model's hidden size.")
+    _need(meta, "tokens", path)
+    _need(meta, "prompt_templates", path)
+    tokens = _mapping(meta, "tokens", path)
+    templates = _mapping(meta, "prompt_templates", path)
+    extraction = _mapping(meta, "extraction", path)
+    critic = _mapping(meta, "critic", path)
+    own = _mapping(meta, "nla_tui", path)
     layer = critic.get("extraction_layer_index", critic.get("num_hidden_layers",
                                                             meta.get("extraction_layer_index")))
-    av_t = templates.get("av", templates.get("actor"))
-    ar_t = templates.get("ar", templates.get("critic"))
+    av_t = _template(templates.get("av", templates.get("actor")), "injection_char", "prompt_templates.av", path)
+    ar_t = _template(templates.get("ar", templates.get("critic")), "explanation", "prompt_templates.ar", path)
     if role == "av" and not av_t:
         raise CheckpointError(f"{path} has no prompt_templates.av (or older .actor). The AV cannot build its prompt.")
     if role == "ar" and not ar_t:
@@ -143,23 +189,31 @@ def read_sidecar(checkpoint_dir: str | Path) -> NlaMeta:
     if mse is None:
         raise CheckpointError(f"{path}: extraction.mse_scale is null (raw-MSE mode), which nla-tui cannot score.")
     suffix = tokens.get("critic_suffix_ids")
-    var = meta.get("fve_variance", (meta.get("nla_tui") or {}).get("fve_variance"))
+    if suffix is not None and not isinstance(suffix, list):
+        raise CheckpointError(f"{path}: tokens.critic_suffix_ids must be a list of token ids.")
+    var = _resolve_scale(meta.get("fve_variance", own.get("fve_variance")), d_model, "fve_variance", path)
+    injection_char = _need(tokens, "injection_char", path)
+    if not isinstance(injection_char, str) or not injection_char:
+        raise CheckpointError(f"{path}: tokens.injection_char must be a non-empty string.")
     pair_label, pair_note = describe_training(meta)
     return NlaMeta(
         role=role,
         d_model=d_model,
-        injection_char=str(_need(tokens, "injection_char", path)),
-        injection_token_id=int(_need(tokens, "injection_token_id", path)),
-        left_neighbor_id=int(_need(tokens, "injection_left_neighbor_id", path)),
-        right_neighbor_id=int(_need(tokens, "injection_right_neighbor_id", path)),
+        injection_char=injection_char,
+        injection_token_id=_int(_need(tokens, "injection_token_id", path), "tokens.injection_token_id", path),
+        left_neighbor_id=_int(_need(tokens, "injection_left_neighbor_id", path),
+                              "tokens.injection_left_neighbor_id", path),
+        right_neighbor_id=_int(_need(tokens, "injection_right_neighbor_id", path),
+                               "tokens.injection_right_neighbor_id", path),
         av_template=av_t,
         ar_template=ar_t,
         injection_scale=inj_scale,
         mse_scale=float(mse),
-        extraction_layer=None if layer is None else int(layer),
-        critic_suffix_ids=None if suffix is None else tuple(int(i) for i in suffix),
-        fve_variance=None if var is None else float(var),
-        untrained=bool((meta.get("nla_tui") or {}).get("untrained", False)),
+        extraction_layer=None if layer is None else _int(layer, "extraction_layer_index", path),
+        critic_suffix_ids=None if suffix is None else tuple(
+            _int(i, "tokens.critic_suffix_ids", path) for i in suffix),
+        fve_variance=var,
+        untrained=bool(own.get("untrained", False)),
         path=path,
         pair_label=pair_label,
         pair_note=pair_note,

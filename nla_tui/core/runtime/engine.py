@@ -71,7 +71,10 @@ class Engine:
         o = self.options
         preset, sources = resolve_sources(o, report)
         ckpts: dict[str, Checkpoint] = {k: resolve_checkpoint(v) for k, v in sources.items()}
-        ckpts = {k: replace(c, name=sources[k] if not (preset and preset.name == "demo") else f"demo:{k}")
+        # Only the parts that really come from the demo are labelled demo:…; a directory
+        # the user gave (--subject DIR --preset demo) keeps its own name.
+        demo = preset is not None and preset.name == "demo"
+        ckpts = {k: replace(c, name=f"demo:{k}" if demo and getattr(o, k) is None else sources[k])
                  for k, c in ckpts.items()}
         av_meta, ar_meta = read_sidecar(ckpts["av"].path), read_sidecar(ckpts["ar"].path)
         layer = self._layer(preset, av_meta.extraction_layer, ar_meta.extraction_layer)
@@ -226,8 +229,10 @@ class Engine:
         scores = self.ar.score([t for t, _ in parsed], vectors)
         idx = indices if indices is not None else [-1] * len(raws)
         untrained = self.av.meta.untrained
+        nan = ["the AR's reconstruction was not finite (NaN/Inf): not scored"]
         return [Explanation(index=i, text=t, raw=r, sampling=sampling, prompt=prompt, score=s, truncated=tr,
-                            warnings=injection_warnings(r, tr, self.av.meta.injection_char), untrained_av=untrained)
+                            warnings=injection_warnings(r, tr, self.av.meta.injection_char) + ([] if s else nan),
+                            untrained_av=untrained)
                 for i, r, (t, tr), s in zip(idx, raws, parsed, scores)]
 
     def explain(self, indices: list[int], sampling: Sampling = Sampling(), prompt: str | None = None,

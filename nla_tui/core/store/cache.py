@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import hashlib
 import json
 import os
@@ -85,25 +84,13 @@ def activation_digest(vec: np.ndarray) -> str:
     return hashlib.sha256(a.tobytes()).hexdigest()
 
 
-@functools.lru_cache(maxsize=32)
 def model_fingerprint(path: str) -> str:
-    """Identity of a local model directory or weights file, without hashing GiBs.
+    """Identity of a local model directory or weights file, without hashing GiBs: every
+    weight file's size, mtime, header and sampled blocks (see fingerprint.py). Not
+    memoised: a rewritten value head must change it within one process too."""
+    from ..models.fingerprint import checkpoint_digest
 
-    Hashes the safetensors index JSON when present, else the name, size and first MiB
-    of each weights file (a safetensors/GGUF header lists every tensor, shape and offset).
-    """
-    p = Path(path)
-    h = hashlib.sha256()
-    files = [p] if p.is_file() else sorted(
-        f for f in p.iterdir()
-        if f.suffix in {".safetensors", ".gguf", ".json", ".bin", ".pt"} and f.is_file())
-    for f in files:
-        if f.name.endswith(".index.json") or f.suffix in {".safetensors", ".gguf"} or f.name in {
-                "config.json", "nla_meta.yaml"}:
-            h.update(f.name.encode() + b"\0" + str(f.stat().st_size).encode() + b"\0")
-            with open(f, "rb") as fh:
-                h.update(fh.read(MiB))
-    return h.hexdigest()[:32]
+    return checkpoint_digest(Path(path))[:32]
 
 
 def _model_identity(name: str, revision: str | None) -> str:

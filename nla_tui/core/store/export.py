@@ -18,16 +18,20 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ...terminal_text import visible
 from ..errors import InputError
 from .branch_export import branches_html, branches_markdown
-from .session import Session, load_session
 from ..types import Explanation
+from .jsonsafe import dumps_finite
+from .session import Session, load_session
+from .session_files import check_export_target
 
 FORMATS = ("md", "json", "html")
 
@@ -63,7 +67,14 @@ _MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]<>|#"})
 
 
 def _md_cell(text: str) -> str:
-    return text.translate(_MD_SPECIAL).replace("\r", "").replace("\n", " ↵ ") or " "
+    return visible(text.translate(_MD_SPECIAL).replace("\r", "").replace("\n", " ↵ ")) or " "
+
+
+def _md_quote(text: str) -> str:
+    """Message content as a block quote: HTML escaped (a Markdown viewer must not run
+    or hide a `<script>`), control characters visible (it may be printed to a terminal)."""
+    lines = visible(html.escape(text, quote=False)).splitlines() or [""]
+    return "\n".join("> " + ln if ln else ">" for ln in lines)
 
 
 def _fmt(v: float | None) -> str:
@@ -73,7 +84,7 @@ def _fmt(v: float | None) -> str:
 def to_markdown(session: Session) -> str:
     """The conversation, then one table row per token with its best explanation."""
     lines = [f"# {_md_cell(session.name)}", "", f"- Models: {_md_cell(_models_line(session))}",
-             f"- Created {session.created}, updated {session.updated}",
+             f"- Created {_md_cell(session.created)}, updated {_md_cell(session.updated)}",
              f"- {len(session.tokens)} tokens, {session.n_explained} explained", ""]
     if session.info.untrained_av:
         lines += [f"> **Note:** {UNTRAINED_NOTE}", ""]
@@ -81,9 +92,9 @@ def to_markdown(session: Session) -> str:
         lines += [f"> **About the pair:** {_md_cell(session.info.pair_note)}.", ""]
     lines += ["## Conversation", ""]
     for m in session.messages:
-        lines.append(f"**{m.role}:**")
+        lines.append(f"**{_md_cell(m.role)}:**")
         lines.append("")
-        lines += ["> " + ln if ln else ">" for ln in m.content.splitlines() or [""]]
+        lines.append(_md_quote(m.content))
         lines.append("")
     lines += ["## Tokens", "",
               "| # | token | role | norm | explanation | cos | fve_nrm | verdict |",
@@ -93,7 +104,7 @@ def to_markdown(session: Session) -> str:
         e = best_explanation(expl.get(t.index, []))
         s = e.score if e else None
         lines.append(
-            f"| {t.index} | {_md_cell(t.text)} | {t.role} | {t.norm:.1f} | "
+            f"| {t.index} | {_md_cell(t.text)} | {_md_cell(t.role)} | {t.norm:.1f} | "
             f"{_md_cell(e.text) if e else ''} | {_fmt(s.cos) if s else ''} | "
             f"{_fmt(s.fve_nrm) if s else ''} | {s.label if s else ''} |")
     lines += [""] + branches_markdown(session.steered) if session.steered else []
@@ -109,8 +120,12 @@ def to_json(session: Session, include_activations: bool = False) -> str:
     doc: dict[str, Any] = session.to_json()
     acts = session.activations
     doc["activations"] = (acts.tolist() if include_activations and acts is not None else None)
-    return json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
+    # json escapes C0 controls itself; C1 controls, DEL and bidi overrides would reach a
+    # terminal raw when the export goes to stdout, so they are \\u-escaped too.
+    return _ESCAPE_RAW.sub(lambda m: f"\\u{ord(m.group()):04x}", dumps_finite(doc, "JSON export", indent=1)) + "\n"
 
+
+_ESCAPE_RAW = re.compile("[\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
 
 # ------------------------------------------------------------------ html
 
@@ -203,9 +218,21 @@ _JS = r"""
 """
 
 
+_SCRIPT_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
+                   "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def _h(text: str) -> str:
+    """HTML text: escaped, and control characters visible (the page may go to stdout)."""
+    return html.escape(visible(text))
+
+
 def _script_json(obj: Any) -> str:
-    """JSON safe inside <script>: no '</' can close the element early."""
-    return json.dumps(obj, ensure_ascii=False).replace("</", "<\\/").replace("<!--", "<\\!--")
+    """JSON safe inside <script>: with no '<' at all, nothing ('</script>', '<!--',
+    '<script>') can end the element or switch the HTML parser's script-data state, and
+    the \\u escapes are still valid JSON (these characters only occur inside strings)."""
+    text = _ESCAPE_RAW.sub(lambda m: f"\\u{ord(m.group()):04x}", dumps_finite(obj, "HTML export"))
+    return re.sub("[<>&\u2028\u2029]", lambda m: _SCRIPT_ESCAPES[m.group()], text)
 
 
 def to_html(session: Session) -> str:
@@ -223,12 +250,12 @@ def to_html(session: Session) -> str:
         cls = "tok special" if t.role in ("bos", "special") else "tok"
         by_turn.setdefault(t.turn, []).append(
             f'<span class="{cls}" data-i="{t.index}" style="background:{colour}" '
-            f'title="{html.escape(tip)}">{html.escape(t.text)}</span>')
+            f'title="{html.escape(tip)}">{_h(t.text)}</span>')
     blocks = []
     for turn in sorted(by_turn):
         role = (session.messages[turn].role if 0 <= turn < len(session.messages)
                 else "prefix")
-        blocks.append(f'<div class="msg"><div class="role">{html.escape(role)}</div>'
+        blocks.append(f'<div class="msg"><div class="role">{_h(role)}</div>'
                       f'<div class="toks">{"".join(by_turn[turn])}</div></div>')
     data = {
         "tokens": [t.to_json() for t in session.tokens],
@@ -244,14 +271,14 @@ def to_html(session: Session) -> str:
               f'<span style="background:{fidelity_colour(0.5)}">0.5</span>'
               f'<span style="background:{fidelity_colour(1)}">1</span> · grey = not explained '
               '(darker = larger activation norm) · click a token for its explanation</div>')
-    title = html.escape(session.name)
+    title = _h(session.name)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title} · nla-tui</title><style>{_CSS}</style></head>
 <body><header><h1>{title}</h1>
-<div class="meta">{html.escape(_models_line(session))} · {len(session.tokens)} tokens, {session.n_explained} explained · updated {html.escape(session.updated)}</div>
+<div class="meta">{_h(_models_line(session))} · {len(session.tokens)} tokens, {session.n_explained} explained · updated {_h(session.updated)}</div>
 {warn}{legend}</header>
 <div id="wrap"><section id="conv">{"".join(blocks)}</section>
 <aside id="detail"><p class="none">Click a token to see its explanation.</p></aside></div>
@@ -275,7 +302,7 @@ def export_session(session: Session, fmt: str, out: str | os.PathLike | None = N
     text = _RENDER[fmt](session)
     if out is None:
         return text
-    out = Path(out).expanduser()
+    out = check_export_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:

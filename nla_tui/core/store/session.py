@@ -36,12 +36,13 @@ from safetensors.numpy import save as st_save
 
 from ..branches import SteeredBranch
 from ..errors import InputError, NlaError
-from .migrations import MIGRATIONS
 from ..types import Explanation, Message, ModelInfo, TokenInfo
+from .jsonsafe import dumps_finite
+from .migrations import MIGRATIONS
+from .session_files import (ACTS_RE as _ACTS_RE, SESSION_FILE, is_own_activations, is_own_temp,
+                            previous_activations as _previous_activations)
 
 SCHEMA_VERSION = 2
-SESSION_FILE = "session.json"
-_ACTS_RE = re.compile(r"^activations(-[0-9a-f]{16})?\.safetensors$")
 
 
 def now_iso() -> str:  # UTC, second resolution: what session.json stores
@@ -191,6 +192,7 @@ def save_session(session: Session, directory: str | os.PathLike) -> Path:
         with _dir_lock(directory):
             target = directory / SESSION_FILE
             _check_overwritable(target)
+            previous = _previous_activations(target)
             session.updated = now_iso()
             doc = session.to_json()
             doc["activations_file"] = None
@@ -205,8 +207,8 @@ def save_session(session: Session, directory: str | os.PathLike) -> Path:
                 if not (apath.exists() and apath.stat().st_size == len(blob)):
                     _write_atomic(apath, blob)
                 doc["activations_file"], doc["activations_sha256"] = fname, digest
-            _write_atomic(target, json.dumps(doc, indent=1, ensure_ascii=False).encode("utf-8"))
-            _cleanup(directory, keep=doc["activations_file"])
+            _write_atomic(target, dumps_finite(doc, f"session {directory}", indent=1).encode("utf-8"))
+            _cleanup(directory, keep=doc["activations_file"], previous=previous)
     except OSError as e:
         raise NlaError(f"Could not save session to {directory}: {e.strerror or e}. The previous "
                        "save (if any) is intact; free some disk space or choose another "
@@ -214,13 +216,16 @@ def save_session(session: Session, directory: str | os.PathLike) -> Path:
     return directory
 
 
-def _cleanup(directory: Path, keep: str | None) -> None:
-    """Delete activations files no longer referenced, and temp files of dead writers."""
+def _cleanup(directory: Path, keep: str | None, previous: str | None) -> None:
+    """Delete only what nla-tui itself wrote and no longer needs: the activations file
+    the previous session.json referenced, orphans of an interrupted save (recognised by
+    their self-describing digest), and its own temp files of dead writers. Anything else
+    in the directory is the user's and stays."""
     for entry in directory.iterdir():
         name = entry.name
-        # We hold the directory lock, so any temp file here belongs to a dead writer.
-        stale_tmp = name.startswith(".") and name.endswith(".tmp")
-        if (_ACTS_RE.match(name) and name != keep) or stale_tmp:
+        if name == keep:
+            continue
+        if name == previous or is_own_temp(name) or is_own_activations(entry):
             with contextlib.suppress(OSError):
                 entry.unlink()
 
@@ -242,6 +247,10 @@ def _validate(session: Session, directory: Path) -> None:
 
 
 
+# What a well-formed JSON document with a wrong shape raises on the way into the dataclasses.
+_MALFORMED = (KeyError, TypeError, ValueError, AttributeError, OverflowError)
+
+
 def _read_doc(path: Path) -> dict[str, Any]:
     try:
         raw = path.read_bytes()
@@ -250,7 +259,7 @@ def _read_doc(path: Path) -> dict[str, Any]:
                          "directory written by nla-tui (it holds session.json).") from None
     try:
         doc = json.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise InputError(f"Session file {path} is corrupted or truncated ({e}); it was left "
                          "untouched. Restore it from a backup or delete the session.") from e
     if not isinstance(doc, dict):
@@ -297,7 +306,7 @@ def load_session(path: str | os.PathLike) -> Session:
         session = Session(name=str(doc["name"]), info=info, messages=messages, tokens=tokens,
                           explanations=explanations, steered=steered, created=str(doc["created"]),
                           updated=str(doc["updated"]))
-    except (KeyError, TypeError, ValueError) as e:
+    except _MALFORMED as e:
         raise InputError(f"Session file {jpath} is missing or has a malformed field ({e!r}); "
                          "it was left untouched.") from e
     session.activations = _load_activations(directory, doc, len(tokens), info.d_model)
@@ -363,7 +372,7 @@ def list_sessions(root: str | os.PathLike | None = None) -> list[SessionSummary]
                 updated=str(doc["updated"]), preset=(doc.get("models") or {}).get("preset"),
                 n_tokens=len(doc.get("tokens", [])),
                 n_explained=len({int(e["index"]) for e in doc.get("explanations", [])})))
-        except (NlaError, KeyError, TypeError, ValueError) as e:
+        except (NlaError, *_MALFORMED) as e:
             out.append(SessionSummary(path=d, name=d.name, created="", updated="", preset=None,
                                       n_tokens=0, n_explained=0, error=str(e)))
     out.sort(key=lambda s: s.updated, reverse=True)
@@ -391,9 +400,10 @@ def delete_session(directory: str | os.PathLike) -> None:
     if not (Path(directory) / SESSION_FILE).exists():
         raise InputError(f"{directory} is not a session directory (no {SESSION_FILE}).")
     directory = Path(directory)
+    referenced = _previous_activations(directory / SESSION_FILE)
     foreign = [p.name for p in directory.iterdir()
-               if not (p.name in (SESSION_FILE, ".lock") or _ACTS_RE.match(p.name)
-                       or (p.name.startswith(".") and p.name.endswith(".tmp")))]
+               if not (p.name == SESSION_FILE or p.name == referenced or is_own_temp(p.name)
+                       or is_own_activations(p))]
     if foreign:
         raise InputError(f"Not deleting {directory}: it holds files nla-tui did not write "
                          f"({', '.join(sorted(foreign)[:5])}). Remove them by hand first.")

@@ -13,12 +13,16 @@ ROLES = ("system", "user", "assistant")
 
 def load_transcript(path: str | Path) -> list[Message]:
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise InputError(f"Transcript {p} is a folder; give the JSON file itself.")
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"No transcript at {p}: the file does not exist; check the path.") from None
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"Cannot read transcript {p}: {e}") from None
+    except RecursionError:
+        raise InputError(f"Transcript {p} is nested too deeply to be a list of messages.") from None
     except json.JSONDecodeError as e:
         raise InputError(f"Transcript {p} is not valid JSON (line {e.lineno}: {e.msg}); "
                          'expected [{"role": "user", "content": "..."}, ...].') from None

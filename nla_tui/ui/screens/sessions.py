@@ -18,6 +18,7 @@ from textual.widgets import Button, DataTable, Label, Static
 
 from ...core.errors import NlaError
 from ...core.store.session import SessionSummary, delete_session, list_sessions, rename_session
+from ...terminal_text import visible
 from .dialogs import ValueDialog
 
 HINT = "Enter open · r rename · d delete · Esc close"
@@ -123,7 +124,7 @@ class SessionBrowser(ModalScreen[Path | None]):
             error = s.error.replace(str(self.root), shown_path(self.root)) if s.error else None
             note = f"unreadable: {error}" if error else (
                 "open now" if self.current is not None and s.path == self.current else "")
-            table.add_row(s.name, when(s.updated), s.preset or "", str(s.n_tokens),
+            table.add_row(visible(s.name), when(s.updated), s.preset or "", str(s.n_tokens),
                           str(s.n_explained), note[:200])
         self.query_one("#sessions-empty", Static).update(
             "" if self.rows else "No saved sessions yet: ctrl+s saves the current one "

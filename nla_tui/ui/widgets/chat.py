@@ -7,6 +7,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Input, Static
 
 from ...core.types import Message
+from ...terminal_text import visible
 
 _ROLE_NAMES = {"user": "you", "assistant": "model", "system": "system"}
 
@@ -21,8 +22,8 @@ class ChatMessage(Static):
 
     def _paint(self) -> None:
         t = Text()
-        t.append(f"{_ROLE_NAMES.get(self.role, self.role)}: ", style="bold")
-        t.append(self.message_text)
+        t.append(f"{visible(_ROLE_NAMES.get(self.role, self.role))}: ", style="bold")
+        t.append(visible(self.message_text))  # a transcript's ANSI codes must not reach the terminal
         if self.streaming:
             t.append("▌", style="blink")
         self.update(t)
@@ -42,7 +43,10 @@ class ChatPane(Vertical):
         note.display = False
         yield note
         yield VerticalScroll(id="chat-log")
-        yield Input(placeholder="message the subject model · Enter sends", id="chat-input")
+        # select_on_focus off: a key typed on the empty strip lands here (see TokenStrip),
+        # and focusing must not select it for the next key to overwrite.
+        yield Input(placeholder="message the subject model · Enter sends", id="chat-input",
+                    select_on_focus=False)
 
     @property
     def log(self) -> VerticalScroll:

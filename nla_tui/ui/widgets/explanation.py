@@ -11,6 +11,7 @@ from textual.strip import Strip
 from textual.visual import Visual, visualize
 
 from ...core.types import Explanation, Sampling
+from ...terminal_text import visible
 from ..state import UiState
 from .colors import fidelity_t, legend_swatch
 from .strip_layout import display_text
@@ -73,7 +74,7 @@ def render_token(state: UiState, index: int) -> Text:
     partial = state.partial.get(index)
     if partial is not None:
         out.append("  (writing…)\n", style="italic dim")
-        out.append(partial or "…", style="italic")
+        out.append(visible(partial) or "…", style="italic")
         out.append("\n")
     elif not exps:
         queued = "  (running…)" if state.explaining == index else ""
@@ -89,9 +90,9 @@ def render_token(state: UiState, index: int) -> Text:
             out.append("⚠ no closing </explanation> tag: the AV ran out of tokens or the "
                        "injection failed\n", style="yellow")
         for w in best.warnings:
-            out.append(f"⚠ {w}\n", style="yellow")
+            out.append(f"⚠ {visible(str(w))}\n", style="yellow")
         out.append(_sampling_note(best.sampling, best.prompt) + "\n", style="dim")
-        out.append(best.text.strip() or "(empty)", style="bold" if partial is None else "dim")
+        out.append(visible(best.text.strip()) or "(empty)", style="bold" if partial is None else "dim")
         out.append("\n")
         if len(exps) > 1:
             out.append("\nother samples, ranked by AR score\n", style="bold")
@@ -99,7 +100,7 @@ def render_token(state: UiState, index: int) -> Text:
                 label = ex.score.label if ex.score else "unscored"
                 fid = f"{ex.score.fidelity:.3f}" if ex.score else "-"
                 out.append(f"{rank}. [{label} {fid}] ", style=_LABEL_STYLE.get(label, "dim"))
-                out.append(ex.text.strip() + "\n")
+                out.append(visible(ex.text.strip()) + "\n")
     if tok.top:
         out.append("\nsubject's next-token candidates\n", style="bold")
         for cand in tok.top[:5]:

@@ -7,6 +7,7 @@ from textual.containers import Horizontal
 from textual.widgets import Label, Static
 
 from ...core.types import CardMemory
+from ...terminal_text import visible
 from ..state import UiState
 from .colors import legend_swatch
 
@@ -36,10 +37,10 @@ def status_text(state: UiState, temperature: float, auto_explain: bool) -> Text:
         else:
             t.append("starting models…", style="yellow")
     else:
-        t.append(info.preset or "custom", style="bold")
+        t.append(visible(info.preset or "custom"), style="bold")  # a saved session's text
         # On CUDA the placement says which card holds each model and its memory.
         where = info.placement if info.placement and info.device.startswith("cuda") else info.device
-        t.append(f" · L{info.layer} · {info.quant} · {where}")
+        t.append(visible(f" · L{info.layer} · {info.quant} · {where}"))
         mem = gpu_memory_text(state.gpu_memory)
         if mem:
             t.append(f" · GPU {mem}")

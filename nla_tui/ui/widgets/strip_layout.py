@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 from rich.cells import cell_len
 
 from ...core.types import TokenInfo
+from ...terminal_text import visible
 
 GUTTER = 6  # "model" + a bar
 SPECIAL_ROLES = ("bos", "special")
@@ -32,11 +33,9 @@ def display_text(text: str) -> str:
             out.append("⇥")
         elif ch == "\r":
             out.append("␍")
-        elif ord(ch) < 32 or ch == "\x7f":
-            out.append("·")
         else:
             out.append(ch)
-    return "".join(out)
+    return visible("".join(out), keep_layout=False)  # ␛, ␇, … : one visible cell each
 
 
 @dataclass

@@ -8,10 +8,12 @@ instant. Cursor moves refresh two rows and never relayout.
 from __future__ import annotations
 
 from bisect import bisect_left
+from typing import Callable
 
 from rich.cells import cell_len
 from rich.segment import Segment
 from rich.style import Style
+from textual import events
 from textual.binding import Binding
 from textual.geometry import Size
 from textual.message import Message
@@ -57,6 +59,17 @@ class TokenStrip(ScrollView, can_focus=True):
         self._pending: list[Row] = []
         self._norm_scale = 1.0
         self._norm_lo = 0.0
+        # Set by the app: where a printable key goes while there is no token yet, so
+        # a newcomer typing "Name three colours." never fires e/a/n/t/o as commands.
+        self.type_target: Callable[[str], None] | None = None
+
+    def on_key(self, event: events.Key) -> None:
+        if self.state.tokens or self.type_target is None:
+            return
+        if event.is_printable and event.character and event.character != "?":
+            event.stop()
+            event.prevent_default()  # no binding (here or the app's) sees this key
+            self.type_target(event.character)
 
     # ------------------------------------------------------------ data
 

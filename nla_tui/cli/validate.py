@@ -1,0 +1,123 @@
+"""Every `nla-tui run` argument checked before a model loads.
+
+At 27B scale loading, chatting and explaining take minutes: a typo found after them
+is minutes lost. So everything that can be judged from the arguments alone is judged
+here, first; the token indices of --explain are range-checked as soon as the token
+count is known (after the capture), still before any AV work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from ..core.errors import InputError
+from ..terminal_text import visible
+
+INJECT = "<INJECT>"
+
+
+def fix_negative_values(argv: list[str]) -> list[str]:
+    """argparse reads `--explain -3,4` as an unknown option and exits with a usage
+    dump; joining it to `--explain=-3,4` lets parse_explain_spec say what is wrong."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--explain" and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+            out.append(f"--explain={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def parse_explain_spec(spec: str) -> str | list[int]:
+    """'all' | 'none' | a list of non-negative indices; syntax only (no token count yet)."""
+    s = spec.strip()
+    if s in ("all", "none"):
+        return s
+    if not s:
+        raise InputError('--explain "" explains nothing. Pass --explain none to skip explaining, '
+                         "all, or token indices like 3,7,12.")
+    idx = []
+    for part in s.split(","):
+        part = part.strip()
+        try:
+            i = int(part)
+        except ValueError:
+            raise InputError(f"--explain {visible(spec)!r} is not all, none or a comma list of token "
+                             "indices like 3,7,12.") from None
+        if i < 0:
+            raise InputError(f"--explain index {i} is negative: token indices count from 0 "
+                             "(the table that `run` prints shows them).")
+        idx.append(i)
+    return idx
+
+
+def check_explain_range(spec: str | list[int], n_tokens: int) -> list[int]:
+    if spec == "none":
+        return []
+    if spec == "all":
+        return list(range(n_tokens))
+    bad = [i for i in spec if i >= n_tokens]
+    if bad:
+        raise InputError(f"--explain index {bad[0]} is out of range: the conversation has {n_tokens} "
+                         f"tokens (0..{n_tokens - 1}). Nothing was explained.")
+    return list(spec)
+
+
+def _positive(value, flag: str, integer: bool = True) -> None:
+    if value is None:
+        return
+    if not math.isfinite(value) or value <= 0:
+        kind = "a whole number of at least 1" if integer else "a finite number above 0"
+        raise InputError(f"{flag} is {value}; it must be {kind}.")
+
+
+def check_model_args(args: argparse.Namespace) -> None:
+    """Arguments shared by the TUI, run and check (checked once per parse)."""
+    if getattr(args, "_models_checked", False):
+        return
+    args._models_checked = True
+    if getattr(args, "layer", None) is not None and args.layer < 0:
+        raise InputError(f"--layer {args.layer} is negative; layers count from 0.")
+    _positive(getattr(args, "fve_variance", None), "--fve-variance", integer=False)
+    if getattr(args, "devices", None):
+        from ..core.models.placement import parse_devices
+
+        wanted = parse_devices(args.devices)  # a syntax error fails here, before any model loads
+        import torch
+
+        on_cpu = (args.device or "").startswith("cpu")
+        if any(d != "cpu" for d in wanted.values()) and (on_cpu or not torch.cuda.is_available()):
+            print("nla-tui: warning: --devices places models on CUDA GPUs, but "
+                  f"{'--device is cpu' if on_cpu else 'no CUDA GPU is visible'}"
+                  "; it is ignored and everything runs on one device.", file=sys.stderr)
+
+
+def check_run_args(args: argparse.Namespace) -> str | list[int]:
+    """All of `run`'s arguments; returns the parsed --explain spec."""
+    if args.prompt is None and args.messages is None:
+        raise InputError("Give --prompt TEXT or --messages FILE.json.")
+    if args.prompt is not None and args.messages is not None:
+        raise InputError("Give --prompt or --messages, not both.")
+    if args.prompt is not None and not args.prompt.strip():
+        raise InputError("The prompt is empty: pass some text with --prompt.")
+    check_model_args(args)
+    _positive(args.max_new_tokens, "--max-new-tokens")
+    _positive(args.max_explain_tokens, "--max-explain-tokens")
+    _positive(args.batch_size, "--batch-size")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise InputError(f"--temperature is {args.temperature}; it must be 0 (greedy) or above.")
+    if args.av_prompt is not None and args.av_prompt.count(INJECT) != 1:
+        raise InputError(f"--av-prompt must contain {INJECT} exactly once (found "
+                         f"{args.av_prompt.count(INJECT)}), where the activation goes, e.g. "
+                         f"'What is <concept>{INJECT}</concept>?'")
+    spec = parse_explain_spec(args.explain)
+    if args.out:
+        from ..core.store.session_files import check_out_dir
+
+        check_out_dir(args.out, args.force)
+    return spec

@@ -1,0 +1,112 @@
+"""Which files in a session directory nla-tui wrote, and where a new session may go.
+
+nla-tui deletes only files it can prove it wrote (never "everything that looks like
+ours"): the activations file the replaced session.json referenced, orphans of an
+interrupted save (their name's 16 hex digits begin the sha256 stored in their own
+safetensors metadata), and its own temp files (exact name pattern, writer dead).
+`check_out_dir` is run before any model loads, so a bad `--out` costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from ..errors import InputError
+
+SESSION_FILE = "session.json"
+ACTS_RE = re.compile(r"^activations(-[0-9a-f]{16})?\.safetensors$")
+# session._write_atomic's temp names: .<final name>.<pid>.<8 hex>.tmp
+_TMP_RE = re.compile(r"^\.(session\.json|activations-[0-9a-f]{16}\.safetensors)\.(\d+)\.[0-9a-f]{8}\.tmp$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def is_own_temp(name: str) -> bool:
+    """A temp file one of nla-tui's saves left behind (the exact name _write_atomic
+    uses), whose writer is gone. A user's `.notes.txt.tmp` never matches."""
+    m = _TMP_RE.match(name)
+    if not m:
+        return False
+    pid = int(m.group(2))
+    return pid == os.getpid() or not _pid_alive(pid)
+
+
+def is_own_activations(path: Path) -> bool:
+    """An activations file save_session wrote: content-addressed name whose 16 hex
+    digits start the sha256 that save_session put in the file's own metadata."""
+    m = ACTS_RE.match(path.name)
+    if not m or not m.group(1):
+        return False
+    try:
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if not 0 < n <= 1 << 20:
+                return False
+            header = json.loads(fh.read(n))
+        digest = (header.get("__metadata__") or {}).get("sha256", "")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(digest, str) and digest.startswith(m.group(1)[1:])
+
+
+def previous_activations(target: Path) -> str | None:
+    """The activations file the session.json about to be replaced points at."""
+    try:
+        doc = json.loads(target.read_bytes())
+        name = doc.get("activations_file") if isinstance(doc, dict) else None
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return name if isinstance(name, str) and ACTS_RE.match(name) else None
+
+
+def check_out_dir(directory: str | os.PathLike, force: bool = False) -> Path:
+    """Validate `run --out DIR` before any work: DIR must be new or empty, or (with
+    force) an existing session / non-empty folder, whose session it then replaces
+    (files nla-tui did not write stay). And it must be writable. Returns DIR."""
+    d = Path(directory).expanduser()
+    if d.exists() and not d.is_dir():
+        raise InputError(f"--out {d} is a file, not a folder. Give a new folder for the session.")
+    if d.is_dir():
+        entries = sorted(p.name for p in d.iterdir())
+        if (d / SESSION_FILE).exists() and not force:
+            raise InputError(f"--out {d} already holds a session. Choose another folder, or pass "
+                             "--force to replace that session (files nla-tui did not write are kept).")
+        if entries and not force:
+            raise InputError(f"--out {d} is not empty ({', '.join(entries[:3])}"
+                             f"{', ...' if len(entries) > 3 else ''}). Give a new or empty folder, "
+                             "or pass --force to write the session beside those files (none is deleted).")
+    probe = d
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"--out {d}: {probe} is a file, so the folder cannot be created.")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise InputError(f"--out {d} is not writable ({e.strerror or e} in {probe}). Choose a "
+                         "folder you can write to.") from None
+    return d
+
+
+def check_export_target(out: str | os.PathLike) -> Path:
+    """`export --out FILE` must never replace a session's own files or a folder."""
+    p = Path(out).expanduser()
+    if p.is_dir():
+        raise InputError(f"--out {p} is a folder; give a file name such as {p / 'session.html'}.")
+    if p.name == SESSION_FILE or ACTS_RE.match(p.name):
+        raise InputError(f"Refusing to write the export over {p}: that is a session file. Give "
+                         "another --out name (e.g. session.md beside it).")
+    return p
