@@ -21,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 from unittest import mock
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -93,6 +94,13 @@ def assert_outcome(code: int, out: str, err: str, what: str) -> None:
         assert err.startswith("nla-tui: ") and len(err.strip()) > 20 and "Traceback" not in err, err
     for ch in "\x1b\x07\x9b":
         assert ch not in out and ch not in err, (what, repr(out[:200]), repr(err[:200]))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_outcomes():
+    """With -s, print how the cases ended (the counts in docs/RELIABILITY.md)."""
+    yield
+    print("\nfuzz outcomes (command, exit code): cases", dict(sorted(OUTCOMES.items())))
 
 
 FUZZ = settings(max_examples=SESSION_CASES, deadline=None, derandomize=True, database=None,

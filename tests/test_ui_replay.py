@@ -274,7 +274,7 @@ async def test_open_transcript_dialog_sends_set_conversation(tmp_path):
     path.write_text(json.dumps(recorded))
     async with app.run_test(size=(120, 36)) as pilot:
         await wait_until(pilot, lambda: app.state.info is not None, "models ready")
-        await pilot.press("o", *str(path), "enter")
+        await pilot.press("escape", "o", *str(path), "enter")  # Esc: out of the message box
         await wait_until(pilot, lambda: len(app.state.messages) == 2, "the transcript")
         job = next(j for j in holder.worker.jobs_seen if isinstance(j, ev.SetConversation))
         assert [m.to_json() for m in job.messages] == recorded

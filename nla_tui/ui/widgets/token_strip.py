@@ -59,16 +59,17 @@ class TokenStrip(ScrollView, can_focus=True):
         self._pending: list[Row] = []
         self._norm_scale = 1.0
         self._norm_lo = 0.0
-        # Set by the app: where a printable key goes while there is no token yet, so
-        # a newcomer typing "Name three colours." never fires e/a/n/t/o as commands.
+        # Set by the app: where an unbound printable key goes while there is no token
+        # yet (the start of a message, not a command). Bound keys keep their meaning
+        # (o opens a transcript); the app focuses the message box while empty anyway.
         self.type_target: Callable[[str], None] | None = None
 
     def on_key(self, event: events.Key) -> None:
         if self.state.tokens or self.type_target is None:
             return
-        if event.is_printable and event.character and event.character != "?":
+        if event.is_printable and event.character and event.key not in self.screen.active_bindings:
             event.stop()
-            event.prevent_default()  # no binding (here or the app's) sees this key
+            event.prevent_default()
             self.type_target(event.character)
 
     # ------------------------------------------------------------ data
