@@ -37,7 +37,7 @@ class Checkpoint:
 
 def _local_revision(path: Path) -> str:
     """Every file that shapes the output, weights and value head included (fingerprint.py)."""
-    from .fingerprint import checkpoint_digest
+    from ..fingerprint import checkpoint_digest
 
     return "local-" + checkpoint_digest(path)[:16]
 

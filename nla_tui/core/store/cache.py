@@ -88,7 +88,7 @@ def model_fingerprint(path: str) -> str:
     """Identity of a local model directory or weights file, without hashing GiBs: every
     weight file's size, mtime, header and sampled blocks (see fingerprint.py). Not
     memoised: a rewritten value head must change it within one process too."""
-    from ..models.fingerprint import checkpoint_digest
+    from ..fingerprint import checkpoint_digest
 
     return checkpoint_digest(Path(path))[:32]
 
