@@ -189,8 +189,8 @@ class SessionActions:
         except NlaError as e:
             self.notify(str(e), title="Cannot open session", severity="error", timeout=10)
             return
-        app.chat.show_note(None)  # no longer the demo's example
-        app._example_pending = False
+        self.chat.show_note(None)  # no longer the demo's example
+        self._example_pending = False
         if self.autosave and not self.keeper.read_only:
             self.keeper.save_now(only_if_dirty=True)  # the current conversation is not lost
         st = self.state
