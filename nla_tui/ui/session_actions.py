@@ -1,7 +1,7 @@
 """The app's session actions (mixed into NlaApp): ctrl+s save, ctrl+o / f2 browser,
 X export, autosave after every job, on exit and on SIGTERM / SIGHUP.
 
-Kept out of self.py so the app stays about chat and explanations; self.py only calls
+Kept out of app.py so the app stays about chat and explanations; app.py only calls
 the four hooks (sessions_mount, sessions_changed, sessions_unmount, session_commands).
 Writing is the SessionKeeper's (and its Autosaver's) job; this class wires keys,
 dialogs and signals to it.
@@ -57,7 +57,7 @@ class SessionActions:
     worker: Any
     engine_worker: Any
 
-    # ------------------------------------------------------------ hooks from self.py
+    # ------------------------------------------------------------ hooks from app.py
 
     def sessions_mount(self) -> None:
         self.keeper = SessionKeeper(self.state)
