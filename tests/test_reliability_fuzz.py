@@ -129,7 +129,7 @@ def test_mutated_sessions_never_traceback_and_are_never_changed(data):
             assert_outcome(code, out, err, f"export {fmt}")
             if code == 0 and fmt == "json":
                 json.loads(out, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
-        with mock.patch("nla_tui.ui.app.run_app", return_value=0):
+        with mock.patch("nla_tui.ui.launch.run_app", return_value=0):
             code, out, err = run_cli("open", str(d))
         assert_outcome(code, out, err, "open")
         assert snapshot(d) == before
