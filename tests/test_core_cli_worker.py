@@ -70,7 +70,7 @@ def test_bad_messages_file(tmp_path):
     assert r.returncode == 2 and "not valid JSON" in r.stderr
     bad.write_text('[{"role": "robot", "content": "x"}]')
     r = _run("run", "--preset", "demo", "--messages", str(bad), timeout=120)
-    assert r.returncode == 2 and "OpenAI style" in r.stderr
+    assert r.returncode == 2 and "unknown role" in r.stderr
 
 
 class Collector:

@@ -160,7 +160,7 @@ def test_transcript_loader(tmp_path):
     p.write_text(json.dumps([{"role": "robot", "content": "x"}]))
     with pytest.raises(InputError, match="message 0"):
         load_transcript(p)
-    with pytest.raises(InputError, match="No transcript"):
+    with pytest.raises(InputError, match="does not exist"):
         load_transcript(tmp_path / "missing.json")
 
 

@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nla-tui", description="Read what a language model is thinking, token by token.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     add_model_args(p)
-    p.add_argument("--messages", help="open a transcript (JSON list of {role, content}) instead of chatting")
+    p.add_argument("--messages", help="open a transcript instead of chatting (OpenAI chat format: JSON list, "
+                                      '{"messages": [...]} or JSONL; system/user/assistant/tool roles, tool_calls)')
     add_display_args(p)
     sub = p.add_subparsers(dest="command")
     for command in SUBCOMMANDS:

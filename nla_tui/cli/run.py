@@ -15,7 +15,8 @@ def add_subparser(sub) -> None:
     r = sub.add_parser("run", help="headless: chat, capture, explain, score, print a table")
     add_model_args(r)
     r.add_argument("--prompt", help="user message to send")
-    r.add_argument("--messages", help="JSON list of {role, content}; assistant turns are teacher-forced")
+    r.add_argument("--messages", help='transcript in the OpenAI chat format (JSON list, {"messages": [...]} or '
+                                      "JSONL; tool calls and results included); assistant turns are teacher-forced")
     r.add_argument("--max-new-tokens", type=int, default=64, help="reply length (default 64)")
     r.add_argument("--explain", default="all", help="all | none | comma list of token indices (default all)")
     r.add_argument("--out", help="write a session directory here (a new or empty folder)")
@@ -42,10 +43,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     spec = check_run_args(args)  # every argument, before any model loads
     messages = load_transcript(args.messages) if args.messages else None
-    engine = Engine(engine_options(args))
+    options = engine_options(args)
+    if messages is not None:
+        from ..core.runtime.precheck import check_transcript_fits
+
+        check_transcript_fits(options, messages)  # tokenizer only: before any weights load
+    engine = Engine(options)
     engine.load(progress)
     if messages is not None:
-        engine.set_conversation(messages)
+        engine.set_conversation(messages, lambda done, total: print(
+            f"[capture] {done}/{total} tokens", file=sys.stderr, flush=True))
     else:
         print("reply: ", end="", flush=True)
         engine.chat(args.prompt, args.max_new_tokens, lambda d: print(visible(d), end="", flush=True))

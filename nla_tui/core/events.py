@@ -154,6 +154,14 @@ class LoadProgress(Event):
 
 
 @dataclass
+class CaptureProgress(Event):
+    """The subject is capturing a conversation in chunks: `done` of `total` tokens."""
+
+    done: int
+    total: int
+
+
+@dataclass
 class ModelsReady(Event):
     info: ModelInfo
 

@@ -11,7 +11,7 @@ from typing import Any
 
 # Roles a token of the conversation can have. "special" covers <bos>, turn
 # markers and role names inserted by the chat template.
-ROLES = ("bos", "special", "system", "user", "model")
+ROLES = ("bos", "special", "system", "user", "model", "tool_call", "tool_result")
 
 # Positions before this index decode poorly: the subject has little context yet.
 NOISY_PREFIX = 10
@@ -218,10 +218,35 @@ class Capture:
 
 @dataclass
 class Message:
-    """One chat message, OpenAI style."""
+    """One chat message, OpenAI style.
 
-    role: str  # "system" | "user" | "assistant"
+    role is "system" | "user" | "assistant" | "tool" ("function", the older name,
+    is read as "tool"). An assistant message may carry `tool_calls` (OpenAI's
+    [{"id", "type": "function", "function": {"name", "arguments"}}]); a tool message
+    answers one of them (`tool_call_id`) and may name the tool (`name`).
+    core.store.transcript reads every accepted shape into this one.
+    """
+
+    role: str
     content: str
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
 
-    def to_json(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.name is not None:
+            d["name"] = self.name
+        if self.tool_calls:
+            d["tool_calls"] = self.tool_calls
+        if self.tool_call_id is not None:
+            d["tool_call_id"] = self.tool_call_id
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Message":
+        calls = d.get("tool_calls")
+        return cls(role=str(d["role"]), content=str(d.get("content") or ""),
+                   name=None if d.get("name") is None else str(d["name"]),
+                   tool_calls=list(calls) if calls else None,
+                   tool_call_id=None if d.get("tool_call_id") is None else str(d["tool_call_id"]))

@@ -58,6 +58,7 @@ class UiState:
     load_failed: str | None = None  # why the models did not load (the app stays usable)
     queue_depth: int = 0
     all_progress: ev.ExplainAllProgress | None = None
+    capture_progress: ev.CaptureProgress | None = None  # a long conversation being captured
     median_norm: float = 0.0
     # numpy [T, d_model] from the last ConversationUpdated (for saving sessions);
     # typed loosely so this module needs no numpy import.
@@ -88,6 +89,7 @@ class UiState:
             self.reply = (self.reply or "") + event.text
             c.reply = event.text
         elif isinstance(event, ev.ConversationUpdated):
+            self.capture_progress = None
             self.messages = list(event.messages)
             self.set_tokens(event.tokens)
             self.activations = event.activations
@@ -191,8 +193,10 @@ class UiState:
         if turn < 0:
             return "bos"
         if turn < len(self.messages):
-            role = self.messages[turn].role
-            return "model" if role == "assistant" else role
+            m = self.messages[turn]
+            if m.role == "assistant":
+                return "model" if m.content.strip() or not m.tool_calls else "tool_call"
+            return "tool_result" if m.role == "tool" else m.role
         for t in self.tokens:
             if t.turn == turn and t.role not in SPECIAL_ROLES:
                 return t.role

@@ -13,16 +13,15 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .capture import TOP_K, capture_chunked
+from .context import context_limit
+from .conversation import render as render_conversation
+from .conversation import tag_tokens
 from ..errors import InputError
 from .loading import model_device, text_config, text_parts
 from ..types import Candidate, Capture, Message, TokenInfo
 
-TOP_K = 5
-# Tokens that open a new turn in common chat templates: scaffolding after one of
-# these belongs to the next message, scaffolding before it to the previous one.
-TURN_OPENERS = {"<start_of_turn>", "<|im_start|>", "<|start_header_id|>"}
-ROLE_OF = {"user": "user", "assistant": "model", "model": "model", "system": "system"}
-
+__all__ = ["Subject", "TOP_K"]
 
 
 class _Streamer:
@@ -79,74 +78,26 @@ class Subject:
     # ------------------------------------------------------------ tokenization
 
     def render(self, messages: list[Message], add_generation_prompt: bool = False) -> str:
-        try:
-            return self.tok.apply_chat_template([m.to_json() for m in messages], tokenize=False,
-                                                add_generation_prompt=add_generation_prompt)
-        except Exception as e:  # jinja raise_exception: roles must alternate, etc.
-            raise InputError(f"The conversation does not fit the subject's chat template: {e}. "
-                             f"Messages must alternate user/assistant (an optional system message first).") from None
+        return render_conversation(self.tok, messages, add_generation_prompt)[0]
 
     def tokenize(self, messages: list[Message], add_generation_prompt: bool = False) -> tuple[list[int], list[str], list[int]]:
-        """Token ids of the templated conversation, exactly as the model sees it, with
-        each token's role and the message (turn) it belongs to."""
-        text = self.render(messages, add_generation_prompt)
-        enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offsets = enc["input_ids"], enc["offset_mapping"]
-        spans, pos = [], 0
-        for turn, m in enumerate(messages):
-            c = m.content.strip()
-            i = text.find(c, pos) if c else -1
-            if i >= 0:
-                spans.append((i, i + len(c), ROLE_OF.get(m.role, "user"), turn))
-                pos = i + len(c)
-        roles, turns = [], []
-        turn, nxt = -1, 0
-        for k, (tid, (s, e)) in enumerate(zip(ids, offsets)):
-            while nxt < len(spans) and spans[nxt][1] <= s:
-                nxt += 1
-            inside = nxt < len(spans) and s < spans[nxt][1] and e > spans[nxt][0] and e > s
-            if k == 0 and tid == self.tok.bos_token_id:
-                roles.append("bos"); turns.append(-1)
-                continue
-            if inside:
-                turn = spans[nxt][3]
-                roles.append(spans[nxt][2])
-            else:
-                if self.tok.convert_ids_to_tokens(tid) in TURN_OPENERS:
-                    turn = spans[nxt][3] if nxt < len(spans) else len(messages)
-                roles.append("special")
-            turns.append(max(turn, 0))
-        return list(ids), roles, turns
+        """Token ids of the templated conversation with each token's role and message
+        (core.conversation folds system/tool roles into the template)."""
+        return tag_tokens(self.tok, messages, add_generation_prompt)
+
+    @property
+    def context_limit(self) -> int | None:
+        return context_limit(text_config(self.model))
 
     # ------------------------------------------------------------ capture
 
-    @torch.inference_mode()
-    def capture(self, ids: list[int], chunk: int = 256) -> Capture:
-        """One forward pass: layer-K residual and top-k next-token candidates everywhere."""
+    def capture(self, ids: list[int], chunk: int | None = None, progress=None,
+                cancel: threading.Event | None = None) -> Capture:
+        """Layer-K residual and top-k next-token candidates everywhere, in chunks over a
+        KV cache (core.capture: bit-for-bit the one-pass result on CPU)."""
         self.check_fits(len(ids))
         self.forward_calls += 1
-        x = torch.tensor([ids], device=self.device)
-        store: dict[str, torch.Tensor] = {}
-
-        def hook(_mod, _inp, out):
-            store["h"] = out[0] if isinstance(out, tuple) else out
-
-        handle = self.decoder.layers[self.layer].register_forward_hook(hook)
-        try:
-            out = self.decoder(input_ids=x, use_cache=False)
-        finally:
-            handle.remove()
-        acts = store["h"][0].float().cpu().numpy()
-        cap = getattr(text_config(self.model), "final_logit_softcapping", None)
-        h = out.last_hidden_state[0]
-        top_ids, top_probs = [], []
-        for i in range(0, h.shape[0], chunk):  # full-vocab logits for 1,000 tokens would be ~1 GB
-            logits = self.lm_head(h[i:i + chunk]).float()
-            if cap:
-                logits = torch.tanh(logits / cap) * cap
-            p, t = torch.softmax(logits, dim=-1).topk(TOP_K, dim=-1)
-            top_ids.append(t.cpu()); top_probs.append(p.cpu())
-        return Capture(acts, torch.cat(top_ids).numpy(), torch.cat(top_probs).numpy())
+        return capture_chunked(self, ids, chunk, progress, cancel)
 
     def token_infos(self, ids: list[int], roles: list[str], turns: list[int], cap: Capture) -> list[TokenInfo]:
         norms = np.linalg.norm(cap.activations, axis=-1)

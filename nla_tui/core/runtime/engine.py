@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import CheckpointError, InputError
+from ..models.context import check_context
 from ..models.loading import (Checkpoint, default_device, default_quant, load_model, load_tokenizer,
                               resolve_checkpoint, text_config)
 from ..models.subject import Subject
@@ -158,23 +159,28 @@ class Engine:
 
     # ------------------------------------------------------------ conversation
 
-    def _capture(self, messages: list[Message]) -> None:
+    def _capture(self, messages: list[Message], progress: Callable[[int, int], None] | None = None,
+                 cancel: threading.Event | None = None) -> None:
         ids, roles, turns = self.subject.tokenize(messages)
-        cap = self.caches.capture(self.info, ids, self.subject.capture)
+        check_context(len(ids), self.subject.context_limit, self.info.subject)
+        cap = self.caches.capture(self.info, ids, lambda i: self.subject.capture(i, progress=progress, cancel=cancel))
         self.tokens = self.subject.token_infos(ids, roles, turns, cap)
         self.activations = cap.activations
         self.messages = list(messages)
         self.explanations = {}
 
-    def set_conversation(self, messages: list[Message]) -> None:
-        """Teacher-force a given conversation (e.g. an agent transcript) and capture it."""
+    def set_conversation(self, messages: list[Message], progress: Callable[[int, int], None] | None = None,
+                         cancel: threading.Event | None = None) -> None:
+        """Teacher-force a given conversation (e.g. an agent transcript with tool calls) and
+        capture it in chunks; `progress(done, total)` after each chunk. The length is
+        checked against the subject's context before any forward pass."""
         self._need_models()
         if not messages:
             raise InputError("The conversation is empty: give at least one message.")
         for m in messages:
-            if m.role not in ("system", "user", "assistant"):
-                raise InputError(f"Unknown role {m.role!r}: messages need role system, user or assistant.")
-        self._capture(messages)
+            if m.role not in ("system", "user", "assistant", "tool"):
+                raise InputError(f"Unknown role {m.role!r}: messages need role system, user, assistant or tool.")
+        self._capture(messages, progress, cancel)
 
     def prompt_tokens(self, text: str) -> list[TokenInfo]:
         """The tokens the subject will see for the next turn, before the reply (uncaptured)."""
@@ -192,14 +198,16 @@ class Engine:
         return out
 
     def chat(self, text: str, max_new_tokens: int = 256, on_delta: Callable[[str], None] | None = None,
-             cancel: threading.Event | None = None) -> str:
+             cancel: threading.Event | None = None, progress: Callable[[int, int], None] | None = None) -> str:
         """Add a user turn, stream the reply, then capture the whole conversation."""
         self._need_models()
         if not text or not text.strip():
             raise InputError("The prompt is empty: type something to send to the subject model.")
         msgs = self.messages + [Message("user", text)]
+        prompt_ids, _, _ = self.subject.tokenize(msgs, add_generation_prompt=True)
+        check_context(len(prompt_ids), self.subject.context_limit, self.info.subject, max_new_tokens)
         reply = self.subject.generate(msgs, max_new_tokens, on_delta, cancel)
-        self._capture(msgs + [Message("assistant", reply)])
+        self._capture(msgs + [Message("assistant", reply)], progress)
         return reply
 
     # ------------------------------------------------------------ explain

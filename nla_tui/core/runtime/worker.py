@@ -85,15 +85,25 @@ class EngineWorker(SteerJobs, JobThread):
                 self.emit(ev.ChatDelta("".join(pending)))
                 pending.clear()
 
-        eng.chat(job.text, job.max_new_tokens, on_delta, self.cancel)
+        eng.chat(job.text, job.max_new_tokens, on_delta, self.cancel, self._capture_progress())
         if pending:
             self.emit(ev.ChatDelta("".join(pending)))
         self.emit(ev.ConversationUpdated(list(eng.messages), list(eng.tokens), eng.activations))
 
     def _set_conversation(self, job: ev.SetConversation) -> None:
         eng = self._engine()
-        eng.set_conversation(job.messages)
+        eng.set_conversation(job.messages, self._capture_progress(), self.cancel)
         self.emit(ev.ConversationUpdated(list(eng.messages), list(eng.tokens), eng.activations))
+
+    def _capture_progress(self):
+        """Chunk progress of a capture as CaptureProgress events (only when it takes
+        several chunks: a short chat turn posts none)."""
+        def report(done: int, total: int) -> None:
+            if not (done == total and first[0]):
+                self.emit(ev.CaptureProgress(done, total))
+            first[0] = False
+        first = [True]
+        return report
 
     def _cached(self, index: int, job) -> list[Explanation] | None:
         have = self._engine().explanations.get(index, [])

@@ -28,6 +28,7 @@ import numpy as np
 from ...terminal_text import visible
 from ..errors import InputError
 from .branch_export import branches_html, branches_markdown
+from .transcript import message_display_text
 from ..types import Explanation
 from .jsonsafe import dumps_finite
 from .session import Session, load_session
@@ -92,9 +93,9 @@ def to_markdown(session: Session) -> str:
         lines += [f"> **About the pair:** {_md_cell(session.info.pair_note)}.", ""]
     lines += ["## Conversation", ""]
     for m in session.messages:
-        lines.append(f"**{_md_cell(m.role)}:**")
+        lines.append(f"**{_md_cell(m.role)}{_md_cell(f' ({m.name})') if m.name else ''}:**")
         lines.append("")
-        lines.append(_md_quote(m.content))
+        lines.append(_md_quote(message_display_text(m)))
         lines.append("")
     lines += ["## Tokens", "",
               "| # | token | role | norm | explanation | cos | fve_nrm | verdict |",
@@ -249,7 +250,7 @@ def to_html(session: Session) -> str:
             tip = "explained (unscored)" if best else "not explained"
         cls = "tok special" if t.role in ("bos", "special") else "tok"
         by_turn.setdefault(t.turn, []).append(
-            f'<span class="{cls}" data-i="{t.index}" style="background:{colour}" '
+            f'<span class="{cls}" data-i="{t.index}" data-role="{html.escape(t.role)}" style="background:{colour}" '
             f'title="{html.escape(tip)}">{_h(t.text)}</span>')
     blocks = []
     for turn in sorted(by_turn):

@@ -298,8 +298,7 @@ def load_session(path: str | os.PathLike) -> Session:
     doc = _upgrade(_read_doc(jpath), jpath)
     try:
         info = ModelInfo.from_json(doc["models"])
-        messages = [Message(role=str(m["role"]), content=str(m["content"]))
-                    for m in doc.get("conversation", [])]
+        messages = [Message.from_json(m) for m in doc.get("conversation", [])]
         tokens = [TokenInfo.from_json(t) for t in doc.get("tokens", [])]
         explanations = [Explanation.from_json(e) for e in doc.get("explanations", [])]
         steered = [SteeredBranch.from_json(b) for b in doc.get("steered", [])]

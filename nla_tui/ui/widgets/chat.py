@@ -6,10 +6,11 @@ from rich.text import Text
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Input, Static
 
+from ...core.store.transcript import message_display_text
 from ...core.types import Message
 from ...terminal_text import visible
 
-_ROLE_NAMES = {"user": "you", "assistant": "model", "system": "system"}
+_ROLE_NAMES = {"user": "you", "assistant": "model", "system": "system", "tool": "tool"}
 
 
 class ChatMessage(Static):
@@ -70,7 +71,7 @@ class ChatPane(Vertical):
     def set_messages(self, messages: list[Message]) -> None:
         log = self.log
         log.remove_children()
-        log.mount_all([ChatMessage(m.role, m.content) for m in messages])
+        log.mount_all([ChatMessage(m.role, message_display_text(m)) for m in messages])
         log.scroll_end(animate=False)
 
     def start_reply(self, user_text: str | None) -> None:

@@ -30,6 +30,8 @@ ROLE_COLORS = {
     "system": "#c678dd",
     "user": "#61afef",
     "model": "#e5c07b",
+    "tool_call": "#56b6c2",
+    "tool_result": "#98c379",
 }
 
 

@@ -83,11 +83,13 @@ class ExplainAllBar(Horizontal):
         yield Label(progress_bar(0, 1), id="all-bar")
         yield Label("", id="all-eta")
 
-    def show_progress(self, done: int, total: int, eta_s: float | None) -> None:
+    def show_progress(self, done: int, total: int, eta_s: float | None, label: str = "explain all",
+                      unit: str = "") -> None:
+        self.query_one("#all-label", Label).update(label)
         self.query_one("#all-bar", Label).update(progress_bar(done, total))
         pct = 100 * done // max(1, total)
         eta = "" if eta_s is None else f" · ETA {int(eta_s) // 60}:{int(eta_s) % 60:02d}"
-        self.query_one("#all-eta", Label).update(f"{pct}% · {done}/{total}{eta} · Esc cancels")
+        self.query_one("#all-eta", Label).update(f"{pct}% · {done:,}/{total:,}{unit}{eta} · Esc cancels")
 
 
 def legend_text(show_special: bool) -> Text:

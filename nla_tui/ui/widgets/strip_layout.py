@@ -18,7 +18,8 @@ from ...terminal_text import visible
 
 GUTTER = 6  # "model" + a bar
 SPECIAL_ROLES = ("bos", "special")
-_ROLE_TAGS = {"bos": "bos", "special": "", "system": "sys", "user": "user", "model": "model"}
+_ROLE_TAGS = {"bos": "bos", "special": "", "system": "sys", "user": "user", "model": "model",
+              "tool_call": "call", "tool_result": "tool"}
 
 
 def display_text(text: str) -> str:
@@ -82,8 +83,11 @@ def layout_tokens(
         if w > avail:  # a very long token gets its own row, clipped
             text = text[: avail - 1] + "…"
             w = cell_len(text)
-        if cur is None or tok.turn != cur.turn:
-            role = role_of_turn(tok.turn)
+        # A new row (with its role in the gutter) for every turn, and within a turn
+        # wherever the role changes (an assistant's text, then its tool call).
+        special = tok.role in SPECIAL_ROLES
+        if cur is None or tok.turn != cur.turn or (not special and tok.role != cur.role):
+            role = role_of_turn(tok.turn) if special else tok.role
             if cur is None or cur.cells:  # reuse the empty row a newline left behind
                 cur = Row(turn=0, tag="", role=role)
                 rows.append(cur)

@@ -1,0 +1,187 @@
+"""Capture a long conversation in chunks with a KV cache: layer-K activations and the
+subject's top-k next-token candidates at every position, with progress and cancel.
+
+The activation at a position depends only on the positions before it, so a
+conversation is fed in chunks; each chunk attends to the cached keys/values of every
+earlier chunk and the prefix is never recomputed. Peak memory is then one chunk's
+activations plus the KV cache, not a whole-conversation forward (a 5 MB transcript
+no longer asks for ~1 TB).
+
+On CPU the chunked capture is bit-for-bit the one-pass capture (fp32, tested on the
+real Gemma 3 270M). Stock attention kernels reduce over the key axis in an order that
+depends on how many keys a call sees, so the same row comes out a few ulps different
+with a different chunking. Here attention runs through `rowexact_attention`: keys in
+fixed blocks aligned to absolute positions, the row max (exact in any order), then each
+block's exp-sum and value product accumulated block by block in position order — a
+block a query cannot see adds an exact zero. Every other op (projections, MLP, norms)
+is row-wise already, and chunks are at least MIN_CHUNK rows so BLAS keeps one kernel.
+On CUDA the model's own attention (sdpa) runs with a sliding-window cache for the
+sliding layers (the same values up to kernel rounding, far less memory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import Cancelled
+from .loading import text_config
+from ..types import Capture
+
+TOP_K = 5
+LOGIT_ROWS = 256  # lm_head rows per step: full-vocab logits for 1,000 tokens would be ~1 GB
+KEY_BLOCK = 128  # rowexact_attention's key block
+MIN_CHUNK = 64  # a shorter tail chunk joins the one before it (BLAS picks other kernels for a few rows)
+CPU_CHUNK = 512
+ROWEXACT = "nla_rowexact"
+
+CaptureProgress = Callable[[int, int], None]  # (tokens done, total)
+
+
+def chunk_bounds(n: int, chunk: int) -> list[tuple[int, int]]:
+    """[start, end) of each chunk; a tail shorter than MIN_CHUNK joins the previous chunk."""
+    chunk = max(chunk, MIN_CHUNK)
+    bounds = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < MIN_CHUNK:
+        (s, _), _ = bounds[-2], bounds.pop()
+        bounds[-1] = (s, n)
+    return bounds
+
+
+def rowexact_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                       softcap=None, sliding_window=None, **_):
+    """Causal (optionally sliding-window) attention whose every output row is the same
+    whatever the number of queries and cached keys (see the module docstring). Keys are
+    the full cache: key j is absolute position j; the queries are the last q positions."""
+    b, h, q, d = query.shape
+    kvh, klen = key.shape[1], key.shape[2]
+    g = h // kvh
+    scaling = module.head_dim ** -0.5 if scaling is None else scaling
+    qg = query.reshape(b, kvh, g * q, d)  # heads sharing a kv head: one matmul, no repeat_kv
+    qpos = torch.arange(klen - q, klen, device=query.device).repeat(g)[:, None]
+    nb = -(-klen // KEY_BLOCK)
+    pad = nb * KEY_BLOCK - klen
+    if pad:
+        key = torch.nn.functional.pad(key, (0, 0, 0, pad))
+        value = torch.nn.functional.pad(value, (0, 0, 0, pad))
+    scores = []
+    for blk in range(nb):
+        sl = slice(blk * KEY_BLOCK, (blk + 1) * KEY_BLOCK)
+        s = torch.matmul(qg, key[:, :, sl].transpose(-1, -2)) * scaling
+        if softcap is not None:
+            s = torch.tanh(s / softcap) * softcap
+        kpos = torch.arange(sl.start, sl.stop, device=query.device)[None, :]
+        ok = (kpos <= qpos) & (kpos < klen)
+        if sliding_window is not None:
+            ok &= kpos > qpos - sliding_window
+        scores.append(s.float().masked_fill(~ok, float("-inf")))
+    m = scores[0].amax(-1, keepdim=True)
+    for s in scores[1:]:
+        m = torch.maximum(m, s.amax(-1, keepdim=True))
+    total = torch.zeros_like(m)
+    out = torch.zeros(b, kvh, g * q, d, dtype=torch.float32, device=query.device)
+    for blk, s in enumerate(scores):
+        e = torch.exp(s - m)
+        total = total + e.sum(-1, keepdim=True)
+        out = out + torch.matmul(e, value[:, :, blk * KEY_BLOCK:(blk + 1) * KEY_BLOCK].float())
+    out = (out / total).to(query.dtype).reshape(b, h, q, d)
+    return out.transpose(1, 2).contiguous(), None
+
+
+_registered = False
+
+
+def _register() -> None:
+    global _registered
+    if not _registered:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(ROWEXACT, rowexact_attention)
+        _registered = True
+
+
+@contextlib.contextmanager
+def _attention(model, name: str | None):
+    """Run the model with attention implementation `name` (None: leave it)."""
+    if name is None:
+        yield
+        return
+    configs = {id(c): c for c in (model.config, getattr(model.config, "text_config", None)) if c is not None}
+    old = {k: c._attn_implementation for k, c in configs.items()}
+    try:
+        for c in configs.values():
+            c._attn_implementation = name
+        yield
+    finally:
+        for k, c in configs.items():
+            c._attn_implementation = old[k]
+
+
+def default_chunk(subject, n_tokens: int) -> int:
+    if subject.device.type != "cuda":
+        return CPU_CHUNK
+    from .capture_memory import chunk_for_budget, gpu_budget
+
+    return chunk_for_budget(text_config(subject.model), n_tokens, gpu_budget(subject.device))
+
+
+@torch.inference_mode()
+def capture_chunked(subject, ids: list[int], chunk: int | None = None, progress: CaptureProgress | None = None,
+                    cancel: threading.Event | None = None) -> Capture:
+    """Layer-K activations [T, d] (float32) and top-k candidates [T, k] at every position."""
+    from transformers import DynamicCache
+
+    exact = subject.device.type == "cpu"
+    if exact:
+        _register()
+    cfg = text_config(subject.model)
+    chunk = chunk or default_chunk(subject, len(ids))
+    bounds = chunk_bounds(len(ids), chunk)
+    # CPU: a full cache on every layer (rowexact_attention indexes keys by position).
+    # CUDA: the config's cache keeps only a window for the sliding-attention layers.
+    cache = DynamicCache() if exact else DynamicCache(config=cfg)
+    acts: list[np.ndarray] = []
+    hidden: list[torch.Tensor] = []
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_mod, _inp, out):
+        store["h"] = out[0] if isinstance(out, tuple) else out
+
+    handle = subject.decoder.layers[subject.layer].register_forward_hook(hook)
+    try:
+        with _attention(subject.model, ROWEXACT if exact else None):
+            for s, e in bounds:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled()
+                x = torch.tensor([ids[s:e]], device=subject.device)
+                pos = torch.arange(s, e, device=subject.device)
+                out = subject.decoder(input_ids=x, cache=cache, use_cache=True,
+                                      cache_position=pos, position_ids=pos[None])
+                acts.append(store.pop("h")[0].float().cpu().numpy())
+                hidden.append(out.last_hidden_state[0])
+                if progress:
+                    progress(e, len(ids))
+    finally:
+        handle.remove()
+    del cache
+    top_ids, top_probs = _top_candidates(subject, cfg, torch.cat(hidden))
+    return Capture(np.concatenate(acts), top_ids, top_probs)
+
+
+def _top_candidates(subject, cfg, h: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    # Rows in fixed LOGIT_ROWS blocks from position 0, whatever the chunking: the same
+    # matmul shapes as a one-pass capture, so the same bits.
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    ids, probs = [], []
+    for i in range(0, h.shape[0], LOGIT_ROWS):
+        logits = subject.lm_head(h[i:i + LOGIT_ROWS]).float()
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        p, t = torch.softmax(logits, dim=-1).topk(TOP_K, dim=-1)
+        ids.append(t.cpu())
+        probs.append(p.cpu())
+    return torch.cat(ids).numpy(), torch.cat(probs).numpy()
