@@ -15,7 +15,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--explain", type=int, default=None, help="explanations in explain-all (gpu 150, cpu 32)")
     p.add_argument("--mem-budget-gib", type=float, default=44.0, help="GPU memory target for explain-all")
     p.add_argument("--dry-run", action="store_true", help="gpu/multigpu suite on CPU with a tiny config (checks the script)")
-    p.add_argument("--sections", help="gpu: comma list of sections to run (default all; see bench/gpu.py SECTIONS)")
+    p.add_argument("--sections", help="gpu / ui: comma list of sections to run (ui: ui, ui_many_turns, ui_agent_500) (default all; see bench/gpu.py SECTIONS)")
     p.add_argument("--workdir", help="gpu startup / multigpu: where to write the 27B-shaped checkpoint (default: TMPDIR)")
     p.set_defaults(func=run)
 
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         from . import ui
 
         rep = Report("ui: keypress-to-render, headless Pilot", machine("cpu"), command)
-        ui.run(rep, out)
+        ui.run(rep, out, only=set(args.sections.split(",")) if args.sections else None)
     rep.write(out)
     print(rep.table())
     print(f"wrote {out}")

@@ -25,6 +25,13 @@ from .common import Report, percentile
 
 RECORDED = Path(__file__).resolve().parent.parent / "tests" / "data" / "recorded_session"
 N_TOKENS = 5000
+AGENT_TOKENS, AGENT_MESSAGES = 20_000, 500
+
+
+def load_recorded():
+    from nla_tui.core.store.session import load_session
+
+    return load_session(RECORDED)
 
 
 def big_session(n: int = N_TOKENS, copies_of_messages: int = 10):
@@ -49,6 +56,13 @@ def big_session(n: int = N_TOKENS, copies_of_messages: int = 10):
                                messages=s.messages * copies)
 
 
+def agent_session(n_tokens: int = AGENT_TOKENS, n_messages: int = AGENT_MESSAGES):
+    """The issue-12 case: 20,000 tokens in 500 messages (a long agent transcript)."""
+    s = load_recorded()
+    copies = n_messages // len(s.messages)
+    return dataclasses.replace(big_session(n_tokens, copies_of_messages=copies), name="bench-agent-500")
+
+
 async def _measure(session, keys: list[str], size=(120, 36)) -> dict[str, list[float]]:
     from nla_tui.ui.app import create_app
     from nla_tui.core.runtime.replay import ReplayWorker
@@ -60,7 +74,7 @@ async def _measure(session, keys: list[str], size=(120, 36)) -> dict[str, list[f
         end = time.perf_counter() + 120
         while not (app.state.tokens and len(app.state.tokens) >= len(session.tokens)):
             if time.perf_counter() > end:
-                raise RuntimeError("the 5,000-token session never finished loading into the app")
+                raise RuntimeError(f"the {len(session.tokens):,}-token session never finished loading into the app")
             await pilot.pause(0.05)
         await pilot.pause()
         await pilot.press("home")
@@ -77,7 +91,7 @@ async def _measure(session, keys: list[str], size=(120, 36)) -> dict[str, list[f
 KEYS = ["right"] * 150 + ["left"] * 50 + ["w"] * 50 + ["pagedown"] * 20 + ["end", "home"] * 10
 
 
-def run(rep: Report, out: Path) -> None:
+def run(rep: Report, out: Path, only: set[str] | None = None) -> None:
     def stress():
         # Same 5,000 tokens in ~300 short messages: cost that grows with the number of turns.
         times = asyncio.run(_measure(big_session(copies_of_messages=1000), KEYS[:100]))
@@ -104,5 +118,20 @@ def run(rep: Report, out: Path) -> None:
         rep.add("ui_keypress_median_ms", statistics.median(allt), "ms", note="CPU time per key")
         rep.add("ui_keypress_wall_p95_ms", percentile(walls, 95), "ms",
                 note="wall incl. Pilot's >=20 ms idle-detection sleeps (upper bound)")
-    rep.section("ui", measure, out)
-    rep.section("ui_many_turns", stress, out)
+    def agent():
+        # Issue 12: 20,000 tokens in 500 messages; the key cost must not grow with messages.
+        s = agent_session()
+        times = asyncio.run(_measure(s, KEYS[:150] + ["f24"] * 30))
+        times.pop("_wall")
+        null = times.pop("f24", [])
+        allt = [x for v in times.values() for x in v]
+        rep.details["ui_agent_ms_by_key"] = {k: {"n": len(v), "median": round(statistics.median(v), 2),
+                                                 "p95": round(percentile(v, 95), 2)} for k, v in times.items()}
+        rep.add("ui_keypress_p95_ms_500_messages", percentile(allt, 95), "ms",
+                note=f"CPU time per key, {len(s.tokens):,} tokens in {len(s.messages)} messages, 120x36")
+        rep.add("ui_keypress_median_ms_500_messages", statistics.median(allt), "ms", note="CPU time per key")
+        if null:
+            rep.add("ui_null_key_p95_ms_500_messages", percentile(null, 95), "ms", note="unbound key (f24)")
+    for name, fn in (("ui", measure), ("ui_many_turns", stress), ("ui_agent_500", agent)):
+        if only is None or name in only:
+            rep.section(name, fn, out)
