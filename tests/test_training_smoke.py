@@ -53,7 +53,7 @@ def test_batched_capture_equals_subject_capture(engine):
 
 
 def test_targets_are_short_tagged_and_free_of_control_tokens(engine, examples):
-    assert len(examples) >= 6
+    assert len(examples) >= 4
     for e in examples:
         ids = losses.target_ids(engine.av, e.target)
         assert len(ids) <= data.MAX_TARGET_TOKENS + 1
@@ -81,11 +81,11 @@ def test_sft_and_one_rl_step_lower_their_losses(engine, examples):
     vz.model.train()
     stats = train.sft("av_sft", av_loss, [{"params": pair.lora_params(vz.model), "lr": 3e-3}],
                       batch, 4, budget_s=600, max_steps=6, rng=random.Random(0))
-    assert stats["steps"] == 6 and stats["loss_last"] < stats["loss_first"]
+    assert stats["steps"] == 6 and stats["loss_final"] < stats["loss_step0"]
     stats = train.sft("ar_sft", lambda c: losses.ar_loss(rc, texts, vecs),
                       [{"params": pair.lora_params(rc.model) + list(rc.value_head.parameters()), "lr": 3e-3}],
                       batch, 4, budget_s=600, max_steps=6, rng=random.Random(0))
-    assert stats["loss_last"] < stats["loss_first"]
+    assert stats["loss_final"] < stats["loss_step0"]
 
     pair.policy_changed(vz.model)
     ref = train.reference_policy(vz)

@@ -94,7 +94,9 @@ def sft(name: str, loss_fn, params_groups, items: list, batch: int, budget_s: fl
         step += 1
     return {"steps": step, "seconds": round(time.perf_counter() - t0, 1), "batch": batch,
             "loss_first": float(np.mean(losses_seen[:10])) if losses_seen else None,
-            "loss_last": float(np.mean(losses_seen[-20:])) if losses_seen else None}
+            "loss_last": float(np.mean(losses_seen[-20:])) if losses_seen else None,
+            "loss_step0": losses_seen[0] if losses_seen else None,
+            "loss_final": losses_seen[-1] if losses_seen else None}
 
 
 def rollout(vz, rc, vecs: torch.Tensor, group: int, penalty: float, seed: int):
