@@ -91,8 +91,8 @@ def test_round_trip_open_capture_save_export_keeps_every_role(demo_engine, tmp_p
         roles = {t.role for t in s.tokens}
         assert {"system", "user", "model", "tool_call", "tool_result"} <= roles
         md = export_session(s, "md", tmp_path / "a.md").read_text()
-        assert "**tool (get_weather):**" in md and '→ get_weather(city="Paris")' in md
-        assert "| tool_call |" in md and "| tool_result |" in md and "| system |" in md
+        assert "**tool (get\\_weather):**" in md and '→ get_weather(city="Paris")' in md
+        assert "| tool\\_call |" in md and "| tool\\_result |" in md and "| system |" in md  # roles, markdown-escaped
         html = export_session(s, "html", tmp_path / "a.html").read_text()
         assert 'data-role="tool_call"' in html and 'data-role="tool_result"' in html
         doc = json.loads(export_session(s, "json", tmp_path / "a.json").read_text())
