@@ -138,7 +138,9 @@ async def _whatif_edit(pilot) -> None:
     app.strip.set_cursor(STEER_TOKEN)
     await pilot.press("w")
     await wait_until(pilot, lambda: isinstance(app.screen, WhatIfDialog), "the what-if editor")
-    app.screen.query_one(TextArea).load_text(STEER_EDIT)
+    area = app.screen.query_one(TextArea)
+    area.cursor_blink = False  # a blinking cursor makes the snapshot depend on timing
+    area.load_text(STEER_EDIT)
     await pilot.pause()
 
 
