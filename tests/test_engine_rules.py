@@ -19,7 +19,7 @@ GIB = 1 << 30
 
 def _engine_on_cuda(monkeypatch, free_bytes: int, prompt_tokens: int = 120) -> Engine:
     """An Engine whose AV claims a CUDA card with `free_bytes` free (no GPU needed: the
-    rule reads only the device type, the model config and mem_get_info)."""
+    rule reads only the device type, the model config and the allocator's figures)."""
     cfg = transformers.Gemma3TextConfig(hidden_size=5376, num_hidden_layers=62, num_attention_heads=32,
                                         num_key_value_heads=16, head_dim=128, vocab_size=262_208)
     engine = Engine.__new__(Engine)
@@ -32,6 +32,10 @@ def _engine_on_cuda(monkeypatch, free_bytes: int, prompt_tokens: int = 120) -> E
         return free_bytes, 80 * GIB
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    # Nothing held by this process's allocator, no per-process cap (placement.capped_free).
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0)
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device=None: 1.0, raising=False)
     engine._asked = asked
     return engine
 
@@ -41,7 +45,8 @@ def test_cuda_explain_batch_grows_with_free_memory_within_bounds(monkeypatch):
     for free in (GIB // 64, 2 * GIB, 8 * GIB, 16 * GIB, 400 * GIB):
         engine = _engine_on_cuda(monkeypatch, free)
         sizes[free] = engine.explain_batch_size(200)
-        assert engine._asked == [torch.device("cuda:1")]  # the AV's own card is asked
+        asked = [torch.device("cuda", d) if isinstance(d, int) else torch.device(d) for d in engine._asked]
+        assert asked == [torch.device("cuda:1")]  # the AV's own card is asked
     ordered = [sizes[f] for f in sorted(sizes)]
     assert ordered == sorted(ordered)  # more free memory, never a smaller batch
     assert ordered[0] == 1  # even a nearly full card explains one row at a time
