@@ -32,7 +32,9 @@ def test_capture_equals_hidden_states_k_plus_1(demo_engine):
     with torch.inference_mode():
         hs = subj.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
     want = hs[subj.layer + 1][0].float().numpy()
-    np.testing.assert_allclose(demo_engine.activations, want, rtol=1e-4, atol=1e-3)
+    # CPU capture runs a row-exact attention (chunked capture is bit-for-bit one pass);
+    # HF's stock attention sums in another order: ~1e-6 relative, a few 1e-4 at worst.
+    np.testing.assert_allclose(demo_engine.activations, want, rtol=2e-3, atol=1e-2)
     # and not the neighbouring layers (an off-by-one would still be "close" to nothing)
     assert not np.allclose(demo_engine.activations, hs[subj.layer][0].float().numpy(), atol=1.0)
     norms = np.linalg.norm(want, axis=-1)
@@ -179,8 +181,12 @@ def test_teacher_forced_conversation(demo_engine):
     assert "".join(t.text for t in eng.tokens if t.role == "model").replace(" ", "") == "Blue.Red."
     assert "".join(t.text for t in eng.tokens if t.turn == 4 and t.role == "model") == "Red."
     assert eng.activations.shape == (len(eng.tokens), 640)
-    with pytest.raises(InputError, match="alternate"):
-        eng.set_conversation([Message("user", "a"), Message("user", "b")])
+    # Two user messages in a row (an agent transcript has them) join one user turn, each
+    # token keeping the index of the message it came from (core/models/conversation.py).
+    eng.set_conversation([Message("user", "apple"), Message("user", "banana")])
+    user = [(t.text.strip(), t.turn) for t in eng.tokens if t.role == "user" and t.text.strip()]
+    assert ("apple", 0) in user and ("banana", 1) in user
+    assert sum(t.text == "<start_of_turn>" for t in eng.tokens) == 1
 
 
 def test_chat_decoding_equals_hf_generate(demo_engine):
