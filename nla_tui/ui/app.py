@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import itertools
 from argparse import Namespace
-from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from textual import events
 from textual.app import App, ComposeResult, SystemCommand
@@ -21,18 +20,16 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input
 
 from ..core import events as ev
-from ..core.errors import NlaError
 from ..core.options import EngineOptions
 from ..core.types import Sampling
 from ..terminal_text import visible
 from .messages import EngineEvent
-from .screens.dialogs import PromptDialog, ValueDialog, check_temperature
 from .screens.help import HelpScreen
 from .commands import palette_commands
+from .input_actions import InputActions
 from .session_actions import SessionActions
 from .state import Change, UiState
 from .steer_actions import SteerActions
-from ..core.store.transcript import load_transcript
 from .widgets.chat import ChatPane
 from .widgets.explanation import ExplanationPane, explanation_text
 from .widgets.status import ExplainAllBar, Legend, StatusLine, legend_text, status_text
@@ -40,10 +37,6 @@ from .widgets.token_strip import TokenStrip
 
 NARROW = 100  # below this many columns the explanation pane folds under the strip
 RESAMPLE_TEMPERATURE = 0.7  # r / n from greedy settings: sampling needs some temperature
-EXAMPLE_PROMPT = "What does <concept><INJECT></concept> mean? Answer in <explanation></explanation> tags."
-# Shown above the demo's example conversation (options.example): its model turns were
-# written for the model and teacher-forced, since Gemma 3 270M is a base model.
-EXAMPLE_NOTE = "teacher-forced example: base 270M is not a chat model · i to chat"
 
 
 class WorkerLike(Protocol):
@@ -60,7 +53,7 @@ WorkerFactory = Callable[[Emit], WorkerLike]
 EngineWorkerFactory = Callable[[EngineOptions, Emit], WorkerLike]
 
 
-class NlaApp(SessionActions, SteerActions, App[None]):
+class NlaApp(InputActions, SessionActions, SteerActions, App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "nla-tui"
     AUTO_FOCUS = "#strip"  # keys drive the strip from the first frame
@@ -348,55 +341,6 @@ class NlaApp(SessionActions, SteerActions, App[None]):
     def notify(self, message: str, *, title: str = "", **kwargs: Any) -> None:
         # Job errors and session names are data: never let their control characters out.
         super().notify(visible(str(message)), title=visible(title), **kwargs)
-
-    def action_temperature(self) -> None:
-        def done(value: str | None) -> None:
-            if value is not None:
-                self.temperature = float(value)
-                self._update_status()
-        self.push_screen(ValueDialog("AV temperature (0 = greedy, up to 2)", f"{self.temperature:g}",
-                                     validate=check_temperature), done)
-
-    def action_prompt(self) -> None:
-        def done(value: str | None) -> None:
-            if value is None:
-                return
-            self.av_prompt = value or None
-            self.notify("AV prompt: " + ("custom" if value else "checkpoint default"), timeout=3)
-        self.push_screen(PromptDialog(self.av_prompt or EXAMPLE_PROMPT), done)
-
-    def action_open_transcript(self) -> None:
-        def done(value: str | None) -> None:
-            if value:
-                self.open_transcript(value)
-        self.push_screen(ValueDialog("Open transcript (JSON list of {role, content})",
-                                     placeholder="path/to/chat.json"), done)
-
-    def open_transcript(self, path: str | Path) -> None:
-        try:
-            messages = load_transcript(path)
-        except NlaError as e:
-            self.notify(str(e), title="Cannot open transcript", severity="error", timeout=10)
-            return
-        self.chat.show_note(None)
-        self.strip.follow = False
-        self.submit(ev.SetConversation(messages))
-
-    def _open_example(self, ready: ev.ModelsReady) -> None:
-        """On the demo preset with nothing else to show, open the shipped example
-        conversation (teacher-forced) and say so above it; chat stays available."""
-        if not self._example_pending or ready.info.preset != "demo" or self.state.tokens:
-            return
-        self._example_pending = False
-        try:
-            messages = load_transcript(self.options.example)
-        except NlaError as e:  # a broken install: the app still works without it
-            self.notify(str(e), title="Cannot open the example", severity="warning", timeout=8)
-            return
-        self.strip.follow = False
-        self.submit(ev.SetConversation(messages))
-        self.chat.show_note(EXAMPLE_NOTE)
-        self._example_capturing = True
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

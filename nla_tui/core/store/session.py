@@ -18,17 +18,15 @@ These functions are the stable API the TUI and CLI call:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from safetensors.numpy import load_file as st_load_file
@@ -39,7 +37,7 @@ from ..errors import InputError, NlaError
 from ..types import Explanation, Message, ModelInfo, TokenInfo
 from .jsonsafe import dumps_finite
 from .migrations import MIGRATIONS
-from .session_files import (ACTS_RE as _ACTS_RE, SESSION_FILE, is_own_activations, is_own_temp,
+from .session_files import (_dir_lock, _write_atomic, ACTS_RE as _ACTS_RE, SESSION_FILE, is_own_activations, is_own_temp,
                             previous_activations as _previous_activations)
 
 SCHEMA_VERSION = 2
@@ -128,38 +126,6 @@ def default_sessions_root() -> Path:
 
 
 # ------------------------------------------------------------------ save
-
-
-@contextlib.contextmanager
-def _dir_lock(directory: Path) -> Iterator[None]:
-    """Two processes saving the same session serialise instead of deleting each other's
-    files. flock on the directory itself, so no lock file clutters the session."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """temp file + fsync + rename + fsync(dir): the old file survives any crash or ENOSPC."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def _check_overwritable(path: Path) -> None:

@@ -9,11 +9,15 @@ safetensors metadata), and its own temp files (exact name pattern, writer dead).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import tempfile
+import uuid
 from pathlib import Path
+from typing import Iterator
 
 from ..errors import InputError
 
@@ -110,3 +114,35 @@ def check_export_target(out: str | os.PathLike) -> Path:
         raise InputError(f"Refusing to write the export over {p}: that is a session file. Give "
                          "another --out name (e.g. session.md beside it).")
     return p
+
+
+@contextlib.contextmanager
+def _dir_lock(directory: Path) -> Iterator[None]:
+    """Two processes saving the same session serialise instead of deleting each other's
+    files. flock on the directory itself, so no lock file clutters the session."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """temp file + fsync + rename + fsync(dir): the old file survives any crash or ENOSPC."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
