@@ -158,7 +158,7 @@ async def test_demo_opens_on_its_teacher_forced_example_and_chat_stays_available
     the chat box still talks to the model."""
     from nla_tui.core.nla.presets import DEMO_EXAMPLE
     from nla_tui.core.store.transcript import load_transcript
-    from nla_tui.ui.app import EXAMPLE_NOTE
+    from nla_tui.ui.input_actions import EXAMPLE_NOTE
     from nla_tui.ui.widgets.chat import ChatMessage
 
     example = load_transcript(DEMO_EXAMPLE)
