@@ -23,71 +23,7 @@ from nla_tui.core.store.session import load_session, save_session
 from nla_tui.core.types import Explanation, Message, Sampling, Score
 from tests._support_session import REAL_SESSION, make_session
 
-REPO = Path(__file__).resolve().parents[1]
-INJECT = "\x1b]0;T\x07\x1b[2J\x1b]52;c;ZXZpbA==\x07\x9b31m"  # retitle, clear, OSC 52 clipboard, C1 CSI
-MARKUP = "<!-- </script> <script>alert(1)</script> &amp; \u2028"
-
-
-def snapshot(*roots: Path) -> dict[str, bytes]:
-    """Every file under `roots` (following symlinked weights by content hash)."""
-    out = {}
-    for root in roots:
-        for p in sorted(Path(root).rglob("*")):
-            if p.is_file():
-                data = p.read_bytes() if p.stat().st_size < 4 << 20 else hashlib.sha256(p.read_bytes()).digest()
-                out[str(p)] = data
-    return out
-
-
-def main(capsys, *argv) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture
-def no_load(monkeypatch):
-    """Fail the test if any model starts loading: validation must come first."""
-    from nla_tui.core.runtime.engine import Engine
-
-    def boom(self, *a, **k):
-        raise AssertionError("models were loaded before the bad argument was reported")
-    monkeypatch.setattr(Engine, "load", boom)
-
-
-def clone_ckpt(src: Path, dst: Path, edit=None, copy=()) -> Path:
-    """A demo checkpoint copy: weights symlinked unless named in `copy`; sidecar edited."""
-    dst.mkdir(parents=True)
-    for f in src.iterdir():
-        if f.suffix == ".safetensors" and f.name not in copy:
-            (dst / f.name).symlink_to(f)
-        else:
-            shutil.copy(f, dst / f.name)
-    if edit:
-        meta = yaml.safe_load((dst / "nla_meta.yaml").read_text())
-        edit(meta)
-        (dst / "nla_meta.yaml").write_text(yaml.safe_dump(meta, allow_unicode=True))
-    return dst
-
-
-def write_value_head(path: Path, w: np.ndarray) -> None:
-    """In bf16, like the demo's head, so a rewrite keeps the file's size."""
-    import torch
-    from safetensors.torch import save_file
-
-    if path.is_symlink():
-        path.unlink()
-    save_file({"weight": torch.from_numpy(np.asarray(w, np.float32)).to(torch.bfloat16)}, str(path))
-
-
-def strict_json(text: str):
-    """What a browser's JSON.parse accepts: no NaN / Infinity."""
-    def bad(c):
-        raise ValueError(f"non-JSON constant {c}")
-    return json.loads(text, parse_constant=bad)
-
-
-# ------------------------------------------------------------------ 1. nothing nla-tui did not write is deleted
+from tests._support_reliability import (REPO, INJECT, MARKUP, snapshot, main, no_load, clone_ckpt, write_value_head, strict_json)  # noqa: F401 (no_load is a fixture)
 
 
 def test_6_messages_given_a_directory(tmp_path, capsys, no_load):
