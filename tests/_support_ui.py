@@ -13,6 +13,9 @@ from nla_tui.ui.app import NlaApp, create_app
 from nla_tui.core.runtime.replay import ReplayWorker
 
 RECORDED = Path(__file__).parent / "data" / "recorded_session"
+# A real tool-using agent transcript (tests/data/agent_transcript.json) captured and
+# explained once by the demo engine: system prompt, tool call, tool result.
+AGENT = Path(__file__).parent / "data" / "agent_session"
 # The prompt the recorded session was made with (tests type it into the chat box).
 RECORDED_PROMPT = "The Eiffel Tower is in"
 
@@ -23,21 +26,21 @@ class Holder:
     worker: ReplayWorker | None = None
 
 
-def recorded_comparisons() -> list:
-    """The comparisons recorded from the real engine beside the recorded session."""
+def recorded_comparisons(session: Path = RECORDED) -> list:
+    """The comparisons recorded from the real engine beside a recorded session."""
     import json
 
     from nla_tui.core.branches import Comparison
 
-    path = RECORDED / "comparisons.json"
+    path = session / "comparisons.json"
     return [Comparison.from_json(c) for c in json.loads(path.read_text())] if path.exists() else []
 
 
 def replay_app(preload: bool = False, delay: float = 0.0, holder: Holder | None = None,
-               options=None, hold_after: int | None = None) -> NlaApp:
+               options=None, hold_after: int | None = None, session=RECORDED) -> NlaApp:
     def factory(emit):
-        w = ReplayWorker(RECORDED, emit, preload=preload, delay=delay, hold_after=hold_after,
-                         comparisons=recorded_comparisons())
+        w = ReplayWorker(session, emit, preload=preload, delay=delay, hold_after=hold_after,
+                         comparisons=recorded_comparisons(session))
         if holder is not None:
             holder.worker = w
         return w
@@ -164,6 +167,15 @@ async def _compare(pilot) -> None:
     await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen), "the comparison")
 
 
+async def _agent_search(pilot) -> None:
+    app = pilot.app
+    await settle_replay(pilot, app)
+    await pilot.press("slash", *"umbrella|rain", "enter")
+    await wait_until(pilot, lambda: app.matches and not app.screen.is_modal, "the search")
+    await pilot.press("right_square_bracket")
+    await pilot.pause()
+
+
 # name -> (app kwargs, size, run_before)
 SCENARIOS = {
     "main_80x24": (dict(), (80, 24), _after_chat),
@@ -175,6 +187,7 @@ SCENARIOS = {
     "whatif_edit_120x36": (dict(preload=True), (120, 36), _whatif_edit),
     "whatif_result_120x36": (dict(preload=True), (120, 36), _whatif_result),
     "compare_120x36": (dict(preload=True), (120, 36), _compare),
+    "agent_search_120x36": (dict(preload=True, session=AGENT), (120, 36), _agent_search),
 }
 
 

@@ -279,7 +279,7 @@ async def test_open_transcript_dialog_sends_set_conversation(tmp_path):
         job = next(j for j in holder.worker.jobs_seen if isinstance(j, ev.SetConversation))
         assert [m.to_json() for m in job.messages] == recorded
         assert len(app.state.tokens) == len(holder.worker.session.tokens)
-        assert len(app.chat.log.query("ChatMessage")) == 2
+        assert len(app.chat.log.entries) == 2 and app.chat.log.row_text(0).startswith("you: ")
 
 
 @async_test

@@ -26,12 +26,14 @@ from ..terminal_text import visible
 from .messages import EngineEvent
 from .screens.help import HelpScreen
 from .commands import palette_commands
+from .find_actions import FIND_BINDINGS, FindActions
 from .input_actions import InputActions
 from .session_actions import SessionActions
 from .state import Change, UiState
 from .steer_actions import SteerActions
 from .widgets.chat import ChatPane
 from .widgets.explanation import ExplanationPane, explanation_text
+from .widgets.minimap import Minimap
 from .widgets.status import ExplainAllBar, Legend, StatusLine, legend_text, status_text
 from .widgets.token_strip import TokenStrip
 
@@ -53,7 +55,7 @@ WorkerFactory = Callable[[Emit], WorkerLike]
 EngineWorkerFactory = Callable[[EngineOptions, Emit], WorkerLike]
 
 
-class NlaApp(InputActions, SessionActions, SteerActions, App[None]):
+class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "nla-tui"
     AUTO_FOCUS = "#strip"  # keys drive the strip from the first frame
@@ -79,6 +81,7 @@ class NlaApp(InputActions, SessionActions, SteerActions, App[None]):
         Binding("L", "load_models", "load models", show=False),
         Binding("w", "what_if", "what if", show=False),
         Binding("c", "compare", "compare", show=False),
+        *FIND_BINDINGS,
     ]
 
     def __init__(self, worker_factory: WorkerFactory, options: Namespace | None = None,
@@ -107,6 +110,7 @@ class NlaApp(InputActions, SessionActions, SteerActions, App[None]):
             with Vertical(id="left"):
                 yield ChatPane(id="chat")
                 yield TokenStrip(self.state, id="strip")
+                yield Minimap(self.state, id="minimap")
                 yield Legend(legend_text(True), id="legend")
             yield ExplanationPane(self.state, id="side")
         yield ExplainAllBar(id="allbar")
@@ -124,6 +128,17 @@ class NlaApp(InputActions, SessionActions, SteerActions, App[None]):
     @property
     def pane(self) -> ExplanationPane:
         return self.query_one(ExplanationPane)
+
+    @property
+    def minimap(self) -> Minimap:
+        return self.query_one(Minimap)
+
+    def find_changed(self) -> None:
+        """Shown tokens, matches or the role filter changed: legend and overview follow."""
+        strip = self.strip
+        self.query_one(Legend).update(legend_text(strip.show_special, self.find_status()))
+        self.minimap.update_map(strip.shown_indices, strip.hits)
+        self.minimap.set_cursor(strip.cursor)
 
     def on_mount(self) -> None:
         self.sessions_mount()
@@ -153,6 +168,7 @@ class NlaApp(InputActions, SessionActions, SteerActions, App[None]):
 
     def _fold(self, width: int) -> None:
         self.screen.set_class(width < NARROW, "-narrow")
+        self.chat.log.set_gap(0 if width < NARROW else 1)
 
     def _emit(self, event: ev.Event) -> None:
         """The worker's callback (worker thread): hand the event to the UI thread."""
@@ -181,6 +197,9 @@ class NlaApp(InputActions, SessionActions, SteerActions, App[None]):
             strip.refresh_pending()
         if change.explained and change.index is not None:
             strip.refresh_index(change.index)
+            self.minimap.update_map()
+        if change.captured or change.explained:
+            self.find_event(change)
         if change.captured or change.models or (change.index is not None and change.index == strip.cursor):
             self.pane.show(strip.cursor)
         if change.captured and not had_tokens and st.tokens and self.focused is self.chat.input \
@@ -190,6 +209,10 @@ class NlaApp(InputActions, SessionActions, SteerActions, App[None]):
             bar = self.query_one(ExplainAllBar)
             bar.display = st.all_progress is not None
             bar.show_progress(change.progress.done, change.progress.total, change.progress.eta_s)
+        if change.capture is not None:
+            bar = self.query_one(ExplainAllBar)
+            bar.display = st.capture_progress is not None
+            bar.show_progress(change.capture.done, change.capture.total, None, "capturing", " tokens")
         if change.ended is not None:
             self._job_ended(change)
         if change.models:
@@ -218,6 +241,7 @@ class NlaApp(InputActions, SessionActions, SteerActions, App[None]):
 
     def on_token_strip_cursor_moved(self, message: TokenStrip.CursorMoved) -> None:
         self.pane.show(message.index)
+        self.minimap.set_cursor(message.index)
         if self.auto_explain and self.state.best(message.index) is None:
             if self._auto_timer is not None:
                 self._auto_timer.stop()
@@ -277,14 +301,20 @@ class NlaApp(InputActions, SessionActions, SteerActions, App[None]):
             self.submit(ev.Explain(index, self._sampling(True), self.av_prompt, samples=4,
                                    force=True))
 
+    def on_minimap_jump(self, message: Minimap.Jump) -> None:
+        self.strip.set_cursor(message.index)
+
     def action_explain_all(self, turn_only: bool) -> None:
         index = self._cursor()
         if index is None:
             return
         toks = self.state.tokens
         turn = toks[index].turn
-        indices = [i for i in self.strip.shown_indices if i not in self.state.explanations
-                   and (not turn_only or toks[i].turn == turn)]
+        self.start_explain_all([i for i in self.strip.shown_indices if i not in self.state.explanations
+                                and (not turn_only or toks[i].turn == turn)])
+
+    def start_explain_all(self, indices: list[int]) -> None:
+        """Explain `indices` in the background (a, A and the limited scopes of E)."""
         if not indices:
             self.notify("Every token there is already explained.")
             return
@@ -315,7 +345,7 @@ class NlaApp(InputActions, SessionActions, SteerActions, App[None]):
         strip = self.strip
         strip.show_special = not strip.show_special
         strip.refresh_tokens()
-        self.query_one(Legend).update(legend_text(strip.show_special))
+        self.find_changed()
         self.pane.show(strip.cursor)
 
     def action_toggle_auto(self) -> None:
@@ -346,6 +376,7 @@ class NlaApp(InputActions, SessionActions, SteerActions, App[None]):
         yield from super().get_system_commands(screen)
         yield from self.session_commands()
         yield from palette_commands(self)
+        yield from self.find_commands()
 
 
 def create_app(worker_factory: WorkerFactory, options: Namespace | None = None,

@@ -12,6 +12,16 @@ KEYS: list[tuple[str, list[tuple[str, str]]]] = [
         ("s", "show / hide special tokens (<bos>, turn markers)"),
         ("click", "put the cursor on a token"),
     ]),
+    ("Finding tokens", [
+        ("/", "search token and explanation text (regex; smart case)"),
+        ("] / [", "next / previous match"),
+        ("f / F", "next / previous token by lowest fidelity (explained tokens)"),
+        ("m / M", "next / previous token by highest activation norm"),
+        ("u / U", "next / previous token by largest surprise (low probability of the token that came next)"),
+        ("v", "show only one role: model, user, tool call, tool result, system, all"),
+        ("< / >", "overview line: previous / next cell (click a cell to jump there)"),
+        ("g", "overview colour: fidelity (else norm) / norm / surprise"),
+    ]),
     ("Explanations", [
         ("e", "explain the token under the cursor"),
         ("r", "resample (new seed; temperature ≥ 0.7 if greedy)"),
@@ -21,6 +31,7 @@ KEYS: list[tuple[str, list[tuple[str, str]]]] = [
         ("x", "auto-explain the token under the cursor on/off"),
         ("a", "explain every token of the conversation (background)"),
         ("A", "explain every token of the current turn"),
+        ("E", "explain the cursor's role, turn or span, or the 200 most surprising tokens"),
         ("y", "copy the explanation (OSC 52, works over SSH)"),
     ]),
     ("What if / compare", [
@@ -30,7 +41,7 @@ KEYS: list[tuple[str, list[tuple[str, str]]]] = [
     ("Chat", [
         ("i / Tab", "focus the message box"),
         ("Enter", "send the message (the reply streams in)"),
-        ("o", "open a transcript (JSON list of {role, content})"),
+        ("o", "open a transcript (OpenAI chat format: JSON list, {messages: [...]} or JSONL)"),
     ]),
     ("Sessions", [
         ("ctrl+s", "save the session under a name (it also autosaves after every job and on exit)"),

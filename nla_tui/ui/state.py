@@ -35,6 +35,7 @@ class Change:
     index: int | None = None  # the explanation state of this token changed
     explained: bool = False  # a finished explanation arrived (worth saving)
     progress: ev.ExplainAllProgress | None = None
+    capture: ev.CaptureProgress | None = None  # chunked capture of a long conversation
     ended: ev.JobKind | None = None  # a job finished or failed
     failure: str | None = None  # ...with this message for the user
     cancelled: bool = False
@@ -109,6 +110,9 @@ class UiState:
             if event.explanations:
                 self.explanations[event.index] = list(event.explanations)
             c.index, c.explained = event.index, True
+        elif isinstance(event, ev.CaptureProgress):
+            self.capture_progress = None if event.done >= event.total else event
+            c.capture = event
         elif isinstance(event, ev.ExplainAllProgress):
             self.all_progress = None if event.done >= event.total else event
             c.progress = event

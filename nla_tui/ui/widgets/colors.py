@@ -23,6 +23,7 @@ GOOD = Color.parse("#1f7a33")
 NORM_LOW = Color.parse("#262b36")
 NORM_HIGH = Color.parse("#2f5fb0")
 PENDING = Color.parse("#3a3a3a")
+SEARCH_HIT = Style(color="#ffffff", bgcolor="#a0259a", bold=True)  # magenta: unlike any heat-map hue
 
 ROLE_COLORS = {
     "bos": "#888888",
@@ -70,7 +71,8 @@ def _rich(c: Color) -> RichColor:
 
 
 @lru_cache(maxsize=512)
-def token_style(kind: str, q: int, odd: bool, cursor: bool, noisy: bool, special: bool) -> Style:
+def token_style(kind: str, q: int, odd: bool, cursor: bool, noisy: bool, special: bool,
+                hit: bool = False) -> Style:
     """The style of one token cell.
 
     kind: 'fid' (explained), 'norm' (not yet), 'pending' (reply still streaming).
@@ -90,6 +92,8 @@ def token_style(kind: str, q: int, odd: bool, cursor: bool, noisy: bool, special
         fg = fg.blend(bg, 0.45)
     if cursor:
         return Style(color=_rich(bg), bgcolor="#f0f0f0", bold=True, underline=noisy)
+    if hit:  # a search match: the whole match stands out whatever its score
+        return SEARCH_HIT + Style(underline=noisy)
     return Style(color=_rich(fg), bgcolor=_rich(bg), underline=noisy, italic=special)
 
 

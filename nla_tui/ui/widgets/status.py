@@ -92,7 +92,7 @@ class ExplainAllBar(Horizontal):
         self.query_one("#all-eta", Label).update(f"{pct}% · {done:,}/{total:,}{unit}{eta} · Esc cancels")
 
 
-def legend_text(show_special: bool) -> Text:
+def legend_text(show_special: bool, finding: str = "") -> Text:
     t = Text()
     for v in (0.0, 0.5, 1.0):
         t.append(" ", style=legend_swatch("fid", v))
@@ -102,6 +102,8 @@ def legend_text(show_special: bool) -> Text:
     t.append(" norm low→high  ")
     t.append("noisy", style="underline")
     t.append(f"  s:specials {'on' if show_special else 'off'}")
+    if finding:
+        t.append(f"  {finding}", style="bold #d070d0")
     return t
 
 

@@ -68,7 +68,9 @@ def layout_tokens(
     width: int,
     show_special: bool,
     role_of_turn: Callable[[int], str],
+    only_role: str | None = None,
 ) -> Layout:
+    """Rows of the strip. `only_role` (the role filter) keeps that role's tokens only."""
     avail = max(4, width - GUTTER)
     rows: list[Row] = []
     row_of = [-1] * len(tokens)
@@ -76,7 +78,7 @@ def layout_tokens(
     cur: Row | None = None
     x = 0
     for tok in tokens:
-        if not show_special and tok.role in SPECIAL_ROLES:
+        if (not show_special and tok.role in SPECIAL_ROLES) or (only_role and tok.role != only_role):
             continue
         text = display_text(tok.text)
         w = cell_len(text)

@@ -63,6 +63,8 @@ class TokenStrip(ScrollView, can_focus=True):
         # yet (the start of a message, not a command). Bound keys keep their meaning
         # (o opens a transcript); the app focuses the message box while empty anyway.
         self.type_target: Callable[[str], None] | None = None
+        self.hits: set[int] = set()  # tokens inside a search match (finding.py)
+        self.role_filter: str | None = None  # show only this role's tokens
 
     def on_key(self, event: events.Key) -> None:
         if self.state.tokens or self.type_target is None:
@@ -89,7 +91,8 @@ class TokenStrip(ScrollView, can_focus=True):
     def refresh_tokens(self) -> None:
         """Tokens changed (chat turn, special toggle, resize): relayout everything."""
         st = self.state
-        self._layout = layout_tokens(st.tokens, self._width(), self.show_special, st.turn_of_role)
+        self._layout = layout_tokens(st.tokens, self._width(), self.show_special, st.turn_of_role,
+                                     self.role_filter)
         # Colour norms between the 5th and 95th percentile of ordinary tokens, so
         # outliers (<bos> is often 10-100x) don't wash everything else out.
         norms = sorted(t.norm for i, t in enumerate(st.tokens)
@@ -127,6 +130,15 @@ class TokenStrip(ScrollView, can_focus=True):
         else:
             self._scroll_to_cursor()
 
+    def set_hits(self, hits: set[int]) -> None:
+        """Highlight search matches (repaints the visible rows only: no layout)."""
+        self.hits = hits
+        self.refresh()
+
+    def row_of(self, index: int) -> int:
+        row_of = self._layout.row_of
+        return row_of[index] if 0 <= index < len(row_of) else -1
+
     def refresh_index(self, index: int) -> None:
         """An explanation arrived for `index`: repaint just its row."""
         if 0 <= index < len(self._layout.row_of) and self._layout.row_of[index] >= 0:
@@ -144,7 +156,7 @@ class TokenStrip(ScrollView, can_focus=True):
             kind, q = "fid", fidelity_q(best.score)
         else:
             kind, q = "norm", norm_q(tok.norm - self._norm_lo, self._norm_scale)
-        return token_style(kind, q, index % 2 == 1, index == self.cursor, noisy, special)
+        return token_style(kind, q, index % 2 == 1, index == self.cursor, noisy, special, index in self.hits)
 
     def render_line(self, y: int) -> Strip:
         scroll_x, scroll_y = self.scroll_offset

@@ -1,0 +1,210 @@
+"""Finding tokens in a long transcript (mixed into NlaApp): `/` regex search with
+next/previous match, jumps to the lowest-fidelity / highest-norm / most surprising
+tokens, a role filter, and explain-all limited to a role, turn, span or the 200 most
+surprising tokens. The logic is in finding.py (pure); this wires it to keys.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable
+
+from textual.app import SystemCommand
+from textual.binding import Binding
+
+from .finding import (MOST_SURPRISING, ROLE_FILTERS, check_pattern, compile_pattern, next_match, ranking,
+                      scope_indices, search, step)
+from .screens.choice import ChoiceDialog
+from .screens.dialogs import ValueDialog
+from .state import Change
+
+FIND_BINDINGS = [
+    Binding("slash", "search", "search", show=False),
+    Binding("right_square_bracket", "match(1)", "next match", show=False),
+    Binding("left_square_bracket", "match(-1)", "previous match", show=False),
+    Binding("f", "jump('fidelity', 1)", "lowest fidelity", show=False),
+    Binding("F", "jump('fidelity', -1)", show=False),
+    Binding("m", "jump('norm', 1)", "highest norm", show=False),
+    Binding("M", "jump('norm', -1)", show=False),
+    Binding("u", "jump('surprise', 1)", "surprise", show=False),
+    Binding("U", "jump('surprise', -1)", show=False),
+    Binding("v", "role_filter", "role filter", show=False),
+    Binding("E", "explain_scope", "explain…", show=False),
+    Binding("less_than_sign", "map_step(-1)", "map ←", show=False),
+    Binding("greater_than_sign", "map_step(1)", "map →", show=False),
+    Binding("g", "map_mode", "map colour", show=False),
+]
+
+_JUMP_WORDS = {"fidelity": "lowest fidelity", "norm": "highest norm", "surprise": "largest surprise"}
+_ROLE_WORDS = {"model": "the model's tokens", "user": "the user's tokens", "tool_call": "tool calls",
+               "tool_result": "tool results", "system": "the system prompt"}
+
+
+class FindActions:
+    """Mixin for NlaApp (an App with .state, .strip, .notify, .push_screen, .submit)."""
+
+    search_text: str = ""
+    matches: list[tuple[int, int]] = []
+    _matches_stale = False
+
+    # ------------------------------------------------------------ hooks from app.py
+
+    def find_event(self, change: Change) -> None:
+        app: Any = self
+        if change.captured:
+            if self.search_text:
+                self._run_search(quiet=True)
+            app.find_changed()
+        elif change.explained and self.search_text:
+            self._matches_stale = True  # explanation text changed: re-search on the next ] / [
+
+    def find_status(self) -> str:
+        """A suffix for the legend: the search and the role filter in force."""
+        parts = []
+        if self.search_text:
+            parts.append(f"/{self.search_text}: {len(self.matches)} match{'es' if len(self.matches) != 1 else ''}")
+        app: Any = self
+        if app.strip.role_filter:
+            parts.append(f"only {app.strip.role_filter}")
+        return "  ".join(parts)
+
+    def find_commands(self) -> Iterable[SystemCommand]:
+        yield SystemCommand("Search", "Regex over token and explanation text (/, then ] and [)", self.action_search)
+        for kind, word in _JUMP_WORDS.items():
+            yield SystemCommand(f"Jump to the {word}", f"Next token by {word} ({kind[0]}; shift: back)",
+                                lambda kind=kind: self.action_jump(kind, 1))
+        yield SystemCommand("Role filter", "Show only one role's tokens (v cycles)", self.action_role_filter)
+        yield SystemCommand("Explain a role, turn, span or the most surprising",
+                            "Limited explain-all (E)", self.action_explain_scope)
+
+    # ------------------------------------------------------------ search
+
+    def action_search(self) -> None:
+        app: Any = self
+
+        def done(value: str | None) -> None:
+            if value is not None:
+                self.search_text = value
+                self._run_search()
+
+        app.push_screen(ValueDialog("Search token and explanation text (regex; smart case)", self.search_text,
+                                    placeholder="e.g. umbrella|rain  or  get_\\w+", validate=check_pattern), done)
+
+    def _run_search(self, quiet: bool = False) -> None:
+        app: Any = self
+        strip = app.strip
+        pattern: re.Pattern[str] = compile_pattern(self.search_text)
+        shown = strip.shown_indices
+        self.matches = search(app.state, pattern, shown)
+        self._matches_stale = False
+        visible = set(shown)
+        strip.set_hits({i for a, b in self.matches for i in range(a, b + 1) if i in visible})
+        app.find_changed()
+        if quiet:
+            return
+        if not self.matches:
+            app.notify(f"No match for /{self.search_text}.", severity="warning", timeout=3)
+            return
+        target = next_match(self.matches, strip.cursor - 1, 1)
+        strip.set_cursor(target)
+        app.notify(f"{len(self.matches)} matches for /{self.search_text} (] next, [ previous)", timeout=3)
+
+    def action_match(self, direction: int) -> None:
+        app: Any = self
+        if not self.search_text:
+            app.notify("Search first: press / and type a regular expression.", severity="warning", timeout=3)
+            return
+        if self._matches_stale:
+            self._run_search(quiet=True)
+        target = next_match(self.matches, app.strip.cursor, direction)
+        if target is None:
+            app.notify(f"No match for /{self.search_text}.", severity="warning", timeout=3)
+            return
+        app.strip.set_cursor(target)
+
+    # ------------------------------------------------------------ jumps
+
+    def action_jump(self, kind: str, direction: int) -> None:
+        app: Any = self
+        strip = app.strip
+        order = ranking(app.state, kind, strip.shown_indices)
+        if not order:
+            why = ("no token is explained yet (e, a)" if kind == "fidelity"
+                   else "no captured tokens here")
+            app.notify(f"Nothing to rank by {_JUMP_WORDS[kind]}: {why}.", severity="warning", timeout=3)
+            return
+        target = step(order, strip.cursor, direction)
+        strip.set_cursor(target)
+        app.notify(f"{_JUMP_WORDS[kind]}: {order.index(target) + 1} of {len(order)}", timeout=2)
+
+    # ------------------------------------------------------------ role filter
+
+    def action_role_filter(self) -> None:
+        app: Any = self
+        strip = app.strip
+        present = {t.role for t in app.state.tokens}
+        options = [r for r in ROLE_FILTERS if r is None or r in present]
+        k = options.index(strip.role_filter) if strip.role_filter in options else 0
+        self.set_role_filter(options[(k + 1) % len(options)])
+
+    def set_role_filter(self, role: str | None) -> None:
+        app: Any = self
+        strip = app.strip
+        strip.role_filter = role
+        strip.follow = False
+        strip.refresh_tokens()
+        if self.search_text:
+            self._run_search(quiet=True)
+        app.find_changed()
+        app.pane.show(strip.cursor)
+        app.notify(f"showing {_ROLE_WORDS.get(role, 'every role') if role else 'every role'} (v cycles)", timeout=2)
+
+    # ------------------------------------------------------------ minimap
+
+    def action_map_step(self, direction: int) -> None:
+        """< / >: the first token of the previous / next minimap cell."""
+        app: Any = self
+        mm, strip = app.minimap, app.strip
+        if strip.cursor < 0:
+            return
+        cell = mm.bucket_of(strip.cursor) + direction
+        target = mm.index_at(cell)
+        if target is not None:
+            strip.set_cursor(target)
+
+    def action_map_mode(self) -> None:
+        from .widgets.minimap import MODES
+
+        app: Any = self
+        mm = app.minimap
+        mm.mode = MODES[(MODES.index(mm.mode) + 1) % len(MODES)]
+        mm.update_map()
+        words = {"auto": "fidelity where explained, else norm", "norm": "activation norm",
+                 "surprise": "surprise"}
+        app.notify(f"overview coloured by {words[mm.mode]} (g cycles)", timeout=2)
+
+    # ------------------------------------------------------------ limited explain-all
+
+    def action_explain_scope(self) -> None:
+        app: Any = self
+        cursor = app.strip.cursor
+        if cursor < 0:
+            app.notify("No token yet: chat first (i) or open a transcript (o).", severity="warning")
+            return
+        tok = app.state.tokens[cursor]
+        choices = [("role", f"every {tok.role} token (the cursor's role)"),
+                   ("turn", f"this turn (message {tok.turn})"),
+                   ("span", f"this span (the run of {tok.role} tokens around the cursor)"),
+                   ("surprising", f"the {MOST_SURPRISING} most surprising tokens")]
+
+        def done(scope: str | None) -> None:
+            if scope:
+                self.explain_scope(scope)
+
+        app.push_screen(ChoiceDialog("Explain which tokens? (in the background, like a)", choices), done)
+
+    def explain_scope(self, scope: str) -> None:
+        app: Any = self
+        indices = [i for i in scope_indices(app.state, scope, app.strip.cursor, app.strip.shown_indices)
+                   if i not in app.state.explanations]
+        app.start_explain_all(indices)
