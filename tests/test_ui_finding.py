@@ -11,7 +11,7 @@ import numpy as np
 
 from _support_ui import AGENT, Holder, async_test, replay_app, settle_replay, wait_until
 from nla_tui.core import events as ev
-from nla_tui.core.session import load_session
+from nla_tui.core.store.session import load_session
 from nla_tui.core.types import Candidate, TokenInfo
 from nla_tui.ui.finding import next_match, search, span_around, step, surprise
 from nla_tui.ui.state import UiState
