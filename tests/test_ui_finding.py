@@ -107,9 +107,9 @@ async def test_jumps_land_on_lowest_fidelity_highest_norm_largest_surprise():
         assert app.strip.cursor == by_fid[1][1]
         await pilot.press("F")
         assert app.strip.cursor == by_fid[0][1]
-        await pilot.press("m")
+        await pilot.press("home", "m")  # from <bos> (in no ranking): the first of the ranking
         assert app.strip.cursor == ordinary[int(np.argmax(norms))].index
-        await pilot.press("u")
+        await pilot.press("home", "u")
         assert app.strip.cursor == min(probs)[1]
 
 
