@@ -101,11 +101,11 @@ async def test_jumps_land_on_lowest_fidelity_highest_norm_largest_surprise():
     app = replay_app(preload=True, session=AGENT)
     async with app.run_test(size=(120, 36)) as pilot:
         await settle_replay(pilot, app)
-        await pilot.press("f")
+        await pilot.press("j")
         assert app.strip.cursor == by_fid[0][1]
-        await pilot.press("f")
+        await pilot.press("j")
         assert app.strip.cursor == by_fid[1][1]
-        await pilot.press("F")
+        await pilot.press("J")
         assert app.strip.cursor == by_fid[0][1]
         await pilot.press("home", "m")  # from <bos> (in no ranking): the first of the ranking
         assert app.strip.cursor == ordinary[int(np.argmax(norms))].index

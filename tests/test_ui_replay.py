@@ -247,6 +247,19 @@ def test_help_table_documents_every_binding():
             assert name in tokens, f"key {name} ({b.action}) is missing from the help"
 
 
+def test_no_key_is_bound_twice_across_the_app_and_the_strip():
+    # The strip has focus, so a key it binds shadows the app's binding of the same
+    # key: the app's action would be unreachable (issue 13 moved next-word to f).
+    from nla_tui.ui.app import NlaApp
+    from nla_tui.ui.widgets.token_strip import TokenStrip
+
+    seen: dict[str, str] = {}
+    for b in NlaApp.BINDINGS + TokenStrip.BINDINGS:
+        for key in b.key.split(","):
+            assert key not in seen, f"{key} is bound to both {seen[key]} and {b.action}"
+            seen[key] = b.action
+
+
 @async_test
 async def test_help_screen_opens_closes_and_side_pane_folds():
     app = replay_app(preload=True)

@@ -22,8 +22,8 @@ FIND_BINDINGS = [
     Binding("slash", "search", "search", show=False),
     Binding("right_square_bracket", "match(1)", "next match", show=False),
     Binding("left_square_bracket", "match(-1)", "previous match", show=False),
-    Binding("f", "jump('fidelity', 1)", "lowest fidelity", show=False),
-    Binding("F", "jump('fidelity', -1)", show=False),
+    Binding("j", "jump('fidelity', 1)", "lowest fidelity", show=False),
+    Binding("J", "jump('fidelity', -1)", show=False),
     Binding("m", "jump('norm', 1)", "highest norm", show=False),
     Binding("M", "jump('norm', -1)", show=False),
     Binding("u", "jump('surprise', 1)", "surprise", show=False),
@@ -36,6 +36,7 @@ FIND_BINDINGS = [
 ]
 
 _JUMP_WORDS = {"fidelity": "lowest fidelity", "norm": "highest norm", "surprise": "largest surprise"}
+_JUMP_KEYS = {"fidelity": "j", "norm": "m", "surprise": "u"}
 _ROLE_WORDS = {"model": "the model's tokens", "user": "the user's tokens", "tool_call": "tool calls",
                "tool_result": "tool results", "system": "the system prompt"}
 
@@ -71,7 +72,7 @@ class FindActions:
     def find_commands(self) -> Iterable[SystemCommand]:
         yield SystemCommand("Search", "Regex over token and explanation text (/, then ] and [)", self.action_search)
         for kind, word in _JUMP_WORDS.items():
-            yield SystemCommand(f"Jump to the {word}", f"Next token by {word} ({kind[0]}; shift: back)",
+            yield SystemCommand(f"Jump to the {word}", f"Next token by {word} ({_JUMP_KEYS[kind]}; shift: back)",
                                 lambda kind=kind: self.action_jump(kind, 1))
         yield SystemCommand("Role filter", "Show only one role's tokens (v cycles)", self.action_role_filter)
         yield SystemCommand("Explain a role, turn, span or the most surprising",

@@ -15,7 +15,7 @@ KEYS: list[tuple[str, list[tuple[str, str]]]] = [
     ("Finding tokens", [
         ("/", "search token and explanation text (regex; smart case)"),
         ("] / [", "next / previous match"),
-        ("f / F", "next / previous token by lowest fidelity (explained tokens)"),
+        ("j / J", "next / previous token by lowest fidelity (explained tokens)"),
         ("m / M", "next / previous token by highest activation norm"),
         ("u / U", "next / previous token by largest surprise (low probability of the token that came next)"),
         ("v", "show only one role: model, user, tool call, tool result, system, all"),

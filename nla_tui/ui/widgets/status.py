@@ -94,6 +94,8 @@ class ExplainAllBar(Horizontal):
 
 def legend_text(show_special: bool, finding: str = "") -> Text:
     t = Text()
+    if finding:  # first: the legend is cut at the pane's width, the search state must show
+        t.append(f"{finding}  ", style="bold #d070d0")
     for v in (0.0, 0.5, 1.0):
         t.append(" ", style=legend_swatch("fid", v))
     t.append(" fidelity poor→good  ")
@@ -102,8 +104,6 @@ def legend_text(show_special: bool, finding: str = "") -> Text:
     t.append(" norm low→high  ")
     t.append("noisy", style="underline")
     t.append(f"  s:specials {'on' if show_special else 'off'}")
-    if finding:
-        t.append(f"  {finding}", style="bold #d070d0")
     return t
 
 
