@@ -45,7 +45,7 @@ def run_section(rep, av, m: dict, cfg62, max_len: int, new_tokens: int, n_explai
         with pk.parked(others, devt) as sizes:
             rec["park_s"] = round(time.perf_counter() - t0, 2)
             rec["parked_gib"] = _gib(sum(sizes.values()))
-            free = budget - _alloc() if dev == "cuda" else 64 * GIB
+            free = pk.free_bytes(devt) if dev == "cuda" else 64 * GIB  # as the product measures it
             mb = pk.rows_that_fit(free, per_row, 160, n_explain, pk.KV_SHARE_PARKED)
             t = time.perf_counter()
             fd.warmup(av, [mb], max_len=max_len)

@@ -198,7 +198,8 @@ def _works(m: dict, rec: dict, new_tokens: int) -> None:
         hook.remove()
     vec = got["h"][0, -1].float()
     emb = gpu._av_embeds(av, 1, seed=3)
-    emb[:, gpu.SLOT] = (vec / vec.norm() * emb[0, gpu.SLOT].norm()).to(emb.dtype).to(emb.device)
+    vec_av = vec.to(emb.device)  # the subject and the AV may sit on different cards
+    emb[:, gpu.SLOT] = (vec_av / vec_av.norm() * emb[0, gpu.SLOT].norm()).to(emb.dtype)
     expl = fd.decode(av, emb, None, 32, stop_token_ids=[], prefix_len=gpu.SLOT)[0]
     ar_dev = ar.get_input_embeddings().weight.device
     with torch.inference_mode():

@@ -146,6 +146,7 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
         self.pane.show(-1)
         self._update_status()
         self.strip.type_target = self._type_into_chat
+        self.strip.on_cursor = self._cursor_moved
         # Nothing to browse yet: the first keys a newcomer types are a message, not
         # commands (e, a, n, r, t, o are all bound). A conversation arriving later
         # (transcript, saved session) hands the keys to the strip.
@@ -239,10 +240,10 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
             self.notify(f"{kind.value} cancelled", timeout=3)
         self.pane.show(self.strip.cursor)
 
-    def on_token_strip_cursor_moved(self, message: TokenStrip.CursorMoved) -> None:
-        self.pane.show(message.index)
-        self.minimap.set_cursor(message.index)
-        if self.auto_explain and self.state.best(message.index) is None:
+    def _cursor_moved(self, index: int) -> None:
+        self.pane.show(index)
+        self.minimap.set_cursor(index)
+        if self.auto_explain and self.state.best(index) is None:
             if self._auto_timer is not None:
                 self._auto_timer.stop()
             # Debounced: holding → submits once when the cursor settles, and the

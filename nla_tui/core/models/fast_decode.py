@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+import threading
 import time
 import weakref
 from collections import OrderedDict
@@ -69,6 +70,8 @@ def bucket_for(batch: int) -> int:
             return b
     return batch
 
+
+_CAPTURE_LOCK = threading.Lock()
 
 class _Runner:
     """Static cache + (on CUDA) a captured decode step for one (batch, length)."""
@@ -149,6 +152,12 @@ class _Runner:
         return self._forward(self.pos, ids=self.ids)
 
     def _capture(self):
+        # One capture at a time in the process: AV replicas capture in their own threads, and
+        # a capture fails when another thread's warm-up allocates or frees meanwhile.
+        with _CAPTURE_LOCK:
+            self._capture_locked()
+
+    def _capture_locked(self):
         quant_state_to_device(self.model, self.device)
         # Warm up on a side stream (allocates the cache, sets bnb compute types), then
         # capture. Writing at the last slot is harmless: that slot is masked out until
@@ -164,8 +173,13 @@ class _Runner:
                     for _ in range(2):
                         self._step_body()
                 torch.cuda.current_stream(self.device).wait_stream(s)
+                # The warm-up's freed blocks sit in the general pool, which the graph's private
+                # pool cannot reuse; under a memory cap they would count twice. Free them first.
+                torch.cuda.synchronize(self.device)
+                torch.cuda.empty_cache()
                 g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g):
+                # thread_local: another thread's CUDA calls (a replica on another card) are allowed.
+                with torch.cuda.graph(g, capture_error_mode="thread_local"):
                     self.logits = self._step_body()
             self.graph = g
         except Exception as exc:  # fall back to eager steps, but say why

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .capture import TOP_K, capture_chunked
-from .context import context_limit
+from .context import check_context, context_limit
 from .conversation import render as render_conversation
 from .conversation import tag_tokens
 from ..errors import InputError
@@ -58,23 +58,6 @@ class Subject:
         self.device = model_device(model)
         self.forward_calls = 0
 
-    @property
-    def max_positions(self) -> int | None:
-        return getattr(text_config(self.model), "max_position_embeddings", None)
-
-    def check_fits(self, n_tokens: int, new_tokens: int = 0) -> None:
-        """Refuse a conversation longer than the subject's context before running it: an
-        over-long input would otherwise try to allocate attention for all of it (a 5 MB
-        transcript asked for ~1 TB)."""
-        limit = self.max_positions
-        if limit and n_tokens + new_tokens > limit:
-            reply = f" plus {new_tokens} reply tokens" if new_tokens else ""
-            raise InputError(
-                f"The conversation is {n_tokens} tokens long{reply}, but the subject reads at most "
-                f"{limit} positions. Shorten it by at least {n_tokens + new_tokens - limit} tokens "
-                f"(about {(n_tokens + new_tokens - limit) * 4} characters of English), e.g. drop "
-                f"early messages{' or lower --max-new-tokens' if new_tokens else ''}.")
-
     # ------------------------------------------------------------ tokenization
 
     def render(self, messages: list[Message], add_generation_prompt: bool = False) -> str:
@@ -95,7 +78,8 @@ class Subject:
                 cancel: threading.Event | None = None) -> Capture:
         """Layer-K residual and top-k next-token candidates everywhere, in chunks over a
         KV cache (core.capture: bit-for-bit the one-pass result on CPU)."""
-        self.check_fits(len(ids))
+        # The engine checked already (with the subject's name); this guards direct callers.
+        check_context(len(ids), self.context_limit, "the subject")
         self.forward_calls += 1
         return capture_chunked(self, ids, chunk, progress, cancel)
 
@@ -134,7 +118,7 @@ class Subject:
         from . import fast_decode
 
         ids, _, _ = self.tokenize(messages, add_generation_prompt=True)
-        self.check_fits(len(ids), max_new_tokens)
+        check_context(len(ids), self.context_limit, "the subject", max_new_tokens)
         embeds = self.model.get_input_embeddings()(torch.tensor([ids], device=self.device))
         streamer = _Streamer(self.tok, on_delta, skip_prompt=False)
         stops = set(self.stop_ids())

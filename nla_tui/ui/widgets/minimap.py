@@ -61,8 +61,12 @@ class Minimap(Widget, can_focus=False):
         self.refresh()
 
     def set_cursor(self, index: int) -> None:
-        if index != self.cursor:
-            self.cursor = index
+        if index == self.cursor:
+            return
+        old, self.cursor = self.cursor, index
+        # Repaint only when the ▼ changes cell: a repaint of this bottom row widens the
+        # screen's update region to every row between it and the strip (bench ui).
+        if self._width < 0 or old < 0 or index < 0 or self.bucket_of(old) != self.bucket_of(index):
             self.refresh()
 
     def bucket_of(self, index: int) -> int:

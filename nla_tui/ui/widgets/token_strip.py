@@ -63,6 +63,8 @@ class TokenStrip(ScrollView, can_focus=True):
         # yet (the start of a message, not a command). Bound keys keep their meaning
         # (o opens a transcript); the app focuses the message box while empty anyway.
         self.type_target: Callable[[str], None] | None = None
+        # Set by the app: told of every cursor move synchronously (else CursorMoved is posted).
+        self.on_cursor: Callable[[int], None] | None = None
         self.hits: set[int] = set()  # tokens inside a search match (finding.py)
         self.role_filter: str | None = None  # show only this role's tokens
 
@@ -207,7 +209,12 @@ class TokenStrip(ScrollView, can_focus=True):
             self.refresh_line(row_of[old])
         self.refresh_line(row_of[index])
         self._scroll_to_cursor()
-        self.post_message(self.CursorMoved(index))
+        if self.on_cursor is not None:
+            # Called now, not posted: the pane and overview then repaint in the same
+            # screen update as these two rows (a posted message cost a second full pass).
+            self.on_cursor(index)
+        else:
+            self.post_message(self.CursorMoved(index))
 
     def _scroll_to_cursor(self) -> None:
         if self.cursor < 0 or self.cursor >= len(self._layout.row_of):
