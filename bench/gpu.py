@@ -16,7 +16,7 @@ import torch
 
 from nla_tui.core.models import fast_decode as fd
 
-from .common import Report, machine, median_time
+from .common import Report, median_time
 from .shapes import build, gemma3_27b_config, value_head
 
 AV_PROMPT = 48  # tokens in the AV's chat-templated prompt (27B release template, rounded up)

@@ -4,6 +4,8 @@ refused with a message before any model loads."""
 
 from __future__ import annotations
 
+import argparse
+
 from ..core.errors import InputError
 from .common import add_model_args
 from .session_engine import add_sampling_args, check_token, load_engine, sampling, write_json

@@ -5,6 +5,8 @@ before any model loads. From Python: core.nla.vectors.explain_file."""
 
 from __future__ import annotations
 
+import argparse
+
 from .common import add_model_args, engine_options, progress
 from .session_engine import add_sampling_args, sampling, write_json
 

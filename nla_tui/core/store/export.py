@@ -16,7 +16,6 @@ for sharing a link to one token).
 from __future__ import annotations
 
 import html
-import json
 import os
 import re
 import uuid
@@ -31,7 +30,7 @@ from .branch_export import branches_html, branches_markdown
 from .transcript import message_display_text
 from ..types import Explanation
 from .jsonsafe import dumps_finite
-from .session import Session, load_session
+from .session import Session
 from .session_files import check_export_target
 
 FORMATS = ("md", "json", "html")
