@@ -173,3 +173,24 @@ async def test_minimap_shows_the_cursor_and_jumps_on_click_and_keys():
         await pilot.click("#minimap", offset=(len(mm.label) + cell, 0))
         assert app.strip.cursor == mm.index_at(cell)
         assert mm.bucket_of(app.strip.cursor) == cell
+
+
+@async_test
+async def test_chunked_capture_progress_shows_a_bar_until_the_capture_is_done():
+    # The worker reports CaptureProgress per chunk of a long transcript; the bar says
+    # "capturing" with the token counts and goes away with the last chunk.
+    from textual.widgets import Label
+
+    from nla_tui.ui.messages import EngineEvent
+    from nla_tui.ui.widgets.status import ExplainAllBar
+
+    app = replay_app(preload=True, session=AGENT)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle_replay(pilot, app)
+        bar = app.query_one(ExplainAllBar)
+        app.post_message(EngineEvent(ev.CaptureProgress(4096, 20000)))
+        await wait_until(pilot, lambda: bar.display, "the capture bar")
+        assert "capturing" in str(bar.query_one("#all-label", Label).render())
+        assert "4,096/20,000 tokens" in str(bar.query_one("#all-eta", Label).render())
+        app.post_message(EngineEvent(ev.CaptureProgress(20000, 20000)))
+        await wait_until(pilot, lambda: not bar.display, "the bar to go")
