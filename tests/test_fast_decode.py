@@ -156,3 +156,25 @@ def test_a_failed_graph_capture_is_logged_and_decoding_goes_on_eagerly(av, embed
     assert r.graph is None and r.graph_error
     assert any("decoding eagerly" in rec.getMessage() and r.graph_error in rec.getMessage()
                for rec in caplog.records)
+
+
+def test_a_dropped_model_is_freed_with_its_decode_state():
+    # The per-model runner cache has weak keys; a runner holding its model strongly kept
+    # every decoded model alive (a reload, or the multigpu bench, ran out of GPU memory).
+    import gc
+    import weakref
+
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    cfg = Gemma3TextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8,
+                           max_position_embeddings=128)
+    model = Gemma3ForCausalLM(cfg).eval()
+    with torch.inference_mode():
+        emb = model.get_input_embeddings()(torch.tensor([[1, 2, 3, 4]]))
+    rows = fd.decode(model, emb, None, 4, stop_token_ids=[])
+    assert len(rows[0]) == 4
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None

@@ -31,6 +31,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from .fast_attention import ATTN_NAME, ORIG_IMPL, StaticKV, register_attention
+from .loading import text_config
 from .placement import layer_devices, quant_state_to_device
 from .sampling import sample_next
 
@@ -46,11 +47,6 @@ _PREFIXES: "weakref.WeakKeyDictionary[torch.nn.Module, OrderedDict]" = weakref.W
 
 #: Figures from the last `decode` call (the benchmark reads them).
 last_stats: dict = {}
-
-
-def _text_config(model):
-    cfg = model.config
-    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
 
 
 def _cache_kwarg(model) -> str:
@@ -77,10 +73,10 @@ class _Runner:
     """Static cache + (on CUDA) a captured decode step for one (batch, length)."""
 
     def __init__(self, model, batch: int, max_len: int, use_graph: bool):
-        self.model = model
+        self._model = weakref.ref(model)  # held strongly, the weak-keyed cache could never drop it
         self.batch = batch
         self.max_len = max_len
-        cfg = self.text_cfg = _text_config(model)
+        cfg = self.text_cfg = text_config(model)
         register_attention()
         self.n_layers = cfg.num_hidden_layers
         self.layer_types = list(getattr(cfg, "layer_types", None) or [])
@@ -107,6 +103,10 @@ class _Runner:
         self.logits = None
         if use_graph and self.device.type == "cuda":
             self._capture()
+
+    @property
+    def model(self):
+        return self._model()
 
     # -- masks: True/0.0 = attend. HF semantics: kv <= q, and kv > q - window on sliding layers.
     def _masks(self, q_pos: torch.Tensor):
@@ -152,8 +152,7 @@ class _Runner:
         return self._forward(self.pos, ids=self.ids)
 
     def _capture(self):
-        # One capture at a time in the process: AV replicas capture in their own threads, and
-        # a capture fails when another thread's warm-up allocates or frees meanwhile.
+        # One capture at a time in the process (AV replicas capture in their own threads).
         with _CAPTURE_LOCK:
             self._capture_locked()
 
@@ -164,8 +163,7 @@ class _Runner:
         # decoding reaches it, and then it is overwritten first.
         self.pos.fill_(self.max_len - 1)
         try:
-            # torch.cuda.graph captures on the current device: make it the model's (an AV on
-            # cuda:1, or a replica decoding in its own thread, would otherwise capture on cuda:0).
+            # Work on the model's card (an AV on cuda:1, or a replica in its own thread).
             with torch.cuda.device(self.device):
                 s = torch.cuda.Stream(device=self.device)
                 s.wait_stream(torch.cuda.current_stream(self.device))
@@ -178,8 +176,10 @@ class _Runner:
                 torch.cuda.synchronize(self.device)
                 torch.cuda.empty_cache()
                 g = torch.cuda.CUDAGraph()
-                # thread_local: another thread's CUDA calls (a replica on another card) are allowed.
-                with torch.cuda.graph(g, capture_error_mode="thread_local"):
+                # Capture on s, a stream of this card: torch's default capture stream belongs to
+                # the card of the first capture in the process, and a second card's capture
+                # on it failed (bench multigpu). thread_local: other threads' CUDA calls are fine.
+                with torch.cuda.graph(g, stream=s, capture_error_mode="thread_local"):
                     self.logits = self._step_body()
             self.graph = g
         except Exception as exc:  # fall back to eager steps, but say why
