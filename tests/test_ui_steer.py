@@ -28,12 +28,12 @@ async def test_what_if_edits_the_explanation_and_shows_the_branch():
         dialog.query_one("#whatif-alpha", Input).value = "x"
         await pilot.press("ctrl+s")
         assert "α must be a number" in str(dialog.query_one("#dialog-error", Label).render())
-        dialog.query_one("#whatif-alpha", Input).value = "1"
+        dialog.query_one("#whatif-alpha", Input).value = "0.5"  # the recorded branch's strength
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: isinstance(app.screen, SteeredScreen), "the steered branch")
         job = [j for j in holder.worker.jobs_seen if isinstance(j, WhatIf)][-1]
         assert (job.index, job.edited, job.original, job.alpha, job.span) == (
-            STEER_TOKEN, STEER_EDIT, original, 1.0, "here")
+            STEER_TOKEN, STEER_EDIT, original, 0.5, "here")
         branch = app.screen.branch
         assert app.state.steered == [branch] and branch.index == STEER_TOKEN
         assert app.keeper.snapshot().steered == [branch]  # saved with the session, exported with it

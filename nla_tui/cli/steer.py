@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 
 from ..core.errors import InputError
+from ..core.steer_jobs import DEFAULT_ALPHA
 from .common import add_model_args
 from .session_engine import add_sampling_args, check_token, load_engine, sampling, write_json
 
@@ -22,7 +23,8 @@ def add_subparser(sub) -> None:
     s.add_argument("session", help="session directory (or its session.json)")
     s.add_argument("--token", type=int, required=True, help="token index to steer at")
     s.add_argument("--edit", required=True, help="the edited explanation")
-    s.add_argument("--alpha", type=float, default=1.0, help="strength, x the activation's norm (default 1)")
+    s.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                   help=f"strength, x the activation's norm (default {DEFAULT_ALPHA:g})")
     s.add_argument("--span", default="here", choices=["here", "onward"],
                    help="here: that token only; onward: it and every later position (default here)")
     s.add_argument("--max-new-tokens", type=int, default=32, help="continuation length (default 32)")

@@ -11,6 +11,12 @@ from .branches import Comparison, SteeredBranch
 from .events import PRIORITY_EXPLAIN, Event, Job, JobKind
 from .types import Sampling
 
+# Steering strength, × the activation's own norm. Measured on the demo pair (tests/
+# test_steering.py): the edit's words gain +4.2 nats at 0.25, +3.1 at 0.5 and lose 4.1 at
+# 1.0 (overshoot); the margin over the best of 8 random vectors of the same size is
+# largest at 0.5 (18.8 nats). 0.5 is a visible push that still follows the edit.
+DEFAULT_ALPHA = 0.5
+
 
 @dataclass
 class WhatIf(Job):
@@ -21,7 +27,7 @@ class WhatIf(Job):
     index: int
     edited: str
     original: str | None = None
-    alpha: float = 1.0
+    alpha: float = DEFAULT_ALPHA
     span: str = "here"
     max_new_tokens: int = 32
     sampling: Sampling = field(default_factory=Sampling)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..core import events as ev
-from ..core.steer_jobs import Compare, CompareDone, WhatIf, WhatIfDone
+from ..core.steer_jobs import DEFAULT_ALPHA, Compare, CompareDone, WhatIf, WhatIfDone
 from .screens.steer import CompareScreen, SteeredScreen, WhatIfDialog
 
 STEER_TOKENS = 32  # continuation length of a what-if (both branches)
@@ -17,7 +17,7 @@ STEER_TOKENS = 32  # continuation length of a what-if (both branches)
 
 class SteerActions:
     compare_mark: int | None = None
-    steer_alpha: float = 1.0
+    steer_alpha: float = DEFAULT_ALPHA
     steer_span: str = "here"
 
     def action_what_if(self) -> None:

@@ -18,9 +18,9 @@ import numpy as np
 from ..branches import Comparison, SteeredBranch, compare_activations
 from ..errors import Cancelled, InputError
 from ..models.steering import continue_from, last_logits, positions, steer, top_candidates
+from ..steer_jobs import DEFAULT_ALPHA
 from ..types import Sampling
 
-DEFAULT_ALPHA = 1.0
 DEFAULT_CONTINUATION = 32
 
 

@@ -14,6 +14,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, RadioButton, RadioSet, Static, TextArea
 
 from ...core.branches import Comparison, SteeredBranch, token_diff
+from ...core.steer_jobs import DEFAULT_ALPHA
 from ...core.types import Candidate, Explanation
 
 
@@ -39,7 +40,7 @@ class WhatIfDialog(ModalScreen[tuple[str, float, str] | None]):
     AUTO_FOCUS = "#whatif-area"
     BINDINGS = [Binding("ctrl+s", "steer", "steer"), Binding("escape", "dismiss_none", "cancel")]
 
-    def __init__(self, index: int, token: str, original: str, alpha: float = 1.0, span: str = "here") -> None:
+    def __init__(self, index: int, token: str, original: str, alpha: float = DEFAULT_ALPHA, span: str = "here") -> None:
         super().__init__()
         self.index, self.token, self.original = index, token, original
         self.alpha, self.span = alpha, span

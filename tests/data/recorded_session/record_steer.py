@@ -19,6 +19,7 @@ from nla_tui.core.runtime.engine import Engine  # noqa: E402
 from nla_tui.core.store.session import load_session, save_session  # noqa: E402
 from nla_tui.core.types import Sampling  # noqa: E402
 from nla_tui.core.runtime.whatif import compare, what_if  # noqa: E402
+from nla_tui.core.steer_jobs import DEFAULT_ALPHA  # noqa: E402
 
 directory = Path(sys.argv[1])
 session = load_session(directory)
@@ -27,7 +28,7 @@ engine.load()
 engine.set_conversation(session.messages)
 assert [t.token_id for t in engine.tokens] == [t.token_id for t in session.tokens]
 original = next(e.text for e in session.explanations if e.index == STEER_TOKEN)
-branch = what_if(engine, STEER_TOKEN, STEER_EDIT, 1.0, "here", 32, original=original)
+branch = what_if(engine, STEER_TOKEN, STEER_EDIT, DEFAULT_ALPHA, "here", 32, original=original)
 session.steered = [branch]
 save_session(session, directory)
 c = compare(engine, *COMPARE_PAIR, Sampling(max_new_tokens=48))
