@@ -16,7 +16,6 @@ from rich.style import Style
 from textual import events
 from textual.binding import Binding
 from textual.geometry import Size
-from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
@@ -29,7 +28,7 @@ _GUTTER_BAR = Style(color="#555555")
 
 
 class TokenStrip(ScrollView, can_focus=True):
-    """Keyboard-driven view of all tokens; posts CursorMoved when the cursor moves."""
+    """Keyboard-driven view of all tokens; calls `on_cursor` when the cursor moves."""
 
     BINDINGS = [
         Binding("left", "move(-1)", "←token", show=False),
@@ -43,11 +42,6 @@ class TokenStrip(ScrollView, can_focus=True):
         Binding("up", "line(-1)", "line", show=False),
         Binding("down", "line(1)", "line", show=False),
     ]
-
-    class CursorMoved(Message):
-        def __init__(self, index: int) -> None:
-            super().__init__()
-            self.index = index
 
     def __init__(self, state: UiState, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -63,7 +57,7 @@ class TokenStrip(ScrollView, can_focus=True):
         # yet (the start of a message, not a command). Bound keys keep their meaning
         # (o opens a transcript); the app focuses the message box while empty anyway.
         self.type_target: Callable[[str], None] | None = None
-        # Set by the app: told of every cursor move synchronously (else CursorMoved is posted).
+        # Set by the app: told of every cursor move, synchronously.
         self.on_cursor: Callable[[int], None] | None = None
         self.hits: set[int] = set()  # tokens inside a search match (finding.py)
         self.role_filter: str | None = None  # show only this role's tokens
@@ -210,11 +204,9 @@ class TokenStrip(ScrollView, can_focus=True):
         self.refresh_line(row_of[index])
         self._scroll_to_cursor()
         if self.on_cursor is not None:
-            # Called now, not posted: the pane and overview then repaint in the same
-            # screen update as these two rows (a posted message cost a second full pass).
+            # Called now, not posted as a message: the pane and overview then repaint in
+            # the same screen update as these two rows (a message cost a second full pass).
             self.on_cursor(index)
-        else:
-            self.post_message(self.CursorMoved(index))
 
     def _scroll_to_cursor(self) -> None:
         if self.cursor < 0 or self.cursor >= len(self._layout.row_of):
