@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
+import copy
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +12,9 @@ import torch
 import yaml
 
 from nla_tui.core.errors import CheckpointError
-from nla_tui.core.models.loading import load_tokenizer, resolve_checkpoint
+from nla_tui.core.models.loading import resolve_checkpoint
 from nla_tui.core.nla.sidecar import read_sidecar, validate_ar, validate_av
+from tests._support_engine import reusing_demo_loads, tokenizer_digest
 
 
 def clone_ckpt(src: Path, dst: Path, edit=None) -> Path:
@@ -31,9 +30,11 @@ def clone_ckpt(src: Path, dst: Path, edit=None) -> Path:
     return dst
 
 
-def _validate_av_dir(path: Path):
+def _validate_av_dir(path: Path, demo_tokenizer):
+    # The clone's tokenizer files are copies of the demo AV's (clone_ckpt edits only the
+    # sidecar): the session's demo tokenizer is what loading them gives (~6 s each).
     meta = read_sidecar(path)
-    return validate_av(meta, load_tokenizer(resolve_checkpoint(path)), 640)
+    return validate_av(meta, demo_tokenizer, 640)
 
 
 def _set(path: str, value):
@@ -60,7 +61,7 @@ def _set(path: str, value):
     (_set("d_model", 1024), "d_model=1024"),
     (_set("role", "critic"), "AR sidecar"),
 ])
-def test_av_sidecar_drift_fails_loudly(demo_paths, tmp_path, edit, message):
+def test_av_sidecar_drift_fails_loudly(demo_paths, demo_tokenizer, tmp_path, edit, message):
     path = clone_ckpt(demo_paths["av"], tmp_path / "av", edit)
     with pytest.raises((CheckpointError, Exception), match=message) as exc:
         meta = read_sidecar(path)
@@ -68,19 +69,19 @@ def test_av_sidecar_drift_fails_loudly(demo_paths, tmp_path, edit, message):
             from nla_tui.core.nla.av import Verbalizer
 
             Verbalizer(None, None, meta)
-        _validate_av_dir(path)
+        _validate_av_dir(path, demo_tokenizer)
     assert isinstance(exc.value, (CheckpointError,)) or "AR sidecar" in message
 
 
-def test_av_double_bos_detected(demo_paths, tmp_path):
+def test_av_double_bos_detected(demo_paths, demo_tokenizer, tmp_path):
     path = clone_ckpt(demo_paths["av"], tmp_path / "av")
-    tok = load_tokenizer(resolve_checkpoint(path))
+    tok = copy.copy(demo_tokenizer)  # the shared one keeps its template
     tok.chat_template = "{{ bos_token }}" + tok.chat_template  # template drift: a second <bos>
     with pytest.raises(CheckpointError, match="two <bos>"):
         validate_av(read_sidecar(path), tok, 640)
 
 
-def test_missing_sidecar_and_older_key_names(demo_paths, tmp_path):
+def test_missing_sidecar_and_older_key_names(demo_paths, demo_tokenizer, tmp_path):
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "config.json").write_text("{}")
@@ -93,13 +94,14 @@ def test_missing_sidecar_and_older_key_names(demo_paths, tmp_path):
     old = clone_ckpt(demo_paths["av"], tmp_path / "old", to_old)
     meta = read_sidecar(old)
     assert meta.role == "av" and "{injection_char}" in meta.av_template
-    _validate_av_dir(old)
+    _validate_av_dir(old, demo_tokenizer)
 
 
-def test_ar_checks(demo_paths, tmp_path):
+def test_ar_checks(demo_paths, demo_tokenizer, tmp_path):
     ar = clone_ckpt(demo_paths["ar"], tmp_path / "ar", _set("critic.extraction_layer_index", 7))
     meta = read_sidecar(ar)
-    tok = load_tokenizer(resolve_checkpoint(ar))
+    assert tokenizer_digest(ar) == tokenizer_digest(demo_paths["av"])  # the AR ships the same files
+    tok = demo_tokenizer
     with pytest.raises(CheckpointError, match="K\\+1=8"):
         validate_ar(meta, tok, num_layers=13)
     sfx = clone_ckpt(demo_paths["ar"], tmp_path / "sfx", _set("tokens.critic_suffix_ids", [1, 2, 3]))
@@ -125,23 +127,30 @@ def test_missing_value_head_is_named(demo_engine, demo_paths, tmp_path):
         Reconstructor(demo_engine.ar.model, demo_engine.ar.tok, read_sidecar(ar), ar, None)
 
 
-def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "nla_tui.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=600)
+def _cli(capsys, *args):
+    """`cli.main` in-process (HF_HUB_OFFLINE=1 from conftest): its exit code and output.
+    An exception other than the documented one-paragraph error escapes and fails the
+    test with its traceback. The CLI's own process is tested in test_core_cli_worker.py."""
+    from nla_tui import cli
+
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
-def test_check_command(demo_paths, tmp_path):
-    ok = _cli("check", "--preset", "demo")
-    assert ok.returncode == 0, ok.stderr
-    assert "pair is consistent" in ok.stdout
+def test_check_command(demo_paths, demo_tokenizer, tmp_path, capsys):
     bad = clone_ckpt(demo_paths["av"], tmp_path / "av", _set("tokens.injection_token_id", 99))
-    r = _cli("check", "--preset", "demo", "--av", str(bad))
-    assert r.returncode == 2 and "Tokenizer drift" in r.stderr and "Traceback" not in r.stderr
-    r = _cli("check", "--preset", "gemma3-27b")
-    assert r.returncode == 2 and "huggingface-cli download google/gemma-3-27b-it" in r.stderr
-    assert "HF_TOKEN" in r.stderr and "Traceback" not in r.stderr
-    r = _cli("run", "--preset", "nope", "--prompt", "hi")
-    assert r.returncode == 2 and "Unknown preset" in r.stderr
+    with reusing_demo_loads(demo_tokenizer, demo_paths):  # the demo's tokenizer files: loaded once
+        code, out, err = _cli(capsys, "check", "--preset", "demo")
+        assert code == 0, err
+        assert "pair is consistent" in out
+        code, out, err = _cli(capsys, "check", "--preset", "demo", "--av", str(bad))
+        assert code == 2 and "Tokenizer drift" in err and "Traceback" not in err
+    code, out, err = _cli(capsys, "check", "--preset", "gemma3-27b")
+    assert code == 2 and "huggingface-cli download google/gemma-3-27b-it" in err
+    assert "HF_TOKEN" in err and "Traceback" not in err
+    code, out, err = _cli(capsys, "run", "--preset", "nope", "--prompt", "hi")
+    assert code == 2 and "Unknown preset" in err
 
 
 # ------------------------------------------------------------------ multimodal layout
@@ -165,7 +174,7 @@ def _tiny_multimodal(path: Path, layers: int, tok_dir: Path) -> None:
             shutil.copy(f, path / f.name)
 
 
-def test_multimodal_wrapper_loads_and_round_trips(demo_paths, tmp_path):
+def test_multimodal_wrapper_loads_and_round_trips(demo_paths, demo_tokenizer, tmp_path):
     """The released Gemma AV/AR keep Gemma3ForConditionalGeneration (text_config,
     model.language_model). A tiny random one goes through the same engine path."""
     from nla_tui.core.runtime.engine import Engine
@@ -190,7 +199,8 @@ def test_multimodal_wrapper_loads_and_round_trips(demo_paths, tmp_path):
 
     save_file({"weight": torch.randn(64, 64)}, str(ar / "value_head.safetensors"))
     eng = Engine.from_options(subject=str(subj), av=str(av), ar=str(ar), device="cpu", quant="fp32")
-    info = eng.load()
+    with reusing_demo_loads(demo_tokenizer, demo_paths):  # the tiny models' tokenizer files are the demo's
+        info = eng.load()
     assert info.layer == 2 and info.d_model == 64 and src_av.injection_char == "㈜"
     from transformers import Gemma3ForConditionalGeneration
 
@@ -209,13 +219,13 @@ def test_multimodal_wrapper_loads_and_round_trips(demo_paths, tmp_path):
 def test_nf4_path_runs_on_cpu(demo_engine):
     """bitsandbytes 4-bit on CPU: the subject loads in nf4 and captures activations
     close to the fp32 ones (quantisation changes them, but not their direction)."""
-    from nla_tui.core.models.loading import load_model, load_tokenizer, resolve_checkpoint
+    from nla_tui.core.models.loading import load_model, resolve_checkpoint
     from nla_tui.core.models.subject import Subject
 
     ck = resolve_checkpoint(demo_engine.subject.model.name_or_path)
     model = load_model(ck, "nf4", "cpu")
     assert any("4bit" in type(m).__name__ for m in model.modules())
-    subj = Subject(model, load_tokenizer(ck), demo_engine.subject.layer)
+    subj = Subject(model, demo_engine.subject.tok, demo_engine.subject.layer)  # same files as ck's
     ids = [t.token_id for t in demo_engine.tokens]
     cap = subj.capture(ids)
     a, b = cap.activations[1:], demo_engine.activations[1:]
@@ -238,7 +248,7 @@ def _fake_hub_cache(root: Path, repo: str, src: Path) -> str:
     return commit
 
 
-def test_hub_ids_resolve_offline_from_the_hf_cache(demo_paths, tmp_path, monkeypatch):
+def test_hub_ids_resolve_offline_from_the_hf_cache(demo_paths, demo_tokenizer, tmp_path, monkeypatch):
     """The released pairs load by hub id from the HF cache (HF_HUB_OFFLINE=1): the demo
     pair, laid out as a hub download, goes through that path and loads fully."""
     hub = tmp_path / "hub"
@@ -255,7 +265,8 @@ def test_hub_ids_resolve_offline_from_the_hf_cache(demo_paths, tmp_path, monkeyp
 
     eng = Engine.from_options(subject="local-test/nla-demo-subject", av="local-test/nla-demo-av",
                               ar="local-test/nla-demo-ar", device="cpu", quant="fp32", cache=False)
-    info = eng.load()
+    with reusing_demo_loads(demo_tokenizer, demo_paths):  # weights load from the hub layout; tokenizers once
+        info = eng.load()
     assert info.av == "local-test/nla-demo-av" and info.revision["ar"] == commits["ar"]
     assert info.layer == 12 and not info.untrained_av and "trained here" in info.pair_note
     with pytest.raises(Exception, match="not in the local Hugging Face cache"):

@@ -13,6 +13,7 @@ import pytest
 
 from nla_tui.core import events as ev
 from nla_tui.core.types import Sampling
+from tests._support_engine import reusing_demo_loads
 
 
 def _run(*args, env=None, timeout=900):
@@ -20,7 +21,23 @@ def _run(*args, env=None, timeout=900):
                           env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=timeout)
 
 
+def _main(capsys, *args) -> tuple[int, str, str]:
+    """`cli.main` in-process: exit code, stdout, stderr. argparse's own refusals exit
+    through SystemExit; any other exception escapes with its traceback and fails the
+    test, so "no traceback" holds whenever this returns. The command's own process is
+    test_run_writes_a_valid_session's."""
+    from nla_tui import cli
+
+    try:
+        code = cli.main(list(args))
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def test_run_writes_a_valid_session(demo_paths, tmp_path):
+    # The real command in its own process: load, chat, explain, write (keep it that way).
     from nla_tui.core.store.session import load_session
 
     out = tmp_path / "s"
@@ -44,12 +61,14 @@ def test_run_writes_a_valid_session(demo_paths, tmp_path):
         assert e.score.fve_nrm is not None
 
 
-def test_run_with_messages_file(tmp_path, demo_paths):
+def test_run_with_messages_file(tmp_path, demo_paths, demo_tokenizer, demo_engine, capsys):
     msgs = tmp_path / "m.json"
     msgs.write_text(json.dumps([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]))
-    r = _run("run", "--preset", "demo", "--messages", str(msgs), "--explain", "none")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "Hello" in r.stdout and " model " in r.stdout
+    # In-process, Engine.load given the demo weights and tokenizer already in memory.
+    with reusing_demo_loads(demo_tokenizer, demo_paths, demo_engine, models=("subject", "av", "ar")):
+        code, out, err = _main(capsys, "run", "--preset", "demo", "--messages", str(msgs), "--explain", "none")
+    assert code == 0, err[-2000:]
+    assert "Hello" in out and " model " in out
 
 
 @pytest.mark.parametrize("args, message", [
@@ -58,19 +77,19 @@ def test_run_with_messages_file(tmp_path, demo_paths):
     (["run", "--preset", "demo", "--messages", "/nonexistent.json"], "does not exist"),
     (["run", "--devices", "subject=9x", "--prompt", "hi"], "--devices takes"),
 ])
-def test_bad_input_exit_2_without_traceback(args, message):
-    r = _run(*args, timeout=120)
-    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+def test_bad_input_exit_2_without_traceback(args, message, capsys):
+    code, _, err = _main(capsys, *args)
+    assert code == 2 and message in err and "Traceback" not in err
 
 
-def test_bad_messages_file(tmp_path):
+def test_bad_messages_file(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text('{"not": "a list"')
-    r = _run("run", "--preset", "demo", "--messages", str(bad), timeout=120)
-    assert r.returncode == 2 and "not valid JSON" in r.stderr
+    code, _, err = _main(capsys, "run", "--preset", "demo", "--messages", str(bad))
+    assert code == 2 and "not valid JSON" in err
     bad.write_text('[{"role": "robot", "content": "x"}]')
-    r = _run("run", "--preset", "demo", "--messages", str(bad), timeout=120)
-    assert r.returncode == 2 and "unknown role" in r.stderr
+    code, _, err = _main(capsys, "run", "--preset", "demo", "--messages", str(bad))
+    assert code == 2 and "unknown role" in err
 
 
 class Collector:

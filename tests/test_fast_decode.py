@@ -17,17 +17,17 @@ N_NEW = 8  # enough to leave the prompt's echo; CPU decode is ~0.3 s/step
 
 
 @pytest.fixture(scope="module")
-def av():
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def av(demo_paths, demo_tokenizer):
+    """The demo AV's weights loaded here with plain transformers (not the engine's copy);
+    its tokenizer files are the ones the session's demo tokenizer was loaded from."""
+    from transformers import AutoModelForCausalLM
 
     from nla_tui.core.nla.av import Verbalizer
-    from nla_tui.core.nla.demo import ensure_demo
     from nla_tui.core.nla.sidecar import read_sidecar
 
-    path = ensure_demo()["av"]
-    tok = AutoTokenizer.from_pretrained(path)
+    path = demo_paths["av"]
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    return Verbalizer(model, tok, read_sidecar(path))
+    return Verbalizer(model, demo_tokenizer, read_sidecar(path))
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ from nla_tui.core.errors import CheckpointError, InputError
 from nla_tui.core.store.export import export_session, to_html, to_json, to_markdown
 from nla_tui.core.store.session import load_session, save_session
 from nla_tui.core.types import Explanation, Message, Sampling, Score
+from tests._support_engine import reusing_demo_loads
 from tests._support_session import REAL_SESSION, make_session
 
 from tests._support_reliability import (REPO, INJECT, MARKUP, snapshot, main, no_load, clone_ckpt, write_value_head, strict_json)  # noqa: F401 (no_load is a fixture)
@@ -86,15 +85,19 @@ def test_1_export_refuses_to_write_over_a_session(tmp_path, capsys):
     assert snapshot(s) == before
 
 
-def test_1_force_replaces_a_session_and_keeps_foreign_files(demo_paths, tmp_path):
+def test_1_force_replaces_a_session_and_keeps_foreign_files(demo_paths, demo_tokenizer, demo_engine, tmp_path,
+                                                            capsys):
     out = tmp_path / "s"
     save_session(make_session(), out)
     (out / "notes.txt").write_text("mine")
     # --subject DIR with --preset demo (item 8): the user's directory keeps its own name.
-    r = subprocess.run([sys.executable, "-m", "nla_tui.cli", "run", "--preset", "demo", "--prompt", "Hi",
-                        "--subject", str(demo_paths["subject"]), "--max-new-tokens", "3", "--explain", "none",
-                        "--out", str(out), "--force"], capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert r.returncode == 0, r.stderr[-2000:]
+    # In-process, Engine.load given the demo weights and tokenizer already in memory
+    # (tests/_support_engine.py); the command's own process is test_core_cli_worker's.
+    with reusing_demo_loads(demo_tokenizer, demo_paths, demo_engine, models=("subject", "av", "ar")):
+        code, _, err = main(capsys, "run", "--preset", "demo", "--prompt", "Hi", "--subject",
+                            str(demo_paths["subject"]), "--max-new-tokens", "3", "--explain", "none",
+                            "--out", str(out), "--force")
+    assert code == 0, err[-2000:]
     assert (out / "notes.txt").read_text() == "mine"
     s = load_session(out)
     assert s.info.d_model == 640 and s.messages[0].content == "Hi"

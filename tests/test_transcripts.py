@@ -13,6 +13,7 @@ import pytest
 from nla_tui.core.errors import InputError
 from nla_tui.core.store.transcript import load_transcript, parse_transcript, tool_call_text
 from nla_tui.core.types import Message
+from tests._support_engine import reusing_demo_loads
 
 AGENT = Path(__file__).parent / "data" / "agent_transcript.json"
 
@@ -101,7 +102,7 @@ def test_round_trip_open_capture_save_export_keeps_every_role(demo_engine, tmp_p
         demo_engine.set_conversation(before)
 
 
-def test_over_the_context_fails_before_any_model_loads(demo_paths, tmp_path, monkeypatch, capsys):
+def test_over_the_context_fails_before_any_model_loads(demo_paths, demo_tokenizer, tmp_path, monkeypatch, capsys):
     """A transcript longer than Gemma 3 270M's 32,768 positions: one paragraph, exit 2,
     and no weights ever load (load_model would raise)."""
     import nla_tui.core.runtime.engine as engine_mod
@@ -114,7 +115,8 @@ def test_over_the_context_fails_before_any_model_loads(demo_paths, tmp_path, mon
     big = tmp_path / "big.jsonl"
     big.write_text(json.dumps({"role": "user", "content": "word " * 40000}) + "\n"
                    + json.dumps({"role": "assistant", "content": "ok"}) + "\n")
-    assert main(["run", "--preset", "demo", "--messages", str(big), "--explain", "none"]) == 2
+    with reusing_demo_loads(demo_tokenizer, demo_paths):  # the subject's tokenizer: the session's
+        assert main(["run", "--preset", "demo", "--messages", str(big), "--explain", "none"]) == 2
     err = capsys.readouterr().err
     assert "reads at most 32,768" in err and "Shorten the transcript" in err
 

@@ -1,0 +1,73 @@
+"""Reusing what the session already loaded (tests/conftest.py: demo_tokenizer, demo_engine).
+
+Loading Gemma 3's tokenizer costs ~6 s on 2 cores (a 33 MB tokenizer.json parsed in
+Python) and Engine.load loads three of them (subject, AV and AR ship the same files), so
+a real load is ~25 s of which ~19 s are tokenizers. Tests about what Engine.load, `run`
+or `check` *do* with checkpoints (sources, hub ids, sidecars, validation, ModelInfo,
+the session written) run the real code with only these answered from memory:
+
+- load_tokenizer: a checkpoint whose tokenizer files are byte-identical to the demo's
+  gets the already loaded demo tokenizer (the same object, as the tests that share
+  demo_engine's models already do); any other checkpoint loads its own.
+- load_model (only for the roles asked for): a demo checkpoint in fp32 on CPU gets the
+  demo engine's model for that role; anything else loads from disk.
+
+Reading the files themselves stays covered: the demo_engine fixture loads for real, and
+test_core_cli_worker.py::test_run_writes_a_valid_session runs `run` in its own process.
+Tests that change a shared tokenizer must not (copy.copy it first)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from pathlib import Path
+
+import pytest
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                    "added_tokens.json", "chat_template.jinja", "chat_template.json")
+_DIGESTS: dict[str, str] = {}
+
+
+def tokenizer_digest(path: Path) -> str:
+    """What AutoTokenizer reads from a directory: the tokenizer files, by content."""
+    path = Path(path)
+    h = hashlib.sha256()
+    for name in _TOKENIZER_FILES:
+        f = path / name
+        h.update(name.encode() + (f.read_bytes() if f.is_file() else b"\0absent"))
+    return h.hexdigest()
+
+
+def _demo_digest(demo_dir: Path) -> str:
+    key = str(Path(demo_dir).resolve())
+    if key not in _DIGESTS:
+        _DIGESTS[key] = tokenizer_digest(demo_dir)
+    return _DIGESTS[key]
+
+
+@contextlib.contextmanager
+def reusing_demo_loads(demo_tokenizer, demo_paths, engine=None, models=()):
+    """While active, the loads above are answered from memory. `models`: the roles
+    ("subject", "av", "ar") whose demo weights come from `engine` instead of disk."""
+    import nla_tui.core.nla.check as check_mod
+    import nla_tui.core.runtime.engine as engine_mod
+    import nla_tui.core.runtime.precheck as precheck_mod
+
+    demo = _demo_digest(demo_paths["av"])
+    demo_dirs = {Path(demo_paths[r]).resolve(): r for r in models}
+    assert not models or engine is not None
+    with pytest.MonkeyPatch.context() as mp:
+        for mod in (engine_mod, precheck_mod, check_mod):
+            # Anything else goes to what was there (the real loader, or a test's own guard).
+            def load_tokenizer(ckpt, _load=mod.load_tokenizer):
+                return demo_tokenizer if tokenizer_digest(ckpt.path) == demo else _load(ckpt)
+            mp.setattr(mod, "load_tokenizer", load_tokenizer)
+        if models:
+            def load_model(ckpt, quant, device, device_map=None, *args, _load=engine_mod.load_model, **kwargs):
+                role = demo_dirs.get(Path(ckpt.path).resolve())
+                if role and quant == "fp32" and device == "cpu" and device_map is None:
+                    return getattr(engine, role).model
+                return _load(ckpt, quant, device, device_map, *args, **kwargs)
+            mp.setattr(engine_mod, "load_model", load_model)
+        yield
