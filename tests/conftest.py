@@ -22,19 +22,24 @@ def demo_paths():
 
 
 @pytest.fixture(scope="session")
-def demo_engine(demo_paths):
+def demo_engine(demo_paths, demo_tokenizer):
     """A loaded Engine on the demo preset with one short real chat turn captured.
-    Tests that change its conversation must restore it (or use their own engine)."""
+    Tests that change its conversation must restore it (or use their own engine).
+    Its weights load from disk; its three tokenizers are demo_tokenizer (subject, AV and
+    AR ship byte-identical tokenizer files, and each load is ~6 s on 2 cores)."""
     from nla_tui.core.runtime.engine import Engine
+    from tests._support_engine import reusing_demo_loads
 
     engine = Engine.from_options(preset="demo", device="cpu", quant="fp32")
-    engine.load()
+    with reusing_demo_loads(demo_tokenizer, demo_paths):
+        engine.load()
     engine.chat("What is the capital of France?", max_new_tokens=8)
     return engine
 
 
 @pytest.fixture(scope="session")
 def demo_tokenizer(demo_paths):
+    """The demo AV's tokenizer, loaded once. Shared: a test that edits it edits a copy."""
     from nla_tui.core.models.loading import load_tokenizer, resolve_checkpoint
 
     return load_tokenizer(resolve_checkpoint(demo_paths["av"]))
