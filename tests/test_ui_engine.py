@@ -159,7 +159,6 @@ async def test_demo_opens_on_its_teacher_forced_example_and_chat_stays_available
     from nla_tui.core.nla.presets import DEMO_EXAMPLE
     from nla_tui.core.store.transcript import load_transcript
     from nla_tui.ui.input_actions import EXAMPLE_NOTE
-    from nla_tui.ui.widgets.chat import ChatMessage
 
     example = load_transcript(DEMO_EXAMPLE)
     assert [m.role for m in example] == ["user", "assistant"] * (len(example) // 2)
@@ -174,7 +173,7 @@ async def test_demo_opens_on_its_teacher_forced_example_and_chat_stays_available
         assert len(app.state.tokens) == len(shared_engine.tokens) > 40
         reply = "".join(t.text for t in app.state.tokens if t.role == "model")
         assert "sheltered port" in reply and "reverse" in reply
-        assert [w.message_text for w in app.chat.log.query(ChatMessage)] == [m.content for m in example]
+        assert [(e.role, e.text) for e in app.chat.log.entries] == [(m.role, m.content) for m in example]
         # The note is on screen, on one line at this size.
         note = app.query_one("#chat-note")
         assert app.chat.note == EXAMPLE_NOTE and note.region.height == 1
