@@ -19,30 +19,19 @@ Tests that change a shared tokenizer must not (copy.copy it first)."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from pathlib import Path
 
 import pytest
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                    "added_tokens.json", "chat_template.jinja", "chat_template.json")
+from nla_tui.core.models.loading import resolve_checkpoint, tokenizer_digest
+
 _DIGESTS: dict[str, str] = {}
-
-
-def tokenizer_digest(path: Path) -> str:
-    """What AutoTokenizer reads from a directory: the tokenizer files, by content."""
-    path = Path(path)
-    h = hashlib.sha256()
-    for name in _TOKENIZER_FILES:
-        f = path / name
-        h.update(name.encode() + (f.read_bytes() if f.is_file() else b"\0absent"))
-    return h.hexdigest()
 
 
 def _demo_digest(demo_dir: Path) -> str:
     key = str(Path(demo_dir).resolve())
     if key not in _DIGESTS:
-        _DIGESTS[key] = tokenizer_digest(demo_dir)
+        _DIGESTS[key] = tokenizer_digest(resolve_checkpoint(demo_dir))
     return _DIGESTS[key]
 
 
@@ -50,6 +39,7 @@ def _demo_digest(demo_dir: Path) -> str:
 def reusing_demo_loads(demo_tokenizer, demo_paths, engine=None, models=()):
     """While active, the loads above are answered from memory. `models`: the roles
     ("subject", "av", "ar") whose demo weights come from `engine` instead of disk."""
+    import nla_tui.core.models.loading as loading_mod  # Engine.load: loading.load_tokenizers
     import nla_tui.core.nla.check as check_mod
     import nla_tui.core.runtime.engine as engine_mod
     import nla_tui.core.runtime.precheck as precheck_mod
@@ -58,10 +48,10 @@ def reusing_demo_loads(demo_tokenizer, demo_paths, engine=None, models=()):
     demo_dirs = {Path(demo_paths[r]).resolve(): r for r in models}
     assert not models or engine is not None
     with pytest.MonkeyPatch.context() as mp:
-        for mod in (engine_mod, precheck_mod, check_mod):
+        for mod in (loading_mod, precheck_mod, check_mod):
             # Anything else goes to what was there (the real loader, or a test's own guard).
             def load_tokenizer(ckpt, _load=mod.load_tokenizer):
-                return demo_tokenizer if tokenizer_digest(ckpt.path) == demo else _load(ckpt)
+                return demo_tokenizer if tokenizer_digest(ckpt) == demo else _load(ckpt)
             mp.setattr(mod, "load_tokenizer", load_tokenizer)
         if models:
             def load_model(ckpt, quant, device, device_map=None, *args, _load=engine_mod.load_model, **kwargs):

@@ -12,9 +12,9 @@ import torch
 import yaml
 
 from nla_tui.core.errors import CheckpointError
-from nla_tui.core.models.loading import resolve_checkpoint
+from nla_tui.core.models.loading import resolve_checkpoint, tokenizer_digest
 from nla_tui.core.nla.sidecar import read_sidecar, validate_ar, validate_av
-from tests._support_engine import reusing_demo_loads, tokenizer_digest
+from tests._support_engine import reusing_demo_loads
 
 
 def clone_ckpt(src: Path, dst: Path, edit=None) -> Path:
@@ -100,7 +100,8 @@ def test_missing_sidecar_and_older_key_names(demo_paths, demo_tokenizer, tmp_pat
 def test_ar_checks(demo_paths, demo_tokenizer, tmp_path):
     ar = clone_ckpt(demo_paths["ar"], tmp_path / "ar", _set("critic.extraction_layer_index", 7))
     meta = read_sidecar(ar)
-    assert tokenizer_digest(ar) == tokenizer_digest(demo_paths["av"])  # the AR ships the same files
+    # the AR ships the same tokenizer files (Engine.load then loads the tokenizer once)
+    assert tokenizer_digest(resolve_checkpoint(ar)) == tokenizer_digest(resolve_checkpoint(demo_paths["av"]))
     tok = demo_tokenizer
     with pytest.raises(CheckpointError, match="K\\+1=8"):
         validate_ar(meta, tok, num_layers=13)
@@ -271,3 +272,22 @@ def test_hub_ids_resolve_offline_from_the_hf_cache(demo_paths, demo_tokenizer, t
     assert info.layer == 12 and not info.untrained_av and "trained here" in info.pair_note
     with pytest.raises(Exception, match="not in the local Hugging Face cache"):
         resolve_checkpoint("local-test/absent-repo")
+
+
+def test_byte_identical_tokenizer_files_load_one_tokenizer(demo_paths, tmp_path, monkeypatch):
+    """Engine.load's tokenizers: the demo's subject, AV and AR ship the same files, so one
+    load serves all three (each is ~6 s on 2 cores); a changed file gets its own load."""
+    import shutil
+
+    import nla_tui.core.models.loading as loading
+
+    other = tmp_path / "ar"
+    shutil.copytree(demo_paths["ar"], other)
+    cfg = other / "tokenizer_config.json"
+    cfg.write_text(cfg.read_text() + "\n")  # one byte more: no longer the same files
+    loads = []
+    monkeypatch.setattr(loading, "load_tokenizer", lambda ckpt: loads.append(ckpt.path) or object())
+    ckpts = {r: resolve_checkpoint(demo_paths[r]) for r in ("subject", "av", "ar")}
+    toks = loading.load_tokenizers({**ckpts, "other": resolve_checkpoint(other)})
+    assert len(loads) == 2
+    assert toks["subject"] is toks["av"] is toks["ar"] and toks["other"] is not toks["ar"]

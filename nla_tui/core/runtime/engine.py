@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import CheckpointError, InputError
 from ..models.context import check_context
-from ..models.loading import (Checkpoint, default_device, default_quant, load_model, load_tokenizer,
+from ..models.loading import (Checkpoint, default_device, default_quant, load_model, load_tokenizers,
                               resolve_checkpoint, text_config)
 from ..models.subject import Subject
 from ..nla.ar import Reconstructor
@@ -84,13 +84,15 @@ class Engine:
             or default_quant(device)
         placement = self._place(ckpts, quant, device)
         models = {}
+        report("subject", 0.0, "loading tokenizers")
+        tokenizers = load_tokenizers(ckpts)
         for key in ("subject", "av", "ar"):
             kw = placement_kwargs(placement, key) if placement else {}
             where = placement.label(key) if placement else device
             report(key, 0.0, f"loading {ckpts[key].name} ({quant}, {where})")
             models[key] = (load_model(ckpts[key], quant, device, kw.get("device_map"), kw.get("max_memory"),
                                       self.caches.quantised, lambda f, m, k=key: report(k, f, m)),
-                           load_tokenizer(ckpts[key]))
+                           tokenizers[key])
             report(key, 1.0, "loaded")
         self.placement_text = describe_placement(placement, models) if placement else device
         self.cards = sorted({p.device.index or 0 for m, _ in models.values() for p in m.parameters()
