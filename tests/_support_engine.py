@@ -39,8 +39,7 @@ def _demo_digest(demo_dir: Path) -> str:
 def reusing_demo_loads(demo_tokenizer, demo_paths, engine=None, models=()):
     """While active, the loads above are answered from memory. `models`: the roles
     ("subject", "av", "ar") whose demo weights come from `engine` instead of disk."""
-    import nla_tui.core.models.loading as loading_mod  # Engine.load: loading.load_tokenizers
-    import nla_tui.core.nla.check as check_mod
+    import nla_tui.core.models.loading as loading_mod  # Engine.load and check: load_tokenizers
     import nla_tui.core.runtime.engine as engine_mod
     import nla_tui.core.runtime.precheck as precheck_mod
 
@@ -48,7 +47,7 @@ def reusing_demo_loads(demo_tokenizer, demo_paths, engine=None, models=()):
     demo_dirs = {Path(demo_paths[r]).resolve(): r for r in models}
     assert not models or engine is not None
     with pytest.MonkeyPatch.context() as mp:
-        for mod in (loading_mod, precheck_mod, check_mod):
+        for mod in (loading_mod, precheck_mod):
             # Anything else goes to what was there (the real loader, or a test's own guard).
             def load_tokenizer(ckpt, _load=mod.load_tokenizer):
                 return demo_tokenizer if tokenizer_digest(ckpt) == demo else _load(ckpt)

@@ -135,11 +135,14 @@ def test_mutated_sessions_never_traceback_and_are_never_changed(data):
         assert snapshot(d) == before
 
 
+from nla_tui.core.models.loading import load_tokenizer as _real_load_tokenizer  # noqa: E402 (before any patch)
+
+
 @functools.lru_cache(maxsize=4)
 def _tokenizer(real_dir: str):
-    from nla_tui.core.models.loading import load_tokenizer, resolve_checkpoint
+    from nla_tui.core.models.loading import resolve_checkpoint
 
-    return load_tokenizer(resolve_checkpoint(real_dir))
+    return _real_load_tokenizer(resolve_checkpoint(real_dir))
 
 
 def _cached_tokenizer(ckpt):
@@ -166,7 +169,7 @@ def test_mutated_sidecars_never_traceback_and_are_never_changed(demo_paths, data
         else:
             meta.write_bytes(mutate_bytes(data, meta.read_bytes()))
         before = snapshot(ck)
-        with mock.patch("nla_tui.core.nla.check.load_tokenizer", _cached_tokenizer):
+        with mock.patch("nla_tui.core.models.loading.load_tokenizer", _cached_tokenizer):
             code, out, err = run_cli("check", "--preset", "demo", f"--{role}", str(ck))
         assert_outcome(code, out, err, "check")
         assert snapshot(ck) == before

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import CheckpointError, NlaError
-from ..models.loading import load_tokenizer, resolve_checkpoint
+from ..models.loading import load_tokenizers, resolve_checkpoint
 from ..models.weights_header import checkpoint_tensors, summarize
 from ..options import EngineOptions
 from .presets import resolve_sources
@@ -96,12 +96,13 @@ def check_pair(opts: EngineOptions, say: Callable[[str], None]) -> bool:
     read_value_head(ck["ar"].path, ar_meta.d_model)
     say(f"ok  value_head.safetensors: one finite ({ar_meta.d_model}, {ar_meta.d_model}) weight")
     av_cfg, ar_cfg, subj_cfg = cfgs["av"], cfgs["ar"], cfgs["subject"]
-    av_tok = load_tokenizer(ck["av"])
+    toks = load_tokenizers({"av": ck["av"], "ar": ck["ar"]})  # one load when their files are the same
+    av_tok = toks["av"]
     ids = validate_av(av_meta, av_tok, av_cfg.get("hidden_size"))
     slot = find_injection_slot(av_meta, ids)
     say(f"ok  AV prompt: {len(ids)} tokens, one injection slot at {slot} "
         f"(neighbours {av_meta.left_neighbor_id}/{av_meta.right_neighbor_id})")
-    ar_tok = load_tokenizer(ck["ar"])
+    ar_tok = toks["ar"]
     validate_ar(ar_meta, ar_tok, ar_cfg.get("num_hidden_layers"))
     say(f"ok  AR: {ar_cfg.get('num_hidden_layers')} layers = K+1, <bos> added, prompt suffix matches")
     k = opts.layer if opts.layer is not None else ar_meta.extraction_layer
