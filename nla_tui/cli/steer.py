@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..core.errors import InputError
 from ..core.steer_jobs import DEFAULT_ALPHA
 from .common import add_model_args
 from .session_engine import add_sampling_args, check_token, load_engine, sampling, write_json
@@ -34,22 +33,12 @@ def add_subparser(sub) -> None:
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
-    import math
-
-    from ..core.models.steering import positions
+    from ..core.runtime.whatif import check_arguments, what_if
     from ..core.store.session import load_session, save_session
 
     session = load_session(args.session)
     check_token(session, args.token, "--token")
-    positions(args.token, args.span)
-    if not args.edit.strip():
-        raise InputError("--edit is empty: give the edited explanation (what the model should have thought).")
-    if not math.isfinite(args.alpha):
-        raise InputError(f"--alpha {args.alpha} is not a finite number; try 1 (the activation's own norm).")
-    if args.max_new_tokens < 1:
-        raise InputError(f"--max-new-tokens {args.max_new_tokens} must be at least 1.")
-    from ..core.runtime.whatif import what_if
-
+    check_arguments(args.token, args.edit, args.alpha, args.span, args.max_new_tokens)  # before any model loads
     engine = load_engine(session, args)
     branch = what_if(engine, args.token, args.edit, args.alpha, args.span, args.max_new_tokens,
                      sampling=sampling(args))

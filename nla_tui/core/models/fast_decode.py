@@ -152,7 +152,7 @@ class _Runner:
         return self._forward(self.pos, ids=self.ids)
 
     def _capture(self):
-        # One capture at a time in the process (AV replicas capture in their own threads).
+        # One capture at a time (replicas capture in threads); the verified two-card setup.
         with _CAPTURE_LOCK:
             self._capture_locked()
 

@@ -34,12 +34,17 @@ def check_request(engine, index: int, edited: str, alpha: float, span: str, max_
     """Everything about a what-if that can be wrong, checked before any model runs."""
     engine._need_models()
     _check_index(engine, index)
+    check_arguments(index, edited, alpha, span, max_new_tokens)
+
+
+def check_arguments(index: int, edited: str, alpha: float, span: str, max_new_tokens: int) -> None:
+    """The checks that need no model (`nla-tui steer` runs them before loading any)."""
     positions(index, span)  # raises on an unknown span
     if not edited or not edited.strip():
         raise InputError("The edited explanation is empty: write what the model should have thought "
                          "(e.g. the original explanation with one concept changed).")
     if not math.isfinite(alpha):
-        raise InputError(f"--alpha {alpha} is not a finite number; try 1 (the activation's own norm) or 0.5.")
+        raise InputError(f"--alpha {alpha} is not a finite number; try {DEFAULT_ALPHA:g} (× the activation's own norm).")
     if max_new_tokens < 1:
         raise InputError(f"--max-new-tokens {max_new_tokens} must be at least 1.")
 
