@@ -137,3 +137,72 @@ def test_batch_is_one_the_decoder_pads_within_the_memory():
         for rows in (3, 50, 150, 400):
             b = rows_that_fit(fit_rows * 1000, 1000, 160, rows, share=1.0)
             assert 1 <= b <= rows and (bucket_for(b) <= max(1, min(fit_rows, 160)) or b == 1)
+
+
+def _failing_allocator(monkeypatch, fail_on: set[int]):
+    """Make the n-th destination allocation of an unpark (1-based, over the whole test) fail as
+    CUDA does when the card is out of memory; returns the destinations it did hand out."""
+    from nla_tui.core.models import parking as pk
+
+    real, calls, made = pk._device_empty, [0], []
+
+    def alloc(like, device):
+        calls[0] += 1
+        if calls[0] in fail_on:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.63 GiB (injected)")
+        t = real(like, device)
+        made.append(t)
+        return t
+    monkeypatch.setattr(pk, "_device_empty", alloc)
+    return made
+
+
+def test_a_failed_unpark_leaves_each_model_whole_and_a_retry_brings_it_back(monkeypatch):
+    from nla_tui.core.models.parking import UnparkError, ensure_unparked
+
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 4))
+    b = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(16, 2))
+    before = {k: {n: p.detach().clone() for n, p in m.named_parameters()} for k, m in (("a", a), ("b", b))}
+    x = torch.randn(3, 16)
+    out_b = b(x).detach()
+    # a has 4 parameters and comes back first; the 2nd allocation for b fails, twice (the retry too).
+    made = _failing_allocator(monkeypatch, fail_on={6, 9})
+    state: dict = {}
+    with pytest.raises(UnparkError, match=r"could not bring the b .* back to cpu .*out of memory.*tries again"):
+        with parked({"a": a, "b": b}, torch.device("cpu"), state=state):
+            parked_ptrs = {n: p.data_ptr() for n, p in b.named_parameters()}
+    assert state["parked"] == ["b"] and state["pending"] is not None
+    handed_out = {t.data_ptr() for t in made}
+    # a is back on its new storage; b is wholly on its host copies, none of its half-allocated
+    # destinations in use, and it computes what it did.
+    assert all(p.data_ptr() in handed_out for p in a.parameters())
+    assert {n: p.data_ptr() for n, p in b.named_parameters()} == parked_ptrs
+    assert torch.equal(b(x), out_b)
+    for k, m in (("a", a), ("b", b)):
+        assert all(torch.equal(p, before[k][n]) for n, p in m.named_parameters())
+    monkeypatch.undo()
+    ensure_unparked(state)  # what the engine runs before the next use
+    assert state["parked"] == [] and state["pending"] is None
+    assert all(p.data_ptr() not in parked_ptrs.values() for p in b.parameters())
+    assert torch.equal(b(x), out_b)
+
+
+@pytest.mark.slow
+def test_engine_recovers_after_explain_all_cannot_bring_the_models_back(parking_engine, monkeypatch):
+    from nla_tui.core.models.parking import UnparkError
+
+    eng = parking_engine
+    snaps = {"subject": _param_snapshot(eng.subject.model), "ar": _param_snapshot(eng.ar.model)}
+    score_before = eng.score("Paris is the capital.", eng.activations[1])
+    _failing_allocator(monkeypatch, fail_on=set(range(1, 10_000)))  # nothing fits the card any more
+    with pytest.raises(UnparkError, match="stay whole in host memory"):
+        eng.explain([0, 1], SAMPLING)
+    assert eng.park_state["parked"] == ["ar", "subject"]
+    with pytest.raises(UnparkError):  # still no room: the next use says so instead of crashing
+        eng.score("Paris is the capital.", eng.activations[1])
+    monkeypatch.undo()  # memory is free again
+    assert eng.score("Paris is the capital.", eng.activations[1]) == score_before
+    assert eng.park_state["parked"] == []
+    _assert_back(eng.subject.model, snaps["subject"])
+    _assert_back(eng.ar.model, snaps["ar"])

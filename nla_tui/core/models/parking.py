@@ -13,10 +13,14 @@ every module, hook and bitsandbytes quant_state object stays the same Python obj
 from __future__ import annotations
 
 import contextlib
+import gc
+import os
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import torch
+
+from ..errors import NlaError
 
 GIB = 1 << 30
 # Share of the free memory the AV's KV cache may use: the rest is for activations, allocator
@@ -110,57 +114,189 @@ def bytes_on(models: Iterable, device: torch.device) -> int:
     return sum(p.numel() * p.element_size() for p in _params_on(models, device))
 
 
+class UnparkError(NlaError):
+    """A parked model could not come back to its card. Every parameter of it is still in host
+    memory (never half moved); the engine tries again before the model is next used."""
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e))
+
+
+def _device_empty(like: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The destination of one parameter on the card (one place to inject a failure in tests)."""
+    return torch.empty(like.shape, dtype=like.dtype, device=device)
+
+
+class Parking:
+    """The parameters of some models moved to host memory, and the way back.
+
+    `park` moves every parameter of the given models that lives on `device` to host memory (pinned
+    on CUDA). `unpark` brings them back one model at a time, all of a model or none of it: its
+    destinations on the card are all allocated (largest first, after the allocator's cache is
+    emptied) before any parameter is switched over, so an allocation failure leaves that model
+    wholly in host memory, consistent and usable again once `unpark` succeeds. Weights move by
+    swapping each parameter's storage (`p.data`), so every module, hook and bitsandbytes
+    quant_state object stays the same Python object."""
+
+    def __init__(self, device: torch.device, pin: bool | None = None):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.pin = (self.cuda if pin is None else pin) and _can_pin()
+        # role -> [(parameter, its device storage until the parking is complete, then None)]
+        self.moved: dict[str, list[list]] = {}
+        self.registered: list[torch.Tensor] = []  # host copies pinned in place; alive until unpinned
+        self.sizes: dict[str, int] = {}
+        self.attempts = 0
+
+    @property
+    def parked_roles(self) -> list[str]:
+        return sorted(r for r, recs in self.moved.items() if recs and self.sizes.get(r))
+
+    def park(self, models: dict[str, object]) -> dict[str, int]:
+        seen: set[int] = set()
+        for role, model in models.items():
+            self.sizes[role] = 0
+            recs = self.moved.setdefault(role, [])
+            for p in _params_on([model], self.device):
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
+                if self.pin and _RELEASE_PINNED is not None:  # torch's pinned allocator: fastest copies
+                    host = torch.empty(p.data.shape, dtype=p.data.dtype, device="cpu", pin_memory=True)
+                    pinned = True
+                else:
+                    host = torch.empty(p.data.shape, dtype=p.data.dtype, device="cpu")
+                    pinned = self.pin and _register(host, self.registered)
+                host.copy_(p.data, non_blocking=pinned)
+                recs.append([p, p.data])
+                self.sizes[role] += p.numel() * p.element_size()
+                p.data = host
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        for recs in self.moved.values():  # the host copies are complete: let the card's storage go
+            for rec in recs:
+                rec[1] = None
+        if self.cuda:
+            torch.cuda.empty_cache()
+        return dict(self.sizes)
+
+    def _bring_back(self, recs: list[list]) -> None:
+        """All of one model's parameters back on the card, or (on an allocation failure) none."""
+        if all(orig is not None for _, orig in recs):  # parking stopped before the copies were done
+            for p, orig in recs:
+                p.data = orig
+            return
+        order = sorted(range(len(recs)), key=lambda i: -recs[i][0].data.numel() * recs[i][0].data.element_size())
+        dest: dict[int, torch.Tensor] = {}
+        for i in order:  # largest first, while the free memory is least cut up
+            dest[i] = _device_empty(recs[i][0].data, self.device)
+        for i in order:
+            dest[i].copy_(recs[i][0].data, non_blocking=self.pin)
+        for i, (p, _) in enumerate(recs):
+            p.data = dest[i]
+
+    def unpark(self) -> None:
+        """Bring every parked model back. Raises UnparkError (after putting back whatever fits)
+        when a model does not fit on its card even after the allocator's cache is emptied and
+        expandable segments are switched on; that model then stays wholly in host memory."""
+        self.attempts += 1
+        if self.cuda:
+            gc.collect()  # dropped graphs and KV caches: their blocks go back to the allocator
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()  # cached free blocks must not count against a memory cap
+        failed: dict[str, str] = {}
+        for role in sorted(self.moved):
+            recs = self.moved[role]
+            if not recs:
+                continue
+            for attempt in range(2):
+                try:
+                    self._bring_back(recs)
+                except (torch.OutOfMemoryError, RuntimeError) as e:
+                    if not _is_oom(e):
+                        raise
+                    failed[role] = str(e).split("\n")[0][:200]
+                else:
+                    self.moved[role] = []
+                    failed.pop(role, None)
+                    break
+                # Outside the handler, so the traceback no longer holds the half-allocated
+                # destinations: free them, then try once more with expandable segments.
+                if attempt == 0 and self.cuda:
+                    gc.collect()
+                    _expandable_segments()
+                    torch.cuda.empty_cache()
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        if failed:
+            # Nothing stays pinned: what is still parked goes on in ordinary host memory.
+            self._unpin()
+            still = {r: self.sizes.get(r, 0) for r in failed}
+            free = f"{free_bytes(self.device) / GIB:.1f} GiB free; " if self.cuda else ""
+            raise UnparkError(
+                "Explain-all could not bring " + " and ".join(f"the {r} ({n / GIB:.1f} GiB)" for r, n in still.items())
+                + f" back to {self.device} after parking it in host memory: out of GPU memory "
+                f"({free}{next(iter(failed.values()))}). "
+                f"{'It stays' if len(still) == 1 else 'They stay'} whole in host memory and nla-tui tries again "
+                "before the next chat, explanation or score; close other programs using that GPU, or restart "
+                "nla-tui, if it keeps failing. Use --park never to keep models on the card during explain-all.")
+        if self.cuda and self.pin and _RELEASE_PINNED is not None:
+            _RELEASE_PINNED()  # hand the cached pinned blocks back to the OS
+        self._unpin()
+
+    def _unpin(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        for host in self.registered:  # the copies back are complete: unpin, then let them go
+            torch.cuda.cudart().cudaHostUnregister(host.data_ptr())
+        self.registered.clear()
+
+
+def _expandable_segments() -> None:
+    """Let new allocator segments grow and shrink page by page, so that memory trapped in
+    half-used segments does not block a large tensor. Only when the user set no allocator
+    config of their own (PYTORCH_CUDA_ALLOC_CONF) and this torch can change it at run time."""
+    if os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF"):
+        return
+    setter = getattr(torch.cuda.memory, "_set_allocator_settings", None)
+    if setter is not None:
+        with contextlib.suppress(Exception):
+            setter("expandable_segments:True")
+
+
+def ensure_unparked(state: dict) -> None:
+    """Before a model is used: bring back whatever an earlier explain-all could not (UnparkError
+    if it still cannot)."""
+    pending = state.get("pending")
+    if pending is None:
+        return
+    pending.unpark()
+    state["pending"] = None
+    state["parked"] = []
+
+
 @contextlib.contextmanager
 def parked(models: dict[str, object], device: torch.device, pin: bool | None = None,
            state: dict | None = None) -> Iterator[dict[str, int]]:
     """Move the parameters of `models` ({role: nn.Module}) that live on `device` to host memory
     (pinned on CUDA) for the duration of the block, and put them back after, however the block
-    ends. Yields {role: bytes parked}. `state["parked"]` lists the parked roles while inside.
+    ends. Yields {role: bytes parked}. `state["parked"]` lists the parked roles while inside, and
+    after a failed return (UnparkError) `state["pending"]` holds what `ensure_unparked` retries.
     Captured CUDA graphs of a parked model point at the old storage: the caller drops them."""
-    cuda = device.type == "cuda"
-    pin = (cuda if pin is None else pin) and _can_pin()
-    # (parameter, its device storage until the parking is complete, then None)
-    moved: list[list] = []
-    registered: list[torch.Tensor] = []  # host copies pinned in place; alive until unpinned
-    sizes: dict[str, int] = {}
     state = state if state is not None else {}
+    parking = Parking(device, pin)
     try:
-        seen: set[int] = set()
-        for role, model in models.items():
-            sizes[role] = 0
-            for p in _params_on([model], device):
-                if id(p) in seen:
-                    continue
-                seen.add(id(p))
-                if pin and _RELEASE_PINNED is not None:  # torch's pinned allocator: fastest copies
-                    host = torch.empty(p.data.shape, dtype=p.data.dtype, device="cpu", pin_memory=True)
-                    pinned = True
-                else:
-                    host = torch.empty(p.data.shape, dtype=p.data.dtype, device="cpu")
-                    pinned = pin and _register(host, registered)
-                host.copy_(p.data, non_blocking=pinned)
-                moved.append([p, p.data])
-                sizes[role] += p.numel() * p.element_size()
-                p.data = host
-        if cuda:
-            torch.cuda.synchronize(device)
-        for rec in moved:  # the host copies are complete: let the card's storage go
-            rec[1] = None
-        if cuda:
-            torch.cuda.empty_cache()
-        state["parked"] = sorted(r for r, n in sizes.items() if n)
+        sizes = parking.park(models)
+        state["parked"] = parking.parked_roles
         yield sizes
     finally:
-        for p, original in moved:
-            # Parking failed half way: the original storage is still there; else copy back.
-            p.data = original if original is not None else p.data.to(device, non_blocking=pin)
-        if cuda:
-            torch.cuda.synchronize(device)
-            if pin and _RELEASE_PINNED is not None:
-                _RELEASE_PINNED()  # hand the cached pinned blocks back to the OS
-        for host in registered:  # the copies back are complete: unpin, then let them go
-            torch.cuda.cudart().cudaHostUnregister(host.data_ptr())
-        registered.clear()
+        try:
+            parking.unpark()
+        except UnparkError:
+            state["pending"] = parking
+            state["parked"] = parking.parked_roles
+            raise
         state["parked"] = []
 
 

@@ -143,6 +143,9 @@ class Engine:
     def _need_models(self) -> None:
         if self.subject is None:
             raise InputError("Models are not loaded yet (call load() first).")
+        from ..models.parking import ensure_unparked
+
+        ensure_unparked(self.park_state)  # an explain-all that could not bring a model back
 
     def gpu_memory(self) -> list[CardMemory]:
         """Memory this process holds on each card a model lives on (none on CPU)."""
