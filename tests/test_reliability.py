@@ -263,9 +263,9 @@ def test_5_markdown_export_to_stdout_shows_control_characters(tmp_path, capsys):
     s.messages = [Message("user", "hi" + INJECT + "<script>x</script>"), Message("assistant", "ok")]
     d = save_session(s, tmp_path / "s")
     code, out, _ = main(capsys, "export", str(d), "--format", "md")
-    assert code == 0 and "␛]0;T␇␛[2J" in out
+    assert code == 0 and "␛\\]0;T␇␛\\[2J" in out  # visible, and Markdown-escaped
     assert not any(ch in out for ch in "\x1b\x07\x9b")
-    assert "<script>" not in out and "&lt;script&gt;" in out  # message content is HTML-escaped
+    assert "<script>" not in out and "\\<script\\>" in out  # shown as text, never a tag
     code, out, _ = main(capsys, "export", str(d), "--format", "json")
     assert code == 0 and not any(ch in out for ch in "\x1b\x07\x9b")
     assert json.loads(out)["name"] == s.name  # still the exact text, escaped as JSON

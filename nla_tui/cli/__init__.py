@@ -26,6 +26,7 @@ from . import cache, check, compare, explain_vectors, export, open, run, steer, 
 from ..terminal_text import visible
 from .common import EXIT_USER_ERROR, add_display_args, add_model_args
 from .validate import fix_negative_values
+from .output import say
 
 SUBCOMMANDS = (run, check, open, export, steer, compare, explain_vectors, cache)
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     except NlaError as e:
         if args.debug:
             raise
-        print(f"nla-tui: {visible(str(e))}", file=sys.stderr)
+        say(f"nla-tui: {visible(str(e))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return 130

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from .output import say
 
 KINDS = ("quantised", "activations", "explanations")
 GiB = 1 << 30
@@ -47,27 +48,27 @@ def run(args: argparse.Namespace) -> int:
     quant = QuantCache(root)
     others = {k: c for k, c in _disk_caches(root).items() if k in kinds}
     if args.action == "list":
-        print(f"cache root: {root}")
+        say(f"cache root: {root}")
         if "quantised" in kinds:
             entries = quant.entries()
-            print(f"quantised models: {len(entries)} ({_size(sum(e.size for e in entries))} of "
+            say(f"quantised models: {len(entries)} ({_size(sum(e.size for e in entries))} of "
                   f"{_size(quant.bound)} allowed; NLA_TUI_QUANT_CACHE_MAX_BYTES) in {quant.dir}")
             for e in sorted(entries, key=lambda e: -e.last_used):
                 src = e.meta.get("source", {})
                 used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
-                print(f"  {e.path.name}  {src.get('quant', '?'):<4} {_size(e.size):>10}  last used {used}  "
+                say(f"  {e.path.name}  {src.get('quant', '?'):<4} {_size(e.size):>10}  last used {used}  "
                       f"{src.get('name', '?')} @ {str(src.get('revision'))[:16]} "
                       f"(transformers {src.get('transformers', '?')}, bitsandbytes {src.get('bitsandbytes', '?')})")
         for name, c in others.items():
-            print(f"{name}: {len(c)} entries, {_size(c.total_bytes())} of {_size(c.max_bytes)} allowed, in {c.dir}")
+            say(f"{name}: {len(c)} entries, {_size(c.total_bytes())} of {_size(c.max_bytes)} allowed, in {c.dir}")
         return 0
     if "quantised" in kinds:
         removed, freed, foreign = quant.clear()
-        print(f"quantised models: removed {removed} ({_size(freed)})")
+        say(f"quantised models: removed {removed} ({_size(freed)})")
         for p in foreign:
-            print(f"  left alone (not written by nla-tui): {p}")
+            say(f"  left alone (not written by nla-tui): {p}")
     for name, c in others.items():
         n, size = len(c), c.total_bytes()
         c.clear()
-        print(f"{name}: removed {n} entries ({_size(size)})")
+        say(f"{name}: removed {n} entries ({_size(size)})")
     return 0

@@ -6,6 +6,7 @@ import argparse
 
 from ..terminal_text import visible
 from .common import EXIT_USER_ERROR, add_model_args, engine_options
+from .output import say
 
 
 def add_subparser(sub) -> None:
@@ -17,5 +18,5 @@ def add_subparser(sub) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     from ..core.nla.check import check_pair
 
-    ok = check_pair(engine_options(args), lambda line: print(visible(line)))
+    ok = check_pair(engine_options(args), lambda line: say(visible(line)))
     return 0 if ok else EXIT_USER_ERROR

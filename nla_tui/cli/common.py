@@ -7,6 +7,7 @@ import sys
 
 from ..core.options import EngineOptions, from_args
 from ..terminal_text import visible
+from .output import say
 
 EXIT_USER_ERROR = 2
 COLOR_SYSTEMS = ["auto", "truecolor", "256", "standard", "none"]
@@ -47,4 +48,4 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
 
 
 def progress(model: str, fraction: float, message: str) -> None:
-    print(visible(f"[{model}] {fraction * 100:3.0f}% {message}"), file=sys.stderr, flush=True)
+    say(visible(f"[{model}] {fraction * 100:3.0f}% {message}"), file=sys.stderr, flush=True)

@@ -9,6 +9,7 @@ import argparse
 from ..core.errors import InputError
 from .common import add_model_args
 from .session_engine import add_sampling_args, check_token, load_engine, sampling, write_json
+from .output import say
 
 
 def add_subparser(sub) -> None:
@@ -40,14 +41,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if c.message:
         raise InputError(c.message)
     tok = lambda i: session.tokens[i].text  # noqa: E731
-    print(f"A = token {c.i} {tok(c.i)!r}, B = token {c.j} {tok(c.j)!r}: cos(a, b) {c.cos:.4f}, "
+    say(f"A = token {c.i} {tok(c.i)!r}, B = token {c.j} {tok(c.j)!r}: cos(a, b) {c.cos:.4f}, "
           f"|a - b| {c.diff_norm:.1f}")
     for name, e in (("a - b", c.a_minus_b), ("b - a", c.b_minus_a)):
         s = e.score
         fve = "" if s.fve_nrm is None else f", fve_nrm {s.fve_nrm:.3f}"
-        print(f"\n{name}: {e.text}\n  AR score: cos {s.cos:.3f}{fve} ({s.label})")
+        say(f"\n{name}: {e.text}\n  AR score: cos {s.cos:.3f}{fve} ({s.label})")
     if engine.info.untrained_av:
-        print("\nNote: the demo AV is untrained; its text is NOT a faithful explanation.")
+        say("\nNote: the demo AV is untrained; its text is NOT a faithful explanation.")
     if args.out:
-        print(f"comparison written to {write_json(args.out, c.to_json())}")
+        say(f"comparison written to {write_json(args.out, c.to_json())}")
     return 0

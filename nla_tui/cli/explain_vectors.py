@@ -9,6 +9,7 @@ import argparse
 
 from .common import add_model_args, engine_options, progress
 from .session_engine import add_sampling_args, sampling, write_json
+from .output import say
 
 
 def add_subparser(sub) -> None:
@@ -34,6 +35,16 @@ def expected_width(opts) -> int:
     return read_sidecar(resolve_checkpoint(sources["av"]).path).d_model
 
 
+def print_rows(exps, norms) -> None:
+    """One table row per vector: its norm, the AR's score and the explanation."""
+    say(f"\n{'row':>4} {'norm':>10} {'cos':>6} {'fve':>6} {'verdict':<9} explanation")
+    for e, n in zip(exps, norms):
+        s = e.score
+        fve = f"{s.fve_nrm:6.2f}" if s and s.fve_nrm is not None else "     -"
+        say(f"{e.index:>4} {n:>10.2f} {s.cos if s else float('nan'):6.3f} {fve} {s.label if s else '':<9} "
+            f"{e.text[:80]}", keep_layout=False)
+
+
 def cmd_explain_vectors(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -47,16 +58,11 @@ def cmd_explain_vectors(args: argparse.Namespace) -> int:
     engine.load(progress)
     exps = engine.explain_vectors(rows, sampling(args), args.av_prompt, indices=list(range(len(rows))))
     norms = np.linalg.norm(rows, axis=1)
-    print(f"\n{'row':>4} {'norm':>10} {'cos':>6} {'fve':>6} {'verdict':<9} explanation")
-    for e, n in zip(exps, norms):
-        s = e.score
-        fve = f"{s.fve_nrm:6.2f}" if s and s.fve_nrm is not None else "     -"
-        print(f"{e.index:>4} {n:>10.2f} {s.cos if s else float('nan'):6.3f} {fve} {s.label if s else '':<9} "
-              f"{e.text.replace(chr(10), ' ')[:80]}")
+    print_rows(exps, norms)
     if engine.info.untrained_av:
-        print("\nNote: the demo AV is untrained; its text is NOT a faithful explanation of the vector.")
+        say("\nNote: the demo AV is untrained; its text is NOT a faithful explanation of the vector.")
     if args.out:
         doc = {"file": str(args.file), "name": args.name, "models": engine.info.to_json(),
                "rows": [dict(e.to_json(), row=e.index, norm=float(n)) for e, n in zip(exps, norms)]}
-        print(f"written to {write_json(args.out, doc)}")
+        say(f"written to {write_json(args.out, doc)}")
     return 0

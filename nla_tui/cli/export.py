@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..core.store.export import FORMATS
+from .output import say
 
 
 def add_subparser(sub) -> None:
@@ -25,7 +26,7 @@ def run_export(args: argparse.Namespace) -> int:
     session = load_session(args.session)
     result = export_session(session, args.format, args.out)
     if args.out is None:
-        sys.stdout.write(str(result))
+        say(result, end="")
     else:
-        print(f"wrote {result}", file=sys.stderr)
+        say(f"wrote {result}", file=sys.stderr)
     return 0

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..terminal_text import visible
 from .common import add_model_args, engine_options, progress
 from .validate import check_explain_range, check_run_args, parse_explain_spec
+from .output import say
 
 
 def add_subparser(sub) -> None:
@@ -51,40 +52,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     engine = Engine(options)
     engine.load(progress)
     if messages is not None:
-        engine.set_conversation(messages, lambda done, total: print(
+        engine.set_conversation(messages, lambda done, total: say(
             f"[capture] {done}/{total} tokens", file=sys.stderr, flush=True))
     else:
-        print("reply: ", end="", flush=True)
-        engine.chat(args.prompt, args.max_new_tokens, lambda d: print(visible(d), end="", flush=True))
-        print()
+        say("reply: ", end="", flush=True)
+        engine.chat(args.prompt, args.max_new_tokens, lambda d: say(visible(d), end="", flush=True))
+        say()
     indices = check_explain_range(spec, len(engine.tokens))  # before any AV work
     sampling = Sampling(temperature=args.temperature, max_new_tokens=args.max_explain_tokens, seed=args.seed)
     done = [0]
 
     def on_batch(exps):
         done[0] += len(exps)
-        print(f"[explain] {done[0]}/{len(indices)}", file=sys.stderr, flush=True)
+        say(f"[explain] {done[0]}/{len(indices)}", file=sys.stderr, flush=True)
 
     exps = engine.explain(indices, sampling, args.av_prompt, batch_size=args.batch_size, on_batch=on_batch)
     print_table(engine, {e.index: e for e in exps})
     if engine.info.untrained_av:
-        print("\nNote: the demo AV is untrained; its text is NOT a faithful explanation of the activation.")
+        say("\nNote: the demo AV is untrained; its text is NOT a faithful explanation of the activation.")
     elif engine.info.pair_note:
-        print(f"\nNote: {engine.info.pair_note}.")
+        say(f"\nNote: {engine.info.pair_note}.")
     if args.out:
         from ..core.store.session import save_session, session_from_engine
 
         path = save_session(session_from_engine(engine, Path(args.out).expanduser().name, exps), args.out)
-        print(f"session written to {path}")
+        say(f"session written to {path}")
     return 0
 
 
 def print_table(engine, by_index) -> None:
-    print(f"\n{'idx':>4} {'role':<8} {'token':<16} {'norm':>9} {'cos':>6} {'fve':>6}  explanation")
+    say(f"\n{'idx':>4} {'role':<8} {'token':<16} {'norm':>9} {'cos':>6} {'fve':>6}  explanation")
     for t in engine.tokens:
         e = by_index.get(t.index)
         tok = visible(repr(t.text)[1:-1][:16])
         cos = f"{e.score.cos:6.3f}" if e and e.score else "     -"
         fve = f"{e.score.fve_nrm:6.2f}" if e and e.score and e.score.fve_nrm is not None else "     -"
         text = visible(e.text.replace("\n", " ")[:60], keep_layout=False) if e else ""
-        print(f"{t.index:>4} {t.role:<8} {tok:<16} {t.norm:>9.1f} {cos} {fve}  {text}")
+        say(f"{t.index:>4} {t.role:<8} {tok:<16} {t.norm:>9.1f} {cos} {fve}  {text}")

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..core.steer_jobs import DEFAULT_ALPHA
 from .common import add_model_args
 from .session_engine import add_sampling_args, check_token, load_engine, sampling, write_json
+from .output import say
 
 
 def add_subparser(sub) -> None:
@@ -44,28 +45,28 @@ def cmd_steer(args: argparse.Namespace) -> int:
                      sampling=sampling(args))
     print_branch(branch)
     if engine.info.untrained_av:
-        print("\nNote: the demo AV/AR are untrained; the steering direction carries little meaning.")
+        say("\nNote: the demo AV/AR are untrained; the steering direction carries little meaning.")
     session.steered.append(branch)
     save_session(session, args.session if Path(args.session).name != "session.json" else Path(args.session).parent)
-    print(f"branch kept in the session ({len(session.steered)} what-if branches): {args.session}")
+    say(f"branch kept in the session ({len(session.steered)} what-if branches): {args.session}")
     if args.out:
-        print(f"branch written to {write_json(args.out, branch.to_json())}")
+        say(f"branch written to {write_json(args.out, branch.to_json())}")
     return 0
 
 
 def print_branch(b) -> None:
     from ..core.branches import token_diff
 
-    print(f"what-if at token {b.index} {b.token_text!r} (layer {b.layer}), alpha {b.alpha:g}, span {b.span}, "
+    say(f"what-if at token {b.index} {b.token_text!r} (layer {b.layer}), alpha {b.alpha:g}, span {b.span}, "
           f"|v| {b.vector_norm:.1f}")
-    print(f"original explanation: {b.original_explanation}")
-    print(f"edited explanation:   {b.edited_explanation}")
-    print(f"\n{'next token':<12} {'before':<28} after")
+    say(f"original explanation: {b.original_explanation}")
+    say(f"edited explanation:   {b.edited_explanation}")
+    say(f"\n{'next token':<12} {'before':<28} after")
     for k in range(max(len(b.before), len(b.after))):
         cell = lambda cs: f"{cs[k].text!r} {cs[k].prob:.3f}" if k < len(cs) else ""  # noqa: E731
-        print(f"{k + 1:<12} {cell(b.before):<28} {cell(b.after)}")
+        say(f"{k + 1:<12} {cell(b.before):<28} {cell(b.after)}")
     left, right = token_diff(b.original_tokens, b.steered_tokens)
     mark = lambda ps: "".join(f"[{t}]" if ch else t for t, ch in ps)  # noqa: E731
-    print(f"\noriginal continuation: {mark(left)!r}")
-    print(f"steered continuation:  {mark(right)!r}")
-    print("(tokens that differ are in [brackets])")
+    say(f"\noriginal continuation: {mark(left)!r}")
+    say(f"steered continuation:  {mark(right)!r}")
+    say("(tokens that differ are in [brackets])")

@@ -14,6 +14,7 @@ import sys
 
 from ..core.errors import InputError
 from ..terminal_text import visible
+from .output import say
 
 INJECT = "<INJECT>"
 
@@ -92,7 +93,7 @@ def check_model_args(args: argparse.Namespace) -> None:
 
         on_cpu = (args.device or "").startswith("cpu")
         if any(d != "cpu" for d in wanted.values()) and (on_cpu or not torch.cuda.is_available()):
-            print("nla-tui: warning: --devices places models on CUDA GPUs, but "
+            say("nla-tui: warning: --devices places models on CUDA GPUs, but "
                   f"{'--device is cpu' if on_cpu else 'no CUDA GPU is visible'}"
                   "; it is ignored and everything runs on one device.", file=sys.stderr)
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import itertools
 from argparse import Namespace
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from textual import events
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
+from textual.filter import LineFilter
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Input
@@ -28,6 +29,7 @@ from .screens.help import HelpScreen
 from .commands import palette_commands
 from .find_actions import FIND_BINDINGS, FindActions
 from .input_actions import InputActions
+from .literal import ShowControls
 from .session_actions import SessionActions
 from .state import Change, UiState
 from .steer_actions import SteerActions
@@ -371,13 +373,22 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
 
     def notify(self, message: str, *, title: str = "", **kwargs: Any) -> None:
         # Job errors and session names are data: never let their control characters out.
-        super().notify(visible(str(message)), title=visible(title), **kwargs)
+        # markup=False: a session named `notes [/tmp/x]` is text, not a Textual markup tag.
+        super().notify(visible(str(message)), title=visible(title), **{**kwargs, "markup": False})
+
+    def get_line_filters(self) -> Sequence[LineFilter]:
+        # The last step of every widget's lines: no control character from data
+        # reaches the terminal raw, whichever widget shows it (ui/literal.py).
+        return [*super().get_line_filters(), _SHOW_CONTROLS]
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         yield from self.session_commands()
         yield from palette_commands(self)
         yield from self.find_commands()
+
+
+_SHOW_CONTROLS = ShowControls()
 
 
 def create_app(worker_factory: WorkerFactory, options: Namespace | None = None,

@@ -7,10 +7,11 @@ import html
 from itertools import groupby
 
 from ..branches import SteeredBranch, token_diff
+from .markdown_text import md_inline
 
 
 def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", "⏎").replace("`", "'")
+    return md_inline(text)
 
 
 def _top(cands) -> str:

@@ -30,6 +30,7 @@ from .branch_export import branches_html, branches_markdown
 from .transcript import message_display_text
 from ..types import Explanation
 from .jsonsafe import dumps_finite
+from .markdown_text import md_inline, md_quote
 from .session import Session
 from .session_files import check_export_target
 
@@ -63,18 +64,8 @@ UNTRAINED_NOTE = ("The AV of this session is untrained (demo pair): its explanat
 
 # ------------------------------------------------------------------ markdown
 
-_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]<>|#"})
-
-
 def _md_cell(text: str) -> str:
-    return visible(text.translate(_MD_SPECIAL).replace("\r", "").replace("\n", " ↵ ")) or " "
-
-
-def _md_quote(text: str) -> str:
-    """Message content as a block quote: HTML escaped (a Markdown viewer must not run
-    or hide a `<script>`), control characters visible (it may be printed to a terminal)."""
-    lines = visible(html.escape(text, quote=False)).splitlines() or [""]
-    return "\n".join("> " + ln if ln else ">" for ln in lines)
+    return md_inline(text) or " "
 
 
 def _fmt(v: float | None) -> str:
@@ -94,7 +85,7 @@ def to_markdown(session: Session) -> str:
     for m in session.messages:
         lines.append(f"**{_md_cell(m.role)}{_md_cell(f' ({m.name})') if m.name else ''}:**")
         lines.append("")
-        lines.append(_md_quote(message_display_text(m)))
+        lines.append(md_quote(message_display_text(m)))
         lines.append("")
     lines += ["## Tokens", "",
               "| # | token | role | norm | explanation | cos | fve_nrm | verdict |",

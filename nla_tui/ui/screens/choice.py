@@ -9,6 +9,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, OptionList
 from textual.widgets.option_list import Option
 
+from ..literal import literal
+
 
 class ChoiceDialog(ModalScreen[str | None]):
     AUTO_FOCUS = "#choices"
@@ -22,8 +24,8 @@ class ChoiceDialog(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.title_text, classes="dialog-title")
-            yield OptionList(*[Option(f"{k}  {label}", id=cid) for k, (cid, label) in enumerate(self.choices, 1)],
+            yield Label(literal(self.title_text), classes="dialog-title")
+            yield OptionList(*[Option(literal(f"{k}  {label}"), id=cid) for k, (cid, label) in enumerate(self.choices, 1)],
                              id="choices")
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:

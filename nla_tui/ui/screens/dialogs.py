@@ -10,6 +10,8 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, TextArea
 
+from ..literal import literal
+
 INJECT = "<INJECT>"
 
 
@@ -30,7 +32,7 @@ class ValueDialog(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.title_text, classes="dialog-title")
+            yield Label(literal(self.title_text), classes="dialog-title")
             yield Input(value=self.value, placeholder=self.placeholder, id="dialog-input")
             yield Label("", id="dialog-error", classes="dialog-error")
 
@@ -38,7 +40,7 @@ class ValueDialog(ModalScreen[str | None]):
         event.stop()
         error = self.validate_fn(event.value) if self.validate_fn else None
         if error:
-            self.query_one("#dialog-error", Label).update(error)
+            self.query_one("#dialog-error", Label).update(literal(error))
             return
         self.dismiss(event.value)
 
@@ -72,7 +74,7 @@ class PromptDialog(ModalScreen[str | None]):
         text = self.query_one(TextArea).text
         error = check_prompt(text)
         if error:
-            self.query_one("#dialog-error", Label).update(error)
+            self.query_one("#dialog-error", Label).update(literal(error))
             return
         self.dismiss(text)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -19,6 +20,7 @@ from textual.widgets import Button, DataTable, Label, Static
 from ...core.errors import NlaError
 from ...core.store.session import SessionSummary, delete_session, list_sessions, rename_session
 from ...terminal_text import visible
+from ..literal import literal
 from .dialogs import ValueDialog
 
 HINT = "Enter open · r rename · d delete · Esc close"
@@ -56,7 +58,7 @@ class ConfirmDialog(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.question, id="confirm-question")
+            yield Label(literal(self.question), id="confirm-question")
             with Horizontal():
                 yield Button(f"{self.yes} (y)", variant="error", id="confirm-yes")
                 yield Button("Cancel (n)", id="confirm-no")
@@ -102,7 +104,8 @@ class SessionBrowser(ModalScreen[Path | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="sessions-box"):
-            yield Static(f"[bold]Saved sessions[/]  in {shown_path(self.root)}", id="sessions-title")
+            yield Static(Text.assemble(("Saved sessions", "bold"), "  in ", literal(shown_path(self.root))),
+                         id="sessions-title")
             yield DataTable(id="sessions-table", cursor_type="row", zebra_stripes=True)
             yield Static("", id="sessions-empty")
             yield Static(HINT, id="sessions-hint")
@@ -124,8 +127,8 @@ class SessionBrowser(ModalScreen[Path | None]):
             error = s.error.replace(str(self.root), shown_path(self.root)) if s.error else None
             note = f"unreadable: {error}" if error else (
                 "open now" if self.current is not None and s.path == self.current else "")
-            table.add_row(visible(s.name), when(s.updated), s.preset or "", str(s.n_tokens),
-                          str(s.n_explained), note[:200])
+            table.add_row(literal(s.name), literal(when(s.updated)), literal(s.preset or ""), str(s.n_tokens),
+                          str(s.n_explained), literal(note[:200]))
         self.query_one("#sessions-empty", Static).update(
             "" if self.rows else "No saved sessions yet: ctrl+s saves the current one "
             "(it is also saved automatically after every job).")
@@ -171,7 +174,7 @@ class SessionBrowser(ModalScreen[Path | None]):
                 self.current = new
             self.reload(select=new)
 
-        self.app.push_screen(ValueDialog("Rename session", s.name,
+        self.app.push_screen(ValueDialog("Rename session", visible(s.name, keep_layout=False),
                                          validate=lambda v: None if v.strip() else
                                          "A session name cannot be empty."), done)
 

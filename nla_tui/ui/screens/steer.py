@@ -16,11 +16,13 @@ from textual.widgets import Input, Label, RadioButton, RadioSet, Static, TextAre
 from ...core.branches import Comparison, SteeredBranch, token_diff
 from ...core.steer_jobs import DEFAULT_ALPHA
 from ...core.types import Candidate, Explanation
+from ...terminal_text import visible
+from ..literal import literal
 
 
 def safe_text(text: str) -> str:
     """No control character reaches the terminal raw (newlines kept: continuations span lines)."""
-    return "".join(ch if ch == "\n" or (ord(ch) >= 32 and ch != "\x7f") else "·" for ch in text)
+    return visible(text)
 
 
 UNTRAINED = "demo pair: the AV/AR are not trained, so the steering direction carries little meaning"
@@ -68,7 +70,7 @@ class WhatIfDialog(ModalScreen[tuple[str, float, str] | None]):
                  ("Change the explanation first: steering needs a difference." if edited.strip() == self.original.strip()
                   else None))
         if error:
-            self.query_one("#dialog-error", Label).update(error)
+            self.query_one("#dialog-error", Label).update(literal(error))
             return
         pressed = self.query_one(RadioSet).pressed_button
         span = "onward" if pressed is not None and pressed.id == "span-onward" else "here"

@@ -8,6 +8,7 @@ from textual.widgets import Input, Static
 
 from ...core.store.transcript import message_display_text
 from ...core.types import Message
+from ..literal import literal
 from .transcript_view import Entry, TranscriptView
 
 
@@ -33,7 +34,7 @@ class ChatPane(Vertical):
     def show_note(self, text: str | None) -> None:
         """One line above the conversation (e.g. that the demo's example is teacher-forced)."""
         note = self.query_one("#chat-note", Static)
-        note.update(text or "")
+        note.update(literal(text or ""))
         note.display = bool(text)
 
     @property

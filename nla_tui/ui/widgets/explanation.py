@@ -60,7 +60,7 @@ def render_token(state: UiState, index: int) -> Text:
         return out
     tok = state.tokens[index]
     out.append(f"“{display_text(tok.text)}”", style="bold reverse")
-    out.append(f" #{tok.index} · id {tok.token_id} · {tok.role} · turn {tok.turn}")
+    out.append(visible(f" #{tok.index} · id {tok.token_id} · {tok.role} · turn {tok.turn}"))
     ratio = f" ({tok.norm / state.median_norm:.1f}×)" if state.median_norm else ""
     out.append(f" · norm {tok.norm:.1f}{ratio}\n", style="dim")
     noisy = state.noisy_reason(index)
@@ -113,7 +113,7 @@ def render_token(state: UiState, index: int) -> Text:
     if untrained:
         out.append(f"\nnote: {UNTRAINED_NOTE}\n", style="italic magenta")
     elif state.pair_note:
-        out.append(f"\nnote: {state.pair_note}\n", style="italic cyan")
+        out.append(visible(f"\nnote: {state.pair_note}\n"), style="italic cyan")
     return out
 
 

@@ -47,7 +47,7 @@ def status_text(state: UiState, temperature: float, auto_explain: bool) -> Text:
         if info.untrained_av:
             t.append(" · untrained AV", style="magenta")
         elif info.pair_label:
-            t.append(f" · {info.pair_label}", style="cyan")
+            t.append(visible(f" · {info.pair_label}"), style="cyan")
     t.append(f" · queue {state.queue_depth}")
     t.append(f" · {len(state.tokens)} tok, {state.explained_count()} explained")
     t.append(f" · t={temperature:g}")

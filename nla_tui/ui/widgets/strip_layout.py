@@ -22,6 +22,11 @@ _ROLE_TAGS = {"bos": "bos", "special": "", "system": "sys", "user": "user", "mod
               "tool_call": "call", "tool_result": "tool"}
 
 
+
+def _unknown_role_tag(role: str) -> str:
+    """A role read from a file that nla-tui did not write: shown, never obeyed."""
+    return visible(role[:5], keep_layout=False)
+
 def display_text(text: str) -> str:
     """Make whitespace and control characters visible in one cell each."""
     if text == "":
@@ -93,7 +98,7 @@ def layout_tokens(
             if cur is None or cur.cells:  # reuse the empty row a newline left behind
                 cur = Row(turn=0, tag="", role=role)
                 rows.append(cur)
-            cur.turn, cur.tag, cur.role = tok.turn, _ROLE_TAGS.get(role, role[:5]), role
+            cur.turn, cur.tag, cur.role = tok.turn, _ROLE_TAGS.get(role) or _unknown_role_tag(role), role
             x = 0
         elif x + w > avail:
             cur = Row(turn=tok.turn, tag="", role=cur.role)
