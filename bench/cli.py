@@ -16,6 +16,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mem-budget-gib", type=float, default=44.0, help="GPU memory target for explain-all")
     p.add_argument("--dry-run", action="store_true", help="gpu/multigpu suite on CPU with a tiny config (checks the script)")
     p.add_argument("--sections", help="gpu / ui: comma list of sections to run (ui: ui, ui_many_turns, ui_agent_500) (default all; see bench/gpu.py SECTIONS)")
+    p.add_argument("--quant", choices=["nf4", "int4"], default="nf4",
+                   help="gpu: weight format of the 27B-shaped models (int4: nla_tui/core/models/int4.py)")
     p.add_argument("--workdir", help="gpu startup / multigpu: where to write the 27B-shaped checkpoint (default: TMPDIR)")
     p.set_defaults(func=run)
 
@@ -33,9 +35,10 @@ def run(args: argparse.Namespace) -> int:
     if args.suite == "gpu":
         from . import gpu
 
+        gpu.DEV.update(mode=args.quant)
         if args.dry_run:
-            gpu.DEV.update(device="cpu", mode="bf16", tiny=True)
-        rep = Report("gpu: Gemma-3-27B-shaped nf4, random weights", machine(gpu.DEV["device"]), command,
+            gpu.DEV.update(device="cpu", mode="bf16" if args.quant == "nf4" else args.quant, tiny=True)
+        rep = Report(f"gpu: Gemma-3-27B-shaped {args.quant}, random weights", machine(gpu.DEV["device"]), command,
                      apply_targets=not args.dry_run)
         sections = {x.strip() for x in args.sections.split(",")} if args.sections else None
         unknown = sorted((sections or set()) - set(gpu.SECTIONS))

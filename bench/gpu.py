@@ -112,7 +112,7 @@ def step_ms(model, batch: int, max_len: int, steps: int = 20) -> tuple[float, bo
 # Sections `--sections` can pick; the builds they need run with them.
 SECTIONS = ("startup", "eager_b1", "fast_b1", "sweep", "eager_batch", "explain_all_capped", "explain_all_parked",
             "explain_all_one_batch", "subject_chat", "steered_continuation", "capture", "ar_score",
-            "denest_experiment")
+            "denest_experiment", "int4_compare", "compile_probe")
 _NEEDS_THREE = {"explain_all_capped", "explain_all_parked", "explain_all_one_batch", "subject_chat",
                 "steered_continuation", "capture", "ar_score"}
 
@@ -340,6 +340,19 @@ def run(rep: Report, out: Path, new_tokens: int = 200, n_explain: int = 150, mem
         rep.add("ar_score_one_s", one, "s", note=f"batch 1, {n_tok} tokens, 42 layers + value head")
         rep.add("ar_score_batched_per_expl_s", t / n_explain, "s", one, f"{n_explain} in batches of {chunk}")
     section("ar_score", ar_score)
+
+    def int4_cmp():
+        from .gpu_int4 import int4_compare
+
+        int4_compare(rep, av, cfg62, max_len, new_tokens)
+    if mode == "nf4" or DEV["tiny"]:
+        section("int4_compare", int4_cmp)
+
+    def compile_probe():
+        from .gpu_int4 import compile_probe as probe
+
+        probe(rep, av, max_len)
+    section("compile_probe", compile_probe)
 
     def denest():
         # Experiment: bnb stores absmax double-quantised and dequantises it on every call.

@@ -42,6 +42,14 @@ def build(cfg, mode: str = "nf4", device: str = "cuda"):
                 new = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=False,
                                         compute_dtype=torch.bfloat16, quant_type="nf4", device="meta")
                 new.weight = bnb.nn.Params4bit(w, requires_grad=False, quant_type="nf4").to(device)
+            elif mode == "int4":  # the product's int4 format (nla_tui/core/models/int4.py)
+                from nla_tui.core.models.int4 import Int4Linear
+
+                lin = torch.nn.Linear(child.in_features, child.out_features, bias=False, device="meta",
+                                      dtype=torch.bfloat16)
+                lin.weight = torch.nn.Parameter(w, requires_grad=False)
+                new = Int4Linear.from_linear(lin)
+                del lin
             else:
                 new = torch.nn.Linear(child.in_features, child.out_features, bias=False,
                                       device=device, dtype=torch.bfloat16)
@@ -66,6 +74,10 @@ def build(cfg, mode: str = "nf4", device: str = "cuda"):
             m.embed_scale.fill_(cfg.hidden_size ** 0.5)
     model.tie_weights()
     model.config.use_cache = True
+    if mode == "int4":
+        from nla_tui.core.models.int4 import use_kernel
+
+        model.config.nla_int4_kernel = use_kernel(model)
     return model.eval()
 
 

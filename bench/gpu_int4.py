@@ -1,0 +1,149 @@
+"""GPU suite sections for issue 24: the int4 kernel path against nf4 in the same run, and a
+torch.compile probe of the decoder layers under the captured graph.
+
+    python -m bench gpu --sections fast_b1,int4_compare      # nf4 AV first: the baseline
+    python -m bench gpu --sections fast_b1,compile_probe
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+
+import torch
+
+from nla_tui.core.models import fast_decode as fd
+
+from .gpu import AV_PROMPT, DEV, SLOT, _alloc, _av_embeds, _gib, _sync, step_ms
+from .shapes import build
+
+BATCHES = (1, 8, 64, 160)
+
+
+def _explanation(model, new_tokens: int) -> dict:
+    runs = []
+    for s in range(3):
+        fd.decode(model, _av_embeds(model, 1, seed=10 + s), None, new_tokens, stop_token_ids=[], prefix_len=SLOT)
+        runs.append(dict(fd.last_stats))
+    runs.sort(key=lambda x: x["total_s"])
+    return runs[1]
+
+
+def _greedy_agreement(model, n: int = 32) -> dict:
+    """fast_decode (captured graph) against HF generate (eager) on the same weights and kernel."""
+    dev = model.get_input_embeddings().weight.device
+    emb = _av_embeds(model, 1, seed=5)
+    ref = model.generate(inputs_embeds=emb, attention_mask=torch.ones(1, AV_PROMPT, dtype=torch.long, device=dev),
+                         max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0,
+                         temperature=None, top_p=None, top_k=None)[0].tolist()
+    got = fd.decode(model, emb, None, n, stop_token_ids=[], prefix_len=SLOT)[0]
+    first = next((i for i, (a, b) in enumerate(zip(ref, got)) if a != b), len(ref))
+    return {"first_mismatch": first, "of": len(ref), "graphs": fd.last_stats["graphs"],
+            "graph_error": fd.last_stats["graph_error"]}
+
+
+def _kernel_error(model) -> dict:
+    """One MLP matrix: the fast kernel against the portable dequantise + F.linear (same weights)."""
+    from nla_tui.core.models.int4 import Int4Linear, dequantize, quantize
+
+    lin = next(m for m in model.modules() if isinstance(m, Int4Linear))
+    if lin.gl is None:
+        return {"kernel": "torch"}
+    dev = next(lin.gl.parameters()).device
+    w = torch.randn(lin.out_features, lin.in_features, device=dev, dtype=torch.bfloat16) * 0.02
+    ref_lin = torch.nn.Linear(lin.in_features, lin.out_features, bias=False, device="meta")
+    ref_lin.weight = torch.nn.Parameter(w, requires_grad=False)
+    fresh = Int4Linear.from_linear(ref_lin)
+    packed, scale, zero = quantize(w)
+    wq = dequantize(packed, scale, zero, torch.bfloat16)
+    fresh.to_gemlite()
+    out = {"kernel": "gemlite"}
+    for m in BATCHES:
+        x = torch.randn(m, lin.in_features, device=dev, dtype=torch.bfloat16)
+        ref = (x.double() @ wq.double().t())
+        y = fresh(x).double()
+        exact = (x.double() @ w.double().t())
+        out[m] = {"kernel_vs_dequant": float((y - ref).norm() / ref.norm()),
+                  "int4_vs_bf16_weights": float((ref - exact).norm() / exact.norm())}
+    return out
+
+
+@torch.inference_mode()
+def int4_compare(rep, av_nf4, cfg62, max_len: int, new_tokens: int) -> None:
+    """Build an int4 AV beside the nf4 one and time the same things on both, same process."""
+    d = rep.details
+    base = {}
+    for b in BATCHES:  # the nf4 baseline, re-measured here so both sit in the same state
+        base[b], _ = step_ms(av_nf4, b, fd._round_len(max_len))
+    t = time.perf_counter()
+    before = _alloc()
+    av4 = build(cfg62, "int4", DEV["device"])
+    rec = d["int4"] = {"build_s": round(time.perf_counter() - t, 1), "weights_gib": _gib(_alloc() - before),
+                       "kernel": getattr(av4.config, "nla_int4_kernel", None)}
+    from nla_tui.core.models.int4 import kernel
+    rec["kernel_reason"] = kernel()[1]
+    t = time.perf_counter()
+    fd.warmup(av4, [1], max_len=max_len)
+    rec["capture_b1_s"] = round(time.perf_counter() - t, 2)  # includes Triton autotune/compile
+    rec["greedy_agreement"] = _greedy_agreement(av4)
+    rec["kernel_error"] = _kernel_error(av4)
+    rec["step_ms_by_batch"] = {}
+    for b in BATCHES:
+        ms, graphed = step_ms(av4, b, fd._round_len(max_len))
+        rec["step_ms_by_batch"][b] = {"ms": round(ms, 2), "nf4_ms": round(base[b], 2), "graph": graphed,
+                                      "tok_s": round(1000 * b / ms)}
+    med = _explanation(av4, new_tokens)
+    fd.warmup(av_nf4, [1], max_len=max_len)
+    med_nf4 = _explanation(av_nf4, new_tokens)
+    rec["explanation"] = {"int4": med, "nf4": med_nf4}
+    ms = 1000 * med["step_s"] / max(1, med["steps"])
+    ms_nf4 = 1000 * med_nf4["step_s"] / max(1, med_nf4["steps"])
+    rep.add("int4_b1_ms_per_step", ms, "ms", ms_nf4, f"int4 ({rec['kernel']}) AV decode step, batch 1; baseline nf4 same run")
+    rep.add("int4_explanation_200_s", med["total_s"], "s", med_nf4["total_s"], f"{new_tokens} tokens, batch 1; baseline nf4")
+    for b in BATCHES[1:]:
+        rep.add(f"int4_b{b}_ms_per_step", rec["step_ms_by_batch"][b]["ms"], "ms", base[b], "captured step; baseline nf4")
+    fd.clear(av4)
+    del av4
+    gc.collect()
+    torch.cuda.empty_cache() if DEV["device"] == "cuda" else None
+
+
+@torch.inference_mode()
+def compile_probe(rep, av, max_len: int) -> None:
+    """Fuse the elementwise chains with torch.compile, under the captured graph: every RMSNorm
+    (fp32 cast, square, mean, rsqrt, scale, cast back: 6 per layer) and the rotary embedding
+    become one Triton kernel each. One compiled body serves all 62 layers (parameters are graph
+    inputs), so compiling costs seconds, not minutes; inductor's on-disk cache keeps it for the
+    next process. Reports the step with and without, and the compile + capture time."""
+    import sys
+
+    import torch._dynamo
+
+    d = rep.details
+    rec = d["compile_probe"] = {}
+    base, _ = step_ms(av, 1, fd._round_len(max_len))
+    torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
+    norms = [m for m in av.modules() if type(m).__name__.endswith("RMSNorm")]
+    mod = sys.modules[type(av).__module__]  # transformers' modeling_gemma3
+    rope = getattr(mod, "apply_rotary_pos_emb", None)
+    try:
+        for m in norms:
+            m.forward = torch.compile(m.forward, dynamic=False)
+        if rope is not None:
+            mod.apply_rotary_pos_emb = torch.compile(rope, dynamic=False)
+        t = time.perf_counter()
+        fd.warmup(av, [1], max_len=max_len)
+        rec["compile_and_capture_b1_s"] = round(time.perf_counter() - t, 1)
+        ms, graphed = step_ms(av, 1, fd._round_len(max_len))
+        rec.update(step_ms=round(ms, 2), graph=graphed, plain_step_ms=round(base, 2), norms=len(norms),
+                   rotary=rope is not None)
+        rep.add("fused_norms_rope_b1_ms_per_step", ms, "ms", base,
+                f"torch.compile of RMSNorm + rotary under the captured graph; compile+capture "
+                f"{rec['compile_and_capture_b1_s']} s (first process; inductor caches it on disk)")
+    finally:
+        for m in norms:
+            m.__dict__.pop("forward", None)
+        if rope is not None:
+            mod.apply_rotary_pos_emb = rope
+        fd.clear(av)
+        _sync()
