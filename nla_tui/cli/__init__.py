@@ -6,6 +6,7 @@
     nla-tui open PATH | export SESSION                       saved sessions     (open.py, export.py)
     nla-tui steer | compare SESSION …                       what-if, difference of two tokens (steer.py, compare.py)
     nla-tui explain-vectors FILE                             explain any vectors (explain_vectors.py)
+    nla-tui sweep DATASET --out DIR | search DIR Q | report DIR   corpora (sweep.py, search.py, report.py)
     nla-tui cache list|clear [KIND ...]                      quantised models, activations, explanations (cache.py)
     nla-tui bench                                            from a source checkout (bench/cli.py)
 
@@ -22,13 +23,13 @@ import importlib.util
 import sys
 
 from ..core.errors import NlaError
-from . import cache, check, compare, explain_vectors, export, open, run, steer, tui
+from . import cache, check, compare, explain_vectors, export, open, run, steer, sweep, tui
 from ..terminal_text import visible
 from .common import EXIT_USER_ERROR, add_display_args, add_model_args
 from .validate import fix_negative_values
 from .output import say
 
-SUBCOMMANDS = (run, check, open, export, steer, compare, explain_vectors, cache)
+SUBCOMMANDS = (run, check, open, export, steer, compare, explain_vectors, cache, sweep)
 
 
 def _add_bench(sub) -> None:

@@ -10,31 +10,17 @@ that bound is used (so such tokens rank as at least that surprising).
 
 from __future__ import annotations
 
-import math
 import re
 from bisect import bisect_right
 from typing import Iterable, Sequence
 
+from ..core.corpus.selection import surprise  # noqa: F401  (one definition: the jump key and sweeps)
 from ..core.types import TokenInfo
 from .state import SPECIAL_ROLES, UiState
 
 JUMP_KINDS = ("fidelity", "norm", "surprise")
 ROLE_FILTERS = (None, "model", "user", "tool_call", "tool_result", "system")
 MOST_SURPRISING = 200
-
-
-def surprise(tokens: Sequence[TokenInfo]) -> list[float | None]:
-    out: list[float | None] = []
-    for i, t in enumerate(tokens):
-        if i + 1 >= len(tokens) or not t.top:
-            out.append(None)
-            continue
-        nxt = tokens[i + 1].token_id
-        p = next((c.prob for c in t.top if c.token_id == nxt), None)
-        if p is None:
-            p = min(t.top[-1].prob, max(0.0, 1.0 - sum(c.prob for c in t.top)))
-        out.append(-math.log(max(p, 1e-12)))
-    return out
 
 
 def compile_pattern(text: str) -> re.Pattern[str]:

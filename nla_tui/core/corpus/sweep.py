@@ -1,0 +1,186 @@
+"""Run a sweep: the engine over a plan, shard by shard (the one corpus module that loads models).
+
+For each shard not yet finished: capture each of its conversations (Engine.set_conversation,
+the `--messages` path), choose the positions (selection.py, now with the surprise known),
+explain them in batches across the shard's conversations (Engine.explain_vectors: the AV
+then the AR, as `nla-tui run`), add the controls (controls.py), then write the shard
+atomically and index it. A kill loses at most the shard in progress.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import InputError
+from ..types import Explanation, Sampling, TokenInfo
+from . import controls, index, shards
+from .plan import Plan, PlannedConversation
+from .reader import iter_messages_json
+from .selection import Selection, select_positions, surprise
+
+CONTEXT_BEFORE, CONTEXT_AFTER = 8, 4  # tokens of context kept with each row (search hits show them)
+
+
+@dataclass
+class SweepOptions:
+    selection: Selection
+    sampling: Sampling = field(default_factory=Sampling)
+    av_prompt: str | None = None
+    batch_size: int | None = None  # None: the engine's explain-all batch (16 on CPU, by free memory on CUDA)
+    others: int = controls.DEFAULT_OTHERS  # K for the specificity control; 0 turns it off
+    prior_text: str | None = controls.PRIOR_TEXT  # None turns the prior control off
+    save_activations: bool = False
+
+    def identity(self) -> dict:
+        """The options a resumed run must share with the output it adds to."""
+        return {"selection": self.selection.to_json(), "sampling": self.sampling.to_json(),
+                "av_prompt": self.av_prompt, "controls": {"others": self.others, "prior_text": self.prior_text},
+                "save_activations": self.save_activations}
+
+
+@dataclass
+class SweepProgress:
+    rows_done: int  # rows written in this run
+    rows_total: int  # rows this run has to write
+    shards_done: int
+    shards_total: int
+    elapsed: float
+
+    @property
+    def rate(self) -> float:
+        return self.rows_done / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        return (self.rows_total - self.rows_done) / self.rate if self.rate > 0 else None
+
+
+def model_identity(info) -> dict:
+    return {"subject": info.subject, "av": info.av, "ar": info.ar, "layer": info.layer, "quant": info.quant,
+            "revision": info.revision, "fve_variance": info.fve_variance}
+
+
+def shard_targets(plan: Plan, limit: int | None) -> list[int]:
+    """Rows each shard must hold at the end of this run: all of them, or under --limit the
+    first `limit` positions of the sweep (so the last shard reached may be short)."""
+    if limit is None:
+        return list(plan.shard_rows)
+    return [max(0, min(r, limit - s)) for r, s in zip(plan.shard_rows, plan.shard_starts())]
+
+
+def todo(out: Path, plan: Plan, limit: int | None) -> list[int]:
+    """Shards this run writes: those whose file holds fewer rows than this run wants."""
+    targets = shard_targets(plan, limit)
+    return [k for k, t in enumerate(targets) if t and (shards.shard_row_count(shards.shard_path(out, k)) or 0) < t]
+
+
+def run_sweep(engine, plan: Plan, out: Path, opts: SweepOptions, limit: int | None = None,
+              on_progress: Callable[[SweepProgress], None] | None = None,
+              cancel: threading.Event | None = None) -> SweepProgress:
+    out = Path(out)
+    targets = shard_targets(plan, limit)
+    work = todo(out, plan, limit)
+    total = sum(targets[k] for k in work)
+    db = index.connect(out)
+    index.sync(out, db)
+    prior_recon = engine.ar.reconstruct([opts.prior_text])[0] if opts.prior_text else None
+    start, done = time.monotonic(), 0
+    progress = SweepProgress(0, total, 0, len(work), 0.0)
+    try:
+        for n, k in enumerate(work):
+            if cancel is not None and cancel.is_set():
+                break
+
+            def on_rows(rows: int) -> None:
+                if on_progress:
+                    on_progress(SweepProgress(done + rows, total, n, len(work), time.monotonic() - start))
+
+            rows, acts, convs = explain_shard(engine, plan, k, targets[k], opts, prior_recon, on_rows, cancel)
+            if cancel is not None and cancel.is_set():
+                break
+            path = shards.write_shard(out, k, rows, acts if opts.save_activations else None)
+            index.add_shard(db, k, rows, path.stat().st_mtime_ns,
+                            [(c.conversation.id, list(iter_messages_json(c.conversation))) for c in convs])
+            done += len(rows)
+            progress = SweepProgress(done, total, n + 1, len(work), time.monotonic() - start)
+            if on_progress:
+                on_progress(progress)
+    finally:
+        db.close()
+    return progress
+
+
+def explain_shard(engine, plan: Plan, k: int, target: int, opts: SweepOptions, prior_recon,
+                  on_rows: Callable[[int], None] | None = None, cancel: threading.Event | None = None):
+    """The rows of shard k (its first `target` positions), their activations, and the
+    conversations they came from."""
+    picked: list[tuple[int, PlannedConversation, list[TokenInfo], int, float | None, list[int]]] = []
+    vectors, others, convs = [], [], []
+    for c in plan.shards[k]:
+        pc = plan.items[c]
+        if len(picked) >= target:
+            break
+        if pc.n_positions == 0:
+            continue
+        engine.set_conversation(pc.conversation.messages)
+        toks = engine.tokens
+        if [t.token_id for t in toks] != pc.ids:
+            raise InputError(f"{pc.conversation.where}: the subject tokenized this conversation differently from "
+                             f"the check before loading; was the model changed while the sweep ran?")
+        sur = surprise(toks)
+        positions = select_positions(opts.selection, [t.text for t in toks], [t.role for t in toks], sur)
+        pool: dict[str, list[int]] = {}
+        for t in toks:
+            pool.setdefault(t.role, []).append(t.index)
+        convs.append(pc)
+        for i in positions[:target - len(picked)]:
+            picked.append((c, pc, toks, i, sur[i], controls.pick_others(i, pool[toks[i].role], opts.others)))
+            vectors.append(engine.activations[i])
+            others.append(engine.activations[picked[-1][5]])
+    if not picked:
+        return [], np.zeros((0, engine.info.d_model), np.float32), convs
+    vectors = np.stack(vectors).astype(np.float32)
+    batch = opts.batch_size or engine.explain_batch_size(opts.sampling.max_new_tokens, rows=len(picked))
+    exps: list[Explanation] = []
+    for b in range(0, len(picked), batch):
+        if cancel is not None and cancel.is_set():
+            return [], vectors, convs
+        exps += engine.explain_vectors(vectors[b:b + batch], opts.sampling, opts.av_prompt, cancel=cancel,
+                                       indices=[p[3] for p in picked[b:b + batch]])
+        if on_rows:
+            on_rows(len(exps))
+    recons = engine.ar.reconstruct([e.text for e in exps]) if opts.others else None
+    info, ar = engine.info, engine.ar
+    rows = []
+    for j, ((c, pc, toks, i, s, _), e) in enumerate(zip(picked, exps)):
+        own = e.score.fidelity if e.score else None
+        spec, mean_others = (controls.specificity(recons[j], own, others[j], ar.meta.mse_scale, ar.variance)
+                             if recons is not None else (None, None))
+        prior_fve, prior_cos = (controls.prior(prior_recon, vectors[j], ar.meta.mse_scale, ar.variance)
+                                if prior_recon is not None else (None, None))
+        t = toks[i]
+        msgs = pc.conversation.messages
+        rows.append({
+            "conversation_id": pc.conversation.id, "conversation": c, "message_index": t.turn,
+            "turn": max(0, sum(m.role == "user" for m in msgs[:t.turn + 1]) - 1),
+            "token_index": i, "token_id": t.token_id, "token_text": t.text, "role": t.role,
+            "context_before": "".join(x.text for x in toks[max(0, i - CONTEXT_BEFORE):i]),
+            "context_after": "".join(x.text for x in toks[i + 1:i + 1 + CONTEXT_AFTER]),
+            "surprise": s, "activation_norm": t.norm,
+            "explanation": e.text, "closed": not e.truncated, "truncated": e.truncated, "warnings": e.warnings,
+            "cos": e.score.cos if e.score else None, "mse_nrm": e.score.mse_nrm if e.score else None,
+            "fve_nrm": e.score.fve_nrm if e.score else None, "label": e.score.label if e.score else "",
+            "specificity": spec, "fve_others_mean": mean_others, "others": len(others[j]),
+            "prior_fve": prior_fve, "prior_cos": prior_cos,
+            "subject": info.subject, "av": info.av, "ar": info.ar, "precision": info.quant, "layer": info.layer,
+            "temperature": e.sampling.temperature, "top_p": e.sampling.top_p,
+            "max_new_tokens": e.sampling.max_new_tokens, "seed": e.sampling.seed, "av_prompt": e.prompt,
+            "shard": k,
+        })
+    return rows, vectors, convs
