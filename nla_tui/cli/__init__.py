@@ -23,13 +23,13 @@ import importlib.util
 import sys
 
 from ..core.errors import NlaError
-from . import cache, check, compare, explain_vectors, export, open, run, steer, sweep, tui
+from . import cache, check, compare, explain_vectors, export, open, report, run, search, steer, sweep, tui
 from ..terminal_text import visible
 from .common import EXIT_USER_ERROR, add_display_args, add_model_args
 from .validate import fix_negative_values
 from .output import say
 
-SUBCOMMANDS = (run, check, open, export, steer, compare, explain_vectors, cache, sweep)
+SUBCOMMANDS = (run, check, open, export, steer, compare, explain_vectors, cache, sweep, search, report)
 
 
 def _add_bench(sub) -> None:

@@ -126,11 +126,16 @@ class Explanation:
     truncated: bool = False  # no closing </explanation> tag
     warnings: list[str] = field(default_factory=list)
     untrained_av: bool = False  # demo pair: text is not a faithful explanation
+    # A sweep's per-position controls (core/corpus/controls.py), e.g. {"specificity": 0.4,
+    # "others": 8, "prior_fve": 0.1}; None where none were computed (then not written).
+    controls: dict[str, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["sampling"] = self.sampling.to_json()
         d["score"] = None if self.score is None else self.score.to_json()
+        if self.controls is None:
+            del d["controls"]
         return d
 
     @classmethod
@@ -145,6 +150,8 @@ class Explanation:
             truncated=bool(d.get("truncated", False)),
             warnings=list(d.get("warnings", [])),
             untrained_av=bool(d.get("untrained_av", False)),
+            controls={str(k): float(v) for k, v in d["controls"].items() if v is not None}
+            if isinstance(d.get("controls"), dict) else None,
         )
 
 

@@ -27,4 +27,5 @@ def palette_commands(app: Any) -> Iterable[SystemCommand]:
     yield SystemCommand("What if…", "Edit this token's explanation and regenerate steered (w)", app.action_what_if)
     yield SystemCommand("Compare tokens", "Mark A, then on B explain a − b and b − a (c)", app.action_compare)
     yield SystemCommand("Open transcript", "Load a JSON chat transcript (o)", app.action_open_transcript)
+    yield SystemCommand("Open a corpus sweep", "Search a sweep's explanations, open a hit (C)", app.action_corpus)
     yield SystemCommand("nla-tui keys", "Every key of nla-tui (? or F1)", app.action_help)

@@ -42,6 +42,7 @@ KEYS: list[tuple[str, list[tuple[str, str]]]] = [
         ("i / Tab", "focus the message box"),
         ("Enter", "send the message (the reply streams in)"),
         ("o", "open a transcript (OpenAI chat format: JSON list, {messages: [...]} or JSONL)"),
+        ("C", "corpus: search a sweep's output (nla-tui sweep); Enter opens a hit on its token, f / s / u sort"),
     ]),
     ("Sessions", [
         ("ctrl+s", "save the session under a name (it also autosaves after every job and on exit)"),

@@ -18,15 +18,16 @@ from .shards import INDEX, finished_shards, iter_shard_rows, shard_number
 
 COLUMNS = ("conversation_id", "conversation", "message_index", "token_index", "role", "token_text",
            "context_before", "context_after", "explanation", "fve_nrm", "cos", "specificity", "surprise",
-           "prior_fve", "activation_norm")
+           "prior_fve", "activation_norm", "mse_nrm", "truncated", "others", "temperature", "max_new_tokens",
+           "seed")
+REALS = {"fve_nrm", "cos", "specificity", "surprise", "prior_fve", "activation_norm", "mse_nrm", "temperature"}
+INTEGERS = {"conversation", "message_index", "token_index", "truncated", "others", "max_new_tokens", "seed"}
 SORTS = {"rank": "rank", "fve": "r.fve_nrm DESC", "-fve": "r.fve_nrm ASC", "specificity": "r.specificity DESC",
-         "surprise": "r.surprise DESC", "norm": "r.activation_norm DESC"}
+         "surprise": "r.surprise DESC", "norm": "r.activation_norm DESC"}  # rank: FTS5's bm25 (best first)
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS rows (id INTEGER PRIMARY KEY, shard INTEGER NOT NULL,
-  {", ".join(c + (" REAL" if c in ("fve_nrm", "cos", "specificity", "surprise", "prior_fve", "activation_norm")
-                  else " INTEGER" if c in ("conversation", "message_index", "token_index") else " TEXT")
-             for c in COLUMNS)});
+  {", ".join(c + (" REAL" if c in REALS else " INTEGER" if c in INTEGERS else " TEXT") for c in COLUMNS)});
 CREATE INDEX IF NOT EXISTS rows_shard ON rows(shard);
 CREATE INDEX IF NOT EXISTS rows_role_fve ON rows(role, fve_nrm);
 CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(explanation, token_text, content='rows', content_rowid='id');
@@ -52,6 +53,21 @@ class Hit:
     surprise: float | None
     prior_fve: float | None
     activation_norm: float | None
+    mse_nrm: float | None
+    truncated: bool
+    others: int
+    temperature: float
+    max_new_tokens: int
+    seed: int
+
+    @property
+    def controls(self) -> dict[str, float]:
+        out = {"others": float(self.others)} if self.specificity is not None else {}
+        if self.specificity is not None:
+            out["specificity"] = self.specificity
+        if self.prior_fve is not None:
+            out["prior_fve"] = self.prior_fve
+        return out
 
 
 def connect(out: Path) -> sqlite3.Connection:
@@ -100,15 +116,18 @@ def search(out: Path, query: str, roles: tuple[str, ...] | None = None, min_fve:
     if sort not in SORTS:
         raise InputError(f"--sort {sort!r}: use one of {', '.join(SORTS)}.")
     own = db or connect(out)
-    where, args = ["fts MATCH ?"], [query]
+    browse = not (query or "").strip()  # no query: every row, in the chosen order
+    where, args = ([], []) if browse else (["fts MATCH ?"], [query])
     if roles:
         where.append(f"r.role IN ({', '.join('?' * len(roles))})")
         args += list(roles)
     if min_fve is not None:
         where.append("r.fve_nrm >= ?")
         args.append(min_fve)
-    sql = (f"SELECT {', '.join('r.' + c for c in COLUMNS)} FROM fts JOIN rows r ON r.id = fts.rowid "
-           f"WHERE {' AND '.join(where)} ORDER BY {SORTS[sort]} LIMIT ?")
+    order = SORTS["fve" if browse and sort == "rank" else sort]
+    source = "rows r" if browse else "fts JOIN rows r ON r.id = fts.rowid"
+    sql = (f"SELECT {', '.join('r.' + c for c in COLUMNS)} FROM {source} "
+           f"{'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY {order} LIMIT ?")
     try:
         found = own.execute(sql, (*args, int(limit))).fetchall()
     except sqlite3.OperationalError as e:

@@ -181,6 +181,13 @@ def prepare_out(out: Path, identity: dict, force: bool) -> dict | None:
     return None
 
 
+def remove_stale_temps(out: Path) -> None:
+    """Temp files a killed sweep left mid-write (named by write_atomic: `.part-NNNNN.*.tmp`)."""
+    d = Path(out) / SHARD_DIR
+    for p in d.glob(".part-*.tmp") if d.is_dir() else ():
+        p.unlink(missing_ok=True)
+
+
 def remove_sweep_files(out: Path) -> None:
     """Only what a sweep writes (named by its patterns): nothing else in DIR is touched."""
     for p in finished_shards(out) + sorted((out / SHARD_DIR).glob("part-*.safetensors")):

@@ -87,6 +87,7 @@ def run_sweep(engine, plan: Plan, out: Path, opts: SweepOptions, limit: int | No
     targets = shard_targets(plan, limit)
     work = todo(out, plan, limit)
     total = sum(targets[k] for k in work)
+    shards.remove_stale_temps(out)
     db = index.connect(out)
     index.sync(out, db)
     prior_recon = engine.ar.reconstruct([opts.prior_text])[0] if opts.prior_text else None

@@ -44,6 +44,17 @@ def _score_line(ex: Explanation) -> Text:
     return t
 
 
+def controls_line(c: dict[str, float]) -> str:
+    """A sweep's controls (docs/CORPUS.md): how much better the explanation fits its own
+    vector than other positions' (specificity), and what a content-free sentence gets (prior)."""
+    parts = []
+    if "specificity" in c:
+        parts.append(f"specificity {c['specificity']:+.2f} (vs {int(c.get('others', 0))} others)")
+    if "prior_fve" in c:
+        parts.append(f"prior {c['prior_fve']:.2f}")
+    return "controls: " + " · ".join(parts) if parts else ""
+
+
 def _sampling_note(sp: Sampling, prompt: str | None) -> str:
     how = "greedy" if sp.temperature == 0 else f"t={sp.temperature:g} seed={sp.seed}"
     return f"{how} · max {sp.max_new_tokens} tok · prompt: {'custom' if prompt else 'default'}"
@@ -93,6 +104,8 @@ def render_token(state: UiState, index: int) -> Text:
                        "injection failed\n", style="yellow")
         for w in best.warnings:
             out.append(f"⚠ {visible(str(w))}\n", style="yellow")
+        if best.controls:
+            out.append(controls_line(best.controls) + "\n")
         out.append(_sampling_note(best.sampling, best.prompt) + "\n", style="dim")
         out.append(visible(best.text.strip()) or "(empty)", style="bold" if partial is None else "dim")
         out.append("\n")

@@ -1,0 +1,143 @@
+"""`nla-tui sweep` on the real demo pair: rows as `nla-tui run` gives them, resume after a
+real kill -9, refusal to mix jobs, and search over what was explained."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nla_tui.core.corpus import index
+from nla_tui.core.corpus.shards import read_rows, shard_path
+from tests._support_engine import reusing_demo_loads
+
+pytest.importorskip("pyarrow")  # the [corpus] extra; [test] installs it
+
+CONVS = [
+    {"id": "france", "messages": [{"role": "user", "content": "What is the capital of France?"},
+                                  {"role": "assistant", "content": "Paris is the capital of France."}]},
+    {"id": "fruit", "messages": [{"role": "user", "content": "Name a red fruit."},
+                                 {"role": "assistant", "content": "A strawberry is red."}]},
+    {"id": "sum", "messages": [{"role": "user", "content": "What is two plus two?"},
+                               {"role": "assistant", "content": "Two plus two is four."}]},
+]
+FLAGS = ["--preset", "demo", "--role", "assistant", "--max-per-conversation", "2", "--max-explain-tokens", "12",
+         "--shard-positions", "2", "--others", "3"]
+
+
+def _main(capsys, *args):
+    from nla_tui import cli
+
+    try:
+        code = cli.main(list(args))
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "convs.jsonl"
+    path.write_text("".join(json.dumps(c) + "\n" for c in CONVS[:2]))
+    return path
+
+
+@pytest.fixture(scope="module")
+def swept(corpus_file, tmp_path_factory, demo_paths, demo_tokenizer, demo_engine):
+    """Two conversations, two assistant positions each, two shards: run once, in-process."""
+    out = tmp_path_factory.mktemp("sweep") / "out"
+    from nla_tui import cli
+
+    with reusing_demo_loads(demo_tokenizer, demo_paths, demo_engine, models=("subject", "av", "ar")):
+        assert cli.main(["sweep", str(corpus_file), "--out", str(out), *FLAGS]) == 0
+    return out
+
+
+def test_rows_match_nla_tui_run(swept, tmp_path, capsys, demo_paths, demo_tokenizer, demo_engine):
+    rows = [r for r in read_rows(swept) if r["conversation_id"] == "france"]
+    assert len(rows) == 2 and all(r["role"] == "model" for r in rows)
+    msgs = tmp_path / "france.json"
+    msgs.write_text(json.dumps(CONVS[0]["messages"]))
+    positions = ",".join(str(r["token_index"]) for r in rows)
+    with reusing_demo_loads(demo_tokenizer, demo_paths, demo_engine, models=("subject", "av", "ar")):
+        code, _, err = _main(capsys, "run", "--preset", "demo", "--messages", str(msgs), "--explain", positions,
+                             "--max-explain-tokens", "12", "--out", str(tmp_path / "s"))
+    assert code == 0, err[-2000:]
+    session = json.loads((tmp_path / "s" / "session.json").read_text())
+    by_index = {e["index"]: e for e in session["explanations"]}
+    tokens = session["tokens"]
+    for r in rows:
+        e = by_index[r["token_index"]]
+        assert r["explanation"] == e["text"] and r["truncated"] == e["truncated"]
+        assert r["token_text"] == tokens[r["token_index"]]["text"]
+        assert r["cos"] == pytest.approx(e["score"]["cos"], abs=1e-5)
+        assert r["fve_nrm"] == pytest.approx(e["score"]["fve_nrm"], abs=1e-5)
+        assert r["activation_norm"] == pytest.approx(tokens[r["token_index"]]["norm"], rel=1e-5)
+        # the controls are there and mean what they say
+        assert r["others"] == 3 and r["specificity"] == pytest.approx(r["fve_nrm"] - r["fve_others_mean"])
+        assert r["prior_fve"] is not None and r["prior_fve"] < 1
+        assert r["subject"] == "demo:subject" and r["precision"] == "fp32" and r["layer"] == 12
+
+
+def test_search_finds_what_was_explained_and_nothing_else(swept):
+    rows = read_rows(swept)
+    words = {w.strip('".,:;()').lower() for r in rows for w in r["explanation"].split()}
+    word = next(w for w in sorted(words, key=len, reverse=True) if w.isalpha())
+    expected = {(r["conversation_id"], r["token_index"]) for r in rows
+                if word in {w.strip('".,:;()').lower() for w in (r["explanation"] + " " + r["token_text"]).split()}}
+    hits = index.search(swept, word, limit=100)
+    assert {(h.conversation_id, h.token_index) for h in hits} == expected and expected
+    assert index.search(swept, "zyzzyvaquux") == []
+    assert index.search(swept, word, roles=("user",)) == []  # only assistant tokens were explained
+    cut = sorted(r["fve_nrm"] for r in rows)[len(rows) // 2]
+    assert all(h.fve_nrm >= cut for h in index.search(swept, word, min_fve=cut, limit=100))
+    assert index.conversation_messages(swept, "fruit") == CONVS[1]["messages"]
+
+
+def test_a_changed_option_refuses_to_mix(swept, corpus_file, capsys):
+    code, _, err = _main(capsys, "sweep", str(corpus_file), "--out", str(swept),
+                         *[("16" if f == "12" else f) for f in FLAGS])
+    assert code == 2 and "sampling.max_new_tokens: 12 → 16" in err, err
+    assert len(read_rows(swept)) == 4  # untouched
+
+
+def test_resume_after_kill_9(tmp_path, capsys, demo_paths, demo_tokenizer, demo_engine):
+    """A real process killed with SIGKILL after its first shard; the same command again
+    finishes without redoing that shard, with no duplicate and no missing row."""
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps(c) + "\n" for c in CONVS))
+    out = tmp_path / "out"
+    flags = ["--preset", "demo", "--role", "assistant", "--max-per-conversation", "1", "--max-explain-tokens", "8",
+             "--shard-positions", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "nla_tui.cli", "sweep", str(corpus), "--out", str(out), *flags],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        deadline = time.monotonic() + 600
+        while not shard_path(out, 0).exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+    first = shard_path(out, 0).stat().st_mtime_ns
+    assert not shard_path(out, 2).exists()  # killed mid-job
+    with reusing_demo_loads(demo_tokenizer, demo_paths, demo_engine, models=("subject", "av", "ar")):
+        code, _, err = _main(capsys, "sweep", str(corpus), "--out", str(out), *flags)
+    assert code == 0, err[-2000:]
+    assert "1 of 3 shards already done" in err or "2 of 3 shards already done" in err
+    assert shard_path(out, 0).stat().st_mtime_ns == first  # not redone
+    keys = [(r["conversation_id"], r["token_index"]) for r in read_rows(out)]
+    assert len(keys) == len(set(keys)) == 3 and [k[0] for k in keys] == ["france", "fruit", "sum"]
+    assert not list((out / "shards").glob(".*tmp"))  # no temp file left behind
+    db = index.connect(out)
+    assert db.execute("SELECT count(*), count(DISTINCT conversation_id) FROM rows").fetchone() == (3, 3)
+    db.close()
