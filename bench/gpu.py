@@ -110,7 +110,7 @@ def step_ms(model, batch: int, max_len: int, steps: int = 20) -> tuple[float, bo
 
 
 # Sections `--sections` can pick; the builds they need run with them.
-SECTIONS = ("startup", "eager_b1", "fast_b1", "sweep", "eager_batch", "explain_all_capped", "explain_all_parked",
+SECTIONS = ("startup", "start_three", "eager_b1", "fast_b1", "sweep", "eager_batch", "explain_all_capped", "explain_all_parked",
             "explain_all_one_batch", "subject_chat", "steered_continuation", "capture", "ar_score",
             "denest_experiment", "int4_compare", "compile_probe")
 _NEEDS_THREE = {"explain_all_capped", "explain_all_parked", "explain_all_one_batch", "subject_chat",
@@ -149,7 +149,13 @@ def run(rep: Report, out: Path, new_tokens: int = 200, n_explain: int = 150, mem
         # The dry run exercises the cache in nf4 on the CPU too (bitsandbytes runs there).
         st.run(rep, out, _cfg, dev, "nf4" if mode == "bf16" else mode, workdir)
     section("startup", startup)
-    if not want - {"startup"}:
+
+    def start_three():
+        from . import start_three as s3
+
+        s3.run(rep, _cfg, dev, "nf4" if mode == "bf16" else mode, workdir, max_len)
+    section("start_three", start_three)
+    if not want - {"startup", "start_three"}:
         return
 
     def build_av():
