@@ -8,8 +8,9 @@ from pathlib import Path
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("suite", choices=["gpu", "multigpu", "cpu", "ui"],
-                   help="gpu: 27B-shaped nf4; multigpu: 2 cards capped at 24 GiB; cpu: demo preset; ui: Pilot")
+    p.add_argument("suite", choices=["gpu", "multigpu", "cpu", "ui", "serve"],
+                   help="gpu: 27B-shaped nf4; multigpu: 2 cards capped at 24 GiB; cpu: demo preset; ui: Pilot; "
+                        "serve: HTTP overhead over the in-process API (bench/serve.py)")
     p.add_argument("--out", help="JSON file to write (default bench/results/<suite>.json)")
     p.add_argument("--new-tokens", type=int, default=None, help="tokens per explanation (gpu 200, cpu 48)")
     p.add_argument("--explain", type=int, default=None, help="explanations in explain-all (gpu 150, cpu 32)")
@@ -18,6 +19,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sections", help="gpu / ui: comma list of sections to run (ui: ui, ui_many_turns, ui_agent_500) (default all; see bench/gpu.py SECTIONS)")
     p.add_argument("--quant", choices=["nf4", "int4"], default="nf4",
                    help="gpu: weight format of the 27B-shaped models (int4: nla_tui/core/models/int4.py)")
+    p.add_argument("--preset", help="serve: models to load (default demo on CPU; e.g. gemma3-27b on a GPU box)")
     p.add_argument("--workdir", help="gpu startup / multigpu: where to write the 27B-shaped checkpoint (default: TMPDIR)")
     p.set_defaults(func=run)
 
@@ -63,6 +65,12 @@ def run(args: argparse.Namespace) -> int:
 
         rep = Report("cpu: demo preset (Gemma 3 270M, fp32)", machine("cpu"), command, apply_targets=False)
         cpu.run(rep, out, new_tokens=args.new_tokens or 48, n_explain=args.explain or 32)
+    elif args.suite == "serve":
+        from . import serve
+
+        rep = Report("serve: nla-tui serve over the in-process API", machine("cpu" if args.preset in (None, "demo")
+                                                                             else "cuda"), command, apply_targets=False)
+        serve.run(rep, out, {x.strip() for x in args.sections.split(",")} if args.sections else None, args.preset)
     else:
         from . import ui
 

@@ -29,3 +29,14 @@ def sessions_dir() -> Path:
 def models_dir() -> Path:
     """Models nla-tui builds itself (the demo pair)."""
     return cache_root() / "models"
+
+
+def config_root() -> Path:
+    """Settings, and the bearer token of `nla-tui serve`. Env NLA_TUI_CONFIG overrides."""
+    env = os.environ.get("NLA_TUI_CONFIG")
+    return Path(env).expanduser() if env else Path(platformdirs.user_config_dir(APP))
+
+
+def server_token_path() -> Path:
+    """The bearer token `nla-tui serve` generates at its first start (0600); clients of the same user read it."""
+    return config_root() / "server-token"

@@ -8,6 +8,7 @@
     nla-tui explain-vectors FILE                             explain any vectors (explain_vectors.py)
     nla-tui sweep DATASET --out DIR | search DIR Q | report DIR   corpora (sweep.py, search.py, report.py)
     nla-tui cache list|clear [KIND ...]                      quantised models, activations, explanations (cache.py)
+    nla-tui serve | mcp                                      models loaded once, over HTTP / MCP (serve.py)
     nla-tui bench                                            from a source checkout (bench/cli.py)
 
 One module per subcommand, each with add_subparser(sub); they are registered by
@@ -23,13 +24,13 @@ import importlib.util
 import sys
 
 from ..core.errors import NlaError
-from . import cache, check, compare, explain_vectors, export, open, report, run, search, steer, sweep, tui
+from . import cache, check, compare, explain_vectors, export, open, report, run, search, serve, steer, sweep, tui
 from ..terminal_text import visible
 from .common import EXIT_USER_ERROR, add_display_args, add_model_args
 from .validate import fix_negative_values
 from .output import say
 
-SUBCOMMANDS = (run, check, open, export, steer, compare, explain_vectors, cache, sweep, search, report)
+SUBCOMMANDS = (run, check, open, export, steer, compare, explain_vectors, cache, sweep, search, report, serve)
 
 
 def _add_bench(sub) -> None:

@@ -75,6 +75,19 @@ class Scheduler:
             heapq.heapify(self._queue)
             return len(self._queue) + (self.current is not None)
 
+    def withdraw(self, job: ev.Job) -> bool:
+        """Cancel this one job (a server client went away): stop it at its next check if it
+        is running, drop it if queued. Returns True if it was dropped before it ran."""
+        with self._cv:
+            if self.current is job:
+                self.cancel.set()
+                return False
+            kept = [q for q in self._queue if q[2] is not job]
+            dropped = len(kept) != len(self._queue)
+            self._queue = kept
+            heapq.heapify(self._queue)
+            return dropped
+
     def take(self) -> ev.Job | None:
         """Block until a job is due and make it the current one; None once stopped."""
         with self._cv:

@@ -1,0 +1,201 @@
+"""A client for `nla-tui serve` with the methods of the in-process Nla (core/api.py):
+tokenize, capture, activations, explain (streamed), explain_vectors, score, compare,
+steer. It returns the same plain types (Conversation, Explanation, Score, Comparison,
+SteeredBranch), so a notebook switches between the two by changing one line.
+
+HTTP only (httpx): no torch, no models. The token defaults to the one `nla-tui serve`
+wrote for this user (the same config dir), else give it (`token=` or NLA_TUI_TOKEN).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Iterator, Sequence
+
+import httpx
+import numpy as np
+
+from .core.captured import Conversation, Messages, StreamItem
+from .core.branches import Comparison, SteeredBranch
+from .core.errors import Cancelled, InputError, NlaError
+from .core.events import ExplainDelta
+from .core.steer_jobs import DEFAULT_ALPHA
+from .core.types import Explanation, Message, ModelInfo, Sampling, Score, TokenInfo
+from .paths import server_token_path
+
+
+class ServerError(NlaError):
+    """The server refused a request (its one-line reason) or could not be reached."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+def default_token() -> str:
+    env = os.environ.get("NLA_TUI_TOKEN")
+    if env:
+        return env.strip()
+    path = server_token_path()
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError:
+        raise InputError(f"No server token: pass token=..., set NLA_TUI_TOKEN, or copy the server's {path} "
+                         f"(printed by `nla-tui serve`) to this machine.") from None
+
+
+def _messages_json(messages: Messages) -> Any:
+    if isinstance(messages, str):
+        return messages
+    if isinstance(messages, dict):
+        messages = messages.get("messages", messages)
+    return [m.to_json() if isinstance(m, Message) else m for m in messages]
+
+
+def _handle(conversation: Conversation | str) -> str:
+    return conversation.handle if isinstance(conversation, Conversation) else str(conversation)
+
+
+def _sampling(s: Sampling) -> dict[str, Any]:
+    return s.to_json()
+
+
+class NlaClient:
+    """`NlaClient("http://127.0.0.1:8765")`: the Nla API of a running `nla-tui serve`."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 600.0):
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=10.0),
+                                  headers={"authorization": f"Bearer {token or default_token()}"})
+        self._info: ModelInfo | None = None
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "NlaClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ transport
+
+    @staticmethod
+    def _raise_for(r: httpx.Response) -> None:
+        if r.status_code < 400:
+            return
+        try:
+            reason = r.json()["error"]
+        except Exception:
+            reason = r.text[:300] or r.reason_phrase
+        raise ServerError(f"The server refused ({r.status_code}): {reason}", r.status_code)
+
+    def _request(self, method: str, path: str, body: Any = None) -> Any:
+        try:
+            r = self._http.request(method, path, json=body)
+        except httpx.HTTPError as e:
+            raise ServerError(f"Cannot reach the nla-tui server at {self.url} ({type(e).__name__}: {e}); is "
+                              f"`nla-tui serve` running, and the SSH tunnel up?") from None
+        self._raise_for(r)
+        return r.json()
+
+    # ------------------------------------------------------------ the Nla methods
+
+    @property
+    def info(self) -> ModelInfo:
+        if self._info is None:
+            self._info = ModelInfo.from_json(self._request("GET", "/v1/info")["models"])
+        return self._info
+
+    def status(self) -> dict[str, Any]:
+        return self._request("GET", "/v1/status")
+
+    def tokenize(self, messages: Messages) -> list[TokenInfo]:
+        d = self._request("POST", "/v1/tokenize", {"messages": _messages_json(messages)})
+        return [TokenInfo.from_json(t) for t in d["tokens"]]
+
+    def capture(self, messages: Messages) -> Conversation:
+        return Conversation.from_json(self._request("POST", "/v1/capture", {"messages": _messages_json(messages)}))
+
+    def activations(self, conversation: Conversation | str, positions: Sequence[int] | None = None) -> np.ndarray:
+        if positions is None:
+            if not isinstance(conversation, Conversation):
+                raise InputError("Give the positions (or the Conversation, whose tokens say how many there are).")
+            positions = range(len(conversation.tokens))
+        d = self._request("POST", "/v1/activations", {"handle": _handle(conversation), "positions": list(positions)})
+        return np.asarray(d["vectors"], np.float32)
+
+    def forget(self, conversation: Conversation | str) -> None:
+        self._request("DELETE", f"/v1/conversations/{_handle(conversation)}")
+
+    def explain_stream(self, conversation: Conversation | str | None = None, positions: Sequence[int] | None = None,
+                       sampling: Sampling = Sampling(), prompt: str | None = None,
+                       vectors: Any = None) -> Iterator[StreamItem]:
+        """ExplainDelta (text so far) and finished Explanations as the server streams them;
+        leaving the loop early closes the connection, and the server cancels the job."""
+        body: dict[str, Any] = {"sampling": _sampling(sampling), "prompt": prompt}
+        if conversation is not None:
+            body.update(handle=_handle(conversation), positions=list(positions or []))
+        else:
+            body["vectors"] = np.asarray(vectors, np.float32).reshape(-1, np.shape(vectors)[-1]).tolist()
+        try:
+            with self._http.stream("POST", "/v1/explain", json=body) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    self._raise_for(r)
+                event = None
+                for line in r.iter_lines():
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: "):
+                        data = json.loads(line[6:])
+                        if event == "delta":
+                            yield ExplainDelta(data["index"], data["text"])
+                        elif event == "explanation":
+                            yield Explanation.from_json(data)
+                        elif event == "error":
+                            raise (Cancelled() if data["error"] == "Cancelled." else ServerError(data["error"]))
+        except httpx.HTTPError as e:
+            raise ServerError(f"The explain stream from {self.url} broke ({type(e).__name__}: {e}).") from None
+
+    def explain(self, conversation: Conversation | str, positions: Sequence[int], sampling: Sampling = Sampling(),
+                prompt: str | None = None, on_text: Callable[[int, str], None] | None = None) -> list[Explanation]:
+        out = []
+        for item in self.explain_stream(conversation, positions, sampling, prompt):
+            if isinstance(item, ExplainDelta):
+                if on_text is not None:
+                    on_text(item.index, item.text)
+            else:
+                out.append(item)
+        return out
+
+    def explain_vectors(self, vectors: Any, sampling: Sampling = Sampling(), prompt: str | None = None,
+                        on_text: Callable[[int, str], None] | None = None) -> list[Explanation]:
+        out = []
+        for item in self.explain_stream(None, None, sampling, prompt, vectors=vectors):
+            if isinstance(item, ExplainDelta):
+                if on_text is not None:
+                    on_text(item.index, item.text)
+            else:
+                out.append(item)
+        return out
+
+    def score(self, text: str, vector: Any) -> Score:
+        vec = np.asarray(vector, np.float32).reshape(-1).tolist()
+        d = self._request("POST", "/v1/score", {"text": text, "vector": vec})
+        return Score.from_json(d)
+
+    def compare(self, conversation: Conversation | str, i: int, j: int, sampling: Sampling = Sampling()) -> Comparison:
+        return Comparison.from_json(self._request("POST", "/v1/compare", {
+            "handle": _handle(conversation), "i": i, "j": j, "sampling": _sampling(sampling)}))
+
+    def steer(self, conversation: Conversation | str, index: int, edited: str, alpha: float = DEFAULT_ALPHA,
+              span: str = "here", max_new_tokens: int = 32, original: str | None = None,
+              sampling: Sampling = Sampling()) -> SteeredBranch:
+        return SteeredBranch.from_json(self._request("POST", "/v1/steer", {
+            "handle": _handle(conversation), "index": index, "edited": edited, "alpha": alpha, "span": span,
+            "max_new_tokens": max_new_tokens, "original": original, "sampling": _sampling(sampling)}))
+
+
+__all__ = ["NlaClient", "ServerError", "default_token"]

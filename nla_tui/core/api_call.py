@@ -1,0 +1,101 @@
+"""One API request as a scheduler job (core/api.py submits them), and the checks every
+request passes before it is queued."""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import events as ev
+from .captured import Messages
+from .errors import Cancelled, InputError
+from .store.transcript import parse_message
+from .types import Message, Sampling
+
+
+@dataclass(eq=False)
+class Call(ev.Job):
+    """One API request as a scheduler job: `work(engine, cancel)` runs on the worker thread."""
+
+    work: Callable[[Any, threading.Event], Any]
+    job_kind: ev.JobKind
+    level: int = ev.PRIORITY_EXPLAIN
+    result: Any = None
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    _callbacks: list[Callable[[], None]] = field(default_factory=list)
+    _scheduler: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def kind(self) -> ev.JobKind:  # type: ignore[override]  # per call, not per class
+        return self.job_kind
+
+    @property
+    def key(self) -> str:
+        return f"api:{id(self)}"  # never deduplicated: every request is its own job
+
+    @property
+    def priority(self) -> int:
+        return self.level
+
+    def finish(self, result: Any = None, error: BaseException | None = None) -> None:
+        with self._lock:
+            if self.done.is_set():
+                return
+            self.result, self.error = result, error
+            self.done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            fn()
+
+    def on_done(self, fn: Callable[[], None]) -> None:
+        """Call `fn()` (on whichever thread finishes the job) once it is over."""
+        with self._lock:
+            if not self.done.is_set():
+                self._callbacks.append(fn)
+                return
+        fn()
+
+    def cancel(self) -> None:
+        """Stop this job at its next check if running; drop it if still queued."""
+        if self._scheduler is not None and self._scheduler.withdraw(self):
+            self.finish(error=Cancelled())
+
+    def outcome(self) -> Any:
+        """The result of a finished call; raises its error."""
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def wait(self) -> Any:
+        try:
+            self.done.wait()
+        except KeyboardInterrupt:  # Ctrl-C in a notebook: stop the model too
+            self.cancel()
+            raise
+        return self.outcome()
+
+
+def as_messages(messages: Messages) -> list[Message]:
+    """A prompt string (one user turn), Message objects, OpenAI-style dicts or {"messages": [...]}."""
+    if isinstance(messages, str):
+        if not messages.strip():
+            raise InputError("The text is empty: give a prompt or a list of messages.")
+        return [Message("user", messages)]
+    if isinstance(messages, dict) and isinstance(messages.get("messages"), list):
+        messages = messages["messages"]
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise InputError("messages must be a non-empty list of {\"role\", \"content\"} objects or a prompt string.")
+    return [m if isinstance(m, Message) else parse_message(m, i, "messages") for i, m in enumerate(messages)]
+
+
+def check_sampling(sampling: Sampling) -> None:
+    if not 1 <= sampling.max_new_tokens <= 1024:
+        raise InputError(f"max_new_tokens {sampling.max_new_tokens} must be between 1 and 1024.")
+    if not (math.isfinite(sampling.temperature) and sampling.temperature >= 0):
+        raise InputError(f"temperature {sampling.temperature} must be a finite number ≥ 0 (0 = greedy).")
+    if not 0 < sampling.top_p <= 1:
+        raise InputError(f"top_p {sampling.top_p} must be in (0, 1].")

@@ -1,0 +1,187 @@
+"""`nla-tui serve` over real sockets (uvicorn on a free 127.0.0.1 port) and the real demo
+pair: every route, the token, refusals as one-line 4xx, a disconnect cancelling its job,
+two clients at once. The answers are checked against the in-process API (core/api.py)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from nla_tui.core.types import Sampling
+from tests._support_server import TOKEN, serving
+
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+SHORT = Sampling(max_new_tokens=16)
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Paris."}]
+
+
+@pytest.fixture(scope="module")
+def served(demo_engine):
+    with serving(demo_engine) as (url, nla):
+        yield url, nla
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    from nla_tui.client import NlaClient
+
+    with NlaClient(served[0], TOKEN) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def conv(client):
+    return client.capture(QUESTION)
+
+
+def refusal(r: httpx.Response, status: int) -> str:
+    """The response is `status` with a one-line reason and no traceback."""
+    assert r.status_code == status, r.text
+    reason = r.json()["error"]
+    assert reason and "\n" not in reason and "Traceback" not in reason
+    return reason
+
+
+def test_every_request_needs_the_token(served):
+    url, _ = served
+    for headers in ({}, {"authorization": "Bearer wrong-token-wrong-token"}, {"authorization": TOKEN}):
+        for method, path in (("GET", "/v1/info"), ("GET", "/openapi.json"), ("POST", "/v1/score"), ("POST", "/mcp")):
+            r = httpx.request(method, url + path, headers=headers, json={})
+            assert "bearer" in refusal(r, 401).lower()
+            assert r.headers["www-authenticate"] == "Bearer"
+    schema = httpx.get(url + "/openapi.json", headers=AUTH).json()
+    assert {"/v1/tokenize", "/v1/capture", "/v1/explain", "/v1/score", "/v1/compare", "/v1/steer"} <= set(schema["paths"])
+
+
+def test_bad_requests_are_one_line_4xx(served, conv):
+    url, nla = served
+    post = lambda path, headers=AUTH, **kw: httpx.post(url + path, headers=headers, **kw)  # noqa: E731
+    assert "not valid JSON" in refusal(post("/v1/score", content=b'{"text": "a", ',
+                                            headers={**AUTH, "content-type": "application/json"}), 400)
+    assert "JSON object" in refusal(post("/v1/score", content=b"text=a"), 400)
+    assert "text" in refusal(post("/v1/score", json={"vector": [0.0] * nla.info.d_model}), 422)
+    assert "d_model" in refusal(post("/v1/score", json={"text": "a", "vector": [1.0, 2.0]}), 400)
+    assert "either" in refusal(post("/v1/explain", json={"positions": [1]}), 422)
+    assert "out of range" in refusal(post("/v1/explain", json={"handle": conv.handle, "positions": [10_000]}), 400)
+    assert "capture it again" in refusal(post("/v1/compare", json={"handle": "nope", "i": 1, "j": 2}), 404)
+    assert "span" in refusal(post("/v1/steer", json={"handle": conv.handle, "index": 3, "edited": "x",
+                                                       "span": "sideways"}), 422)
+    assert "role" in refusal(post("/v1/capture", json={"messages": [{"role": "wizard", "content": "hi"}]}), 400)
+    assert "empty" in refusal(post("/v1/capture", json={"messages": "   "}), 400)
+    assert "limit" in refusal(post("/v1/score", content=b"x" * (9 << 20)), 413)
+    refusal(httpx.get(url + "/v1/nothing-here", headers=AUTH), 404)
+    refusal(httpx.get(url + "/v1/score", headers=AUTH), 405)
+    assert httpx.get(url + "/v1/status", headers=AUTH).json()["queue_depth"] == 0  # and the server is still up
+
+
+def test_tokenize_capture_activations_match_in_process(served, client, conv):
+    _, nla = served
+    assert client.info.d_model == nla.info.d_model and client.info.layer == nla.info.layer
+    tokens = client.tokenize(QUESTION)
+    assert [t.token_id for t in tokens] == [t.token_id for t in conv.tokens]
+    assert {t.role for t in conv.tokens} >= {"bos", "user", "model"}
+    assert all(t.norm > 0 and len(t.top) > 0 for t in conv.tokens[1:])
+    np.testing.assert_array_equal(client.activations(conv, [3, 5]), nla.activations(conv.handle, [3, 5]))
+
+
+def test_score_and_explain_stream_match_in_process(served, client, conv):
+    _, nla = served
+    france = next(t.index for t in conv.tokens if t.text == " France")
+    vector = nla.activations(conv.handle, [france])[0]
+    here, there = nla.score("Token France", vector), client.score("Token France", vector)
+    assert there.cos == pytest.approx(here.cos, abs=1e-6) and there.fve_nrm == pytest.approx(here.fve_nrm, abs=1e-6)
+    items = list(client.explain_stream(conv, [france], SHORT))
+    deltas, final = items[:-1], items[-1]
+    assert deltas and all(d.index == france for d in deltas)
+    assert final.index == france and final.score is not None
+    assert final.text == nla.explain(conv.handle, [france], SHORT)[0].text  # greedy: the same text both ways
+    by_handle = httpx.post(served[0] + "/v1/score", headers=AUTH,
+                           json={"text": final.text, "handle": conv.handle, "position": france}).json()
+    assert by_handle["fve_nrm"] == pytest.approx(final.score.fve_nrm, abs=1e-5) and by_handle["label"]
+    vec_exp = client.explain_vectors(vector[None], SHORT)
+    assert vec_exp[0].index == 0 and vec_exp[0].text == final.text  # the same vector, the same explanation
+
+
+def test_compare_and_steer(client, conv):
+    france = next(t.index for t in conv.tokens if t.text == " France")
+    c = client.compare(conv, france, france - 2, SHORT)
+    assert -1 <= c.cos < 1 and c.diff_norm > 0 and c.a_minus_b.text and c.b_minus_a.text
+    b = client.steer(conv, france, 'Token " Germany" after "capital of".', alpha=0.5, max_new_tokens=4,
+                     original='Token " France" after "capital of".')
+    assert b.index == france and len(b.steered_tokens) == 4 and len(b.original_tokens) == 4
+    assert [x.token_id for x in b.before] == [x.token_id for x in conv.tokens[france].top[:len(b.before)]]
+    assert b.after != b.before  # the push changed the next-token distribution
+
+
+def test_a_client_that_disconnects_cancels_its_job(served, conv):
+    url, nla = served
+    before = nla.jobs["cancelled"]
+    body = {"handle": conv.handle, "positions": [4, 5, 6], "sampling": {"max_new_tokens": 1024}}
+    with httpx.stream("POST", url + "/v1/explain", headers=AUTH, json=body, timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("event: delta"):
+                break  # the AV is generating: walk away
+    deadline = time.monotonic() + 60
+    while nla.jobs["cancelled"] == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert nla.jobs["cancelled"] == before + 1
+    assert nla.status()["queue_depth"] == 0
+
+
+def test_two_clients_at_once(served, conv):
+    from nla_tui.client import NlaClient
+
+    url, nla = served
+    want = {p: nla.explain(conv.handle, [p], SHORT)[0].text for p in (6, 8)}
+    got: dict[int, str] = {}
+    errors: list[BaseException] = []
+
+    def one(position: int) -> None:
+        try:
+            with NlaClient(url, TOKEN) as c:
+                got[position] = c.explain(conv.handle, [position], SHORT)[0].text
+        except BaseException as e:  # reported below, on the test's thread
+            errors.append(e)
+    threads = [threading.Thread(target=one, args=(p,)) for p in want]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and got == want
+
+
+def test_rate_limit_answers_429(demo_engine):
+    with serving(demo_engine, mcp=False, rate_per_minute=3) as (url, _):
+        codes = [httpx.get(url + "/v1/info", headers=AUTH).status_code for _ in range(5)]
+        assert codes[:3] == [200, 200, 200] and codes[3:] == [429, 429]
+        r = httpx.get(url + "/v1/info", headers=AUTH)
+        assert "a minute" in refusal(r, 429) and int(r.headers["retry-after"]) >= 1
+
+
+def test_token_file_is_private_and_kept(tmp_path):
+    from nla_tui.core.errors import InputError
+    from nla_tui.server.guard import load_or_create_token
+
+    path = tmp_path / "cfg" / "server-token"
+    token, where, created = load_or_create_token(path)
+    assert created and where == path and len(token) >= 32
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert load_or_create_token(path) == (token, path, False)
+    os.chmod(path, 0o644)
+    with pytest.raises(InputError, match="chmod 600"):
+        load_or_create_token(path)
+
+
+def test_serve_arguments_are_checked_before_loading(capsys):
+    from nla_tui.cli import main
+
+    assert main(["serve", "--preset", "demo", "--port", "70000"]) == 2
+    assert main(["serve", "--preset", "demo", "--host", "gpu-box.example"]) == 2
+    err = capsys.readouterr().err
+    assert "--port 70000" in err and "not an IP address" in err and "loading" not in err
