@@ -36,6 +36,7 @@ class CorpusScreen(ModalScreen["index.Hit | None"]):
     #corpus-table { height: 1fr; }
     #corpus-status, #corpus-hint { color: $text-muted; }
     """
+    AUTO_FOCUS = "#corpus-query"
     BINDINGS = [
         Binding("escape", "close", "close"),
         Binding("f", "sort('fve')", "fve", show=False),
@@ -46,13 +47,13 @@ class CorpusScreen(ModalScreen["index.Hit | None"]):
 
     def __init__(self, directory: Path, query: str = "") -> None:
         super().__init__()
-        self.directory, self.query, self.sort = Path(directory), query, "rank"
+        self.directory, self.search_text, self.sort = Path(directory), query, "rank"
         self.hits: list[index.Hit] = []
 
     def compose(self) -> ComposeResult:
         with Vertical(id="corpus-box"):
             yield Static(f"[bold]Corpus[/]  {visible(str(self.directory))}", id="corpus-title")
-            yield Input(self.query, placeholder="search explanations and tokens, e.g. capital OR Paris*",
+            yield Input(self.search_text, placeholder="search explanations and tokens, e.g. capital OR Paris*",
                         id="corpus-query")
             yield DataTable(id="corpus-table", cursor_type="row", zebra_stripes=True)
             yield Static("", id="corpus-status")
@@ -66,7 +67,7 @@ class CorpusScreen(ModalScreen["index.Hit | None"]):
     def reload(self) -> None:
         status = self.query_one("#corpus-status", Static)
         try:
-            self.hits = index.search(self.directory, self.query, sort=self.sort, limit=LIMIT)
+            self.hits = index.search(self.directory, self.search_text, sort=self.sort, limit=LIMIT)
         except NlaError as e:
             status.update(visible(str(e), keep_layout=False))
             return
@@ -77,12 +78,12 @@ class CorpusScreen(ModalScreen["index.Hit | None"]):
             table.add_row(visible(h.conversation_id[-24:], keep_layout=False), str(h.token_index), h.role,
                           _num(h.fve_nrm), _num(h.specificity), _num(h.surprise),
                           visible(ctx, keep_layout=False), visible(h.explanation[:90], keep_layout=False))
-        shown = "every row" if not self.query.strip() else repr(self.query)
+        shown = "every row" if not self.search_text.strip() else repr(self.search_text)
         status.update(visible(f"{len(self.hits)} hit(s) for {shown}, by {SORT_NAMES.get(self.sort, self.sort)}"
                               + (f" (first {LIMIT})" if len(self.hits) == LIMIT else ""), keep_layout=False))
 
     def on_input_changed(self, event: Input.Changed) -> None:
-        self.query = event.value
+        self.search_text = event.value
         self.reload()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:

@@ -1,0 +1,199 @@
+"""Corpus sweep benchmarks (issue 22): sweep throughput and where its time goes, and
+search latency on a million rows.
+
+    python -m bench.corpus sweep  [--preset demo | --subject S --av A --ar R] [--quant Q] [--device D]
+                                  [--conversations 4] [--per-conversation 4] [--new-tokens 32]
+    python -m bench.corpus search [--rows 1000000]
+
+`sweep` runs the product's sweep (core/corpus/sweep.py, the same code as `nla-tui sweep`)
+over a synthetic chat corpus and, in the same run, the baseline a script gets from the
+engine without it: Engine.explain per conversation (what looping `nla-tui run --messages`
+does, minus the loads). Time is split by wrapping the engine's parts: capture (subject),
+AV generation, AR scoring, the controls' extra AR pass, shard write + index. On a GPU box
+point it at a 27B-shaped pair (see BENCHMARKS.md, "Corpus sweep") with --conversations /
+--per-conversation giving ~2,000 positions and --new-tokens 150.
+
+`search` fills an index (core/corpus/index.py, the same schema and insert path as a sweep)
+with N synthetic rows and times `index.search` as `nla-tui search` calls it (connection
+opened per query) for several query shapes: median and p95 of 20 runs after one warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .common import machine, percentile
+
+os.environ.setdefault("NLA_TUI_NO_CACHE", "1")  # measure the models, not the on-disk cache
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TOPICS = ["the capital of France", "a red fruit", "two plus two", "the boiling point of water", "a poem about rain",
+          "how tides work", "the largest planet", "a tool that lists files", "why the sky is blue",
+          "the author of Hamlet", "a recipe for bread", "the speed of light"]
+
+
+def synthetic_corpus(n: int) -> list[dict]:
+    rng = random.Random(0)
+    out = []
+    for i in range(n):
+        topic = TOPICS[i % len(TOPICS)]
+        out.append({"id": f"conv{i:05d}", "messages": [
+            {"role": "user", "content": f"Tell me about {topic}, briefly."},
+            {"role": "assistant", "content": f"Here is a short answer about {topic}: it is well known, and "
+                                             f"people often ask about it ({rng.randint(2, 99)} times a day)."}]})
+    return out
+
+
+class Timer:
+    """Wraps a bound method and accumulates its wall time."""
+
+    def __init__(self, obj, name: str):
+        self.total, self.calls = 0.0, 0
+        inner = getattr(obj, name)
+
+        def timed(*a, **k):
+            t = time.perf_counter()
+            try:
+                return inner(*a, **k)
+            finally:
+                self.total += time.perf_counter() - t
+                self.calls += 1
+        setattr(obj, name, timed)
+
+
+def bench_sweep(args) -> dict:
+    from nla_tui.core.corpus import controls, index, shards
+    from nla_tui.core.corpus import plan as planning
+    from nla_tui.core.corpus import sweep as sweep_mod
+    from nla_tui.core.corpus.reader import read_corpus
+    from nla_tui.core.corpus.selection import make_selection, select_positions
+    from nla_tui.core.options import EngineOptions
+    from nla_tui.core.runtime.engine import Engine
+    from nla_tui.core.types import Sampling
+
+    work = Path(tempfile.mkdtemp(prefix="bench_corpus_"))
+    src = work / "corpus.jsonl"
+    src.write_text("".join(json.dumps(c) + "\n" for c in synthetic_corpus(args.conversations)))
+    options = EngineOptions(preset=args.preset, subject=args.subject, av=args.av, ar=args.ar, quant=args.quant,
+                            device=args.device)
+    selection = make_selection(role="assistant", max_per_conversation=args.per_conversation)
+    sampling = Sampling(max_new_tokens=args.new_tokens)
+    opts = sweep_mod.SweepOptions(selection, sampling)
+    t = time.perf_counter()
+    engine = Engine(options)
+    engine.load()
+    load_s = time.perf_counter() - t
+    tok, limit, name = planning.subject_tokenizer(options)
+    corpus = read_corpus(src)
+    plan = planning.make_plan(corpus, selection, tok, limit, name, shard_positions=args.per_conversation * 4)
+    # one warm-up position (one-time costs: kernels, graph capture on CUDA)
+    sweep_mod.explain_shard(engine, plan, 0, 1, opts, None)
+    timers = {"capture": Timer(engine.subject, "capture"), "av": Timer(engine.av, "generate"),
+              "ar_score": Timer(engine.ar, "score"), "ar_all": Timer(engine.ar, "reconstruct"),
+              "write": Timer(shards, "write_shard"), "index": Timer(index, "add_shard")}
+    t = time.perf_counter()
+    result = sweep_mod.run_sweep(engine, plan, work / "out", opts)
+    sweep_s = time.perf_counter() - t
+    parts = {k: v.total for k, v in timers.items()}
+    parts["controls_ar"] = parts.pop("ar_all") - parts["ar_score"]  # reconstruct outside score: the controls
+    rows = shards.read_rows(work / "out", ["explanation"])
+    # Baseline in the same run: Engine.explain per conversation, no cross-conversation batching, no controls.
+    t = time.perf_counter()
+    n_base = 0
+    for pc in plan.items:
+        engine.set_conversation(pc.conversation.messages)
+        pos = select_positions(selection, [x.text for x in engine.tokens], [x.role for x in engine.tokens])
+        engine.explain(pos, sampling, batch_size=engine.explain_batch_size(args.new_tokens, rows=len(pos)))
+        n_base += len(pos)
+    base_s = time.perf_counter() - t
+    d = engine.info.device
+    return {"suite": "corpus sweep", "machine": machine("cuda" if d.startswith("cuda") else "cpu"),
+            "command": "python -m bench.corpus " + " ".join(sys.argv[1:]), "models": engine.info.to_json(),
+            "precision": engine.info.quant, "load_s": load_s, "positions": result.rows_done,
+            "new_tokens": args.new_tokens, "sweep_s": sweep_s, "positions_per_s": result.rows_done / sweep_s,
+            "mean_explanation_chars": statistics.mean(len(r["explanation"]) for r in rows) if rows else 0,
+            "parts_s": parts, "parts_share": {k: v / sweep_s for k, v in parts.items()},
+            "baseline": {"what": "Engine.explain per conversation (a script looping `nla-tui run`), same positions",
+                         "positions": n_base, "seconds": base_s, "positions_per_s": n_base / base_s},
+            "controls": {"others": opts.others, "prior_text": controls.PRIOR_TEXT}}
+
+
+def bench_search(args) -> dict:
+    from nla_tui.core.corpus import index
+
+    rng = random.Random(0)
+    common = ("token after the capital city of france paris next source chat user assistant model text answer "
+              "question number tool result file list name word sentence poem rain light water planet bread").split()
+    rare = ["deceive", "deception", "deceit", "lying", "sabotage", "secret", "hidden", "manipulate"]
+    roles = ["model", "user", "tool_call", "tool_result", "system"]
+    work = Path(tempfile.mkdtemp(prefix="bench_search_"))
+    t = time.perf_counter()
+    db = index.connect(work)
+    chunk = 100_000
+    for shard in range(0, args.rows, chunk):
+        rows = []
+        for i in range(shard, min(args.rows, shard + chunk)):
+            words = rng.choices(common, k=16) + ([rng.choice(rare)] if rng.random() < 0.002 else [])
+            rng.shuffle(words)
+            rows.append({"conversation_id": f"c{i // 200}", "conversation": i // 200, "message_index": 1,
+                         "token_index": i % 200, "role": rng.choice(roles), "token_text": rng.choice(common),
+                         "context_before": "the capital of", "context_after": " is", "explanation": " ".join(words),
+                         "fve_nrm": rng.uniform(-0.5, 1.0), "cos": 0.9, "specificity": rng.uniform(-0.5, 1),
+                         "surprise": rng.uniform(0, 10), "prior_fve": 0.1, "activation_norm": 100.0})
+        index.add_shard(db, shard // chunk, rows, 0)
+    db.close()
+    build_s = time.perf_counter() - t
+    size = (work / "index.sqlite").stat().st_size
+    queries = {"rare prefix decei*": ("decei*", None, None, "rank"),
+               "rare word, assistant, fve>=0.5": ("sabotage", ("model", "tool_call"), 0.5, "rank"),
+               "common word (rank)": ("capital", None, None, "rank"),
+               "common phrase": ('"capital city"', None, None, "rank"),
+               "common word, sort by fve": ("paris", None, None, "fve"),
+               "two words AND": ("poem AND rain", ("model",), 0.5, "rank")}
+    out = {}
+    for label, (q, r, f, s) in queries.items():
+        hits = index.search(work, q, r, f, s, 20)  # warm-up
+        times = []
+        for _ in range(20):
+            t = time.perf_counter()
+            index.search(work, q, r, f, s, 20)
+            times.append((time.perf_counter() - t) * 1000)
+        out[label] = {"query": q, "hits": len(hits), "median_ms": statistics.median(times),
+                      "p95_ms": percentile(times, 95)}
+    return {"suite": "corpus search", "machine": machine("cpu"), "command": "python -m bench.corpus " +
+            " ".join(sys.argv[1:]), "rows": args.rows, "build_s": build_s, "index_bytes": size, "queries": out}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.corpus")
+    sub = p.add_subparsers(dest="what", required=True)
+    s = sub.add_parser("sweep")
+    for flag in ("--preset", "--subject", "--av", "--ar", "--quant", "--device"):
+        s.add_argument(flag)
+    s.add_argument("--conversations", type=int, default=4)
+    s.add_argument("--per-conversation", type=int, default=4)
+    s.add_argument("--new-tokens", type=int, default=32)
+    s.add_argument("--out", default="bench/results/corpus_sweep.json")
+    q = sub.add_parser("search")
+    q.add_argument("--rows", type=int, default=1_000_000)
+    q.add_argument("--out", default="bench/results/corpus_search.json")
+    args = p.parse_args(argv)
+    if args.what == "sweep" and not any((args.preset, args.subject)):
+        args.preset = "demo"
+    doc = bench_sweep(args) if args.what == "sweep" else bench_search(args)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
+    print(json.dumps(doc, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""A sweep's output read back without models: the index (search, repair after a crash),
+the HTML report (content, escaping, self-contained)."""
+
+from __future__ import annotations
+
+import pytest
+
+from nla_tui.core.corpus import index
+from nla_tui.core.corpus.report import frequent_phrases, svg_histogram, to_report_html
+from nla_tui.core.errors import InputError
+from tests._support_corpus import row, write_sweep
+
+pytest.importorskip("pyarrow")  # the [corpus] extra; [test] installs it
+
+ROWS = [
+    [row(conversation_id="a", token_index=3, token_text=" Paris", explanation="The capital city of France",
+         fve_nrm=0.9, specificity=0.5, surprise=0.2),
+     row(conversation_id="a", token_index=4, token_text=" is", explanation="A verb after the capital city",
+         fve_nrm=0.2, specificity=-0.1, role="model", surprise=3.0)],
+    [row(conversation_id="b", conversation=1, token_index=7, token_text="<b>\x1b[31m",
+         explanation='Deceiving the user: <script>alert("x")</script>', fve_nrm=0.6, specificity=0.9,
+         role="user", surprise=1.0)],
+]
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    return write_sweep(tmp_path / "s", ROWS)
+
+
+def test_search_finds_exactly_the_matching_rows(sweep):
+    key = lambda hits: sorted((h.conversation_id, h.token_index) for h in hits)  # noqa: E731
+    assert key(index.search(sweep, "capital")) == [("a", 3), ("a", 4)]
+    assert key(index.search(sweep, "decei*")) == [("b", 7)]
+    assert key(index.search(sweep, '"capital city" NOT verb')) == [("a", 3)]
+    assert key(index.search(sweep, "token_text: Paris")) == [("a", 3)]
+    assert key(index.search(sweep, "capital", min_fve=0.5)) == [("a", 3)]
+    assert key(index.search(sweep, "capital OR decei*", roles=("user",))) == [("b", 7)]
+    assert index.search(sweep, "london") == []
+    assert [h.token_index for h in index.search(sweep, "", sort="surprise")] == [4, 7, 3]
+    assert [h.token_index for h in index.search(sweep, "", sort="specificity")] == [7, 3, 4]
+    with pytest.raises(InputError, match="not a valid search"):
+        index.search(sweep, '"unclosed')
+
+
+def test_a_shard_the_index_missed_is_indexed_on_the_next_run(tmp_path):
+    # A kill between a shard's rename and its index transaction: the shard is on disk only.
+    out = write_sweep(tmp_path / "s", ROWS, index_it=False)
+    assert index.sync(out) == 2
+    assert len(index.search(out, "capital OR decei*")) == 3
+    assert index.sync(out) == 0  # nothing twice
+    assert len(index.search(out, "capital OR decei*")) == 3
+
+
+def test_the_report_is_self_contained_and_escaped(sweep):
+    page = to_report_html(sweep)
+    assert "<script>" not in page and "&lt;script&gt;alert" in page  # data never becomes markup
+    assert "\x1b" not in page  # control characters are shown, not passed on
+    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # no external reference
+    assert page.count("<svg") == 4  # fve and specificity, for each of the two roles
+    most = page.index("Most faithful")
+    least = page.index("Least faithful")
+    assert most < page.index("The capital city of France", most) < page.index("A verb after", most) < least
+    assert page.index("A verb after", least) < page.index("The capital city of France", least)
+    assert ">a</td><td class=\"n\">2</td>" in page and ">b</td><td class=\"n\">1</td>" in page  # per conversation
+
+
+def test_histogram_and_phrases():
+    svg = svg_histogram([0.0, 0.05, 0.95, 2.0], 0.0, 1.0, bins=10)
+    assert svg.count("<rect") == 10 and "0.00…0.10: 2" in svg and "0.90…1.00: 2" in svg  # 2.0 clipped to the end
+    assert frequent_phrases(["the capital of France", "The capital of Spain", "no"], n=3)[0] == ("the capital of", 2)
