@@ -69,3 +69,16 @@ def test_histogram_and_phrases():
     svg = svg_histogram([0.0, 0.05, 0.95, 2.0], 0.0, 1.0, bins=10)
     assert svg.count("<rect") == 10 and "0.00…0.10: 2" in svg and "0.90…1.00: 2" in svg  # 2.0 clipped to the end
     assert frequent_phrases(["the capital of France", "The capital of Spain", "no"], n=3)[0] == ("the capital of", 2)
+
+
+def test_a_word_in_most_rows_is_still_sorted_by_its_column(tmp_path, monkeypatch):
+    # Above SMALL matches the column sort walks the column's index; bm25 falls back to corpus order.
+    monkeypatch.setattr(index, "SMALL", 2)
+    rows = [row(conversation_id=f"c{i}", conversation=i, token_index=i, explanation=f"common words {i}",
+                fve_nrm=f, specificity=None if f is None else -f) for i, f in enumerate([0.1, 0.7, 0.4, 0.9, None])]
+    out = write_sweep(tmp_path / "s", [rows])
+    assert [h.fve_nrm for h in index.search(out, "common", sort="fve")] == [0.9, 0.7, 0.4, 0.1]
+    assert [h.fve_nrm for h in index.search(out, "common", sort="-fve", min_fve=0.2)] == [0.4, 0.7, 0.9]
+    ranked = index.search(out, "common")
+    assert [h.token_index for h in ranked] == [0, 1, 2, 3, 4] and "corpus order" in ranked.note
+    assert index.search(out, "words AND 3", sort="specificity")[0].token_index == 3  # few matches: sorted outright

@@ -55,7 +55,7 @@ def swept(corpus_file, tmp_path_factory, demo_paths, demo_tokenizer, demo_engine
     from nla_tui import cli
 
     with reusing_demo_loads(demo_tokenizer, demo_paths, demo_engine, models=("subject", "av", "ar")):
-        assert cli.main(["sweep", str(corpus_file), "--out", str(out), *FLAGS]) == 0
+        assert cli.main(["sweep", str(corpus_file), "--out", str(out), *FLAGS, "--save-activations"]) == 0
     return out
 
 
@@ -85,6 +85,17 @@ def test_rows_match_nla_tui_run(swept, tmp_path, capsys, demo_paths, demo_tokeni
         assert r["subject"] == "demo:subject" and r["precision"] == "fp32" and r["layer"] == 12
 
 
+def test_activations_are_saved_beside_their_rows(swept):
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    for k in (0, 1):
+        rows = [r for r in read_rows(swept) if r["shard"] == k]
+        acts = load_file(str(shard_path(swept, k, "safetensors")))["activations"]
+        assert acts.shape == (len(rows), 640)
+        np.testing.assert_allclose(np.linalg.norm(acts, axis=1), [r["activation_norm"] for r in rows], rtol=1e-5)
+
+
 def test_search_finds_what_was_explained_and_nothing_else(swept):
     rows = read_rows(swept)
     words = {w.strip('".,:;()').lower() for r in rows for w in r["explanation"].split()}
@@ -102,7 +113,7 @@ def test_search_finds_what_was_explained_and_nothing_else(swept):
 
 def test_a_changed_option_refuses_to_mix(swept, corpus_file, capsys):
     code, _, err = _main(capsys, "sweep", str(corpus_file), "--out", str(swept),
-                         *[("16" if f == "12" else f) for f in FLAGS])
+                         *[("16" if f == "12" else f) for f in FLAGS], "--save-activations")
     assert code == 2 and "sampling.max_new_tokens: 12 → 16" in err, err
     assert len(read_rows(swept)) == 4  # untouched
 
@@ -141,3 +152,28 @@ def test_resume_after_kill_9(tmp_path, capsys, demo_paths, demo_tokenizer, demo_
     db = index.connect(out)
     assert db.execute("SELECT count(*), count(DISTINCT conversation_id) FROM rows").fetchone() == (3, 3)
     db.close()
+
+
+def test_local_ray_gives_the_in_process_rows(swept, corpus_file, tmp_path, capsys):
+    """--ray on a local Ray (one engine actor, its own process loading the demo pair from
+    disk): the same rows as the in-process sweep, written by the same shard writer."""
+    ray = pytest.importorskip("ray")  # the [cluster] extra; [test] installs it
+    ray.init(num_cpus=2, object_store_memory=256 << 20, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "NLA_TUI_NO_CACHE": "1",
+                                       "TOKENIZERS_PARALLELISM": "false"}})
+    try:
+        out = tmp_path / "ray"
+        code, _, err = _main(capsys, "sweep", str(corpus_file), "--out", str(out), *FLAGS, "--save-activations",
+                             "--ray", "--ray-actors", "1")
+    finally:
+        ray.shutdown()
+    assert code == 0, err[-3000:]
+    mine, theirs = read_rows(out), read_rows(swept)
+    assert len(mine) == len(theirs) == 4
+    for a, b in zip(mine, theirs):
+        for k in ("conversation_id", "token_index", "token_text", "explanation", "truncated", "shard", "others"):
+            assert a[k] == b[k], k
+        for k in ("cos", "mse_nrm", "fve_nrm", "specificity", "prior_fve", "surprise", "activation_norm"):
+            assert a[k] == pytest.approx(b[k], abs=1e-5), k
+    assert [h.token_index for h in index.search(out, "capital OR fruit*", limit=50)] == \
+        [h.token_index for h in index.search(swept, "capital OR fruit*", limit=50)]

@@ -15,7 +15,8 @@ def add_subparser(sub) -> None:
     s.add_argument("query", help='e.g. decei* or "capital of" (FTS5 syntax)')
     s.add_argument("--role", help="token roles, comma separated (assistant, user, tool, model, tool_call, ...)")
     s.add_argument("--min-fve", type=float, help="only explanations at least this faithful (fve_nrm)")
-    s.add_argument("--sort", default="rank", help="rank (default), fve, -fve, specificity, surprise, norm")
+    s.add_argument("--sort", default="rank", help="rank (bm25, the default), corpus (input order), fve, -fve, "
+                                                  "specificity, surprise, norm")
     s.add_argument("--limit", type=int, default=20, help="hits to show (default 20)")
     s.set_defaults(func=cmd_search)
 
@@ -44,5 +45,5 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(visible(f"{h.conversation_id[:18]:<18} {h.token_index:>5} {h.role:<11} {_num(h.fve_nrm)} "
                       f"{_num(h.specificity)}  {context[-40:]!r} → {h.explanation[:90]}", keep_layout=False))
     print(f"{len(hits)} hit(s) in {ms:.1f} ms" + (f" (first {args.limit}; --limit for more)"
-                                                  if len(hits) == args.limit else ""))
+                                                  if len(hits) == args.limit else "") + (f"; {hits.note}" if hits.note else ""))
     return 0

@@ -57,6 +57,10 @@ def add_subparser(sub) -> None:
     c.add_argument("--limit", type=int, help="explain only the first N positions of the sweep (a quick look)")
     c.add_argument("--dry-run", action="store_true", help="check the input, print the counts and an estimate, stop")
     c.add_argument("--no-warmup", action="store_true", help="--dry-run without loading models (no time estimate)")
+    r = s.add_argument_group("scale-out (optional extra [cluster]: pip install 'nla-tui[cluster]')")
+    r.add_argument("--ray", action="store_true", help="run on a Ray cluster: one engine actor per GPU (docs/CORPUS.md)")
+    r.add_argument("--ray-address", help="the cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    r.add_argument("--ray-actors", type=int, help="engine actors (default: one per GPU of the cluster; 1 without GPUs)")
     c.add_argument("--force", action="store_true",
                    help="discard a different sweep in --out (only its own files), or write into a non-empty folder")
     s.add_argument("--av-prompt", help="custom AV prompt containing <INJECT>")
@@ -68,7 +72,13 @@ def add_subparser(sub) -> None:
 def check_sweep_args(args: argparse.Namespace):
     from ..core.corpus.selection import make_selection
 
-    for flag in ("max_explain_tokens", "batch_size", "limit", "shard_positions"):
+    if (args.ray_address or args.ray_actors) and not args.ray:
+        raise InputError("--ray-address / --ray-actors go with --ray.")
+    if args.ray:
+        from ..core.corpus.cluster import require_ray
+
+        require_ray()
+    for flag in ("max_explain_tokens", "batch_size", "limit", "shard_positions", "ray_actors"):
         _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
     if args.others < 0:
         raise InputError(f"--others is {args.others}; it must be 0 (off) or more.")
@@ -113,28 +123,39 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     from ..core.corpus.sweep import model_identity, run_sweep, shard_targets, todo
     from ..core.runtime.engine import Engine
+    from ..core.types import ModelInfo
 
-    engine = Engine(options)
-    engine.load(progress)
+    if args.ray and not args.dry_run:
+        from ..core.corpus.cluster import RaySweep
+
+        print("[sweep] starting Ray engine actors (each loads the models)…", file=sys.stderr)
+        cluster = RaySweep(options, args.ray_address, args.ray_actors)
+        info = ModelInfo.from_json(cluster.info_json)
+        print(f"[sweep] {len(cluster.actors)} actor(s) ready", file=sys.stderr)
+    else:
+        engine = Engine(options)
+        engine.load(progress)
+        info = engine.info
     if args.dry_run:
         return print_estimate(engine, plan, opts, args.limit)
-    if old is not None and old.get("models") and old["models"] != model_identity(engine.info):
-        diff = shards.differences(old["models"], model_identity(engine.info))
+    if old is not None and old.get("models") and old["models"] != model_identity(info):
+        diff = shards.differences(old["models"], model_identity(info))
         if not args.force:
             raise InputError(f"{out} was swept with other model files, so its rows must not mix with these:\n  "
                              + "\n  ".join(diff) + "\nUse another --out folder, or --force to discard it.")
         shards.remove_sweep_files(out)
-    shards.write_manifest(out, {"identity": identity, "models": model_identity(engine.info),
-                                "model_info": engine.info.to_json(), "input": str(Path(args.dataset).resolve()),
+    shards.write_manifest(out, {"identity": identity, "models": model_identity(info),
+                                "model_info": info.to_json(), "input": str(Path(args.dataset).resolve()),
                                 "input_kind": corpus.kind, "plan": plan.to_json(), "versions": shards.versions(),
                                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     line = ProgressLine("sweep")
     left = len(todo(out, plan, args.limit))
     print(f"[sweep] {len(plan.shards) - left} of {len(plan.shards)} shards already done; {left} to go",
           file=sys.stderr)
-    final = run_sweep(engine, plan, out, opts, args.limit,
-                      lambda p: line.update(p.rows_done, p.rows_total, p.rate, p.eta,
-                                            f"shard {p.shards_done}/{p.shards_total}"))
+    show = lambda p: line.update(p.rows_done, p.rows_total, p.rate, p.eta,  # noqa: E731
+                                 f"shard {p.shards_done}/{p.shards_total}")
+    final = cluster.run(plan, out, opts, args.limit, show) if args.ray else \
+        run_sweep(engine, plan, out, opts, args.limit, show)
     line.update(final.rows_done, final.rows_total, final.rate, 0, f"{final.shards_done} shards", final=True)
     complete = sum(shard_targets(plan, None)) == sum(shards.shard_row_count(shards.shard_path(out, k)) or 0
                                                      for k in range(len(plan.shards)))

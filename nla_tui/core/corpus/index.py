@@ -20,16 +20,22 @@ COLUMNS = ("conversation_id", "conversation", "message_index", "token_index", "r
            "context_before", "context_after", "explanation", "fve_nrm", "cos", "specificity", "surprise",
            "prior_fve", "activation_norm", "mse_nrm", "truncated", "others", "temperature", "max_new_tokens",
            "seed")
+_INDEXES = {"r.fve_nrm": "rows_fve", "r.specificity": "rows_specificity", "r.surprise": "rows_surprise",
+            "r.activation_norm": "rows_norm"}
 REALS = {"fve_nrm", "cos", "specificity", "surprise", "prior_fve", "activation_norm", "mse_nrm", "temperature"}
 INTEGERS = {"conversation", "message_index", "token_index", "truncated", "others", "max_new_tokens", "seed"}
-SORTS = {"rank": "rank", "fve": "r.fve_nrm DESC", "-fve": "r.fve_nrm ASC", "specificity": "r.specificity DESC",
+SMALL = 5000  # matches sorted outright; beyond, see search()
+SORTS = {"rank": "rank", "corpus": "fts.rowid", "fve": "r.fve_nrm DESC", "-fve": "r.fve_nrm ASC", "specificity": "r.specificity DESC",
          "surprise": "r.surprise DESC", "norm": "r.activation_norm DESC"}  # rank: FTS5's bm25 (best first)
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS rows (id INTEGER PRIMARY KEY, shard INTEGER NOT NULL,
   {", ".join(c + (" REAL" if c in REALS else " INTEGER" if c in INTEGERS else " TEXT") for c in COLUMNS)});
 CREATE INDEX IF NOT EXISTS rows_shard ON rows(shard);
-CREATE INDEX IF NOT EXISTS rows_role_fve ON rows(role, fve_nrm);
+CREATE INDEX IF NOT EXISTS rows_fve ON rows(fve_nrm);
+CREATE INDEX IF NOT EXISTS rows_specificity ON rows(specificity);
+CREATE INDEX IF NOT EXISTS rows_surprise ON rows(surprise);
+CREATE INDEX IF NOT EXISTS rows_norm ON rows(activation_norm);
 CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(explanation, token_text, content='rows', content_rowid='id');
 CREATE TABLE IF NOT EXISTS shards (shard INTEGER PRIMARY KEY, rows INTEGER NOT NULL, mtime_ns INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS conversations (id TEXT PRIMARY KEY, shard INTEGER NOT NULL, messages TEXT NOT NULL);
@@ -111,32 +117,72 @@ def sync(out: Path, db: sqlite3.Connection | None = None) -> int:
     return len(stale)
 
 
+class Hits(list):
+    """A list of Hit with `note`: how the order was decided when it is not the one asked for."""
+
+    note: str = ""
+
+
+def _match_count(db: sqlite3.Connection, query: str, cap: int) -> int:
+    """How many rows match, counted up to cap + 1 (streaming: cheap for any query)."""
+    return db.execute("SELECT count(*) FROM (SELECT rowid FROM fts WHERE fts MATCH ? LIMIT ?)",
+                      (query, cap + 1)).fetchone()[0]
+
+
 def search(out: Path, query: str, roles: tuple[str, ...] | None = None, min_fve: float | None = None,
-           sort: str = "rank", limit: int = 20, db: sqlite3.Connection | None = None) -> list[Hit]:
+           sort: str = "rank", limit: int = 20, db: sqlite3.Connection | None = None) -> Hits:
+    """Rows whose explanation or token text match `query` (FTS5), filtered and sorted.
+
+    Milliseconds on a million rows whatever the query (BENCHMARKS.md): corpus order streams
+    FTS5's matches; up to SMALL matches are sorted outright; beyond that a column sort walks
+    that column's index and probes FTS5 per row (a common word matches early), and a bm25
+    rank, which would have to score every match, falls back to corpus order and says so."""
     if sort not in SORTS:
         raise InputError(f"--sort {sort!r}: use one of {', '.join(SORTS)}.")
     own = db or connect(out)
     browse = not (query or "").strip()  # no query: every row, in the chosen order
-    where, args = ([], []) if browse else (["fts MATCH ?"], [query])
+    filters, args = [], []
     if roles:
-        where.append(f"r.role IN ({', '.join('?' * len(roles))})")
+        filters.append(f"r.role IN ({', '.join('?' * len(roles))})")
         args += list(roles)
     if min_fve is not None:
-        where.append("r.fve_nrm >= ?")
+        filters.append("r.fve_nrm >= ?")
         args.append(min_fve)
-    order = SORTS["fve" if browse and sort == "rank" else sort]
-    source = "rows r" if browse else "fts JOIN rows r ON r.id = fts.rowid"
-    sql = (f"SELECT {', '.join('r.' + c for c in COLUMNS)} FROM {source} "
-           f"{'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY {order} LIMIT ?")
+    cols = ", ".join("r." + c for c in COLUMNS)
+    result = Hits()
     try:
-        found = own.execute(sql, (*args, int(limit))).fetchall()
+        many = not browse and sort != "corpus" and _match_count(own, query, SMALL) > SMALL
+        if browse:
+            order = "r.id" if sort == "corpus" else SORTS["fve" if sort == "rank" else sort]
+            sql, params = f"SELECT {cols} FROM rows r {_where(filters)} ORDER BY {order} LIMIT ?", args
+        elif sort == "corpus" or (many and sort == "rank"):
+            if sort == "rank":
+                result.note = f"more than {SMALL:,} matches: listed in corpus order (narrow the query to rank them)"
+            sql = f"SELECT {cols} FROM fts JOIN rows r ON r.id = fts.rowid {_where(['fts MATCH ?'] + filters)} " \
+                  f"ORDER BY fts.rowid LIMIT ?"
+            params = [query] + args
+        elif many:
+            column = SORTS[sort].split()[0]
+            sql = (f"SELECT {cols} FROM rows r INDEXED BY {_INDEXES[column]} "
+                   f"{_where([column + ' IS NOT NULL'] + filters + ['EXISTS (SELECT 1 FROM fts WHERE fts.rowid = r.id AND fts MATCH ?)'])} "
+                   f"ORDER BY {SORTS[sort]} LIMIT ?")
+            params = args + [query]
+        else:
+            sql = (f"SELECT {cols} FROM fts JOIN rows r ON r.id = fts.rowid {_where(['fts MATCH ?'] + filters)} "
+                   f"ORDER BY {SORTS[sort]} LIMIT ?")
+            params = [query] + args
+        result.extend(Hit(*row) for row in own.execute(sql, (*params, int(limit))))
     except sqlite3.OperationalError as e:
         raise InputError(f"{query!r} is not a valid search ({e}). FTS5 syntax: words, \"a phrase\", prefix*, "
                          f"AND / OR / NOT; quote a word holding punctuation.") from None
     finally:
         if db is None:
             own.close()
-    return [Hit(*row) for row in found]
+    return result
+
+
+def _where(clauses: list[str]) -> str:
+    return "WHERE " + " AND ".join(clauses) if clauses else ""
 
 
 def conversation_messages(out: Path, conversation_id: str) -> list[dict] | None:

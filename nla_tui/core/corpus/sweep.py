@@ -84,13 +84,9 @@ def run_sweep(engine, plan: Plan, out: Path, opts: SweepOptions, limit: int | No
               on_progress: Callable[[SweepProgress], None] | None = None,
               cancel: threading.Event | None = None) -> SweepProgress:
     out = Path(out)
-    targets = shard_targets(plan, limit)
-    work = todo(out, plan, limit)
+    targets, work, db = prepare_run(out, plan, limit)
     total = sum(targets[k] for k in work)
-    shards.remove_stale_temps(out)
-    db = index.connect(out)
-    index.sync(out, db)
-    prior_recon = engine.ar.reconstruct([opts.prior_text])[0] if opts.prior_text else None
+    prior_recon = prior_reconstruction(engine, opts)
     start, done = time.monotonic(), 0
     progress = SweepProgress(0, total, 0, len(work), 0.0)
     try:
@@ -105,9 +101,7 @@ def run_sweep(engine, plan: Plan, out: Path, opts: SweepOptions, limit: int | No
             rows, acts, convs = explain_shard(engine, plan, k, targets[k], opts, prior_recon, on_rows, cancel)
             if cancel is not None and cancel.is_set():
                 break
-            path = shards.write_shard(out, k, rows, acts if opts.save_activations else None)
-            index.add_shard(db, k, rows, path.stat().st_mtime_ns,
-                            [(c.conversation.id, list(iter_messages_json(c.conversation))) for c in convs])
+            commit_shard(out, db, k, rows, acts, convs, opts)
             done += len(rows)
             progress = SweepProgress(done, total, n + 1, len(work), time.monotonic() - start)
             if on_progress:
@@ -115,6 +109,29 @@ def run_sweep(engine, plan: Plan, out: Path, opts: SweepOptions, limit: int | No
     finally:
         db.close()
     return progress
+
+
+def commit_shard(out: Path, db, k: int, rows: list[dict], acts, convs: list[PlannedConversation],
+                 opts: SweepOptions) -> None:
+    """Write shard k (atomically), then index it with its conversations' messages: the one
+    writer for the in-process and the Ray sweep."""
+    path = shards.write_shard(out, k, rows, acts if opts.save_activations else None)
+    index.add_shard(db, k, rows, path.stat().st_mtime_ns,
+                    [(c.conversation.id, list(iter_messages_json(c.conversation))) for c in convs])
+
+
+def prepare_run(out: Path, plan: Plan, limit: int | None):
+    """Targets, the shards to do, and the index brought up to date (temp files of a killed run removed)."""
+    targets = shard_targets(plan, limit)
+    work = todo(out, plan, limit)
+    shards.remove_stale_temps(out)
+    db = index.connect(out)
+    index.sync(out, db)
+    return targets, work, db
+
+
+def prior_reconstruction(engine, opts: SweepOptions):
+    return engine.ar.reconstruct([opts.prior_text])[0] if opts.prior_text else None
 
 
 def explain_shard(engine, plan: Plan, k: int, target: int, opts: SweepOptions, prior_recon,

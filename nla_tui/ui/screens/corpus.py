@@ -80,7 +80,8 @@ class CorpusScreen(ModalScreen["index.Hit | None"]):
                           visible(ctx, keep_layout=False), visible(h.explanation[:90], keep_layout=False))
         shown = "every row" if not self.search_text.strip() else repr(self.search_text)
         status.update(visible(f"{len(self.hits)} hit(s) for {shown}, by {SORT_NAMES.get(self.sort, self.sort)}"
-                              + (f" (first {LIMIT})" if len(self.hits) == LIMIT else ""), keep_layout=False))
+                              + (f" (first {LIMIT})" if len(self.hits) == LIMIT else "")
+                              + (f"; {self.hits.note}" if self.hits.note else ""), keep_layout=False))
 
     def on_input_changed(self, event: Input.Changed) -> None:
         self.search_text = event.value

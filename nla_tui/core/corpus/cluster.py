@@ -1,0 +1,109 @@
+"""`nla-tui sweep --ray`: the same sweep on a Ray cluster (optional extra `[cluster]`).
+
+One engine actor per GPU of the cluster (or `actors` of them; on a cluster without GPUs,
+one per machine-sized CPU slot), each loading the models once. Shards go to whichever
+actor is free; each actor runs the in-process code (sweep.explain_shard) and returns the
+rows, and the driver writes and indexes them with the same writer (sweep.commit_shard),
+so resume, manifest and index behave exactly as in one process. A shard whose actor dies
+(lost node, out of memory) goes back in the queue for another actor; the sweep fails only
+when no actor is left. docs/CORPUS.md, "Several GPUs or nodes".
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from ..errors import InputError
+from .plan import Plan
+from .sweep import SweepOptions, SweepProgress, commit_shard, prepare_run
+
+
+def require_ray():
+    try:
+        import ray
+    except ImportError:
+        raise InputError("--ray needs Ray: pip install 'nla-tui[cluster]' (on every node of the cluster).") from None
+    return ray
+
+
+class EngineActor:
+    """Lives in a Ray worker process: one loaded Engine, explaining whole shards."""
+
+    def __init__(self, options):
+        from ..runtime.engine import Engine
+
+        self.engine = Engine(options)
+        self.engine.load()
+        self.prior: dict = {}
+
+    def info(self) -> dict:
+        return self.engine.info.to_json()
+
+    def shard(self, plan: Plan, k: int, target: int, opts: SweepOptions):
+        from .sweep import explain_shard, prior_reconstruction
+
+        key = opts.prior_text
+        if key not in self.prior:
+            self.prior[key] = prior_reconstruction(self.engine, opts)
+        rows, acts, convs = explain_shard(self.engine, plan, k, target, opts, self.prior[key])
+        return rows, acts, [plan.items.index(c) for c in convs]
+
+
+class RaySweep:
+    def __init__(self, options, address: str | None = None, actors: int | None = None,
+                 init_kwargs: dict | None = None):
+        ray = require_ray()
+        self.ray = ray
+        if not ray.is_initialized():
+            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, **(init_kwargs or {}))
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0))
+        n = actors or gpus or 1
+        if gpus and n > gpus:
+            raise InputError(f"--ray-actors {n}: the cluster has {gpus} GPU(s); one actor per GPU at most.")
+        cpus = max(1, int(resources.get("CPU", 1)) // n) if not gpus else 1
+        remote = ray.remote(num_gpus=1 if gpus else 0, num_cpus=cpus)(EngineActor)
+        self.actors = [remote.remote(options) for _ in range(n)]
+        infos = ray.get([a.info.remote() for a in self.actors])  # every actor loaded, or the error now
+        self.info_json = infos[0]
+
+    def run(self, plan: Plan, out: Path, opts: SweepOptions, limit: int | None = None,
+            on_progress: Callable[[SweepProgress], None] | None = None) -> SweepProgress:
+        ray = self.ray
+        out = Path(out)
+        targets, work, db = prepare_run(out, plan, limit)
+        total = sum(targets[k] for k in work)
+        plan_ref = ray.put(plan)
+        queue, idle, running = list(work), list(self.actors), {}
+        start, done, finished = time.monotonic(), 0, 0
+        progress = SweepProgress(0, total, 0, len(work), 0.0)
+        try:
+            while queue or running:
+                while queue and idle:
+                    actor, k = idle.pop(0), queue.pop(0)
+                    running[actor.shard.remote(plan_ref, k, targets[k], opts)] = (actor, k)
+                ready, _ = ray.wait(list(running), num_returns=1)
+                actor, k = running.pop(ready[0])
+                try:
+                    rows, acts, conv_numbers = ray.get(ready[0])
+                except ray.exceptions.RayActorError:
+                    queue.insert(0, k)  # this actor is gone: its shard goes to another
+                    if not idle and not running:
+                        raise InputError(f"Every Ray actor failed; shard {k} and {len(queue) - 1} more are not "
+                                         f"done. Run the same command again to resume.") from None
+                    continue
+                idle.append(actor)
+                commit_shard(out, db, k, rows, acts, [plan.items[c] for c in conv_numbers], opts)
+                done, finished = done + len(rows), finished + 1
+                progress = SweepProgress(done, total, finished, len(work), time.monotonic() - start)
+                if on_progress:
+                    on_progress(progress)
+        finally:
+            db.close()
+        return progress
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            self.ray.kill(a)
