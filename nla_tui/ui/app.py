@@ -27,7 +27,6 @@ from ..terminal_text import visible
 from .messages import EngineEvent
 from .screens.help import HelpScreen
 from .commands import palette_commands
-from .corpus_actions import CorpusActions
 from .find_actions import FIND_BINDINGS, FindActions
 from .input_actions import InputActions
 from .literal import ShowControls
@@ -58,7 +57,7 @@ WorkerFactory = Callable[[Emit], WorkerLike]
 EngineWorkerFactory = Callable[[EngineOptions, Emit], WorkerLike]
 
 
-class NlaApp(FindActions, InputActions, SessionActions, SteerActions, CorpusActions, App[None]):
+class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "nla-tui"
     AUTO_FOCUS = "#strip"  # keys drive the strip from the first frame
@@ -83,8 +82,7 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, CorpusActi
         Binding("X", "export", "export", show=False),
         Binding("L", "load_models", "load models", show=False),
         Binding("w", "what_if", "what if", show=False),
-        Binding("c", "compare", "compare", show=False),
-        Binding("C", "corpus", "corpus", show=False),
+        Binding("c", "compare", "compare", show=False), Binding("C", "corpus", "corpus", show=False),
         *FIND_BINDINGS,
     ]
 
@@ -225,7 +223,6 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, CorpusActi
         self._update_status()
         self.steer_event(message.event)
         self.sessions_changed(change)
-        self.corpus_changed(change)
         if change.captured and self._example_capturing:
             # The example alone is not the user's work: no session is saved for it
             # until they explain, chat or save (every demo start would leave one).

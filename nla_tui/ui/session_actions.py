@@ -25,6 +25,7 @@ from ..core.store.autosave import SIGNALS
 from ..core.store.export import FORMATS, export_session
 from ..core.store.session import Session, load_session, slugify
 from ..paths import data_root, sessions_dir
+from .corpus_actions import CorpusActions
 from .saving import SessionKeeper
 from .state import Change, UiState
 from .screens.dialogs import ValueDialog
@@ -47,7 +48,7 @@ def check_export_path(path: str) -> str | None:
     return None
 
 
-class SessionActions:
+class SessionActions(CorpusActions):  # C: a sweep's hits open as sessions
     """The session half of NlaApp (mixed in; App supplies notify, push_screen, exit…)."""
 
     keeper: SessionKeeper
@@ -73,6 +74,7 @@ class SessionActions:
             self._install_signal_handlers()
 
     def sessions_changed(self, change: Change) -> None:
+        self.corpus_changed(change)  # a corpus hit's explanation joins the session before it is saved
         restore = getattr(self, "_restore", None)
         if restore and change.captured and [t.token_id for t in self.state.tokens] == restore[0]:
             self._restore = None
