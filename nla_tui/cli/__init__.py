@@ -1,6 +1,7 @@
 """`nla-tui` entry point: the TUI by default, and headless subcommands.
 
     nla-tui [--preset P | --subject S --av A --ar R]        the TUI            (tui.py)
+    nla-tui --server URL                                     the TUI on a running `nla-tui serve` (tui.py)
     nla-tui run   (--prompt TEXT | --messages FILE) [...]    chat, capture, explain, score (run.py)
     nla-tui check [--preset P | ...]                         sidecars + tokenizers only (check.py)
     nla-tui open PATH | export SESSION                       saved sessions     (open.py, export.py)
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--messages", help="open a transcript instead of chatting (OpenAI chat format: JSON list, "
                                       '{"messages": [...]} or JSONL; system/user/assistant/tool roles, tool_calls)')
     add_display_args(p)
+    tui.add_server_args(p)
     sub = p.add_subparsers(dest="command")
     for command in SUBCOMMANDS:
         command.add_subparser(sub)

@@ -300,6 +300,44 @@ class Nla:
             return work(engine, cancel)
         return run
 
+    def chat_call(self, conversation: Conversation | str | None, text: str, max_new_tokens: int,
+                  sink: Callable[[ev.Event], None]) -> tuple[Call, Callable[[], Conversation]]:
+        """A user turn after a captured conversation (None: a new one), the reply streamed to
+        `sink` (ChatStarted with the prompt's tokens, then ChatDelta), then the whole
+        conversation captured under a new handle. What the attached TUI's Chat runs."""
+        from .runtime.worker import _Throttle
+
+        if not isinstance(text, str) or not text.strip():
+            raise InputError("The prompt is empty: type something to send to the subject model.")
+        if not 1 <= max_new_tokens <= 4096:
+            raise InputError(f"max_new_tokens {max_new_tokens} must be between 1 and 4096.")
+        held = None if conversation is None else self.held(conversation)
+
+        def work(engine: Any, cancel: threading.Event) -> _Held:
+            if held is None:  # a new conversation: the engine's own is not continued
+                engine.messages, engine.tokens = [], []
+            elif engine.messages != held.messages or len(engine.tokens) != len(held.tokens):
+                engine.set_conversation(held.messages, None, cancel)
+            sink(ev.ChatStarted(engine.prompt_tokens(text)))
+            pending, throttle = [], _Throttle()
+
+            def on_delta(piece: str) -> None:
+                pending.append(piece)
+                if throttle.ready():
+                    sink(ev.ChatDelta("".join(pending)))
+                    pending.clear()
+            engine.chat(text, max_new_tokens, on_delta, cancel)
+            if pending:
+                sink(ev.ChatDelta("".join(pending)))
+            return _Held(list(engine.messages), list(engine.tokens), engine.activations)
+
+        call = self.submit(work, ev.JobKind.CHAT, ev.PRIORITY_CHAT)
+
+        def conversation_after() -> Conversation:
+            after = call.outcome()
+            return Conversation(self._hold(after), after.messages, after.tokens)
+        return call, conversation_after
+
     def compare_call(self, conversation: Conversation | str, i: int, j: int, sampling: Sampling = Sampling()) -> Call:
         from .runtime.whatif import compare
 

@@ -10,6 +10,7 @@ Routes (JSON in, JSON out; explain streams server-sent events), schema at /opena
   POST /v1/activations          {handle, positions} → vectors
   DELETE /v1/conversations/{h}  drop a captured conversation
   POST /v1/explain              {handle, positions} or {vectors} → SSE: delta, explanation, done | error
+  POST /v1/chat                 {handle?, text} → SSE: started (prompt tokens), delta, done (the new conversation)
   POST /v1/score                {text, vector} or {text, handle, position} → cos, mse_nrm, fve_nrm, label
   POST /v1/compare              {handle, i, j} → cos, explanations of a − b and b − a
   POST /v1/steer                {handle, index, edited, alpha, span} → top-5 before/after, continuations
@@ -36,7 +37,7 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from .. import __version__
 from ..core.api import MAX_POSITIONS, Call, Nla, UnknownHandle
 from ..core.errors import Cancelled, NlaError
-from ..core.events import ExplainDelta
+from ..core.events import ChatStarted, ExplainDelta
 from ..core.steer_jobs import DEFAULT_ALPHA
 from ..core.store.jsonsafe import finite
 from ..core.types import Sampling
@@ -46,6 +47,7 @@ from .mcp_tools import search_corpus
 log = logging.getLogger(__name__)
 POLL_S = 0.25  # how often a waiting request checks that its client is still there
 MAX_TEXT = 20_000  # characters of an explanation or edit
+MAX_ACTIVATIONS = 1024  # positions one /v1/activations answer carries (a 27B's 1,024 rows: ~60 MB of JSON)
 
 MessagesField = Field(..., description="a prompt string (one user turn) or OpenAI-style chat messages")
 
@@ -66,7 +68,7 @@ class MessagesIn(BaseModel):
 
 class ActivationsIn(BaseModel):
     handle: str = Field(..., max_length=64)
-    positions: list[int] = Field(..., min_length=1, max_length=MAX_POSITIONS)
+    positions: list[int] = Field(..., min_length=1, max_length=MAX_ACTIVATIONS)
 
 
 class ExplainIn(BaseModel):
@@ -105,6 +107,12 @@ class SearchIn(BaseModel):
     min_fve: float | None = None
     sort: str = Field("rank", description="rank, fve, -fve, specificity, surprise, norm")
     limit: int = Field(20, ge=1, le=200)
+
+
+class ChatIn(BaseModel):
+    handle: str | None = Field(None, max_length=64, description="continue this captured conversation (none: a new one)")
+    text: str = Field(..., min_length=1, max_length=MAX_TEXT)
+    max_new_tokens: int = Field(256, ge=1, le=4096)
 
 
 class CompareIn(BaseModel):
@@ -157,6 +165,30 @@ async def finished(request: Request, call: Call) -> Any:
 
 def sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(finite(data)[0])}\n\n"
+
+
+def streamed(start: Any, encode: Any, final: Any) -> StreamingResponse:
+    """Server-sent events of a Call: `start(put)` queues it with a sink the worker thread
+    calls; each item goes out as `encode(item)`, then `done` with `final(call)` or `error`.
+    A client that goes away mid-stream cancels the call."""
+    loop = asyncio.get_running_loop()
+    items: asyncio.Queue = asyncio.Queue()
+    put = lambda item: loop.call_soon_threadsafe(items.put_nowait, item)  # noqa: E731  (worker thread)
+    call = start(put)  # checks the request first: a bad one is a 4xx, not a stream
+    call.on_done(lambda: put(None))
+
+    async def events():
+        try:
+            while (item := await items.get()) is not None:
+                yield encode(item)
+            try:
+                yield sse("done", final(call))
+            except Exception as e:  # the stream has started: the error goes in it
+                yield sse("error", {"error": one_line("Cancelled." if isinstance(e, Cancelled) else e)})
+        finally:
+            if not call.done.is_set():
+                call.cancel()  # the client went away mid-stream
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -253,27 +285,30 @@ def build_app(nla: Nla, token: str, token_file: Path | None = None, mcp: Any = N
                                                              "{…}, then done {count} or error {error}"}})
     async def explain(body: ExplainIn) -> StreamingResponse:
         vectors, indices = nla.vectors_to_explain(body.handle, body.positions, body.vectors)
-        loop = asyncio.get_running_loop()
-        items: asyncio.Queue = asyncio.Queue()
-        put = lambda item: loop.call_soon_threadsafe(items.put_nowait, item)  # noqa: E731  (worker thread)
-        call = nla.explain_call(vectors, indices, body.sampling.to_sampling(), body.prompt, put)
-        call.on_done(lambda: put(None))
 
-        async def events():
-            try:
-                while (item := await items.get()) is not None:
-                    if isinstance(item, ExplainDelta):
-                        yield sse("delta", {"index": item.index, "text": item.text})
-                    else:
-                        yield sse("explanation", item.to_json())
-                try:
-                    yield sse("done", {"count": len(call.outcome())})
-                except Exception as e:  # the stream has started: the error goes in it
-                    yield sse("error", {"error": one_line("Cancelled." if isinstance(e, Cancelled) else e)})
-            finally:
-                if not call.done.is_set():
-                    call.cancel()  # the client went away mid-stream
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+        def encode(item: Any) -> str:
+            if isinstance(item, ExplainDelta):
+                return sse("delta", {"index": item.index, "text": item.text})
+            return sse("explanation", item.to_json())
+        return streamed(lambda put: nla.explain_call(vectors, indices, body.sampling.to_sampling(), body.prompt, put),
+                        encode, lambda call: {"count": len(call.outcome())})
+
+    @app.post("/v1/chat", responses={200: {"content": {"text/event-stream": {}},
+                                           "description": "events: started {tokens}, delta {text}, then done "
+                                                          "{handle, messages, tokens} or error {error}"}})
+    async def chat(body: ChatIn) -> StreamingResponse:
+        after: list = []
+
+        def start(put):
+            call, conversation = nla.chat_call(body.handle, body.text, body.max_new_tokens, put)
+            after.append(conversation)
+            return call
+
+        def encode(item: Any) -> str:
+            if isinstance(item, ChatStarted):
+                return sse("started", {"tokens": [t.to_json() for t in item.tokens]})
+            return sse("delta", {"text": item.text})
+        return streamed(start, encode, lambda call: after[0]().to_json())
 
     @app.post("/v1/score")
     async def score(body: ScoreIn, request: Request) -> JSONResponse:

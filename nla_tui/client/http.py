@@ -3,7 +3,7 @@ tokenize, capture, activations, explain (streamed), explain_vectors, score, comp
 steer. It returns the same plain types (Conversation, Explanation, Score, Comparison,
 SteeredBranch), so a notebook switches between the two by changing one line.
 
-HTTP only (httpx): no torch, no models. The token defaults to the one `nla-tui serve`
+HTTP only (httpx): no torch, no models. Imported as nla_tui.client. The token defaults to the one `nla-tui serve`
 wrote for this user (the same config dir), else give it (`token=` or NLA_TUI_TOKEN).
 """
 
@@ -16,13 +16,16 @@ from typing import Any, Callable, Iterator, Sequence
 import httpx
 import numpy as np
 
-from .core.captured import Conversation, Messages, StreamItem
-from .core.branches import Comparison, SteeredBranch
-from .core.errors import Cancelled, InputError, NlaError
-from .core.events import ExplainDelta
-from .core.steer_jobs import DEFAULT_ALPHA
-from .core.types import Explanation, Message, ModelInfo, Sampling, Score, TokenInfo
-from .paths import server_token_path
+from ..core.captured import Conversation, Messages, StreamItem
+from ..core.branches import Comparison, SteeredBranch
+from ..core.errors import Cancelled, InputError, NlaError
+from ..core.events import ChatDelta, ChatStarted, ExplainDelta
+from ..core.steer_jobs import DEFAULT_ALPHA
+from ..core.types import Explanation, Message, ModelInfo, Sampling, Score, TokenInfo
+from ..paths import server_token_path
+
+
+ACTIVATIONS_PER_REQUEST = 1024  # the server's cap (server/app.py MAX_ACTIVATIONS)
 
 
 class ServerError(NlaError):
@@ -123,8 +126,12 @@ class NlaClient:
             if not isinstance(conversation, Conversation):
                 raise InputError("Give the positions (or the Conversation, whose tokens say how many there are).")
             positions = range(len(conversation.tokens))
-        d = self._request("POST", "/v1/activations", {"handle": _handle(conversation), "positions": list(positions)})
-        return np.asarray(d["vectors"], np.float32)
+        positions, chunks = list(positions), []
+        for k in range(0, len(positions), ACTIVATIONS_PER_REQUEST):
+            d = self._request("POST", "/v1/activations", {"handle": _handle(conversation),
+                                                          "positions": positions[k:k + ACTIVATIONS_PER_REQUEST]})
+            chunks.append(np.asarray(d["vectors"], np.float32).reshape(-1, self.info.d_model))
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.info.d_model), np.float32)
 
     def forget(self, conversation: Conversation | str) -> None:
         self._request("DELETE", f"/v1/conversations/{_handle(conversation)}")
@@ -139,8 +146,31 @@ class NlaClient:
             body.update(handle=_handle(conversation), positions=list(positions or []))
         else:
             body["vectors"] = np.asarray(vectors, np.float32).reshape(-1, np.shape(vectors)[-1]).tolist()
+        for event, data in self._events("/v1/explain", body):
+            if event == "delta":
+                yield ExplainDelta(data["index"], data["text"])
+            elif event == "explanation":
+                yield Explanation.from_json(data)
+
+    def chat_stream(self, conversation: Conversation | str | None, text: str,
+                    max_new_tokens: int = 256) -> Iterator[ChatStarted | ChatDelta | Conversation]:
+        """A user turn after a captured conversation (None: a new one): ChatStarted (the prompt's
+        tokens), ChatDelta (reply text), then the new Conversation, captured on the server."""
+        body = {"handle": None if conversation is None else _handle(conversation), "text": text,
+                "max_new_tokens": max_new_tokens}
+        for event, data in self._events("/v1/chat", body):
+            if event == "started":
+                yield ChatStarted([TokenInfo.from_json(t) for t in data["tokens"]])
+            elif event == "delta":
+                yield ChatDelta(data["text"])
+            elif event == "done":
+                yield Conversation.from_json(data)
+
+    def _events(self, path: str, body: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+        """(event, data) of a server-sent event stream; an `error` event raises. Closing the
+        generator closes the connection, and the server cancels the job."""
         try:
-            with self._http.stream("POST", "/v1/explain", json=body) as r:
+            with self._http.stream("POST", path, json=body) as r:
                 if r.status_code >= 400:
                     r.read()
                     self._raise_for(r)
@@ -150,14 +180,11 @@ class NlaClient:
                         event = line[7:]
                     elif line.startswith("data: "):
                         data = json.loads(line[6:])
-                        if event == "delta":
-                            yield ExplainDelta(data["index"], data["text"])
-                        elif event == "explanation":
-                            yield Explanation.from_json(data)
-                        elif event == "error":
+                        if event == "error":
                             raise (Cancelled() if data["error"] == "Cancelled." else ServerError(data["error"]))
+                        yield event, data
         except httpx.HTTPError as e:
-            raise ServerError(f"The explain stream from {self.url} broke ({type(e).__name__}: {e}).") from None
+            raise ServerError(f"The stream from {self.url}{path} broke ({type(e).__name__}: {e}).") from None
 
     def explain(self, conversation: Conversation | str, positions: Sequence[int], sampling: Sampling = Sampling(),
                 prompt: str | None = None, on_text: Callable[[int, str], None] | None = None) -> list[Explanation]:

@@ -1,0 +1,195 @@
+"""The TUI's worker when it runs against `nla-tui serve` (`nla-tui --server URL`).
+
+It takes the same jobs (core/events.py, core/steer_jobs.py) through the same scheduler
+(runtime/scheduler.py: priorities, replacement, the stale-explain cancel, Esc) as the
+EngineWorker, and answers with the same events, so the UI does not know the difference.
+Each job is one or a few HTTP requests; the conversation lives on the server under a
+handle, and its activations come back with it so sessions are saved locally as always.
+Cancelling (Esc, a stale explain) closes the request, and the server cancels its job.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+from typing import Any, Callable
+
+from ..core import events as ev
+from ..core.captured import Conversation
+from ..core.errors import Cancelled
+from ..core.runtime.scheduler import JobThread
+from ..core.steer_jobs import Compare, CompareDone, WhatIf, WhatIfDone
+from ..core.types import Explanation
+from .http import NlaClient, ServerError
+
+POSITIONS_PER_REQUEST = 64  # the server's cap (core/api.py MAX_POSITIONS)
+CANCEL_POLL_S = 0.1
+
+
+class RemoteWorker(JobThread):
+    thread_name = "nla-remote"
+
+    def __init__(self, url: str, token: str | None, emit: Callable[[ev.Event], None], autoload: bool = True):
+        super().__init__(emit)
+        self.url, self.token = url, token
+        self.client = NlaClient(url, token)  # used by the worker thread only
+        self.conversation: Conversation | None = None
+        self.explanations: dict[int, list[Explanation]] = {}
+        self.ready = threading.Event()
+        self.handlers = {ev.LoadModels: self._load, ev.Chat: self._chat, ev.SetConversation: self._set_conversation,
+                         ev.Explain: self._explain, ev.ExplainAll: self._explain_all, WhatIf: self._what_if,
+                         Compare: self._compare}
+        if autoload:
+            self.submit(ev.LoadModels())
+
+    # ------------------------------------------------------------ requests
+
+    def _blocking(self, call: Callable[[NlaClient], Any]) -> Any:
+        """One request that answers at the end, on its own connection so that a cancel can
+        close it (the server then sees the client gone and cancels the job)."""
+        own = NlaClient(self.url, self.token)
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["result"] = call(own)
+            except BaseException as e:  # handed to the worker thread below
+                box["error"] = e
+        thread = threading.Thread(target=run, name="nla-remote-request", daemon=True)
+        thread.start()
+        while thread.is_alive():
+            thread.join(CANCEL_POLL_S)
+            if self.cancel.is_set():
+                own.close()
+                raise Cancelled()
+        own.close()
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    def _streamed(self, items) -> Any:
+        """Iterate a stream, stopping (and so closing it) as soon as the job is cancelled."""
+        try:
+            for item in items:
+                if self.cancel.is_set():
+                    raise Cancelled()
+                yield item
+        finally:
+            items.close()
+
+    def _handle(self) -> str:
+        if self.conversation is None:
+            raise ServerError("There is no conversation yet: chat or open a transcript first.")
+        return self.conversation.handle
+
+    def _recaptured(self, call: Callable[[], Any]) -> Any:
+        """Run `call`; if the server dropped our conversation (404: restarted, or its memory
+        budget), capture it again once and retry."""
+        try:
+            return call()
+        except ServerError as e:
+            if e.status != 404 or self.conversation is None:
+                raise
+        self.conversation = self._blocking(lambda c: c.capture(self.conversation.messages))
+        return call()
+
+    # ------------------------------------------------------------ jobs
+
+    def _load(self, job: ev.LoadModels) -> None:
+        info = self._blocking(lambda c: c.info)
+        self.ready.set()
+        self.emit(ev.ModelsReady(info))
+
+    def _updated(self, conversation: Conversation) -> None:
+        activations = self._blocking(lambda c: c.activations(conversation))
+        self.conversation, self.explanations = conversation, {}
+        self.emit(ev.ConversationUpdated(list(conversation.messages), list(conversation.tokens), activations))
+
+    def _set_conversation(self, job: ev.SetConversation) -> None:
+        self._updated(self._blocking(lambda c: c.capture(job.messages)))
+
+    def _chat(self, job: ev.Chat) -> None:
+        def stream():
+            return self._streamed(self.client.chat_stream(self.conversation, job.text, job.max_new_tokens))
+        after = None
+        for item in self._recaptured(lambda: list_until_done(stream(), self.emit)):
+            after = item
+        if after is not None:
+            self._updated(after)
+
+    def _cached(self, index: int, job: Any) -> list[Explanation] | None:
+        same = [e for e in self.explanations.get(index, []) if e.sampling == job.sampling and e.prompt == job.prompt]
+        return same or None
+
+    def _keep(self, exps: list[Explanation]) -> None:
+        for e in exps:
+            self.explanations.setdefault(e.index, []).insert(0, e)
+
+    def _explain(self, job: ev.Explain) -> None:
+        if not job.force and job.samples == 1:
+            hit = self._cached(job.index, job)
+            if hit:
+                self.emit(ev.ExplainDone(job.index, hit[:1], cached=True))
+                return
+        self.emit(ev.ExplainStarted(job.index))
+        drawn: list[Explanation] = []
+        temperature = job.sampling.temperature if job.samples == 1 or job.sampling.temperature > 0 else 1.0
+        for k in range(job.samples):  # several samples: seeds seed, seed+1, …, ranked by fidelity
+            sampling = replace(job.sampling, temperature=temperature, seed=job.sampling.seed + k)
+            stream = lambda: self._streamed(self.client.explain_stream(self._handle(), [job.index], sampling,  # noqa: E731
+                                                                       job.prompt))
+            self._recaptured(lambda: drawn.extend(explanations_of(stream(), self.emit)))
+        drawn.sort(key=lambda e: -(e.score.fidelity if e.score else -9))
+        if drawn and not self.cancel.is_set():
+            self._keep(drawn)
+            self.emit(ev.ExplainDone(job.index, drawn))
+
+    def _explain_all(self, job: ev.ExplainAll) -> None:
+        todo = [i for i in job.indices if not self._cached(i, job)]
+        total, start, done = len(job.indices), time.monotonic(), len(job.indices) - len(todo)
+        self.emit(ev.ExplainAllProgress(done, total, None))
+        for k in range(0, len(todo), POSITIONS_PER_REQUEST):
+            chunk = todo[k:k + POSITIONS_PER_REQUEST]
+            stream = lambda: self._streamed(self.client.explain_stream(self._handle(), chunk, job.sampling,  # noqa: E731
+                                                                       job.prompt))
+
+            def run_chunk() -> None:  # a 404 comes before any row, so a retry repeats nothing
+                nonlocal done
+                for e in explanations_of(stream(), None):
+                    self._keep([e])
+                    self.emit(ev.ExplainDone(e.index, [e]))
+                    done += 1
+                    rate = (done - (total - len(todo))) / max(time.monotonic() - start, 1e-6)
+                    self.emit(ev.ExplainAllProgress(done, total, (total - done) / rate if rate else None))
+            self._recaptured(run_chunk)
+
+    def _what_if(self, job: WhatIf) -> None:
+        branch = self._recaptured(lambda: self._blocking(lambda c: c.steer(
+            self._handle(), job.index, job.edited, job.alpha, job.span, job.max_new_tokens, job.original,
+            job.sampling)))
+        self.emit(WhatIfDone(branch))
+
+    def _compare(self, job: Compare) -> None:
+        self.emit(CompareDone(self._recaptured(lambda: self._blocking(
+            lambda c: c.compare(self._handle(), job.i, job.j, job.sampling)))))
+
+
+def list_until_done(items, emit: Callable[[ev.Event], None]) -> list[Conversation]:
+    """Chat stream: ChatStarted / ChatDelta go out as they come; the new Conversation is kept."""
+    out = []
+    for item in items:
+        if isinstance(item, Conversation):
+            out.append(item)
+        else:
+            emit(item)
+    return out
+
+
+def explanations_of(items, emit: Callable[[ev.Event], None] | None):
+    """Explain stream: text so far goes out as ExplainDelta (if emit), finished explanations are yielded."""
+    for item in items:
+        if isinstance(item, Explanation):
+            yield item
+        elif emit is not None:
+            emit(item)

@@ -1,0 +1,98 @@
+"""The TUI attached to a server (`nla-tui --server URL`): the same app, its worker a
+RemoteWorker speaking HTTP to a real uvicorn over the session's demo engine. A Pilot
+chats and explains; two workers on one server each keep their own conversation."""
+
+from __future__ import annotations
+
+import threading
+from argparse import Namespace
+
+import pytest
+
+from nla_tui.core import events as ev
+from nla_tui.core.types import NOISY_PREFIX, Message, Sampling
+from nla_tui.ui.app import create_app
+from tests._support_server import TOKEN, serving
+
+from _support_ui import async_test, type_message, wait_until
+
+pytestmark = pytest.mark.slow
+HANG_GUARD = 900.0  # a hang guard on a loaded 2-core box, not a speed check
+
+
+@pytest.fixture(scope="module")
+def served(demo_engine):
+    with serving(demo_engine, mcp=False) as (url, nla):
+        yield url, nla
+
+
+@async_test
+async def test_the_tui_chats_and_explains_through_a_server(served, tmp_path, monkeypatch):
+    from nla_tui.client.worker import RemoteWorker
+
+    url, nla = served
+    monkeypatch.setenv("NLA_TUI_DATA", str(tmp_path))
+    holder = {}
+
+    def factory(emit):
+        holder["worker"] = RemoteWorker(url, TOKEN, emit)
+        return holder["worker"]
+
+    app = create_app(factory, Namespace(max_new_tokens=12))
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_until(pilot, lambda: app.state.info is not None and app.state.queue_depth == 0,
+                         "the server's models", HANG_GUARD)
+        assert app.state.info.d_model == nla.info.d_model and app.state.info.pair_label
+        await type_message(pilot, "The Eiffel Tower is in")
+        await wait_until(pilot, lambda: app.state.reply is None and len(app.state.messages) == 2,
+                         "the reply", HANG_GUARD)
+        conversation = holder["worker"].conversation
+        assert app.state.messages == conversation.messages and app.chat.reply_text == conversation.messages[-1].content
+        assert [t.token_id for t in app.state.tokens] == [t.token_id for t in conversation.tokens]
+        assert app.strip.shown_indices == list(range(len(conversation.tokens)))
+        await pilot.press("home", *["right"] * (NOISY_PREFIX + 1))
+        index = app.strip.cursor
+        await pilot.press("e")
+        await wait_until(pilot, lambda: app.state.best(index) is not None, "the explanation", HANG_GUARD)
+        best = app.state.best(index)
+        assert best.score is not None and best.score.label in str(app.pane.render())
+        # the server explained exactly this token of this conversation
+        want = nla.explain(conversation.handle, [index], best.sampling)[0]
+        assert best.text == want.text
+
+
+def test_two_attached_workers_keep_their_own_conversations(served):
+    from nla_tui.client.worker import RemoteWorker
+
+    url, _ = served
+    texts = {"a": "The capital of France is Paris.", "b": "Bananas are yellow and sweet fruit."}
+    events: dict[str, list] = {k: [] for k in texts}
+    workers = {k: RemoteWorker(url, TOKEN, events[k].append).start() for k in texts}
+    try:
+        for k, w in workers.items():
+            w.submit(ev.SetConversation([Message("user", texts[k])]))
+        for w in workers.values():
+            assert w.wait_idle(HANG_GUARD)
+        # both explain at once, each its own conversation's token 8
+        for w in workers.values():
+            w.submit(ev.Explain(8, Sampling(max_new_tokens=12)))
+        threads = [threading.Thread(target=w.wait_idle, args=(HANG_GUARD,)) for w in workers.values()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        for w in workers.values():
+            w.stop()
+    for k in texts:
+        failed = [e for e in events[k] if isinstance(e, ev.JobFailed)]
+        assert not failed, failed
+        updated = next(e for e in events[k] if isinstance(e, ev.ConversationUpdated))
+        assert updated.messages[0].content == texts[k]
+        assert updated.activations.shape == (len(updated.tokens), workers[k].client.info.d_model)
+        done = next(e for e in events[k] if isinstance(e, ev.ExplainDone))
+        assert done.index == 8 and done.explanations[0].text
+    assert workers["a"].conversation.handle != workers["b"].conversation.handle
+    token_a = next(e for e in events["a"] if isinstance(e, ev.ConversationUpdated)).tokens[8].text
+    token_b = next(e for e in events["b"] if isinstance(e, ev.ConversationUpdated)).tokens[8].text
+    assert token_a != token_b  # (so the two explanations were of different activations)
