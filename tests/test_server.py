@@ -185,3 +185,41 @@ def test_serve_arguments_are_checked_before_loading(capsys):
     assert main(["serve", "--preset", "demo", "--host", "gpu-box.example"]) == 2
     err = capsys.readouterr().err
     assert "--port 70000" in err and "not an IP address" in err and "loading" not in err
+
+
+def test_serve_command_starts_a_guarded_server(demo_engine, demo_tokenizer, demo_paths, tmp_path, monkeypatch,
+                                                capsys):
+    """`nla-tui serve` itself: token created 0600 in the config dir, the tunnel line printed,
+    the app it hands uvicorn answers with the token and refuses without (the demo weights
+    are the session's, so nothing loads twice)."""
+    import uvicorn
+
+    from nla_tui.cli import main
+    from tests._support_engine import reusing_demo_loads
+    from tests._support_server import free_port, kept_conversation
+
+    monkeypatch.setenv("NLA_TUI_CONFIG", str(tmp_path))
+    answers = {}
+
+    def serve_briefly(app, host, port, log_level):
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            assert thread.is_alive()
+            time.sleep(0.05)
+        token = (tmp_path / "server-token").read_text().strip()
+        answers["info"] = httpx.get(f"http://{host}:{port}/v1/info", headers={"authorization": f"Bearer {token}"})
+        answers["refused"] = httpx.get(f"http://{host}:{port}/v1/info")
+        server.should_exit = True
+        thread.join(10)
+
+    monkeypatch.setattr(uvicorn, "run", serve_briefly)
+    port = free_port()
+    with kept_conversation(demo_engine), reusing_demo_loads(demo_tokenizer, demo_paths, demo_engine,
+                                                            ("subject", "av", "ar")):
+        assert main(["serve", "--preset", "demo", "--device", "cpu", "--quant", "fp32", "--port", str(port)]) == 0
+    err = capsys.readouterr().err
+    assert f"ssh -N -L {port}:127.0.0.1:{port}" in err and str(tmp_path / "server-token") in err
+    assert stat.S_IMODE(os.stat(tmp_path / "server-token").st_mode) == 0o600
+    assert answers["info"].json()["models"]["layer"] == 12 and answers["refused"].status_code == 401

@@ -97,7 +97,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token, token_file, created = load_or_create_token()
     nla = Nla.load(opts, progress)
     app = build_app(nla, token, token_file, None if args.no_mcp else build_mcp(nla, corpus),
-                    rate_per_minute=args.rate_limit, max_body_bytes=int(args.max_body_mb * (1 << 20)), corpus=corpus)
+                    rate_per_minute=args.rate_limit, max_body_bytes=int(args.max_body_mb * (1 << 20)), corpus=corpus,
+                    host=args.host)
     tell = lambda line: say(line, file=sys.stderr, flush=True)  # noqa: E731
     tell(f"nla-tui serve: {nla.info.subject} + {nla.info.av} / {nla.info.ar}, layer {nla.info.layer}")
     tell(f"  http://{args.host}:{args.port}/v1/ (schema: /openapi.json{'' if args.no_mcp else '; MCP: /mcp'})")

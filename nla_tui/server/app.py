@@ -236,7 +236,7 @@ def mcp_lifespan(mcp: Any):
 
 def build_app(nla: Nla, token: str, token_file: Path | None = None, mcp: Any = None,
               rate_per_minute: int = RATE_PER_MINUTE, max_body_bytes: int = MAX_BODY_BYTES,
-              corpus: Path | None = None) -> FastAPI:
+              corpus: Path | None = None, host: str = "127.0.0.1") -> FastAPI:
     """The API over `nla`, guarded by `token`; `mcp` (server/mcp_tools.build_mcp) is served at /mcp;
     `corpus`, a sweep folder chosen at start, adds /v1/sweep and /v1/search."""
     app = FastAPI(title="nla-tui", version=__version__, docs_url=None, redoc_url=None,
@@ -244,7 +244,8 @@ def build_app(nla: Nla, token: str, token_file: Path | None = None, mcp: Any = N
                   description="Natural Language Autoencoder explanations of a subject model's activations. "
                               "Every request needs 'Authorization: Bearer <token>'.")
     if mcp is not None:
-        app.router.routes.extend(mcp.streamable_http_app(streamable_http_path="/mcp").routes)
+        # On a loopback host the SDK also checks Host/Origin headers (DNS rebinding); elsewhere the token alone.
+        app.router.routes.extend(mcp.streamable_http_app(streamable_http_path="/mcp", host=host).routes)
     add_error_handlers(app)
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=max_body_bytes)  # chunked bodies too
     app.add_middleware(Guard, token=token, token_file=token_file, rate_per_minute=rate_per_minute,
