@@ -343,6 +343,5 @@ def add_corpus_routes(app: FastAPI, corpus: Path) -> None:
 
     @app.post("/v1/search")
     async def search(body: SearchIn) -> JSONResponse:
-        hits = await asyncio.to_thread(search_corpus, corpus, body.query, body.role, body.min_fve, body.sort,
-                                       body.limit)
-        return ok({"hits": hits})
+        return ok(await asyncio.to_thread(search_corpus, corpus, body.query, body.role, body.min_fve, body.sort,
+                                          body.limit))

@@ -57,15 +57,15 @@ def hit_json(h: Any) -> dict[str, Any]:
 
 
 def search_corpus(corpus: Path, query: str, role: str | None, min_fve: float | None, sort: str,
-                  limit: int) -> list[dict[str, Any]]:
+                  limit: int) -> dict[str, Any]:
     """Search the sweep the server was started with (`--corpus`): the folder is the server's, never the caller's."""
     from ..core.corpus import index
     from ..core.corpus.selection import parse_roles
 
     if not 1 <= limit <= MAX_SEARCH_HITS:
         raise InputError(f"limit {limit} must be between 1 and {MAX_SEARCH_HITS}.")
-    return [hit_json(h) for h in index.search(corpus, query, parse_roles(role) if role else None, min_fve, sort,
-                                              limit)]
+    hits = index.search(corpus, query, parse_roles(role) if role else None, min_fve, sort, limit)
+    return {"hits": [hit_json(h) for h in hits], "note": getattr(hits, "note", "")}  # note: an order not asked for
 
 
 def build_mcp(backend: Any, corpus: Path | None = None) -> MCPServer:
@@ -139,6 +139,6 @@ def build_mcp(backend: Any, corpus: Path | None = None) -> MCPServer:
             """Search the explanations of the corpus sweep this server holds (FTS5: words, "a phrase",
             prefix*, AND / OR / NOT; an empty query lists by `sort`): rank, fve, -fve, specificity,
             surprise or norm. `role`: e.g. assistant, user, tool, comma separated."""
-            return {"hits": await run(search_corpus, corpus, query, role, min_fve, sort, limit)}
+            return await run(search_corpus, corpus, query, role, min_fve, sort, limit)
 
     return mcp
