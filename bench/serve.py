@@ -114,6 +114,7 @@ def run(rep: Report, out: Path, sections: set[str] | None = None, preset: str | 
     from tests._support_server import TOKEN, serving
 
     sections = sections or ({"overhead"} if preset in (None, "demo") else set(SECTIONS))
+    rep.details["loadavg_at_start"] = os.getloadavg()  # a shared machine: how busy it was
     t = time.perf_counter()
     loaded = Nla.load(preset=preset or "demo", **({"device": "cpu", "quant": "fp32"} if preset in (None, "demo") else {}))
     engine = loaded._worker.engine
@@ -126,3 +127,4 @@ def run(rep: Report, out: Path, sections: set[str] | None = None, preset: str | 
             overhead(rep, nla, client, conv)
         if "clients" in sections:
             clients(rep, nla, url, TOKEN, conv)
+    rep.details["loadavg_at_end"] = os.getloadavg()

@@ -111,3 +111,26 @@ def test_api_md_examples_run(served, demo_engine, demo_tokenizer, demo_paths, mo
         scope["client"].close()
     out = capsys.readouterr().out
     assert "layer 12" in out and "->" in out
+
+
+def test_mcp_over_stdio_to_a_server(served, tmp_path):
+    """`nla-tui mcp --server URL` as an agent launches it: a subprocess speaking MCP on stdio,
+    its tools answered by the running server (no models load in it)."""
+    import sys
+
+    from mcp import Client, StdioServerParameters
+
+    url, _ = served
+    params = StdioServerParameters(command=sys.executable, args=["-m", "nla_tui.cli", "mcp", "--server", url,
+                                                                 "--token", TOKEN],
+                                   cwd=str(Path(__file__).resolve().parents[1]),
+                                   env={"PATH": "/usr/bin:/bin", "NLA_TUI_CONFIG": str(tmp_path)})
+
+    async def session():
+        async with Client(params) as client:
+            names = {t.name for t in (await client.list_tools()).tools}
+            tokens = await client.call_tool("tokenize", {"messages": QUESTION})
+            return names, tokens.structured_content["tokens"]
+
+    names, tokens = anyio.run(session)
+    assert TOOLS - {"search"} <= names and [t["role"] for t in tokens[:2]] == ["bos", "special"]

@@ -3,6 +3,7 @@ request passes before it is queued."""
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from dataclasses import dataclass, field
@@ -13,6 +14,8 @@ from .captured import Messages
 from .errors import Cancelled, InputError
 from .store.transcript import parse_message
 from .types import Message, Sampling
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -49,7 +52,10 @@ class Call(ev.Job):
             self.done.set()
             callbacks, self._callbacks = self._callbacks, []
         for fn in callbacks:
-            fn()
+            try:
+                fn()
+            except Exception:  # a listener's failure (e.g. a server shutting down) is not the job's
+                log.exception("a callback of a finished API call failed")
 
     def on_done(self, fn: Callable[[], None]) -> None:
         """Call `fn()` (on whichever thread finishes the job) once it is over."""

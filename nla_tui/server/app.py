@@ -149,7 +149,7 @@ async def finished(request: Request, call: Call) -> Any:
     """Wait for a Call without blocking the event loop; cancel it if the client goes away."""
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
-    call.on_done(lambda: loop.call_soon_threadsafe(done.set))
+    call.on_done(lambda: loop.is_closed() or loop.call_soon_threadsafe(done.set))
     try:
         while not done.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
@@ -173,7 +173,10 @@ def streamed(start: Any, encode: Any, final: Any) -> StreamingResponse:
     A client that goes away mid-stream cancels the call."""
     loop = asyncio.get_running_loop()
     items: asyncio.Queue = asyncio.Queue()
-    put = lambda item: loop.call_soon_threadsafe(items.put_nowait, item)  # noqa: E731  (worker thread)
+
+    def put(item: Any) -> None:  # on the worker thread
+        if not loop.is_closed():  # else the server is shutting down: nobody is listening
+            loop.call_soon_threadsafe(items.put_nowait, item)
     call = start(put)  # checks the request first: a bad one is a 4xx, not a stream
     call.on_done(lambda: put(None))
 
