@@ -110,40 +110,32 @@ def int4_compare(rep, av_nf4, cfg62, max_len: int, new_tokens: int) -> None:
 
 @torch.inference_mode()
 def compile_probe(rep, av, max_len: int) -> None:
-    """Fuse the elementwise chains with torch.compile, under the captured graph: every RMSNorm
-    (fp32 cast, square, mean, rsqrt, scale, cast back: 6 per layer) and the rotary embedding
-    become one Triton kernel each. One compiled body serves all 62 layers (parameters are graph
-    inputs), so compiling costs seconds, not minutes; inductor's on-disk cache keeps it for the
-    next process. Reports the step with and without, and the compile + capture time."""
-    import sys
-
-    import torch._dynamo
+    """The product's fusion (nla_tui/core/models/fusion.py: RMSNorm + rotary compiled under the
+    captured graph) against the same step unfused, same model, same run; and what compiling costs."""
+    from nla_tui.core.models import fusion
 
     d = rep.details
     rec = d["compile_probe"] = {}
-    base, _ = step_ms(av, 1, fd._round_len(max_len))
-    torch._dynamo.config.cache_size_limit = max(64, torch._dynamo.config.cache_size_limit)
-    norms = [m for m in av.modules() if type(m).__name__.endswith("RMSNorm")]
-    mod = sys.modules[type(av).__module__]  # transformers' modeling_gemma3
-    rope = getattr(mod, "apply_rotary_pos_emb", None)
+    fd.clear(av)
+    fusion.unfuse(av)
+    fusion.restore_rope()
+    os_env = fusion.os.environ.get("NLA_TUI_FUSE")
+    fusion.os.environ["NLA_TUI_FUSE"] = "0"
     try:
-        for m in norms:
-            m.forward = torch.compile(m.forward, dynamic=False)
-        if rope is not None:
-            mod.apply_rotary_pos_emb = torch.compile(rope, dynamic=False)
-        t = time.perf_counter()
-        fd.warmup(av, [1], max_len=max_len)
-        rec["compile_and_capture_b1_s"] = round(time.perf_counter() - t, 1)
-        ms, graphed = step_ms(av, 1, fd._round_len(max_len))
-        rec.update(step_ms=round(ms, 2), graph=graphed, plain_step_ms=round(base, 2), norms=len(norms),
-                   rotary=rope is not None)
-        rep.add("fused_norms_rope_b1_ms_per_step", ms, "ms", base,
-                f"torch.compile of RMSNorm + rotary under the captured graph; compile+capture "
-                f"{rec['compile_and_capture_b1_s']} s (first process; inductor caches it on disk)")
+        base, _ = step_ms(av, 1, fd._round_len(max_len))
     finally:
-        for m in norms:
-            m.__dict__.pop("forward", None)
-        if rope is not None:
-            mod.apply_rotary_pos_emb = rope
-        fd.clear(av)
-        _sync()
+        if os_env is None:
+            fusion.os.environ.pop("NLA_TUI_FUSE")
+        else:
+            fusion.os.environ["NLA_TUI_FUSE"] = os_env
+    fd.clear(av)
+    t = time.perf_counter()
+    fd.warmup(av, [1], max_len=max_len)  # fuses (compiles) at capture
+    rec["compile_and_capture_b1_s"] = round(time.perf_counter() - t, 1)
+    ms, graphed = step_ms(av, 1, fd._round_len(max_len))
+    rec.update(step_ms=round(ms, 2), graph=graphed, plain_step_ms=round(base, 2), fused=bool(getattr(av, "_nla_fused", False)))
+    rep.add("fused_norms_rope_b1_ms_per_step", ms, "ms", base,
+            f"RMSNorm + rotary compiled under the captured graph (fusion.py); baseline unfused, same run; "
+            f"compile+capture {rec['compile_and_capture_b1_s']} s")
+    fd.clear(av)
+    _sync()

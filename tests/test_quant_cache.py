@@ -180,3 +180,30 @@ def test_stale_build_directories_are_swept_on_the_next_save(tmp_path):
     load_model(resolve_checkpoint(src), "nf4", "cpu", quant_cache=cache)
     assert not stale.exists() and fresh.exists()
     shutil.rmtree(fresh)
+
+
+def test_the_weight_format_is_part_of_the_key(monkeypatch):
+    from nla_tui.core.models import int4
+
+    v = {"transformers": "5.0", "torch": "2.9", "bitsandbytes": "0.48"}
+    key = qc.entry_key("d", "int4", "bfloat16", v)
+    assert key != qc.entry_key("d", "nf4", "bfloat16", v)
+    monkeypatch.setattr(int4, "FORMAT", int4.FORMAT + "-other-packing")
+    assert qc.entry_key("d", "int4", "bfloat16", v) != key  # a new layout never reads an old entry
+
+
+def test_int4_round_trip_through_the_cache_gives_identical_logits(tmp_path, loads):
+    src = resolve_checkpoint(_tiny_checkpoint(tmp_path / "ckpt"))
+    cache = qc.QuantCache(tmp_path)
+    first = load_model(src, "int4", "cpu", quant_cache=cache)
+    assert loads == [str(src.path)]
+    [entry] = cache.entries()
+    assert entry.meta["source"]["format"] == qc.weight_format("int4") and entry.size > 0
+    second = load_model(src, "int4", "cpu", quant_cache=cache)
+    assert loads == [str(src.path)]  # built from the entry, not from the checkpoint
+    assert type(second.model.layers[0].mlp.up_proj).__name__ == "Int4Linear"
+    assert second.lm_head.weight is second.model.embed_tokens.weight  # tied, as loaded
+    assert torch.equal(_logits(first), _logits(second))
+    ref = load_model(src, "fp32", "cpu")
+    # 4-bit rounding, not a wrong layout: nf4 is 0.29 on this tiny random model, a scrambled one ~1.4
+    assert (_logits(first) - _logits(ref)).norm() / _logits(ref).norm() < 0.5

@@ -21,8 +21,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--av", help="NLA activation verbalizer checkpoint (hub id or directory)")
     g.add_argument("--ar", help="NLA activation reconstructor checkpoint (hub id or directory)")
     g.add_argument("--layer", type=int, help="extraction layer K (default: from the sidecars)")
-    g.add_argument("--quant", choices=["nf4", "int8", "bf16", "fp32"],
-                   help="weights precision (default: nf4 on CUDA, fp32 on CPU)")
+    g.add_argument("--quant", choices=["nf4", "int4", "int8", "bf16", "fp32"],
+                   help="weights precision (default: nf4 on CUDA, fp32 on CPU; int4: gemlite's faster "
+                        "4-bit kernels where Triton runs)")
     g.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda if available)")
     g.add_argument("--devices", help="place models on GPUs, e.g. subject=0,av=1,ar=1 (default: by free memory)")
     g.add_argument("--cache-dir", help="activation/explanation cache (default: NLA_TUI_CACHE or the user cache dir)")

@@ -30,6 +30,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from .fusion import fuse
 from .fast_attention import ATTN_NAME, ORIG_IMPL, StaticKV, register_attention
 from .loading import text_config
 from .placement import layer_devices, quant_state_to_device
@@ -158,6 +159,9 @@ class _Runner:
 
     def _capture_locked(self):
         quant_state_to_device(self.model, self.device)
+        why = fuse(self.model)  # compiled RMSNorm + rotary inside the graph (fusion.py)
+        if why is not None and self.device.type == "cuda":
+            log.info("decode step not fused: %s", why)
         # Warm up on a side stream (allocates the cache, sets bnb compute types), then
         # capture. Writing at the last slot is harmless: that slot is masked out until
         # decoding reaches it, and then it is overwritten first.

@@ -19,7 +19,7 @@ import torch
 from .chat_template import ensure_chat_template
 from ..errors import CheckpointError, NlaError
 
-QUANTS = ("nf4", "int8", "bf16", "fp32")
+QUANTS = ("nf4", "int4", "int8", "bf16", "fp32")
 _log = logging.getLogger(__name__)
 
 
@@ -150,6 +150,8 @@ def _quant_kwargs(quant: str, device: str) -> dict[str, Any]:
         return {"quantization_config": BitsAndBytesConfig(
             load_in_8bit=True, llm_int8_skip_modules=["lm_head", "multi_modal_projector", "vision_tower"]),
             "dtype": compute}
+    if quant == "int4":  # loaded in the compute dtype on the host, quantised layer by layer (int4.py)
+        return {"dtype": compute}
     return {"dtype": torch.bfloat16 if quant == "bf16" else torch.float32}
 
 
@@ -179,11 +181,26 @@ def load_model(ckpt: Checkpoint, quant: str, device: str, device_map: Any = None
     kwargs["device_map"] = device_map if device_map is not None else {"": device}
     if max_memory is not None:
         kwargs["max_memory"] = max_memory
+    if quant == "int4":
+        from . import int4
+
+        target = int4.single_device(kwargs["device_map"], device, ckpt.name)
+        kwargs["device_map"] = {"": "cpu"}  # the bf16 model never sits whole on the card
+        kwargs.pop("max_memory", None)
+
+    def int4_load(cached: str | None):
+        if cached is not None:
+            return int4.load_quantised(cls, cached, target, kwargs["dtype"])
+        model = cls.from_pretrained(str(ckpt.path), **kwargs)
+        int4.quantize_model(model, target)
+        return model.to(target)
 
     def from_pretrained(cached: str | None):
         # A cached entry is already quantised: its config.json carries the quantization_config.
         kw = kwargs if cached is None else {k: v for k, v in kwargs.items() if k != "quantization_config"}
         try:
+            if quant == "int4":
+                return int4_load(cached)
             return cls.from_pretrained(cached or str(ckpt.path), **kw)
         except torch.cuda.OutOfMemoryError:
             raise NlaError(f"Out of GPU memory loading {ckpt.name} in {quant}. Try --quant nf4, "
@@ -195,6 +212,10 @@ def load_model(ckpt: Checkpoint, quant: str, device: str, device_map: Any = None
 
     dtype = str(kwargs["dtype"]).removeprefix("torch.")
     model = load_cached(ckpt, quant, dtype, from_pretrained, quant_cache, progress, _log.warning)
+    if quant == "int4":
+        from .int4 import use_kernel
+
+        use_kernel(model)  # after the cache saved the portable format
     model.eval()
     model.requires_grad_(False)
     return model

@@ -13,13 +13,14 @@ from nla_tui.core.errors import InputError, NlaError
 
 ROLES = ("subject", "av", "ar")
 GIB = 1024**3
-QUANTS = ("nf4", "int8", "bf16", "fp32")
+QUANTS = ("nf4", "int4", "int8", "bf16", "fp32")
 # bitsandbytes quantizers multiply max_memory by 0.9 (transformers quantizer_bnb_*.adjust_max_memory);
 # device_map_for divides it back out so the planned split still holds the whole model.
 _BNB_MAX_MEMORY_FACTOR = 0.9
 # nf4 with double quantisation (what the measured PERF.md figures match): 4-bit weights, an 8-bit
 # absmax per 64-weight block, and an fp32 absmax per 256 blocks.
-_BYTES_PER_PARAM = {"nf4": 0.5 + 1 / 64 + 4 / (64 * 256), "int8": 1.0, "bf16": 2.0, "fp32": 4.0}
+_BYTES_PER_PARAM = {"nf4": 0.5 + 1 / 64 + 4 / (64 * 256), "int4": 0.5 + 4 / 64, "int8": 1.0, "bf16": 2.0,
+                    "fp32": 4.0}  # int4: bf16 scale + zero per 64 (int4.py)
 # Activations, allocator fragmentation and sampling buffers on top of the KV cache, plus fp32
 # last-token logits (and a softmax copy) per sequence. Fitted to PERF.md's nf4 peaks at batch 64
 # and 160 (which exceed weights + KV by ~0.4 and ~0.8 GiB), with a margin for their rounding.
@@ -115,7 +116,7 @@ def model_size(config_like: Any, quant: str, layers: int | None = None,
     norms = plain * (6 * hidden + 2 * head_dim)  # Gemma 3 has 4 norms + q/k norms per layer
     scales = 4 * (q_out + 2 * kv_out + hidden + 2 * inter + hidden) if quant == "int8" else 0  # fp32 per row
     layer = int(linear * _BYTES_PER_PARAM[quant] + scales + norms)
-    counted = {"nf4": 0.5, "int8": 1.0}.get(quant, _BYTES_PER_PARAM[quant])
+    counted = {"nf4": 0.5, "int4": 0.5, "int8": 1.0}.get(quant, _BYTES_PER_PARAM[quant])
     embed = vocab * hidden * plain
     lm_head = 0 if tied else embed
     other = plain * (hidden + _vision_params(config_like))  # final norm, vision tower

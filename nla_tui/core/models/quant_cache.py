@@ -95,12 +95,22 @@ def versions() -> dict[str, str]:
     return out
 
 
+def weight_format(quant: str) -> str:
+    """The stored weights' format, by the kernel family that reads them: bitsandbytes' nf4/int8,
+    or nla-tui's int4 (int4.FORMAT, read by gemlite or the portable path)."""
+    if quant == "int4":
+        from .int4 import FORMAT
+
+        return FORMAT
+    return f"bitsandbytes-{quant}"
+
+
 def entry_key(digest: str, quant: str, compute_dtype: str, vers: dict[str, str] | None = None) -> str:
     """Everything that changes the saved bytes or whether they load: the checkpoint's contents,
-    the quant and compute dtype (non-quantised weights are stored in it), and the versions of
-    bitsandbytes, transformers and torch (their serialisation formats)."""
+    the quant, the weight format its kernel reads, the compute dtype (non-quantised weights are
+    stored in it), and the versions of bitsandbytes, transformers and torch (their formats)."""
     ident = {"layout": LAYOUT_VERSION, "recipe": RECIPE_VERSION, "digest": digest, "quant": quant,
-             "compute_dtype": compute_dtype, **(vers or versions())}
+             "format": weight_format(quant), "compute_dtype": compute_dtype, **(vers or versions())}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -260,7 +270,12 @@ class QuantCache:
         try:
             if watcher:
                 watcher.start()
-            model.save_pretrained(str(build), max_shard_size="4GB")
+            if getattr(model.config, "nla_int4", None):  # int4.py's own format (no transformers quantizer)
+                from .int4 import save_quantised
+
+                save_quantised(model, str(build))
+            else:
+                model.save_pretrained(str(build), max_shard_size="4GB")
             files = {f.name: f.stat().st_size for f in build.iterdir() if f.is_file() and f.name != BUILDING}
             meta = {"key": key, "layout": LAYOUT_VERSION, "created": time.time(), "source": source,
                     "files": files, "digests": {n: _file_digest(build / n, s) for n, s in files.items()}}
@@ -307,7 +322,7 @@ def load_cached(ckpt, quant: str, compute_dtype: str, load: Callable[[str | None
     """Load through the cache. `load(path_or_None)` loads the model from a cached entry's directory
     (already quantised) or, given None, from the checkpoint itself (quantising it). A cached entry
     that fails to load is discarded and the checkpoint is loaded (and saved again) instead."""
-    if cache is None or quant not in ("nf4", "int8"):
+    if cache is None or quant not in ("nf4", "int4", "int8"):
         return load(None)
     key = entry_key(checkpoint_digest(ckpt.path, ckpt.revision), quant, compute_dtype)
     path = cache.lookup(key, log)
@@ -321,7 +336,7 @@ def load_cached(ckpt, quant: str, compute_dtype: str, load: Callable[[str | None
             cache.discard(path)
     model = load(None)
     source = {"name": ckpt.name, "path": str(ckpt.path), "revision": ckpt.revision, "quant": quant,
-              "compute_dtype": compute_dtype, **versions()}
+              "format": weight_format(quant), "compute_dtype": compute_dtype, **versions()}
     try:
         cache.save(model, key, source, report)
     except OSError as e:  # disk full, read-only cache: the model is loaded, starting is what matters
