@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -38,11 +39,37 @@ def recorded_comparisons(session: object = RECORDED) -> list:
     return [Comparison.from_json(c) for c in json.loads(path.read_text())] if path.exists() else []
 
 
+class ScriptedReplay(ReplayWorker):
+    """The product's ReplayWorker (same scheduler, same handlers) with the tests' controls:
+    `delay` seconds between streamed pieces; `hold_after` pieces, then the job waits until
+    `release` is set or it is cancelled (a job reliably "still running" without timing);
+    `jobs_seen`, what the UI asked for."""
+
+    def __init__(self, session, emit, *, delay: float = 0.0, hold_after: int | None = None, **kw):
+        self.delay, self.hold_after = delay, hold_after
+        self.paced = bool(delay)
+        self.release = threading.Event()
+        self.jobs_seen: list = []
+        super().__init__(session, emit, **kw)
+
+    def submit(self, job) -> None:
+        self.jobs_seen.append(job)
+        super().submit(job)
+
+    def _sleep(self, piece: int = 0) -> bool:
+        if self.hold_after is not None and piece > self.hold_after:
+            while not (self.release.is_set() or self.cancel.is_set()):
+                self.cancel.wait(0.01)
+        if self.delay:
+            self.cancel.wait(self.delay)
+        return self.cancel.is_set()
+
+
 def replay_app(preload: bool = False, delay: float = 0.0, holder: Holder | None = None,
                options=None, hold_after: int | None = None, session=RECORDED) -> NlaApp:
     def factory(emit):
-        w = ReplayWorker(session, emit, preload=preload, delay=delay, hold_after=hold_after,
-                         comparisons=recorded_comparisons(session))
+        w = ScriptedReplay(session, emit, preload=preload, delay=delay, hold_after=hold_after,
+                           comparisons=recorded_comparisons(session))
         if holder is not None:
             holder.worker = w
         return w

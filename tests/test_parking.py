@@ -206,3 +206,25 @@ def test_engine_recovers_after_explain_all_cannot_bring_the_models_back(parking_
     assert eng.park_state["parked"] == []
     _assert_back(eng.subject.model, snaps["subject"])
     _assert_back(eng.ar.model, snaps["ar"])
+
+
+@pytest.mark.slow
+def test_both_explain_paths_make_the_same_warnings(parking_engine, monkeypatch):
+    # The parked and the unparked path build explanations through one function
+    # (core/nla/explain.py), so a truncated or non-finite result is flagged on both;
+    # before, the parked path dropped "not finite" and a NaN score read "not scored".
+    from nla_tui.core.types import NOT_FINITE_WARNING, TRUNCATED_WARNING
+
+    eng = parking_engine
+    monkeypatch.setattr(eng.ar, "score", lambda texts, vectors: [None] * len(texts))  # a NaN reconstruction
+    two = Sampling(max_new_tokens=2)  # too short to close the tag
+    seen = {}
+    for policy, idx in (("never", [1, 2]), ("always", [3, 4])):
+        eng.park_policy = policy
+        seen[policy] = eng.explain(idx, two)
+        assert eng.last_explain_plan["park"] is (policy == "always")
+    for exps in seen.values():
+        assert len(exps) == 2
+        for e in exps:
+            assert e.truncated and e.score is None
+            assert e.warnings.count(TRUNCATED_WARNING) == 1 and e.warnings.count(NOT_FINITE_WARNING) == 1

@@ -3,7 +3,7 @@ as a conversation with the cursor on its token and the sweep's explanation in th
 
 from __future__ import annotations
 
-from argparse import Namespace
+from nla_tui.ui.options import UiOptions
 
 import pytest
 
@@ -44,7 +44,7 @@ def sweep(tmp_path, demo_tokenizer):
 @async_test
 async def test_search_sort_and_open_a_hit_on_its_token(shared_engine, sweep):
     out, rows = sweep
-    app = create_app(lambda emit: EngineWorker(shared_engine, emit), Namespace())
+    app = create_app(lambda emit: EngineWorker(shared_engine, emit), UiOptions())
     async with app.run_test(size=(140, 40)) as pilot:
         await wait_until(pilot, lambda: app.state.info is not None, "models ready", HANG_GUARD)
         app.strip.focus()

@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from argparse import Namespace
 
 import pytest
 
 from nla_tui.core.types import NOISY_PREFIX
 from nla_tui.core.runtime.worker import EngineWorker
 from nla_tui.ui.app import create_app
+from nla_tui.ui.options import UiOptions
 from nla_tui.ui.messages import EngineEvent
 
 from _support_ui import async_test, type_message, wait_until
@@ -51,7 +51,7 @@ def _app(engine, **options):
         holder["worker"] = EngineWorker(engine, emit)
         return holder["worker"]
 
-    return create_app(factory, Namespace(**options)), holder
+    return create_app(factory, UiOptions(**options)), holder
 
 
 @async_test

@@ -5,7 +5,7 @@ chats and explains; two workers on one server each keep their own conversation."
 from __future__ import annotations
 
 import threading
-from argparse import Namespace
+from nla_tui.ui.options import UiOptions
 
 import pytest
 
@@ -38,7 +38,7 @@ async def test_the_tui_chats_and_explains_through_a_server(served, tmp_path, mon
         holder["worker"] = RemoteWorker(url, TOKEN, emit)
         return holder["worker"]
 
-    app = create_app(factory, Namespace(max_new_tokens=12))
+    app = create_app(factory, UiOptions(max_new_tokens=12))
     async with app.run_test(size=(120, 36)) as pilot:
         await wait_until(pilot, lambda: app.state.info is not None and app.state.queue_depth == 0,
                          "the server's models", HANG_GUARD)

@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import sys
-from argparse import Namespace
+from nla_tui.ui.options import UiOptions
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +73,7 @@ async def test_ctrl_s_saves_a_session_that_loads_back_exactly(data_dir):
 @async_test
 async def test_autosave_after_a_job_then_on_exit(data_dir):
     holder = Holder()
-    app = replay_app(holder=holder, options=Namespace(autosave=True))
+    app = replay_app(holder=holder, options=UiOptions(autosave=True))
     async with app.run_test(size=(120, 36)) as pilot:
         assert _saved(data_dir) == []  # nothing to save before the first job
         await _chat(pilot, app)
@@ -96,7 +96,7 @@ async def test_autosave_after_a_job_then_on_exit(data_dir):
 @async_test
 async def test_sigterm_and_sighup_save_then_exit(data_dir, signame):
     holder = Holder()
-    app = replay_app(holder=holder, options=Namespace(autosave=True))
+    app = replay_app(holder=holder, options=UiOptions(autosave=True))
     async with app.run_test(size=(120, 36)) as pilot:
         await _chat(pilot, app)
         await wait_until(pilot, lambda: app.keeper.last_saved is not None, "the autosave")
@@ -273,7 +273,7 @@ async def test_naming_an_autosaved_session_moves_it_and_never_overwrites_another
     other = load_session(RECORDED)
     other.name = "Named"
     taken = save_session(other, data_dir / "sessions" / "named-2")  # not ours either
-    app = replay_app(options=Namespace(autosave=True))
+    app = replay_app(options=UiOptions(autosave=True))
     async with app.run_test(size=(120, 36)) as pilot:
         await _chat(pilot, app)
         await wait_until(pilot, lambda: app.keeper.last_saved is not None, "the autosave")
@@ -296,7 +296,7 @@ async def test_a_failed_autosave_is_shown_and_the_app_keeps_running(tmp_path, mo
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the data directory should be")
     monkeypatch.setenv("NLA_TUI_DATA", str(blocker))
-    app = replay_app(options=Namespace(autosave=True))
+    app = replay_app(options=UiOptions(autosave=True))
     async with app.run_test(size=(120, 36)) as pilot:
         await _chat(pilot, app)
         await wait_until(pilot, lambda: app.keeper.saver.last_error is not None, "the failed save")

@@ -3,7 +3,7 @@ trip of what the engine captured, and `nla-tui open` then L loading the models."
 
 from __future__ import annotations
 
-from argparse import Namespace
+from nla_tui.ui.options import UiOptions
 
 import numpy as np
 import pytest
@@ -25,7 +25,7 @@ async def test_real_engine_save_round_trip(request, data_dir):
     engine = request.getfixturevalue("demo_engine")  # holds one captured chat turn
     saved_state = (list(engine.messages), list(engine.tokens), engine.activations,
                    dict(engine.explanations))
-    app = create_app(lambda emit: EngineWorker(engine, emit), Namespace(autosave=True))
+    app = create_app(lambda emit: EngineWorker(engine, emit), UiOptions(autosave=True))
     try:
         async with app.run_test(size=(120, 36)) as pilot:
             await wait_until(pilot, lambda: app.state.tokens and app.state.queue_depth == 0,

@@ -8,7 +8,7 @@ import pytest
 
 from nla_tui.core import events as ev
 from nla_tui.core.errors import InputError
-from nla_tui.core.types import Explanation, Message, Sampling, Score, TokenInfo
+from nla_tui.core.types import TRUNCATED_WARNING, Explanation, Message, Sampling, Score, TokenInfo
 from nla_tui.ui.screens.dialogs import check_prompt, check_temperature
 from nla_tui.ui.state import UiState
 from nla_tui.core.store.transcript import load_transcript
@@ -90,12 +90,12 @@ def _fold_until(st: UiState, events: "queue.Queue", done) -> list:
 def test_state_cancel_and_failure_clear_progress():
     """Folded from the events a real worker sends (the shared scheduler over a replay):
     a cancelled explain-all and chat, and a failed explain, leave no progress behind."""
-    from nla_tui.core.runtime.replay import ReplayWorker
+    from tests._support_ui import ScriptedReplay
 
     ended = lambda kind: lambda e: isinstance(e, (ev.JobFinished, ev.JobFailed)) and e.kind is kind  # noqa: E731
     events: queue.Queue = queue.Queue()
     st = UiState()
-    w = ReplayWorker(Path(__file__).parent / "data" / "recorded_session", events.put, hold_after=2)
+    w = ScriptedReplay(Path(__file__).parent / "data" / "recorded_session", events.put, hold_after=2)
     w.start()
     try:
         _fold_until(st, events, ended(ev.JobKind.LOAD))
@@ -140,8 +140,9 @@ def test_fidelity_mapping_puts_label_thresholds_at_thirds():
 def test_render_token_shows_score_warnings_and_untrained_label():
     st = UiState()
     st.set_tokens([_tok(i, f"w{i}") for i in range(12)])
+    # The pane shows the warnings the explain path made (core/nla/explain.py), none of its own.
     ex = Explanation(11, "about towers", "raw", Sampling(), score=Score(0.95, 0.1, 0.8),
-                     truncated=True, warnings=["CJK text in the output"], untrained_av=True)
+                     truncated=True, warnings=["CJK text in the output", TRUNCATED_WARNING], untrained_av=True)
     st.explanations[11] = [ex]
     text = render_token(st, 11).plain
     assert "about towers" in text and "good" in text and "fve_nrm 0.800" in text
@@ -191,11 +192,11 @@ def test_color_system_override_reaches_the_console(monkeypatch):
     # registered so monkeypatch puts the originals back after the test
     monkeypatch.setattr(textual.constants, "COLOR_SYSTEM", textual.constants.COLOR_SYSTEM)
     monkeypatch.setenv("TEXTUAL_COLOR_SYSTEM", "auto")
-    from argparse import Namespace
+    from nla_tui.ui.options import UiOptions
 
-    app = create_app(lambda emit: None, Namespace(color_system="256"))
+    app = create_app(lambda emit: None, UiOptions(color_system="256"))
     assert app.console.color_system == "256"
-    app = create_app(lambda emit: None, Namespace(color_system="truecolor"))
+    app = create_app(lambda emit: None, UiOptions(color_system="truecolor"))
     assert app.console.color_system == "truecolor"
     with pytest.raises(InputError, match="--color-system"):
         apply_color_system("millions")

@@ -7,10 +7,10 @@ import sys
 
 from ..core.options import EngineOptions, from_args
 from ..terminal_text import visible
+from ..ui.terminal import COLOR_SYSTEMS
 from .output import say
 
 EXIT_USER_ERROR = 2
-COLOR_SYSTEMS = ["auto", "truecolor", "256", "standard", "none"]
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Callable
 
+from ..ui.options import UiOptions
 from .common import add_display_args
 
 
@@ -27,7 +28,7 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def open_options(path: str | Path, **extra: Any) -> argparse.Namespace:
+def open_options(path: str | Path, **extra: Any) -> UiOptions:
     """Load the session (InputError with a clear message if missing or corrupt) and
     build the options run_app / create_app take."""
     from ..core.store.session import SESSION_FILE, load_session
@@ -35,10 +36,10 @@ def open_options(path: str | Path, **extra: Any) -> argparse.Namespace:
     session = load_session(path)  # raises InputError: the CLI prints it and exits 2
     p = Path(path).expanduser()
     directory = p.parent if p.name == SESSION_FILE and p.is_file() else p
-    return argparse.Namespace(session=session, session_dir=directory.resolve(), **extra)
+    return UiOptions(session=session, session_dir=directory.resolve(), **extra)
 
 
-def replay_worker(options: argparse.Namespace) -> Callable[[Any], Any]:
+def replay_worker(options: UiOptions) -> Callable[[Any], Any]:
     """The worker factory for an opened session: a ReplayWorker serving it, no model."""
     from ..core.runtime.replay import ReplayWorker
 
@@ -49,6 +50,6 @@ def run_open(args: argparse.Namespace) -> int:
     from ..ui.launch import run_app
     from .tui import engine_worker
 
-    options = open_options(args.path, color_system=args.color_system, no_mouse=args.no_mouse,
+    options = open_options(args.path, color_system=args.color_system, mouse=not args.no_mouse,
                            autosave=True)
     return run_app(options, replay_worker(options), engine_worker) or 0

@@ -6,9 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..core.types import EXPLAIN_TOKENS
 from ..terminal_text import visible
 from .common import add_model_args, engine_options, progress
-from .validate import check_explain_range, check_run_args, parse_explain_spec
+from .validate import check_explain_range, check_run_args
 from .output import say
 
 
@@ -26,15 +27,12 @@ def add_subparser(sub) -> None:
                         "folder (files nla-tui did not write are never deleted)")
     r.add_argument("--temperature", type=float, default=0.0, help="AV sampling temperature (0 = greedy)")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--max-explain-tokens", type=int, default=200, help="AV max new tokens (default 200)")
+    r.add_argument("--max-explain-tokens", type=int, default=EXPLAIN_TOKENS,
+                   help=f"AV max new tokens (default {EXPLAIN_TOKENS})")
     r.add_argument("--av-prompt", help="custom AV prompt containing <INJECT>")
     r.add_argument("--batch-size", type=int, default=None,
                    help="explanations per AV batch (default: 16 on CPU; on CUDA as many as free memory allows, up to 160)")
     r.set_defaults(func=cmd_run)
-
-
-def parse_explain(spec: str, n_tokens: int) -> list[int]:
-    return check_explain_range(parse_explain_spec(spec), n_tokens)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

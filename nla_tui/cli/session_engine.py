@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import InputError
+from ..core.types import EXPLAIN_TOKENS, group_by_index
 from .common import engine_options, progress
 
 
@@ -28,7 +29,8 @@ def write_json(out: str, obj: Any) -> Path:
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-explain-tokens", type=int, default=200, help="AV max new tokens (default 200)")
+    p.add_argument("--max-explain-tokens", type=int, default=EXPLAIN_TOKENS,
+                   help=f"AV max new tokens (default {EXPLAIN_TOKENS})")
     p.add_argument("--temperature", type=float, default=0.0, help="AV sampling temperature (0 = greedy)")
     p.add_argument("--seed", type=int, default=0)
 
@@ -61,8 +63,7 @@ def load_engine(session, args):
         raise InputError("These models tokenize the session's conversation differently from the models that "
                          "saved it, so its token indices do not carry over. Run with the session's own models "
                          f"(--preset {session.info.preset or '…'} or --subject/--av/--ar as saved).")
-    for e in session.explanations:
-        engine.explanations.setdefault(e.index, []).append(e)
+    group_by_index(session.explanations, into=engine.explanations)
     engine.steered = list(session.steered)
     return engine
 

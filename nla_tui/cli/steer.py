@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 
 from ..core.steer_jobs import DEFAULT_ALPHA
+from ..core.types import CONTINUATION_TOKENS
 from .common import add_model_args
 from .session_engine import add_sampling_args, check_token, load_engine, sampling, write_json
 from .output import say
@@ -27,7 +28,8 @@ def add_subparser(sub) -> None:
                    help=f"strength, x the activation's norm (default {DEFAULT_ALPHA:g})")
     s.add_argument("--span", default="here", choices=["here", "onward"],
                    help="here: that token only; onward: it and every later position (default here)")
-    s.add_argument("--max-new-tokens", type=int, default=32, help="continuation length (default 32)")
+    s.add_argument("--max-new-tokens", type=int, default=CONTINUATION_TOKENS,
+                   help=f"continuation length (default {CONTINUATION_TOKENS})")
     s.add_argument("--out", help="also write the branch as JSON here")
     add_sampling_args(s)
     s.set_defaults(func=cmd_steer)

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from ..core.errors import InputError
 from ..core.options import EngineOptions
+from ..ui.options import UiOptions
 from .common import engine_options
 
 
@@ -47,11 +48,13 @@ def remote_worker(args: argparse.Namespace, emit: Callable[[Any], None]) -> Any:
 def cmd_tui(args: argparse.Namespace) -> int:
     from ..ui.launch import run_app
 
-    if not getattr(args, "messages", None):
-        from ..core.nla.presets import DEMO_EXAMPLE
+    from ..core.nla.presets import DEMO_EXAMPLE
 
-        # Opened only if the models turn out to be the demo's (it may be the default).
-        args.example = str(DEMO_EXAMPLE)
+    messages = getattr(args, "messages", None)
+    shown = dict(messages=messages,
+                 # Opened only if the models turn out to be the demo's (it may be the default).
+                 example=None if messages else str(DEMO_EXAMPLE),
+                 color_system=args.color_system, mouse=not args.no_mouse, autosave=True)
     if getattr(args, "server", None):
         given = [f"--{f.replace('_', '-')}" for f in MODEL_FLAGS if getattr(args, f, None) is not None]
         if given:
@@ -63,6 +66,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
             from ..client import default_token
 
             args.token = default_token()  # no token: say so now, before the first frame
-        return run_app(args, lambda emit: remote_worker(args, emit), lambda opts, emit: remote_worker(args, emit)) or 0
+        return run_app(UiOptions(**shown), lambda emit: remote_worker(args, emit),
+                       lambda opts, emit: remote_worker(args, emit)) or 0
     opts = engine_options(args)  # every model flag, checked before the first frame
-    return run_app(args, lambda emit: engine_worker(opts, emit), engine_worker) or 0
+    return run_app(UiOptions(engine=opts, **shown), lambda emit: engine_worker(opts, emit), engine_worker) or 0

@@ -209,8 +209,9 @@ class Nla:
                 if cancel.is_set():
                     break
                 rows = indices[b:b + batch]
+                # on_text is labelled with each row's own index (core/nla/explain.py): no remapping.
                 stream = None if sink is None else (
-                    lambda r, t, rows=rows: throttles[r].ready() and sink(ev.ExplainDelta(rows[r], t)))
+                    lambda i, t: throttles[i].ready() and sink(ev.ExplainDelta(i, t)))
                 exps = engine.explain_vectors(vectors[b:b + batch], sampling, prompt, stream, cancel, rows)
                 for e in exps:
                     if sink is not None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar
 
-from .types import CardMemory, Explanation, Message, ModelInfo, Sampling, TokenInfo
+from .types import REPLY_TOKENS, CardMemory, Explanation, Message, ModelInfo, Sampling, TokenInfo
 
 # Job priorities: lower runs first.
 PRIORITY_CHAT = 0
@@ -79,7 +79,7 @@ class Chat(Job):
     kind: ClassVar[JobKind] = JobKind.CHAT
 
     text: str
-    max_new_tokens: int = 256
+    max_new_tokens: int = REPLY_TOKENS
 
     @property
     def key(self) -> str:

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 from .branches import Comparison, SteeredBranch
 from .events import PRIORITY_EXPLAIN, Event, Job, JobKind
-from .types import Sampling
+from .types import CONTINUATION_TOKENS, Sampling
 
 # Steering strength, × the activation's own norm. Measured on the demo pair (tests/
 # test_steering.py): the edit's words gain +4.2 nats at 0.25, +3.1 at 0.5 and lose 4.1 at
@@ -29,7 +29,7 @@ class WhatIf(Job):
     original: str | None = None
     alpha: float = DEFAULT_ALPHA
     span: str = "here"
-    max_new_tokens: int = 32
+    max_new_tokens: int = CONTINUATION_TOKENS
     sampling: Sampling = field(default_factory=Sampling)
 
     @property

@@ -7,7 +7,7 @@ these types too. Activations travel as numpy float32 arrays.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 # Roles a token of the conversation can have. "special" covers <bos>, turn
 # markers and role names inserted by the chat template.
@@ -56,12 +56,18 @@ class TokenInfo:
         )
 
 
+# Lengths every entry point defaults to (the CLI's flags, the TUI's jobs, the engine): one place.
+EXPLAIN_TOKENS = 200  # AV max new tokens: the released pairs' explanations fit well inside
+REPLY_TOKENS = 256  # a chat reply
+CONTINUATION_TOKENS = 32  # a what-if / steered continuation
+
+
 @dataclass(frozen=True)
 class Sampling:
     """AV sampling parameters. temperature 0 means greedy (seed unused)."""
 
     temperature: float = 0.0
-    max_new_tokens: int = 200
+    max_new_tokens: int = EXPLAIN_TOKENS
     seed: int = 0
     top_p: float = 1.0
 
@@ -72,7 +78,7 @@ class Sampling:
     def from_json(cls, d: dict[str, Any]) -> "Sampling":
         return cls(
             temperature=float(d.get("temperature", 0.0)),
-            max_new_tokens=int(d.get("max_new_tokens", 200)),
+            max_new_tokens=int(d.get("max_new_tokens", EXPLAIN_TOKENS)),
             seed=int(d.get("seed", 0)),
             top_p=float(d.get("top_p", 1.0)),
         )
@@ -111,6 +117,11 @@ class Score:
         fve = d.get("fve_nrm")
         return cls(cos=float(d["cos"]), mse_nrm=float(d["mse_nrm"]),
                    fve_nrm=None if fve is None else float(fve))
+
+
+# Warnings an explanation carries as data (core/nla/explain.py makes them; readers only show them).
+TRUNCATED_WARNING = "no closing </explanation> tag: the explanation was cut off (raise max new tokens)"
+NOT_FINITE_WARNING = "the AR's reconstruction was not finite (NaN/Inf): not scored"
 
 
 @dataclass
@@ -153,6 +164,17 @@ class Explanation:
             controls={str(k): float(v) for k, v in d["controls"].items() if v is not None}
             if isinstance(d.get("controls"), dict) else None,
         )
+
+
+def group_by_index(explanations: Iterable["Explanation"], into: dict[int, list["Explanation"]] | None = None,
+                   newest_first: bool = False) -> dict[int, list["Explanation"]]:
+    """Explanations by token index (added to `into` when given), in the order given, or
+    each new one put first (`newest_first`: the engine's own order, latest on top)."""
+    out: dict[int, list[Explanation]] = {} if into is None else into
+    for e in explanations:
+        have = out.setdefault(e.index, [])
+        have.insert(0, e) if newest_first else have.append(e)
+    return out
 
 
 @dataclass

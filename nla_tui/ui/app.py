@@ -9,12 +9,10 @@ is thread-safe, so a slow model never blocks a key press.
 from __future__ import annotations
 
 import itertools
-from argparse import Namespace
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from textual import events
 from textual.app import App, ComposeResult, SystemCommand
-from textual.binding import Binding
 from textual.filter import LineFilter
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
@@ -27,9 +25,11 @@ from ..terminal_text import visible
 from .messages import EngineEvent
 from .screens.help import HelpScreen
 from .commands import palette_commands
-from .find_actions import FIND_BINDINGS, FindActions
+from .keys import bindings_for
+from .find_actions import FindActions
 from .input_actions import InputActions
 from .literal import ShowControls
+from .options import UiOptions
 from .session_actions import SessionActions
 from .state import Change, UiState
 from .steer_actions import SteerActions
@@ -61,37 +61,14 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
     CSS_PATH = "app.tcss"
     TITLE = "nla-tui"
     AUTO_FOCUS = "#strip"  # keys drive the strip from the first frame
-    BINDINGS = [
-        Binding("ctrl+q", "quit", "quit", priority=True),
-        Binding("escape", "cancel", "cancel"),
-        Binding("question_mark,f1", "help", "help"),
-        Binding("e", "explain", "explain"),
-        Binding("r", "resample", "resample"),
-        Binding("n", "samples", "4 samples"),
-        Binding("a", "explain_all(False)", "explain all"),
-        Binding("A,shift+a", "explain_all(True)", "explain turn", show=False),
-        Binding("t", "temperature", "temp", show=False),
-        Binding("p", "prompt", "prompt", show=False),
-        Binding("s", "toggle_special", "specials", show=False),
-        Binding("x", "toggle_auto", "auto-explain", show=False),
-        Binding("y", "copy", "copy", show=False),
-        Binding("i", "focus_input", "chat", show=False),
-        Binding("o", "open_transcript", "open", show=False),
-        Binding("ctrl+s", "save_session", "save", show=False),  # in help and the palette
-        Binding("ctrl+o,f2", "sessions", "sessions", show=False),
-        Binding("X", "export", "export", show=False),
-        Binding("L", "load_models", "load models", show=False),
-        Binding("w", "what_if", "what if", show=False),
-        Binding("c", "compare", "compare", show=False), Binding("C", "corpus", "corpus", show=False),
-        *FIND_BINDINGS,
-    ]
+    BINDINGS = bindings_for("app")  # the one keymap: ui/keys.py
 
-    def __init__(self, worker_factory: WorkerFactory, options: Namespace | None = None,
+    def __init__(self, worker_factory: WorkerFactory, options: UiOptions | None = None,
                  engine_worker: EngineWorkerFactory | None = None) -> None:
         super().__init__()
         self.worker_factory = worker_factory
         self.engine_worker = engine_worker
-        self.options = options or Namespace()
+        self.options = options or UiOptions()
         self.state = UiState()
         self.worker: WorkerLike | None = None
         self.temperature = 0.0
@@ -101,8 +78,7 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
         self._auto_timer = None
         # The demo's example transcript opens once its models are ready, unless the user
         # has chatted or opened something by then (see _open_example).
-        self._example_pending = bool(getattr(self.options, "example", None)) and \
-            not getattr(self.options, "messages", None)
+        self._example_pending = bool(self.options.example) and not self.options.messages
         self._example_capturing = False
 
     # ------------------------------------------------------------ layout
@@ -157,9 +133,8 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
         # (and navigable) while the models load.
         self.worker = self.worker_factory(self._emit)
         self.worker.start()
-        messages = getattr(self.options, "messages", None)
-        if messages:
-            self.open_transcript(messages)
+        if self.options.messages:
+            self.open_transcript(self.options.messages)
 
     def on_unmount(self) -> None:
         self.sessions_unmount()  # before the worker stops: autosave on exit
@@ -266,7 +241,7 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
         event.input.clear()
         self.chat.start_reply(text)
         self.strip.follow = True
-        self.submit(ev.Chat(text, getattr(self.options, "max_new_tokens", None) or 256))
+        self.submit(ev.Chat(text, self.options.max_new_tokens))
         self.strip.focus()
 
     def _update_status(self) -> None:
@@ -290,8 +265,15 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
 
     def action_explain(self) -> None:
         index = self._cursor()
-        if index is not None:
-            self.submit(ev.Explain(index, self._sampling(False), self.av_prompt))
+        if index is None:
+            return
+        sampling = self._sampling(False)
+        if any(e.sampling == sampling and e.prompt == self.av_prompt for e in self.state.explanations.get(index, [])):
+            # Already on screen with these settings: the UI's copy is the one in-memory cache.
+            self.notify("Already explained with these settings: r draws a new sample, n four ranked ones.",
+                        timeout=3, markup=False)
+            return
+        self.submit(ev.Explain(index, sampling, self.av_prompt))
 
     def action_resample(self) -> None:
         index = self._cursor()
@@ -385,16 +367,15 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
         yield from super().get_system_commands(screen)
         yield from self.session_commands()
         yield from palette_commands(self)
-        yield from self.find_commands()
 
 
 _SHOW_CONTROLS = ShowControls()
 
 
-def create_app(worker_factory: WorkerFactory, options: Namespace | None = None,
+def create_app(worker_factory: WorkerFactory, options: UiOptions | None = None,
                engine_worker: EngineWorkerFactory | None = None) -> NlaApp:
     """The app factory shared by the CLI and the tests (tests pass a ReplayWorker)."""
     from .terminal import apply_color_system
 
-    apply_color_system(getattr(options, "color_system", None))
+    apply_color_system(options.color_system if options else None)
     return NlaApp(worker_factory, options, engine_worker)

@@ -7,10 +7,8 @@ surprising tokens. The logic is in finding.py (pure); this wires it to keys.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from typing import Any
 
-from textual.app import SystemCommand
-from textual.binding import Binding
 
 from .finding import (MOST_SURPRISING, ROLE_FILTERS, check_pattern, compile_pattern, next_match, ranking,
                       scope_indices, search, step)
@@ -18,25 +16,7 @@ from .screens.choice import ChoiceDialog
 from .screens.dialogs import ValueDialog
 from .state import Change
 
-FIND_BINDINGS = [
-    Binding("slash", "search", "search", show=False),
-    Binding("right_square_bracket", "match(1)", "next match", show=False),
-    Binding("left_square_bracket", "match(-1)", "previous match", show=False),
-    Binding("j", "jump('fidelity', 1)", "lowest fidelity", show=False),
-    Binding("J", "jump('fidelity', -1)", show=False),
-    Binding("m", "jump('norm', 1)", "highest norm", show=False),
-    Binding("M", "jump('norm', -1)", show=False),
-    Binding("u", "jump('surprise', 1)", "surprise", show=False),
-    Binding("U", "jump('surprise', -1)", show=False),
-    Binding("v", "role_filter", "role filter", show=False),
-    Binding("E", "explain_scope", "explain…", show=False),
-    Binding("less_than_sign", "map_step(-1)", "map ←", show=False),
-    Binding("greater_than_sign", "map_step(1)", "map →", show=False),
-    Binding("g", "map_mode", "map colour", show=False),
-]
-
 _JUMP_WORDS = {"fidelity": "lowest fidelity", "norm": "highest norm", "surprise": "largest surprise"}
-_JUMP_KEYS = {"fidelity": "j", "norm": "m", "surprise": "u"}
 _ROLE_WORDS = {"model": "the model's tokens", "user": "the user's tokens", "tool_call": "tool calls",
                "tool_result": "tool results", "system": "the system prompt"}
 
@@ -68,15 +48,6 @@ class FindActions:
         if app.strip.role_filter:
             parts.append(f"only {app.strip.role_filter}")
         return "  ".join(parts)
-
-    def find_commands(self) -> Iterable[SystemCommand]:
-        yield SystemCommand("Search", "Regex over token and explanation text (/, then ] and [)", self.action_search)
-        for kind, word in _JUMP_WORDS.items():
-            yield SystemCommand(f"Jump to the {word}", f"Next token by {word} ({_JUMP_KEYS[kind]}; shift: back)",
-                                lambda kind=kind: self.action_jump(kind, 1))
-        yield SystemCommand("Role filter", "Show only one role's tokens (v cycles)", self.action_role_filter)
-        yield SystemCommand("Explain a role, turn, span or the most surprising",
-                            "Limited explain-all (E)", self.action_explain_scope)
 
     # ------------------------------------------------------------ search
 

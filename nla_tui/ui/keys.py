@@ -1,67 +1,196 @@
-"""Every key of the app in one table: the help screen and docs/TUI.md read it."""
+"""The app's one keymap. Every key is a Binding here, carrying its short description (the
+footer), its help text (the tooltip: the help screen, docs/TUI.md) and its help section; a
+`palette` title puts it in the command palette (ctrl+p) too. (The section is not Textual's
+Binding.group: that one folds the footer's keys under a group name.)
+
+The app and the token strip take their BINDINGS from `bindings_for`; the help screen, the
+palette and `keys_markdown` (docs/TUI.md) read the same entries, so a key cannot be bound
+without being documented, or documented without being bound. A few rows are not key
+bindings of ours (a mouse click, the message box's Enter, Textual's own ctrl+p): they are
+`Unbound` rows, kept in the same list so the help keeps its order.
+"""
 
 from __future__ import annotations
 
-KEYS: list[tuple[str, list[tuple[str, str]]]] = [
-    ("Token strip", [
-        ("← / →", "previous / next token"),
-        ("ctrl+← / ctrl+→, b / f", "previous / next word"),
-        ("↑ / ↓", "token on the row above / below"),
-        ("Home / End", "first / last token (End follows a streaming reply)"),
-        ("PgUp / PgDn", "previous / next turn"),
-        ("s", "show / hide special tokens (<bos>, turn markers)"),
-        ("click", "put the cursor on a token"),
-    ]),
-    ("Finding tokens", [
-        ("/", "search token and explanation text (regex; smart case)"),
-        ("] / [", "next / previous match"),
-        ("j / J", "next / previous token by lowest fidelity (explained tokens)"),
-        ("m / M", "next / previous token by highest activation norm"),
-        ("u / U", "next / previous token by largest surprise (low probability of the token that came next)"),
-        ("v", "show only one role: model, user, tool call, tool result, system, all"),
-        ("< / >", "overview line: previous / next cell (click a cell to jump there)"),
-        ("g", "overview colour: fidelity (else norm) / norm / surprise"),
-    ]),
-    ("Explanations", [
-        ("e", "explain the token under the cursor"),
-        ("r", "resample (new seed; temperature ≥ 0.7 if greedy)"),
-        ("n", "draw 4 samples, ranked by AR score"),
-        ("t", "set the AV sampling temperature (0 = greedy)"),
-        ("p", "edit the AV prompt (must contain <INJECT>)"),
-        ("x", "auto-explain the token under the cursor on/off"),
-        ("a", "explain every token of the conversation (background)"),
-        ("A", "explain every token of the current turn"),
-        ("E", "explain the cursor's role, turn or span, or the 200 most surprising tokens"),
-        ("y", "copy the explanation (OSC 52, works over SSH)"),
-    ]),
-    ("What if / compare", [
-        ("w", "what-if: edit the explanation, regenerate steered from here (before/after side by side)"),
-        ("c", "compare: c marks token A, c on token B explains a − b and b − a (Esc clears A)"),
-    ]),
-    ("Chat", [
-        ("i / Tab", "focus the message box"),
-        ("Enter", "send the message (the reply streams in)"),
-        ("o", "open a transcript (OpenAI chat format: JSON list, {messages: [...]} or JSONL)"),
-        ("C", "corpus: search a sweep's output (nla-tui sweep); Enter opens a hit on its token, f / s / u sort"),
-    ]),
-    ("Sessions", [
-        ("ctrl+s", "save the session under a name (it also autosaves after every job and on exit)"),
-        ("ctrl+o / f2", "saved sessions: Enter opens, r renames, d deletes"),
-        ("X", "export the session as Markdown, HTML or JSON (the file name picks the format)"),
-        ("L", "read-only session (nla-tui open): load its models to explain new tokens"),
-    ]),
-    ("App", [
-        ("Esc", "cancel the running job (in the message box: leave it)"),
-        ("? / F1", "this help"),
-        ("ctrl+p", "command palette"),
-        ("ctrl+q", "quit"),
-    ]),
+from dataclasses import dataclass
+from typing import Iterator
+
+from textual.binding import Binding
+
+STRIP = "Token strip"
+FIND = "Finding tokens"
+EXPLAIN = "Explanations"
+STEER = "What if / compare"
+CHAT = "Chat"
+SESSIONS = "Sessions"
+APP = "App"
+
+
+@dataclass(frozen=True)
+class Key(Binding):
+    """A Binding of the app (`widget="app"`) or of the token strip (`widget="strip"`)."""
+
+    section: str = APP  # the help screen's heading
+    widget: str = "app"
+    palette: str | None = None  # command-palette title; its help line is the tooltip
+
+
+@dataclass(frozen=True)
+class Unbound:
+    """A help row that is not one of our bindings."""
+
+    key_display: str
+    tooltip: str
+    section: str
+
+
+def _k(key: str, action: str, description: str, tooltip: str, section: str, *, show: bool = False,
+       display: str | None = None, widget: str = "app", palette: str | None = None,
+       priority: bool = False) -> Key:
+    return Key(key, action, description, show=show, key_display=display, priority=priority, tooltip=tooltip,
+               section=section, widget=widget, palette=palette)
+
+
+# Rows with the same tooltip in a row (← and →) are one help row, shown with the first one's keys.
+KEYMAP: list[Key | Unbound] = [
+    _k("left", "move(-1)", "←token", "previous / next token", STRIP, display="← / →", widget="strip"),
+    _k("right", "move(1)", "token→", "previous / next token", STRIP, widget="strip"),
+    _k("ctrl+left,b", "word(-1)", "word", "previous / next word", STRIP, display="ctrl+← / ctrl+→, b / f",
+       widget="strip"),
+    _k("ctrl+right,f", "word(1)", "word", "previous / next word", STRIP, widget="strip"),
+    _k("up", "line(-1)", "line", "token on the row above / below", STRIP, display="↑ / ↓", widget="strip"),
+    _k("down", "line(1)", "line", "token on the row above / below", STRIP, widget="strip"),
+    _k("home", "edge(0)", "first", "first / last token (End follows a streaming reply)", STRIP,
+       display="Home / End", widget="strip"),
+    _k("end", "edge(1)", "last", "first / last token (End follows a streaming reply)", STRIP, widget="strip"),
+    _k("pageup", "turn(-1)", "turn", "previous / next turn", STRIP, display="PgUp / PgDn", widget="strip"),
+    _k("pagedown", "turn(1)", "turn", "previous / next turn", STRIP, widget="strip"),
+    _k("s", "toggle_special", "specials", "show / hide special tokens (<bos>, turn markers)", STRIP,
+       palette="Toggle special tokens"),
+    Unbound("click", "put the cursor on a token", STRIP),
+
+    _k("slash", "search", "search", "search token and explanation text (regex; smart case)", FIND,
+       display="/", palette="Search"),
+    _k("right_square_bracket", "match(1)", "next match", "next / previous match", FIND, display="] / ["),
+    _k("left_square_bracket", "match(-1)", "previous match", "next / previous match", FIND),
+    _k("j", "jump('fidelity', 1)", "lowest fidelity",
+       "next / previous token by lowest fidelity (explained tokens)", FIND, display="j / J",
+       palette="Jump to the lowest fidelity"),
+    _k("J", "jump('fidelity', -1)", "", "next / previous token by lowest fidelity (explained tokens)", FIND),
+    _k("m", "jump('norm', 1)", "highest norm", "next / previous token by highest activation norm", FIND,
+       display="m / M", palette="Jump to the highest norm"),
+    _k("M", "jump('norm', -1)", "", "next / previous token by highest activation norm", FIND),
+    _k("u", "jump('surprise', 1)", "surprise",
+       "next / previous token by largest surprise (low probability of the token that came next)", FIND,
+       display="u / U", palette="Jump to the largest surprise"),
+    _k("U", "jump('surprise', -1)", "",
+       "next / previous token by largest surprise (low probability of the token that came next)", FIND),
+    _k("v", "role_filter", "role filter", "show only one role: model, user, tool call, tool result, system, all",
+       FIND, palette="Role filter"),
+    _k("less_than_sign", "map_step(-1)", "map ←",
+       "overview line: previous / next cell (click a cell to jump there)", FIND, display="< / >"),
+    _k("greater_than_sign", "map_step(1)", "map →",
+       "overview line: previous / next cell (click a cell to jump there)", FIND),
+    _k("g", "map_mode", "map colour", "overview colour: fidelity (else norm) / norm / surprise", FIND),
+
+    _k("e", "explain", "explain", "explain the token under the cursor", EXPLAIN, show=True,
+       palette="Explain token"),
+    _k("r", "resample", "resample", "resample (new seed; temperature ≥ 0.7 if greedy)", EXPLAIN, show=True,
+       palette="Resample explanation"),
+    _k("n", "samples", "4 samples", "draw 4 samples, ranked by AR score", EXPLAIN, show=True,
+       palette="Rank 4 samples"),
+    _k("t", "temperature", "temp", "set the AV sampling temperature (0 = greedy)", EXPLAIN,
+       palette="Set temperature"),
+    _k("p", "prompt", "prompt", "edit the AV prompt (must contain <INJECT>)", EXPLAIN, palette="Edit AV prompt"),
+    _k("x", "toggle_auto", "auto-explain", "auto-explain the token under the cursor on/off", EXPLAIN,
+       palette="Toggle auto-explain"),
+    _k("a", "explain_all(False)", "explain all", "explain every token of the conversation (background)", EXPLAIN,
+       show=True, palette="Explain all"),
+    _k("A,shift+a", "explain_all(True)", "explain turn", "explain every token of the current turn", EXPLAIN,
+       display="A", palette="Explain current turn"),
+    _k("E", "explain_scope", "explain…",
+       "explain the cursor's role, turn or span, or the 200 most surprising tokens", EXPLAIN,
+       palette="Explain a role, turn, span or the most surprising"),
+    _k("y", "copy", "copy", "copy the explanation (OSC 52, works over SSH)", EXPLAIN, palette="Copy explanation"),
+
+    _k("w", "what_if", "what if",
+       "what-if: edit the explanation, regenerate steered from here (before/after side by side)", STEER,
+       palette="What if…"),
+    _k("c", "compare", "compare", "compare: c marks token A, c on token B explains a − b and b − a (Esc clears A)",
+       STEER, palette="Compare tokens"),
+
+    _k("i", "focus_input", "chat", "focus the message box", CHAT, display="i / Tab"),
+    Unbound("Enter", "send the message (the reply streams in)", CHAT),
+    _k("o", "open_transcript", "open", "open a transcript (OpenAI chat format: JSON list, {messages: [...]} or JSONL)",
+       CHAT, palette="Open transcript"),
+    _k("C", "corpus", "corpus",
+       "corpus: search a sweep's output (nla-tui sweep); Enter opens a hit on its token, f / s / u sort", CHAT,
+       palette="Open a corpus sweep"),
+
+    _k("ctrl+s", "save_session", "save", "save the session under a name (it also autosaves after every job and on exit)",
+       SESSIONS, palette="Save session"),
+    _k("ctrl+o,f2", "sessions", "sessions", "saved sessions: Enter opens, r renames, d deletes", SESSIONS,
+       display="ctrl+o / f2", palette="Browse sessions"),
+    _k("X", "export", "export", "export the session as Markdown, HTML or JSON (the file name picks the format)",
+       SESSIONS),
+    _k("L", "load_models", "load models", "read-only session (nla-tui open): load its models to explain new tokens",
+       SESSIONS),
+
+    _k("escape", "cancel", "cancel", "cancel the running job (in the message box: leave it)", APP, show=True,
+       palette="Cancel"),
+    _k("question_mark,f1", "help", "help", "this help", APP, show=True, palette="nla-tui keys"),
+    Unbound("ctrl+p", "command palette", APP),
+    _k("ctrl+q", "quit", "quit", "quit", APP, show=True, priority=True),
 ]
+
+# How a binding's key names read in the help (Textual's names are for code).
+_KEY_NAMES = {"question_mark": "?", "escape": "Esc", "f1": "F1", "f2": "f2", "slash": "/", "shift+a": "A"}
+
+
+# The footer lists the shown keys in BINDINGS order: app-wide ones first, then the explain keys.
+_FOOTER = ("quit", "cancel", "help", "explain", "resample", "samples", "explain_all(False)")
+
+
+def bindings_for(widget: str) -> list[Binding]:
+    """The BINDINGS of the app ("app") or of the token strip ("strip"), footer keys first."""
+    mine = [k for k in KEYMAP if isinstance(k, Key) and k.widget == widget]
+    return sorted(mine, key=lambda k: _FOOTER.index(k.action) if k.action in _FOOTER else len(_FOOTER))
+
+
+def key_display(row: Key | Unbound) -> str:
+    if row.key_display:
+        return row.key_display
+    return " / ".join(_KEY_NAMES.get(k, k) for k in row.key.split(","))
+
+
+def help_rows() -> Iterator[tuple[str, list[tuple[str, str]]]]:
+    """(section, [(keys, what they do)]) in keymap order; a run of bindings with one tooltip is one row."""
+    section: str | None = None
+    rows: list[tuple[str, str]] = []
+    last_tip = None
+    for entry in KEYMAP:
+        name = entry.section
+        if name != section:
+            if section is not None:
+                yield section, rows
+            section, rows, last_tip = name, [], None
+        if entry.tooltip != last_tip:
+            rows.append((key_display(entry), entry.tooltip))
+        last_tip = entry.tooltip
+    if section is not None:
+        yield section, rows
+
+
+def palette_entries() -> Iterator[tuple[str, str, str]]:
+    """(title, help line, action) for every key with a palette title."""
+    for entry in KEYMAP:
+        if isinstance(entry, Key) and entry.palette:
+            yield entry.palette, f"{entry.tooltip[0].upper()}{entry.tooltip[1:]} ({key_display(entry)})", entry.action
 
 
 def keys_markdown() -> str:
     lines = []
-    for section, rows in KEYS:
+    for section, rows in help_rows():
         lines += [f"### {section}", "", "| Key | Action |", "|---|---|"]
         lines += [f"| {k.replace('|', '/')} | {v.replace('<', '&lt;')} |" for k, v in rows]
         lines.append("")

@@ -4,18 +4,16 @@ builds the workers and calls run_app)."""
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 from .app import EngineWorkerFactory, WorkerFactory, create_app
+from .options import UiOptions
 
 
-def run_app(options: Any, worker_factory: WorkerFactory,
+def run_app(options: UiOptions, worker_factory: WorkerFactory,
             engine_worker: EngineWorkerFactory | None = None) -> int | None:
-    """Entry for `nla-tui` and `nla-tui open PATH` (nla_tui.cli builds the workers)."""
-    if getattr(options, "autosave", None) is None:
-        options.autosave = True  # the CLI saves every session; tests opt in
+    """Entry for `nla-tui` and `nla-tui open PATH` (nla_tui.cli builds the options and workers)."""
     app = create_app(worker_factory, options, engine_worker)
-    app.run(mouse=not getattr(options, "no_mouse", False))
+    app.run(mouse=options.mouse)
     saved = app.keeper.last_saved if hasattr(app, "keeper") else None
     if hasattr(app, "keeper") and app.keeper.dirty and app.keeper.saver.last_error is not None:
         print(f"nla-tui: the last changes were NOT saved: {app.keeper.saver.last_error}",

@@ -13,19 +13,20 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from argparse import Namespace
 from typing import Any, Iterable
 
 from textual.app import SystemCommand
 
 from ..core import events as ev
 from ..core.errors import NlaError
-from ..core.options import from_args, from_model_info
+from ..core.options import from_model_info
 from ..core.store.autosave import SIGNALS
 from ..core.store.export import FORMATS, export_session
 from ..core.store.session import Session, load_session, slugify
+from ..core.types import group_by_index
 from ..paths import data_root, sessions_dir
 from .corpus_actions import CorpusActions
+from .options import UiOptions
 from .saving import SessionKeeper
 from .state import Change, UiState
 from .screens.dialogs import ValueDialog
@@ -54,7 +55,7 @@ class SessionActions(CorpusActions):  # C: a sweep's hits open as sessions
     keeper: SessionKeeper
     # Provided by NlaApp:
     state: UiState
-    options: Namespace
+    options: UiOptions
     worker: Any
     engine_worker: Any
 
@@ -64,10 +65,10 @@ class SessionActions(CorpusActions):  # C: a sweep's hits open as sessions
         self.keeper = SessionKeeper(self.state)
         # A background autosave that fails says so at once (from its thread, safely).
         self.keeper.saver.on_error = lambda err: self.call_from_thread(self._autosave_failed, err)
-        self.autosave = bool(getattr(self.options, "autosave", False))
-        opened = getattr(self.options, "session", None)
+        self.autosave = self.options.autosave
+        opened = self.options.session
         if isinstance(opened, Session):  # nla-tui open PATH
-            self.keeper.adopt(opened, getattr(self.options, "session_dir", None))
+            self.keeper.adopt(opened, self.options.session_dir)
             self.keeper.read_only = True
             self.notify(READ_ONLY_MESSAGE, title=opened.name, timeout=10)
         if self.autosave:
@@ -78,10 +79,8 @@ class SessionActions(CorpusActions):  # C: a sweep's hits open as sessions
         restore = getattr(self, "_restore", None)
         if restore and change.captured and [t.token_id for t in self.state.tokens] == restore[0]:
             self._restore = None
-            for e in restore[1]:
-                self.state.explanations.setdefault(e.index, [])
-                if e not in self.state.explanations[e.index]:
-                    self.state.explanations[e.index].append(e)
+            have = self.state.explanations
+            group_by_index([e for e in restore[1] if e not in have.get(e.index, [])], into=have)
             self.strip.refresh_tokens()
             self.pane.show(self.strip.cursor)
         if self.keeper.observe(change) and self.autosave and not self.keeper.read_only:
@@ -101,10 +100,6 @@ class SessionActions(CorpusActions):  # C: a sweep's hits open as sessions
             self._remove_signal_handlers()
 
     def session_commands(self) -> Iterable[SystemCommand]:
-        yield SystemCommand("Save session", "Save the conversation under a name (ctrl+s)",
-                            self.action_save_session)
-        yield SystemCommand("Browse sessions", "Open, rename or delete saved sessions (ctrl+o)",
-                            self.action_sessions)
         for fmt, label in (("md", "Markdown"), ("html", "HTML heat map"), ("json", "JSON")):
             yield SystemCommand(f"Export session as {label}",
                                 f"Write {fmt.upper()} to the exports folder (X asks for a path)",
@@ -248,7 +243,7 @@ class SessionActions(CorpusActions):  # C: a sweep's hits open as sessions
             self.worker.stop()
         self.state.info = None  # the status line shows loading progress until ModelsReady
         # The session's models, layer and fve variance; this run's device/placement/cache flags.
-        self.worker = self.engine_worker(from_model_info(info, from_args(self.options)), self._emit)
+        self.worker = self.engine_worker(from_model_info(info, self.options.engine), self._emit)
         self.worker.start()
         self.submit(ev.SetConversation(list(session.messages)))
         # Re-applied when the engine's capture of these same tokens arrives (an engine

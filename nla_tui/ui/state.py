@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from ..core import events as ev
 from ..core.steer_jobs import WhatIfDone
-from ..core.types import NOISY_PREFIX, CardMemory, Explanation, Message, ModelInfo, TokenInfo
+from ..core.types import NOISY_PREFIX, CardMemory, Explanation, Message, ModelInfo, TokenInfo, group_by_index
 
 # A token whose activation norm exceeds this multiple of the conversation's
 # median is flagged: such positions (often <bos> and early tokens) are
@@ -144,9 +144,7 @@ class UiState:
         self.set_tokens(session.tokens)
         self.activations = session.activations
         self.reply = None
-        self.explanations, self.partial = {}, {}
-        for e in session.explanations:
-            self.explanations.setdefault(e.index, []).append(e)
+        self.explanations, self.partial = group_by_index(session.explanations), {}
 
     def set_tokens(self, tokens: list[TokenInfo]) -> None:
         # A changed prefix invalidates explanations: keep only those whose token

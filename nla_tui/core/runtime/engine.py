@@ -18,11 +18,14 @@ from ..models.loading import (Checkpoint, default_device, default_quant, load_mo
                               resolve_checkpoint, text_config)
 from ..models.subject import Subject
 from ..nla.ar import Reconstructor
-from ..nla.av import Verbalizer, injection_warnings, parse_explanation
+from ..nla import explain as nla_explain
+from ..nla.av import Verbalizer
+from ..nla.explain import OnText
 from ..nla.presets import Preset, resolve_sources
 from ..nla.sidecar import read_sidecar
 from ..options import EngineOptions
-from ..types import CardMemory, Explanation, Message, ModelInfo, Sampling, Score, TokenInfo
+from ..types import (REPLY_TOKENS, CardMemory, Explanation, Message, ModelInfo, Sampling, Score, TokenInfo,
+                     group_by_index)
 from .engine_caches import EngineCaches
 
 
@@ -202,7 +205,7 @@ class Engine:
                 out.append(TokenInfo(k, i, self.subject.tok.decode([i]), roles[k], turns[k], 0.0, []))
         return out
 
-    def chat(self, text: str, max_new_tokens: int = 256, on_delta: Callable[[str], None] | None = None,
+    def chat(self, text: str, max_new_tokens: int = REPLY_TOKENS, on_delta: Callable[[str], None] | None = None,
              cancel: threading.Event | None = None, progress: Callable[[int, int], None] | None = None) -> str:
         """Add a user turn, stream the reply, then capture the whole conversation."""
         self._need_models()
@@ -224,64 +227,53 @@ class Engine:
                              f"(0..{len(self.tokens) - 1}).")
 
     def explain_vectors(self, vectors: np.ndarray, sampling: Sampling = Sampling(), prompt: str | None = None,
-                        on_text: Callable[[int, str], None] | None = None,
+                        on_text: OnText | None = None,
                         cancel: threading.Event | None = None, indices: list[int] | None = None) -> list[Explanation]:
-        """AV then AR for a batch of vectors; cached ones (same pair, vector, prompt, sampling) skip both."""
+        """AV then AR for one batch of vectors (core/nla/explain.py); cached ones (same pair,
+        vector, prompt, sampling) skip both. `on_text(index, text)` streams, labelled by
+        `indices` (row numbers when there are none)."""
         self._need_models()
         return self.caches.explain(self.info, vectors, sampling, prompt, on_text, cancel, indices,
-                                   self._explain_uncached)
-
-    def _explain_uncached(self, vectors: np.ndarray, sampling: Sampling, prompt: str | None,
-                          on_text: Callable[[int, str], None] | None, cancel: threading.Event | None,
-                          indices: list[int] | None) -> list[Explanation]:
-        """AV then AR for a batch of vectors (one AV batch, one AR batch)."""
-        raws = self.av.generate(vectors, sampling, prompt, on_text, cancel)
-        if cancel is not None and cancel.is_set():
-            return []
-        parsed = [parse_explanation(r) for r in raws]
-        scores = self.ar.score([t for t, _ in parsed], vectors)
-        idx = indices if indices is not None else [-1] * len(raws)
-        untrained = self.av.meta.untrained
-        nan = ["the AR's reconstruction was not finite (NaN/Inf): not scored"]
-        return [Explanation(index=i, text=t, raw=r, sampling=sampling, prompt=prompt, score=s, truncated=tr,
-                            warnings=injection_warnings(r, tr, self.av.meta.injection_char) + ([] if s else nan),
-                            untrained_av=untrained)
-                for i, r, (t, tr), s in zip(idx, raws, parsed, scores)]
+                                   lambda v, s, p, t, c, i, lab: nla_explain.explain(self.av, self.ar, v, s, p, i, t, c, lab))
 
     def explain(self, indices: list[int], sampling: Sampling = Sampling(), prompt: str | None = None,
-                on_delta: Callable[[int, str], None] | None = None, cancel: threading.Event | None = None,
+                on_delta: OnText | None = None, cancel: threading.Event | None = None,
                 batch_size: int | None = None,
                 on_batch: Callable[[list[Explanation]], None] | None = None) -> list[Explanation]:
         """Explain the tokens at `indices`, batched; results are also kept in self.explanations.
-        Without a batch_size, explain_all.plan_for sizes the batch from free memory and may park
-        the subject and AR in host memory during the AV passes (parking.py)."""
+        Several tokens without a batch_size: explain_all.plan_for sizes the batch from free
+        memory and may park the subject and AR in host memory during the AV passes (parking.py)."""
         from .explain_all import explain_parked, plan_for
 
         self._need_models()
         self._check_indices(indices)
-        plan = plan_for(self, len(indices), sampling.max_new_tokens) if batch_size is None else None
-        self.last_explain_plan = {"park": False, "batch": batch_size or plan.batch,
-                                  "reason": plan.reason if plan else "batch size given"}
+        plan = None
+        if batch_size is None and len(indices) > 1:
+            plan = plan_for(self.av, {"subject": self.subject.model, "ar": self.ar.model}, self.park_policy,
+                            len(indices), sampling.max_new_tokens)
+        batch_size = batch_size or (plan.batch if plan else 1)
+        self.last_explain_plan = {"park": False, "batch": batch_size,
+                                  "reason": plan.reason if plan else "one token" if len(indices) == 1
+                                  else "batch size given"}
+
+        def keep(exps: list[Explanation]) -> None:
+            group_by_index(exps, into=self.explanations, newest_first=True)
+            if on_batch and exps:
+                on_batch(exps)
+
         if plan is not None and plan.park:
-            def keep(exps: list[Explanation]) -> None:
-                for e in exps:
-                    self.explanations.setdefault(e.index, []).insert(0, e)
-                if on_batch and exps:
-                    on_batch(exps)
-            return explain_parked(self, indices, sampling, prompt, on_delta, cancel, keep, plan)
+            out, self.last_explain_plan = explain_parked(
+                self.av, self.ar, self.subject.model, self.caches, self.info, self.activations[indices], indices,
+                sampling, prompt, on_delta, cancel, keep, plan, self.park_state)
+            return out
         out: list[Explanation] = []
-        batch_size = batch_size or plan.batch
         for b in range(0, len(indices), batch_size):
             if cancel is not None and cancel.is_set():
                 break
             chunk = indices[b:b + batch_size]
-            stream = (lambda r, t, c=chunk: on_delta(c[r], t)) if on_delta else None
-            exps = self.explain_vectors(self.activations[chunk], sampling, prompt, stream, cancel, chunk)
-            for e in exps:
-                self.explanations.setdefault(e.index, []).insert(0, e)
+            exps = self.explain_vectors(self.activations[chunk], sampling, prompt, on_delta, cancel, chunk)
+            keep(exps)
             out.extend(exps)
-            if on_batch and exps:
-                on_batch(exps)
         return out
 
     def explain_batch_size(self, max_new_tokens: int, cap: int = 160, rows: int = 160) -> int:

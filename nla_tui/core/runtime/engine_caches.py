@@ -80,23 +80,23 @@ class EngineCaches:
     def explain(self, info: ModelInfo, vectors: np.ndarray, sampling: Sampling, prompt: str | None,
                 on_text: Callable[[int, str], None] | None, cancel: threading.Event | None,
                 indices: list[int] | None, compute: Callable[..., list[Explanation]]) -> list[Explanation]:
-        """Explanations of `vectors` in order; the AV/AR (`compute`, same signature as
-        Engine.explain_vectors) run only on the vectors not cached. Like compute, returns
-        [] when cancelled."""
+        """Explanations of `vectors` in order; the AV/AR (`compute(vectors, sampling, prompt,
+        on_text, cancel, indices, labels)`, nla.explain.explain) run only on the vectors not
+        cached. Like compute, returns [] when cancelled."""
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim == 1:
             vectors = vectors[None]
         idx = list(indices) if indices is not None else [-1] * len(vectors)
         if self.explanations is None:
-            return compute(vectors, sampling, prompt, on_text, cancel, idx)
+            return compute(vectors, sampling, prompt, on_text, cancel, indices, None)
         ident = av_identity(info)
         out: list[Explanation | None] = [
             self.explanations.get(ident, v, prompt, sampling, i) for v, i in zip(vectors, idx)]
         miss = [k for k, e in enumerate(out) if e is None]
         if miss:
-            # Streaming rows are numbered within the batch the AV sees: map them back.
-            remap = (lambda r, t: on_text(miss[r], t)) if on_text else None
-            fresh = compute(vectors[miss], sampling, prompt, remap, cancel, [idx[k] for k in miss])
+            # Streaming is labelled by each row's own index (free vectors: their row number).
+            sub = [indices[k] for k in miss] if indices is not None else None
+            fresh = compute(vectors[miss], sampling, prompt, on_text, cancel, sub, miss)
             if len(fresh) != len(miss):  # cancelled
                 return []
             for k, e in zip(miss, fresh):

@@ -13,7 +13,6 @@ events go out through `emit`.
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -23,7 +22,7 @@ from ..branches import Comparison, compare_activations
 from ..errors import NlaError
 from ..steer_jobs import Compare, CompareDone, WhatIf, WhatIfDone
 from ..store.session import Session, load_session
-from ..types import Explanation, TokenInfo
+from ..types import Explanation, TokenInfo, group_by_index
 from .scheduler import JobThread
 
 READ_ONLY_NOTE = ("Read-only session: models are not loaded, so only the recorded explanations "
@@ -34,23 +33,13 @@ class ReplayWorker(JobThread):
     thread_name = "nla-replay"
 
     def __init__(self, session: Session | str | Path, emit: Callable[[ev.Event], None],
-                 *, preload: bool = False, delay: float = 0.0, hold_after: int | None = None,
-                 comparisons: list[Comparison] | None = None):
+                 *, preload: bool = False, comparisons: list[Comparison] | None = None):
         super().__init__(emit)
         self.session = session if isinstance(session, Session) else load_session(session)
         self.preload = preload
-        self.delay = delay  # seconds between streamed pieces (tests of cancel / progress)
-        # A chat reply or an explain-all stops after this many pieces until `release`
-        # is set or the job is cancelled: tests get a job that is reliably "still
-        # running" without depending on timing.
-        self.hold_after = hold_after
-        self.release = threading.Event()
         self._turn = 0  # next conversation message to replay
-        self._by_index: dict[int, list[Explanation]] = {}
-        for e in self.session.explanations:
-            self._by_index.setdefault(e.index, []).append(e)
-        self.comparisons = list(comparisons or [])  # recorded Compare results (tests, screenshots)
-        self.jobs_seen: list[ev.Job] = []  # what the UI asked for (tests assert on it)
+        self._by_index: dict[int, list[Explanation]] = group_by_index(self.session.explanations)
+        self.comparisons = list(comparisons or [])  # recorded Compare results (screenshots)
         self.handlers = {ev.LoadModels: self._load, ev.Chat: self._chat,
                          ev.SetConversation: self._set_conversation,
                          ev.Explain: lambda job: self._explain(job.index),
@@ -58,19 +47,13 @@ class ReplayWorker(JobThread):
                          WhatIf: self._what_if, Compare: self._compare}
         self.submit(ev.LoadModels())  # like EngineWorker(autoload=True)
 
-    def submit(self, job: ev.Job) -> None:
-        self.jobs_seen.append(job)
-        super().submit(job)
-
     # ------------------------------------------------------------ jobs
 
+    paced = False  # a subclass that paces its pieces (tests/_support_ui.py) reports an ETA
+
     def _sleep(self, piece: int = 0) -> bool:
-        """Pause before piece number `piece` (1-based); True when cancelled."""
-        if self.hold_after is not None and piece > self.hold_after:
-            while not (self.release.is_set() or self.cancel.is_set()):
-                self.cancel.wait(0.01)
-        if self.delay:
-            self.cancel.wait(self.delay)
+        """Before streamed piece number `piece` (1-based): True when cancelled. The product
+        replays at once; the tests' subclass paces or holds here."""
         return self.cancel.is_set()
 
     def _load(self, job: ev.LoadModels) -> None:
@@ -163,5 +146,5 @@ class ReplayWorker(JobThread):
             if exps:
                 self.emit(ev.ExplainDone(index, exps))
             # The replay's ETA is deterministic (None) unless it is pacing itself.
-            eta = (time.monotonic() - t0) / done * (total - done) if self.delay else None
+            eta = (time.monotonic() - t0) / done * (total - done) if self.paced else None
             self.emit(ev.ExplainAllProgress(done, total, eta))

@@ -19,9 +19,7 @@ from ..branches import Comparison, SteeredBranch, compare_activations
 from ..errors import Cancelled, InputError
 from ..models.steering import continue_from, last_logits, positions, steer, top_candidates
 from ..steer_jobs import DEFAULT_ALPHA
-from ..types import Sampling
-
-DEFAULT_CONTINUATION = 32
+from ..types import CONTINUATION_TOKENS, Sampling
 
 
 def _check_index(engine, index: int, what: str = "--token") -> None:
@@ -77,7 +75,7 @@ def steering_vector(engine, index: int, original: str, edited: str, alpha: float
 
 
 def what_if(engine, index: int, edited: str, alpha: float = DEFAULT_ALPHA, span: str = "here",
-            max_new_tokens: int = DEFAULT_CONTINUATION, original: str | None = None,
+            max_new_tokens: int = CONTINUATION_TOKENS, original: str | None = None,
             sampling: Sampling = Sampling(), cancel: threading.Event | None = None,
             keep: bool = True) -> SteeredBranch:
     """Regenerate from token `index` with the steering vector in place; the unsteered

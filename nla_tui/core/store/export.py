@@ -28,7 +28,7 @@ from ...terminal_text import visible
 from ..errors import InputError
 from .branch_export import branches_html, branches_markdown
 from .transcript import message_display_text
-from ..types import Explanation
+from ..types import Explanation, group_by_index
 from .jsonsafe import dumps_finite
 from .markdown_text import md_inline, md_quote
 from .session import Session
@@ -46,10 +46,7 @@ def best_explanation(explanations: list[Explanation]) -> Explanation | None:
 
 
 def _by_index(session: Session) -> dict[int, list[Explanation]]:
-    out: dict[int, list[Explanation]] = {}
-    for e in session.explanations:
-        out.setdefault(e.index, []).append(e)
-    return out
+    return group_by_index(session.explanations)
 
 
 def _models_line(session: Session) -> str:

@@ -1,4 +1,4 @@
-"""? / F1: every key, read from keys.KEYS so the list cannot drift."""
+"""? / F1: every key, drawn from the one keymap (ui/keys.py) the app and the strip bind."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from ..keys import KEYS
+from ..keys import help_rows
 
 
 def keys_table() -> Table:
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold cyan", no_wrap=True)
     table.add_column()
-    for section, rows in KEYS:
+    for section, rows in help_rows():
         table.add_row(f"[bold underline]{section}[/]", "")
         for key, action in rows:
             table.add_row(key, action)

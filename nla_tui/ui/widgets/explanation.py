@@ -15,6 +15,7 @@ from ...terminal_text import visible
 from ..state import UiState
 from .colors import fidelity_t, legend_swatch
 from .strip_layout import display_text
+from .textual_private import start_scrollbar, update_scroll
 
 UNTRAINED_NOTE = ("demo pair: the AV is untrained, so these explanations are not faithful "
                   "(they exercise the pipeline only)")
@@ -99,9 +100,6 @@ def render_token(state: UiState, index: int) -> Text:
         out.append("\n" if partial is None else "previous: ", style="dim")
         out.append_text(_score_line(best))
         out.append("\n")
-        if best.truncated and not any("closing" in w for w in best.warnings):
-            out.append("⚠ no closing </explanation> tag: the AV ran out of tokens or the "
-                       "injection failed\n", style="yellow")
         for w in best.warnings:
             out.append(f"⚠ {visible(str(w))}\n", style="yellow")
         if best.controls:
@@ -196,7 +194,7 @@ class ExplanationPane(ScrollView, can_focus=False):
             bar = _GutterScrollBar(vertical=True, name="vertical", thickness=self.scrollbar_size_vertical)
             self._vertical_scrollbar = bar
             bar.display = False
-            self.app._start_widget(self, bar)
+            start_scrollbar(self, bar)
         return self._vertical_scrollbar
 
     def _fit(self) -> None:
@@ -216,7 +214,7 @@ class ExplanationPane(ScrollView, can_focus=False):
             if size.height > window or old.height > window:
                 # Scrollbar thumb and scroll clamp; skipped while the text fits before and
                 # after (repainting the blank bar was ~4 ms of every key).
-                self._scroll_update(size)
+                update_scroll(self, size)
 
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width

@@ -14,7 +14,7 @@ from rich.cells import cell_len
 from rich.segment import Segment
 from rich.style import Style
 from textual import events
-from textual.binding import Binding
+from ..keys import bindings_for
 from textual.geometry import Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
@@ -30,18 +30,7 @@ _GUTTER_BAR = Style(color="#555555")
 class TokenStrip(ScrollView, can_focus=True):
     """Keyboard-driven view of all tokens; calls `on_cursor` when the cursor moves."""
 
-    BINDINGS = [
-        Binding("left", "move(-1)", "←token", show=False),
-        Binding("right", "move(1)", "token→", show=False),
-        Binding("ctrl+left,b", "word(-1)", "word", show=False),
-        Binding("ctrl+right,f", "word(1)", "word", show=False),
-        Binding("home", "edge(0)", "first", show=False),
-        Binding("end", "edge(1)", "last", show=False),
-        Binding("pageup", "turn(-1)", "turn", show=False),
-        Binding("pagedown", "turn(1)", "turn", show=False),
-        Binding("up", "line(-1)", "line", show=False),
-        Binding("down", "line(1)", "line", show=False),
-    ]
+    BINDINGS = bindings_for("strip")  # the one keymap: ui/keys.py
 
     def __init__(self, state: UiState, **kwargs) -> None:
         super().__init__(**kwargs)

@@ -23,6 +23,7 @@ from textual.strip import Strip
 
 from ...terminal_text import visible
 from .colors import ROLE_COLORS
+from .textual_private import update_scroll
 
 ROLE_NAMES = {"user": "you", "assistant": "model", "system": "system", "tool": "tool"}
 _LABEL_COLOR = {"user": ROLE_COLORS["user"], "assistant": ROLE_COLORS["model"],
@@ -116,7 +117,7 @@ class TranscriptView(ScrollView, can_focus=False):
         size = Size(self._width, row)
         if size != self.virtual_size:
             self.set_reactive(ScrollView.virtual_size, size)
-            self._scroll_update(size)
+            update_scroll(self, size)
 
     def _rewrap(self) -> None:
         width = self.scrollable_content_region.width
