@@ -14,7 +14,7 @@ import torch
 
 from nla_tui.core.models import fast_decode as fd
 
-from .gpu import AV_PROMPT, DEV, SLOT, _alloc, _av_embeds, _gib, _sync, step_ms
+from .gpu_common import AV_PROMPT, DEV, SLOT, _alloc, _av_embeds, _gib, _sync, step_ms
 from .shapes import build
 
 BATCHES = (1, 8, 64, 160)

@@ -13,7 +13,7 @@ import torch
 
 from nla_tui.core.models import fast_decode as fd
 
-from .gpu import DEV, GIB, SLOT, _alloc, _av_embeds, _gib, _peak, _reset_peak, _sync, cap_memory
+from .gpu_common import DEV, GIB, SLOT, _alloc, _av_embeds, _gib, _peak, _reset_peak, _sync, cap_memory
 
 
 def run_section(rep, av, m: dict, cfg62, max_len: int, new_tokens: int, n_explain: int, mem_budget_gib: float) -> None:
