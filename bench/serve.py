@@ -10,8 +10,8 @@ Figures (CPU suite):
 - first_token_inprocess_s / first_token_http_s: request to the first streamed explanation
   text (ExplainDelta) for one position.
 Section `clients` (GPU): aggregate explanation tokens/s of 8 clients explaining at once,
-against one client alone: whether the scheduler batches across clients (it does not yet:
-each request is its own job, run one after another).
+against one client alone: whether requests of several clients share AV passes (greedy
+requests waiting together do: core/api_batch.py).
 """
 
 from __future__ import annotations

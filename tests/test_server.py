@@ -156,6 +156,30 @@ def test_two_clients_at_once(served, conv):
     assert not errors and got == want
 
 
+def test_requests_waiting_together_share_one_av_pass(served, conv, demo_engine):
+    """Three clients' explain requests queued behind another job run as one AV batch, each
+    getting its own explanation, the same text as explained alone (greedy)."""
+    from nla_tui.core import events as ev
+
+    _, nla = served
+    started, gate = threading.Event(), threading.Event()
+    nla.submit(lambda engine, cancel: started.set() or gate.wait(120), ev.JobKind.EXPLAIN, ev.PRIORITY_CHAT)
+    try:
+        assert started.wait(120)
+        positions = [4, 6, 8]
+        calls = [nla.explain_call(*nla.vectors_to_explain(conv.handle, [p], None), SHORT, None, None)
+                 for p in positions]
+        passes = demo_engine.counters["av_generate"]
+    finally:
+        gate.set()
+    together = [c.wait() for c in calls]
+    assert demo_engine.counters["av_generate"] == passes + 1
+    alone = [nla.explain(conv.handle, [p], SHORT)[0] for p in positions]
+    assert demo_engine.counters["av_generate"] == passes + 4
+    assert [r[0].index for r in together] == positions
+    assert [r[0].text for r in together] == [a.text for a in alone]
+
+
 def test_rate_limit_answers_429(demo_engine):
     with serving(demo_engine, mcp=False, rate_per_minute=3) as (url, _):
         codes = [httpx.get(url + "/v1/info", headers=AUTH).status_code for _ in range(5)]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import queue
 import secrets
 import threading
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -106,7 +106,9 @@ class Nla:
     def submit(self, work: Callable[[Any, threading.Event], Any], kind: ev.JobKind,
                priority: int = ev.PRIORITY_EXPLAIN) -> Call:
         """Queue `work(engine, cancel)` on the scheduler; returns the Call (wait(), cancel())."""
-        call = Call(work, kind, priority)
+        return self._enqueue(Call(work, kind, priority))
+
+    def _enqueue(self, call: Call) -> Call:
         call._scheduler = self._worker.scheduler
         self._worker.submit(call)
         return call
@@ -193,33 +195,18 @@ class Nla:
     def explain_call(self, vectors: np.ndarray, indices: list[int], sampling: Sampling, prompt: str | None,
                      sink: Callable[[StreamItem], None] | None) -> Call:
         """AV + AR for rows of `vectors` as one Call; `sink` gets ExplainDelta (text so far,
-        throttled) and each finished Explanation, on the worker thread."""
-        from .runtime.worker import _Throttle
+        throttled) and each finished Explanation, on the worker thread. Greedy requests
+        waiting at the same time share the AV pass (api_batch.py)."""
+        from .api_batch import ExplainRows, run_batched
 
         check_sampling(sampling)
         if not 1 <= len(indices) <= MAX_POSITIONS:
             raise InputError(f"Explain 1 to {MAX_POSITIONS} positions or vectors a call (got {len(indices)}); "
                              f"split the request.")
-
-        def work(engine: Any, cancel: threading.Event) -> list[Explanation]:
-            out: list[Explanation] = []
-            batch = engine.explain_batch_size(sampling.max_new_tokens, rows=len(indices))
-            throttles: dict[int, _Throttle] = defaultdict(_Throttle)
-            for b in range(0, len(indices), batch):
-                if cancel.is_set():
-                    break
-                rows = indices[b:b + batch]
-                # on_text is labelled with each row's own index (core/nla/explain.py): no remapping.
-                stream = None if sink is None else (
-                    lambda i, t: throttles[i].ready() and sink(ev.ExplainDelta(i, t)))
-                exps = engine.explain_vectors(vectors[b:b + batch], sampling, prompt, stream, cancel, rows)
-                for e in exps:
-                    if sink is not None:
-                        sink(e)
-                out += exps
-            return out
         level = ev.PRIORITY_EXPLAIN if len(indices) <= 16 else ev.PRIORITY_BACKGROUND
-        return self.submit(work, ev.JobKind.EXPLAIN, level)
+        call = Call(lambda engine, cancel: run_batched(call, engine, cancel, self._worker.scheduler),
+                    ev.JobKind.EXPLAIN, level, batch=ExplainRows(vectors, list(indices), sampling, prompt, sink))
+        return self._enqueue(call)
 
     def vectors_to_explain(self, conversation: Conversation | str | None, positions: Sequence[int] | None,
                            vectors: Any) -> tuple[np.ndarray, list[int]]:

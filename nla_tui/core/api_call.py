@@ -28,6 +28,8 @@ class Call(ev.Job):
     result: Any = None
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    batch: Any = None  # an explain request's rows (api_batch.ExplainRows): may share an AV pass
+    _group: Any = None  # set while running in a shared pass (api_batch.Group)
     _callbacks: list[Callable[[], None]] = field(default_factory=list)
     _scheduler: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -67,6 +69,9 @@ class Call(ev.Job):
 
     def cancel(self) -> None:
         """Stop this job at its next check if running; drop it if still queued."""
+        if self._group is not None:  # running in a shared pass: leave it (the last one out stops it)
+            self._group.drop(self)
+            return
         if self._scheduler is not None and self._scheduler.withdraw(self):
             self.finish(error=Cancelled())
 

@@ -88,6 +88,17 @@ class Scheduler:
             heapq.heapify(self._queue)
             return dropped
 
+    def take_also(self, match: Callable[[ev.Job], bool]) -> list[ev.Job]:
+        """Queued jobs to run together with the current one (API explain requests batched
+        into one AV pass), in the order they would have run; `match` is asked for each in
+        that order and may stop accepting. They leave the queue: the caller finishes them."""
+        with self._cv:
+            taken = [job for _, _, job in sorted(self._queue) if match(job)]
+            if taken:
+                self._queue = [q for q in self._queue if not any(q[2] is job for job in taken)]
+                heapq.heapify(self._queue)
+            return taken
+
     def take(self) -> ev.Job | None:
         """Block until a job is due and make it the current one; None once stopped."""
         with self._cv:
