@@ -22,12 +22,12 @@ def held(monkeypatch):
     real = autosave.save_session
     gate = {"started": threading.Event(), "release": threading.Event(), "armed": False}
 
-    def save_session(session, directory):
+    def save_session(session, directory, **kwargs):
         if gate["armed"]:
             gate["armed"] = False
             gate["started"].set()
             assert gate["release"].wait(60), "the test never released the held write"
-        return real(session, directory)
+        return real(session, directory, **kwargs)
 
     monkeypatch.setattr(autosave, "save_session", save_session)
     return gate

@@ -28,7 +28,7 @@ from ..core.errors import NlaError
 from . import cache, check, compare, explain_vectors, export, open, report, run, search, serve, steer, sweep, tui
 from ..terminal_text import visible
 from .common import EXIT_USER_ERROR, add_display_args, add_model_args
-from .validate import fix_negative_values
+from .validate import check_out_flags, fix_negative_values
 from .output import say
 
 SUBCOMMANDS = (run, check, open, export, steer, compare, explain_vectors, cache, sweep, search, report, serve)
@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(fix_negative_values(list(sys.argv[1:] if argv is None else argv)))
     try:
+        check_out_flags(args)
         return args.func(args)
     except NlaError as e:
         if args.debug:

@@ -50,3 +50,14 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
 
 def progress(model: str, fraction: float, message: str) -> None:
     say(visible(f"[{model}] {fraction * 100:3.0f}% {message}"), file=sys.stderr, flush=True)
+
+
+def load_session_noting(path):
+    """load_session, with what loading noticed but did not refuse printed as warnings."""
+    from ..core.store.session import load_session
+    from .output import warn
+
+    session = load_session(path)
+    for w in session.warnings:
+        warn(w)
+    return session

@@ -25,9 +25,9 @@ def add_subparser(sub) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from ..core.branches import compare_activations
-    from ..core.store.session import load_session
+    from .common import load_session_noting
 
-    session = load_session(args.session)
+    session = load_session_noting(args.session)
     check_token(session, args.i, "Token")
     check_token(session, args.j, "Token")
     if session.activations is not None:  # a == b needs no model: say so at once

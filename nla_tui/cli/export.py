@@ -21,9 +21,9 @@ def add_subparser(sub) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from ..core.store.export import export_session
-    from ..core.store.session import load_session
+    from .common import load_session_noting
 
-    session = load_session(args.session)
+    session = load_session_noting(args.session)
     result = export_session(session, args.format, args.out)
     if args.out is None:
         say(result, end="")

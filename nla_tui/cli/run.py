@@ -73,7 +73,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.out:
         from ..core.store.session import save_session, session_from_engine
 
-        path = save_session(session_from_engine(engine, Path(args.out).expanduser().name, exps), args.out)
+        session = session_from_engine(engine, Path(args.out).expanduser().name, exps)
+        session.generation = args.out_generation  # checked again under the folder's lock
+        path = save_session(session, args.out, expect_new=args.out_generation is None)
         say(f"session written to {path}")
     return 0
 

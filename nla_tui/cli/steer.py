@@ -37,9 +37,9 @@ def add_subparser(sub) -> None:
 
 def cmd_steer(args: argparse.Namespace) -> int:
     from ..core.runtime.whatif import check_arguments, what_if
-    from ..core.store.session import load_session, save_session
+    from .common import load_session_noting
 
-    session = load_session(args.session)
+    session = load_session_noting(args.session)
     check_token(session, args.token, "--token")
     check_arguments(args.token, args.edit, args.alpha, args.span, args.max_new_tokens)  # before any model loads
     engine = load_engine(session, args)
@@ -48,12 +48,43 @@ def cmd_steer(args: argparse.Namespace) -> int:
     print_branch(branch)
     if engine.info.untrained_av:
         say("\nNote: the demo AV/AR are untrained; the steering direction carries little meaning.")
-    session.steered.append(branch)
-    save_session(session, args.session if Path(args.session).name != "session.json" else Path(args.session).parent)
-    say(f"branch kept in the session ({len(session.steered)} what-if branches): {args.session}")
-    if args.out:
+    if args.out:  # first: a session that cannot be saved (read-only, changed) must not cost this copy
         say(f"branch written to {write_json(args.out, branch.to_json())}")
+    kept = keep_branch(session, Path(args.session), branch, args.out)
+    say(f"branch kept in the session ({len(kept.steered)} what-if branches): {args.session}")
     return 0
+
+
+def keep_branch(session, path: Path, branch, out: str | None):
+    """Append `branch` to the saved session. If another process saved the session while
+    this one steered (the TUI's autosave, another `steer`), the branch is added to that
+    newer version instead of overwriting it; if the conversation itself changed, or the
+    session was moved or deleted, it is refused with a message."""
+    from ..core.errors import InputError, SessionConflict
+    from ..core.store.session import load_session, save_session
+    from .output import warn
+
+    directory = path.parent if path.name == "session.json" else path
+    kept = (f"the branch is in {out}" if out else "rerun with --out FILE.json to keep the branch in a file")
+    session.steered.append(branch)
+    try:
+        save_session(session, directory)
+        return session
+    except SessionConflict:
+        pass
+    try:
+        current = load_session(directory)
+    except InputError as e:
+        raise InputError(f"The session was moved, deleted or damaged while steering, so the branch was not kept "
+                         f"in it ({e}); {kept}.") from None
+    if [t.token_id for t in current.tokens] != [t.token_id for t in session.tokens]:
+        raise InputError(f"The session in {directory} was given another conversation while steering (another "
+                         f"process saved it); the branch belongs to the old one and was not added; {kept}.")
+    current.steered.append(branch)
+    save_session(current, directory)
+    warn(f"the session in {directory} was saved by another process while steering; the branch was added to "
+         "that newer version (nothing of it was overwritten).")
+    return current
 
 
 def print_branch(b) -> None:

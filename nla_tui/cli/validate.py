@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
 from ..core.errors import InputError
 from ..terminal_text import visible
@@ -118,7 +119,19 @@ def check_run_args(args: argparse.Namespace) -> str | list[int]:
                          f"'What is <concept>{INJECT}</concept>?'")
     spec = parse_explain_spec(args.explain)
     if args.out:
+        from ..core.store.session import current_generation
         from ..core.store.session_files import check_out_dir
 
         check_out_dir(args.out, args.force)
+        # What --out holds now (None: no session): the save, under the folder's lock,
+        # refuses if another process saved a session there meanwhile (issue 19, item 4).
+        args.out_generation = current_generation(Path(args.out).expanduser())
     return spec
+
+
+def check_out_flags(args: argparse.Namespace) -> None:
+    """`--out ""` (an unset shell variable) would silently write nothing: refuse it."""
+    out = getattr(args, "out", None)
+    if out is not None and not out.strip():
+        raise InputError(f"--out {out!r} names no file or folder, so nothing would be written. Give a path, "
+                         "or leave --out out.")

@@ -73,7 +73,7 @@ class SessionKeeper:
         self.named, self.created = True, session.created
         self.messages, self.tokens = list(session.messages), list(session.tokens)
         self.activations = session.activations
-        self.saver.adopt(session.name, directory, self._changes)  # nothing new to write yet
+        self.saver.adopt(session.name, directory, self._changes, session.generation)  # nothing new to write yet
 
     def mark_saved(self) -> None:
         """What is shown now needs no save (the demo's example): the next change does."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, brief
 
 SIDECAR = "nla_meta.yaml"
 INJECT_PLACEHOLDER = "<INJECT>"
@@ -95,11 +95,11 @@ def _resolve_scale(raw: Any, d_model: int, field: str, where: Path) -> float | N
         value = float(raw)
     except (TypeError, ValueError):
         raise CheckpointError(
-            f"{where}: `{field}` is {raw!r}; expected a number or '{SQRT_D}'. Fix the sidecar."
+            f"{where}: `{field}` is {brief(raw)}; expected a number or '{SQRT_D}'. Fix the sidecar."
         ) from None
     if isinstance(raw, bool) or not math.isfinite(value) or value <= 0:
         raise CheckpointError(
-            f"{where}: `{field}` is {raw!r}; it must be a finite number above 0 (or '{SQRT_D}'). "
+            f"{where}: `{field}` is {brief(raw)}; it must be a finite number above 0 (or '{SQRT_D}'). "
             f"A NaN or zero scale makes every score NaN. Restore the checkpoint's original sidecar."
         )
     return value
@@ -118,7 +118,7 @@ def _mapping(meta: dict, key: str, where: Path) -> dict:
 
 def _int(raw: Any, field: str, where: Path) -> int:
     if isinstance(raw, bool) or not isinstance(raw, (int, str)) or not str(raw).strip().lstrip("-").isdigit():
-        raise CheckpointError(f"{where}: `{field}` is {raw!r}; it must be a whole number. "
+        raise CheckpointError(f"{where}: `{field}` is {brief(raw)}; it must be a whole number. "
                               f"Restore the checkpoint's original {SIDECAR}.")
     return int(raw)
 
@@ -139,6 +139,29 @@ def _template(raw: Any, slot: str, field: str, where: Path) -> str | None:
     return raw
 
 
+MAX_SIDECAR_BYTES = 1 << 20  # real sidecars are ~2 KB
+
+
+def _load_yaml(path: Path) -> Any:
+    """The sidecar's YAML, refusing what no sidecar needs and an attacker would use: a
+    file over 1 MiB, and anchors/aliases (an 8-level alias bomb in 2 KB expands to
+    gigabytes once anything formats the value)."""
+    try:
+        if path.stat().st_size > MAX_SIDECAR_BYTES:
+            raise CheckpointError(f"{path} is {path.stat().st_size} bytes; an NLA sidecar is a few KB. "
+                                  "Re-download the checkpoint.")
+        text = path.read_text(encoding="utf-8")
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+            raise CheckpointError(f"{path} uses YAML aliases (*name), which an NLA sidecar never needs and "
+                                  "which can expand to gigabytes. Write the values out, or re-download the "
+                                  "checkpoint.")
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{path} is not valid YAML ({brief(str(e))}). Re-download the checkpoint.") from None
+    except OSError as e:
+        raise CheckpointError(f"Cannot read {path}: {e.strerror or e}.") from None
+
+
 def read_sidecar(checkpoint_dir: str | Path) -> NlaMeta:
     """Parse `<dir>/nla_meta.yaml`. Raises CheckpointError naming the missing piece."""
     root = Path(checkpoint_dir)
@@ -148,19 +171,16 @@ def read_sidecar(checkpoint_dir: str | Path) -> NlaMeta:
             f"{root} has no {SIDECAR}: it is not an NLA checkpoint. NLA AV/AR repos ship this "
             f"sidecar beside config.json; point --av/--ar at the NLA checkpoint, not at the base model."
         )
-    try:
-        meta = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
-        raise CheckpointError(f"{path} is not valid YAML ({e}). Re-download the checkpoint.") from None
+    meta = _load_yaml(path)
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path} does not hold a mapping. Re-download the checkpoint.")
     kind = meta.get("kind", "nla_model")
     if kind != "nla_model":
-        raise CheckpointError(f"{path} has kind {kind!r}; a model checkpoint needs kind: nla_model.")
+        raise CheckpointError(f"{path} has kind {brief(kind)}; a model checkpoint needs kind: nla_model.")
     role = meta.get("role")
     role = {"actor": "av", "critic": "ar"}.get(role, role) if isinstance(role, str) else role
     if role not in ("av", "ar"):
-        raise CheckpointError(f"{path}: role is {meta.get('role')!r}; expected av|ar (or older actor|critic).")
+        raise CheckpointError(f"{path}: role is {brief(meta.get('role'))}; expected av|ar (or older actor|critic).")
     d_model = _int(_need(meta, "d_model", path), "d_model", path)
     if d_model <= 0:
         raise CheckpointError(f"{path}: d_model is {d_model}; it must be the model's hidden size.")

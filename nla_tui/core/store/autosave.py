@@ -27,8 +27,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from .session import Session, default_sessions_root, delete_session, free_directory, rename_session, \
-    save_session, slugify
+from ..errors import NlaError, SessionConflict
+from .session import Session, current_generation, default_sessions_root, delete_session, free_directory, \
+    rename_session, save_session, slugify
 
 SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s)
 
@@ -44,10 +45,21 @@ class Autosaver:
         self.last_error: Exception | None = None
         self.last_saved: Path | None = None  # where the last successful write went
         self.saved_change = 0  # the caller's change counter of what is on disk
+        # The generation of the session.json in `directory` that this saver wrote or
+        # adopted; None while `directory` holds none of ours. A save refuses to replace
+        # any other (another process's save would be lost): see save_session.
+        self.generation: int | None = self._generation_in(self.directory)
         self._write = threading.Lock()  # held while the session's directory is written, moved or deleted
         self._cv = threading.Condition()  # guards _pending and the thread below
         self._pending: tuple[Session, int] | None = None
         self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def _generation_in(directory: Path | None) -> int | None:
+        try:
+            return None if directory is None else current_generation(directory)
+        except (NlaError, OSError):  # unreadable: the first save says so
+            return None
 
     # ------------------------------------------------------------ writes
 
@@ -92,10 +104,11 @@ class Autosaver:
         try:
             if not session.tokens:
                 return False
-            session = replace(session, name=self.name)
+            session = replace(session, name=self.name, generation=self.generation)
             target = self.directory or free_directory(self.root or default_sessions_root(), slugify(self.name))
-            save_session(session, target)
+            save_session(session, target, expect_new=self.generation is None)
             self.directory = self.last_saved = target
+            self.generation = session.generation
             self.last_error = None
             self.saved_change = max(self.saved_change, change)
             return True
@@ -112,12 +125,13 @@ class Autosaver:
 
     # ------------------------------------------------------------ the session's directory
 
-    def adopt(self, name: str, directory: Path | None, change: int) -> None:
-        """The app now shows a session opened from disk: later saves go back there."""
+    def adopt(self, name: str, directory: Path | None, change: int, generation: int | None = None) -> None:
+        """The app now shows a session opened from disk (its generation as loaded):
+        later saves go back there."""
         with self._write:
             with self._cv:
                 self._pending = None  # the previous conversation's queued save is moot
-            self.name, self.directory = name, directory
+            self.name, self.directory, self.generation = name, directory, generation
             self.saved_change = change
 
     def save_as(self, session: Session | None, change: int, root: Path, name: str,
@@ -135,14 +149,20 @@ class Autosaver:
                     old.rename(target)  # same filesystem (both under the sessions dir)
                 else:
                     target = free_directory(root, slugify(name))
+                    self.generation = None  # a fresh folder: none of ours there yet
                 self.directory = target
         return self.save_now(session, change)
 
     def rename(self, name: str) -> Path:
         """The browser renamed the open session: rename it on disk between two writes."""
         with self._write:
+            on_disk = current_generation(self.directory)
+            if self.generation is not None and on_disk != self.generation:
+                raise SessionConflict(f"The session in {self.directory} was changed by another process since "
+                                      "this app saved it; not renaming it. Reopen it (ctrl+o) to see that version.")
             self.directory = rename_session(self.directory, name)
             self.name = name.strip()
+            self.generation = current_generation(self.directory)
             return self.directory
 
     def delete(self, change: int) -> None:
@@ -150,7 +170,7 @@ class Autosaver:
         back; the next change saves into a fresh directory."""
         with self._write:
             delete_session(self.directory)
-            self.directory = None
+            self.directory, self.generation = None, None
             with self._cv:
                 self._pending = None
             self.saved_change = max(self.saved_change, change)

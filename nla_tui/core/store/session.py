@@ -33,11 +33,13 @@ from safetensors.numpy import load_file as st_load_file
 from safetensors.numpy import save as st_save
 
 from ..branches import SteeredBranch
-from ..errors import InputError, NlaError
+from ..errors import InputError, NlaError, SessionConflict
 from ..types import Explanation, Message, ModelInfo, TokenInfo
 from .jsonsafe import dumps_finite
 from .migrations import MIGRATIONS
+from .session_schema import SchemaError, check_session_doc
 from .session_files import (_dir_lock, _write_atomic, ACTS_RE as _ACTS_RE, SESSION_FILE, is_own_activations, is_own_temp,
+                            is_regular, read_regular,
                             previous_activations as _previous_activations)
 
 SCHEMA_VERSION = 2
@@ -60,6 +62,12 @@ class Session:
     steered: list[SteeredBranch] = field(default_factory=list)  # what-if branches; the conversation is unchanged
     created: str = field(default_factory=now_iso)
     updated: str = field(default_factory=now_iso)
+    # The `generation` of the session.json this was loaded from or last saved as (each
+    # save adds one); None for a session never on disk. save_session refuses to write
+    # over a newer one: another process's change would be lost (see save_session).
+    generation: int | None = field(default=None, compare=False, repr=False)
+    # What loading noticed but did not refuse (e.g. activations without a checksum).
+    warnings: list[str] = field(default_factory=list, compare=False, repr=False)
 
     @property
     def n_explained(self) -> int:
@@ -128,12 +136,13 @@ def default_sessions_root() -> Path:
 # ------------------------------------------------------------------ save
 
 
-def _check_overwritable(path: Path) -> None:
-    """Never replace a session.json we cannot read: it may be the user's only copy."""
+def _check_overwritable(path: Path) -> int | None:
+    """Never replace a session.json we cannot read: it may be the user's only copy.
+    Returns its generation (0 for files written before generations), None if absent."""
     if not path.exists():
-        return
+        return None
     try:
-        doc = json.loads(path.read_bytes())
+        doc = json.loads(read_regular(path))
         version = doc.get("schema_version", 0) if isinstance(doc, dict) else None
     except (ValueError, UnicodeDecodeError, OSError) as e:
         raise InputError(f"Refusing to save over {path}: the existing file is unreadable ({e}). "
@@ -142,14 +151,41 @@ def _check_overwritable(path: Path) -> None:
     if not isinstance(version, int) or version > SCHEMA_VERSION:
         what = "not an nla-tui session" if not isinstance(version, int) else "from a newer nla-tui"
         raise InputError(f"Refusing to save over {path}: it is {what}. Save under another name.")
+    generation = doc.get("generation", 0)
+    return generation if isinstance(generation, int) and not isinstance(generation, bool) else 0
 
 
-def save_session(session: Session, directory: str | os.PathLike) -> Path:
+def _check_generation(session: Session, on_disk: int | None, expect_new: bool, directory: Path) -> None:
+    """Under the directory lock: is what is on disk what this save replaces?"""
+    if expect_new and on_disk is not None:
+        raise SessionConflict(f"{directory} now holds a session that another process saved there after this "
+                              "one started; it was not replaced. Save into another folder, or remove that "
+                              "session first.")
+    if session.generation is None or session.generation == on_disk:
+        return
+    if on_disk is None:
+        raise SessionConflict(f"The session in {directory} was moved or deleted (by another process) since it "
+                              "was loaded; it was not written back there. Reopen it where it is now.")
+    raise SessionConflict(f"The session in {directory} changed on disk since it was loaded (another process "
+                          f"saved it: generation {on_disk}, this copy has {session.generation}); it was not "
+                          "overwritten, so that change is kept. Reload the session and redo this change.")
+
+
+def current_generation(directory: str | os.PathLike) -> int | None:
+    """The generation of the session saved in `directory`; None when there is none."""
+    return _check_overwritable(Path(directory) / SESSION_FILE)
+
+
+def save_session(session: Session, directory: str | os.PathLike, expect_new: bool = False) -> Path:
     """Write `session` to `directory` atomically and return the directory.
 
-    Sets `session.updated`. Raises InputError if the directory already holds an
-    unreadable or newer session.json (it is never overwritten), NlaError if the disk
-    is full or unwritable (the previous save stays loadable).
+    Sets `session.updated` and `session.generation`. Raises InputError if the directory
+    already holds an unreadable or newer session.json (it is never overwritten), NlaError
+    if the disk is full or unwritable (the previous save stays loadable), and
+    SessionConflict when, checked under the directory lock, the session on disk is not
+    the one this save replaces: a generation other than `session.generation` (another
+    process saved, renamed or deleted it since), or any session at all with `expect_new`
+    (`run --out` into a folder that was empty when it started).
     """
     directory = Path(directory)
     _validate(session, directory)
@@ -157,7 +193,8 @@ def save_session(session: Session, directory: str | os.PathLike) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
         with _dir_lock(directory):
             target = directory / SESSION_FILE
-            _check_overwritable(target)
+            on_disk = _check_overwritable(target)
+            _check_generation(session, on_disk, expect_new, directory)
             previous = _previous_activations(target)
             session.updated = now_iso()
             doc = session.to_json()
@@ -169,17 +206,27 @@ def save_session(session: Session, directory: str | os.PathLike) -> Path:
                 fname = f"activations-{digest[:16]}.safetensors"
                 blob = st_save({"activations": acts}, metadata={"sha256": digest})
                 apath = directory / fname
-                # Content-addressed: an existing file of the right size is this exact data.
-                if not (apath.exists() and apath.stat().st_size == len(blob)):
+                # Content-addressed, but a file of that name is reused only when its bytes
+                # are exactly these: one damaged in place (same size) is rewritten.
+                if not _holds(apath, blob):
                     _write_atomic(apath, blob)
                 doc["activations_file"], doc["activations_sha256"] = fname, digest
+            doc["generation"] = (on_disk or 0) + 1
             _write_atomic(target, dumps_finite(doc, f"session {directory}", indent=1).encode("utf-8"))
+            session.generation = doc["generation"]
             _cleanup(directory, keep=doc["activations_file"], previous=previous)
     except OSError as e:
         raise NlaError(f"Could not save session to {directory}: {e.strerror or e}. The previous "
                        "save (if any) is intact; free some disk space or choose another "
                        "folder, then save again.") from e
     return directory
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    """True when `path` is a regular file holding exactly `data`."""
+    if not is_regular(path) or path.stat().st_size != len(data):
+        return False
+    return read_regular(path) == data
 
 
 def _cleanup(directory: Path, keep: str | None, previous: str | None) -> None:
@@ -219,7 +266,7 @@ _MALFORMED = (KeyError, TypeError, ValueError, AttributeError, OverflowError)
 
 def _read_doc(path: Path) -> dict[str, Any]:
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path)
     except FileNotFoundError:
         raise InputError(f"No session at {path.parent}: {path.name} is missing. Pass a "
                          "directory written by nla-tui (it holds session.json).") from None
@@ -247,6 +294,16 @@ def _upgrade(doc: dict[str, Any], path: Path) -> dict[str, Any]:
     return doc
 
 
+def _checked(doc: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The whole document against the schema (session_schema.py), before any field is used."""
+    try:
+        check_session_doc(doc)
+    except SchemaError as e:
+        raise InputError(f"Session file {path} is malformed: {e}. It was left untouched; restore it from a "
+                         "backup, fix that field, or delete the session.") from None
+    return doc
+
+
 def _resolve(path: str | os.PathLike) -> tuple[Path, Path]:
     p = Path(path).expanduser()
     if p.name == SESSION_FILE and not p.is_dir():
@@ -261,7 +318,7 @@ def load_session(path: str | os.PathLike) -> Session:
     file raises InputError naming the file and what to do.
     """
     directory, jpath = _resolve(path)
-    doc = _upgrade(_read_doc(jpath), jpath)
+    doc = _checked(_upgrade(_read_doc(jpath), jpath), jpath)
     try:
         info = ModelInfo.from_json(doc["models"])
         messages = [Message.from_json(m) for m in doc.get("conversation", [])]
@@ -270,11 +327,11 @@ def load_session(path: str | os.PathLike) -> Session:
         steered = [SteeredBranch.from_json(b) for b in doc.get("steered", [])]
         session = Session(name=str(doc["name"]), info=info, messages=messages, tokens=tokens,
                           explanations=explanations, steered=steered, created=str(doc["created"]),
-                          updated=str(doc["updated"]))
+                          updated=str(doc["updated"]), generation=doc.get("generation", 0))
     except _MALFORMED as e:
         raise InputError(f"Session file {jpath} is missing or has a malformed field ({e!r}); "
                          "it was left untouched.") from e
-    session.activations = _load_activations(directory, doc, len(tokens), info.d_model)
+    session.activations = _load_activations(directory, doc, len(tokens), info.d_model, session.warnings)
     for what, items in (("an explanation", session.explanations), ("a steered branch", session.steered)):
         for e in items:
             if not 0 <= e.index < len(tokens):
@@ -284,7 +341,7 @@ def load_session(path: str | os.PathLike) -> Session:
 
 
 def _load_activations(directory: Path, doc: dict[str, Any], n_tokens: int,
-                      d_model: int) -> np.ndarray | None:
+                      d_model: int, warnings: list[str]) -> np.ndarray | None:
     fname = doc.get("activations_file")
     if fname is None:
         return None
@@ -292,6 +349,9 @@ def _load_activations(directory: Path, doc: dict[str, Any], n_tokens: int,
     if not isinstance(fname, str) or not _ACTS_RE.match(fname):
         raise InputError(f"Session in {directory} names an unexpected activations file {fname!r}.")
     apath = directory / fname
+    if apath.exists() and not is_regular(apath):
+        raise InputError(f"Activations file {apath} is not a regular file (a FIFO, socket or device); it was "
+                         "left untouched. Restore the real file or re-run the conversation.")
     try:
         tensors = st_load_file(str(apath))
         acts = tensors["activations"]
@@ -303,7 +363,10 @@ def _load_activations(directory: Path, doc: dict[str, Any], n_tokens: int,
         raise InputError(f"Activations file {apath} is corrupted or truncated ({e}); it was "
                          "left untouched.") from e
     want = doc.get("activations_sha256")
-    if want and hashlib.sha256(np.ascontiguousarray(acts).tobytes()).hexdigest() != want:
+    if not want:
+        warnings.append(f"session.json records no checksum for {fname}, so its activations are unverified "
+                        "(damage on disk would go unnoticed); the next save records one.")
+    elif hashlib.sha256(np.ascontiguousarray(acts).tobytes()).hexdigest() != want:
         raise InputError(f"Activations file {apath} does not match its checksum in "
                          "session.json (corrupted on disk); it was left untouched.")
     if acts.dtype != np.float32 or acts.ndim != 2 or acts.shape[0] != n_tokens or (
@@ -331,7 +394,7 @@ def list_sessions(root: str | os.PathLike | None = None) -> list[SessionSummary]
         if not jpath.is_file():
             continue
         try:
-            doc = _upgrade(_read_doc(jpath), jpath)
+            doc = _checked(_upgrade(_read_doc(jpath), jpath), jpath)
             out.append(SessionSummary(
                 path=d, name=str(doc["name"]), created=str(doc["created"]),
                 updated=str(doc["updated"]), preset=(doc.get("models") or {}).get("preset"),

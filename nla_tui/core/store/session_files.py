@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import re
+import stat
 import tempfile
 import uuid
 from pathlib import Path
@@ -47,11 +48,38 @@ def is_own_temp(name: str) -> bool:
     return pid == os.getpid() or not _pid_alive(pid)
 
 
+def read_regular(path: Path) -> bytes:
+    """The bytes of a regular file. A FIFO, socket or device is refused (InputError)
+    instead of read: reading a FIFO named session.json would block forever. Opened
+    non-blocking first, so even the open cannot hang; FileNotFoundError passes through."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputError(f"{path} is not a regular file (a FIFO, socket or device); nla-tui reads only "
+                             "files it can finish reading. Move it away or replace it with the real file.")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as fh:
+            fd = -1  # the file object owns it now
+            return fh.read()
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def is_own_activations(path: Path) -> bool:
     """An activations file save_session wrote: content-addressed name whose 16 hex
     digits start the sha256 that save_session put in the file's own metadata."""
     m = ACTS_RE.match(path.name)
     if not m or not m.group(1):
+        return False
+    if not is_regular(path):  # never open a FIFO: it would block
         return False
     try:
         with open(path, "rb") as fh:
@@ -68,9 +96,9 @@ def is_own_activations(path: Path) -> bool:
 def previous_activations(target: Path) -> str | None:
     """The activations file the session.json about to be replaced points at."""
     try:
-        doc = json.loads(target.read_bytes())
+        doc = json.loads(read_regular(target))
         name = doc.get("activations_file") if isinstance(doc, dict) else None
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, InputError, RecursionError):
         return None
     return name if isinstance(name, str) and ACTS_RE.match(name) else None
 

@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, brief
 from ..types import Message
 
 ROLE_ALIASES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
@@ -62,7 +62,9 @@ def _parse_json_or_jsonl(text: str, where: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as first:
-        lines = [(n, ln) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
+        # JSONL lines end at "\n" only: str.splitlines would also split at U+2028, U+0085
+        # and friends, which json.dumps(ensure_ascii=False) leaves raw inside strings.
+        lines = [(n, ln) for n, ln in enumerate(text.split("\n"), 1) if ln.strip()]
         if len(lines) < 2:
             raise InputError(f"{where} is not valid JSON (line {first.lineno}: {first.msg}); expected a "
                              f"list of messages, {{\"messages\": [...]}}, or JSONL (one message per line).") from None
@@ -78,13 +80,14 @@ def _parse_json_or_jsonl(text: str, where: str) -> Any:
 
 def parse_message(m: Any, i: int, where: str = "the transcript") -> Message:
     def bad(why: str) -> InputError:
-        return InputError(f"{where}, message {i}: {why}. Expected {EXPECTED}; got {str(m)[:100]!r}.")
+        return InputError(f"{where}, message {i}: {why}. Expected {EXPECTED}; got {brief(m)}.")
 
     if not isinstance(m, dict):
         raise bad("not an object")
-    role = ROLE_ALIASES.get(m.get("role"))  # type: ignore[arg-type]
+    raw_role = m.get("role")
+    role = ROLE_ALIASES.get(raw_role) if isinstance(raw_role, str) else None
     if role is None:
-        raise bad(f"unknown role {m.get('role')!r}")
+        raise bad(f"unknown role {brief(raw_role)} (a role is one of the strings system, user, assistant, tool)")
     content = content_text(m.get("content"), bad)
     calls = m.get("tool_calls")
     if m.get("function_call") is not None and not calls:  # the pre-2024 single call
@@ -101,6 +104,9 @@ def parse_message(m: Any, i: int, where: str = "the transcript") -> Message:
         raise bad("an assistant message needs content or tool_calls")
     name = m.get("name")
     call_id = m.get("tool_call_id")
+    for key, value in (("name", name), ("tool_call_id", call_id)):
+        if value is not None and not isinstance(value, str):
+            raise bad(f"{key} must be a string")
     return Message(role=role, content=content, name=None if name is None else str(name),
                    tool_calls=calls or None, tool_call_id=None if call_id is None else str(call_id))
 
@@ -135,7 +141,9 @@ def _check_call(c: Any, bad) -> dict[str, Any]:
         raise bad("tool call arguments must be a JSON string or object")
     out = {"type": c.get("type", "function"), "function": {"name": c["function"]["name"], "arguments": args}}
     if c.get("id") is not None:
-        out["id"] = str(c["id"])
+        if not isinstance(c["id"], str):
+            raise bad("a tool call id must be a string")
+        out["id"] = c["id"]
     return out
 
 
