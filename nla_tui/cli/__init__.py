@@ -70,6 +70,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         say(f"nla-tui: {visible(str(e))}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as e:
+        # A faulty disk or path the command's own checks did not foresee (read-only,
+        # full, a file where a folder should be): one paragraph, not a traceback.
+        if args.debug:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        say(f"nla-tui: {e.strerror or e}{where}. Check that the path exists, is a folder where one is "
+            "expected, is writable and its disk has space (NLA_TUI_CACHE, NLA_TUI_DATA and --out name "
+            "where nla-tui writes); --debug shows where it happened.", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return 130
 

@@ -35,15 +35,27 @@ def _disk_caches(root):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..core.models.quant_cache import QuantCache
-    from ..paths import cache_root
-
     from ..core.errors import InputError
+    from ..paths import cache_root
 
     bad = [k for k in args.kinds if k not in KINDS]
     if bad:
         raise InputError(f"Unknown cache {bad[0]!r}: name one or more of {', '.join(KINDS)}, or none for all.")
     root = cache_root()
+    if root.exists() and not root.is_dir():
+        raise InputError(f"The cache root {root} is a file, not a folder (NLA_TUI_CACHE names it). Point "
+                         "NLA_TUI_CACHE at a folder, or unset it to use the default.")
+    try:
+        return _run(args, root)
+    except OSError as e:
+        raise InputError(f"Cannot {args.action} the cache in {root}: {e.strerror or e}"
+                         f"{f' ({e.filename})' if e.filename else ''}. NLA_TUI_CACHE must name a folder you can "
+                         "read and write.") from None
+
+
+def _run(args: argparse.Namespace, root) -> int:
+    from ..core.models.quant_cache import QuantCache
+
     kinds = args.kinds or list(KINDS)
     quant = QuantCache(root)
     others = {k: c for k, c in _disk_caches(root).items() if k in kinds}

@@ -27,6 +27,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..core.branches import compare_activations
     from .common import load_session_noting
 
+    samp = sampling(args)  # range-checked before any model loads
     session = load_session_noting(args.session)
     check_token(session, args.i, "Token")
     check_token(session, args.j, "Token")
@@ -37,7 +38,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..core.runtime.whatif import compare
 
     engine = load_engine(session, args)
-    c = compare(engine, args.i, args.j, sampling(args))
+    c = compare(engine, args.i, args.j, samp)
     if c.message:
         raise InputError(c.message)
     tok = lambda i: session.tokens[i].text  # noqa: E731

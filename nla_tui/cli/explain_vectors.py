@@ -6,7 +6,9 @@ before any model loads. From Python: core.nla.vectors.explain_file."""
 from __future__ import annotations
 
 import argparse
+import sys
 
+from ..core.errors import InputError
 from .common import add_model_args, engine_options, progress
 from .session_engine import add_sampling_args, sampling, write_json
 from .output import say
@@ -21,6 +23,8 @@ def add_subparser(sub) -> None:
     v.add_argument("--name", help="tensor name in a .safetensors file holding several")
     v.add_argument("--out", help="also write the explanations as JSON here")
     v.add_argument("--av-prompt", help="custom AV prompt containing <INJECT>")
+    v.add_argument("--batch-size", type=int, default=None,
+                   help="rows per AV batch (default: 16 on CPU; on CUDA as many as free memory allows, up to 160)")
     add_sampling_args(v)
     v.set_defaults(func=cmd_explain_vectors)
 
@@ -51,12 +55,21 @@ def cmd_explain_vectors(args: argparse.Namespace) -> int:
     from ..core.nla.vectors import check_rows, load_vectors
     from ..core.runtime.engine import Engine
 
+    samp = sampling(args)  # range-checked before any model loads
+    if args.batch_size is not None and args.batch_size < 1:
+        raise InputError(f"--batch-size is {args.batch_size}; it must be a whole number of at least 1.")
     rows = load_vectors(args.file, args.name)
     opts = engine_options(args)
     rows = check_rows(rows, expected_width(opts))
     engine = Engine(opts)
     engine.load(progress)
-    exps = engine.explain_vectors(rows, sampling(args), args.av_prompt, indices=list(range(len(rows))))
+    done = [0]
+
+    def on_batch(exps):
+        done[0] += len(exps)
+        say(f"[explain] {done[0]}/{len(rows)}", file=sys.stderr, flush=True)
+
+    exps = engine.explain_rows(rows, samp, args.av_prompt, batch_size=args.batch_size, on_batch=on_batch)
     norms = np.linalg.norm(rows, axis=1)
     print_rows(exps, norms)
     if engine.info.untrained_av:

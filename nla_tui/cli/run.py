@@ -37,11 +37,15 @@ def add_subparser(sub) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ..core.runtime.engine import Engine
-    from ..core.store.transcript import load_transcript
-    from ..core.types import Sampling
+    from ..core.store.transcript import control_marker_warning, load_transcript
+    from ..core.types import Message, Sampling
+    from .output import warn
 
     spec = check_run_args(args)  # every argument, before any model loads
     messages = load_transcript(args.messages) if args.messages else None
+    marker = control_marker_warning(messages or [Message("user", args.prompt)])
+    if marker:
+        warn(marker)
     options = engine_options(args)
     if messages is not None:
         from ..core.runtime.precheck import check_transcript_fits

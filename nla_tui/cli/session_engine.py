@@ -4,6 +4,7 @@ loaded over its conversation, AV sampling flags, and an atomic JSON writer."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import uuid
@@ -17,13 +18,14 @@ from .common import engine_options, progress
 
 def write_json(out: str, obj: Any) -> Path:
     path = Path(out).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # on a read-only disk even this unlink fails (EROFS)
+            tmp.unlink(missing_ok=True)
         raise InputError(f"Could not write {path}: {e.strerror or e}. Choose another --out path.") from e
     return path
 
@@ -36,8 +38,11 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def sampling(args):
+    """The AV sampling flags, range-checked (callers run this before loading any model)."""
     from ..core.types import Sampling
+    from .validate import check_sampling
 
+    check_sampling(args.temperature, args.max_explain_tokens, args.seed)
     return Sampling(temperature=args.temperature, max_new_tokens=args.max_explain_tokens, seed=args.seed)
 
 

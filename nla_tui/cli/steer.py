@@ -39,12 +39,13 @@ def cmd_steer(args: argparse.Namespace) -> int:
     from ..core.runtime.whatif import check_arguments, what_if
     from .common import load_session_noting
 
+    samp = sampling(args)  # range-checked before any model loads
     session = load_session_noting(args.session)
     check_token(session, args.token, "--token")
     check_arguments(args.token, args.edit, args.alpha, args.span, args.max_new_tokens)  # before any model loads
     engine = load_engine(session, args)
     branch = what_if(engine, args.token, args.edit, args.alpha, args.span, args.max_new_tokens,
-                     sampling=sampling(args))
+                     sampling=samp)
     print_branch(branch)
     if engine.info.untrained_av:
         say("\nNote: the demo AV/AR are untrained; the steering direction carries little meaning.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -78,6 +79,45 @@ def _positive(value, flag: str, integer: bool = True) -> None:
         raise InputError(f"{flag} is {value}; it must be {kind}.")
 
 
+MAX_TOKENS = 32768  # generated tokens per reply or explanation: 10**12 would ask for petabytes
+MAX_SEED = 2 ** 63 - 1
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 10.0  # below, softmax at 1/T overflows to inf/nan
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+
+
+def check_tokens(value: int | None, flag: str) -> None:
+    if value is not None and not 1 <= value <= MAX_TOKENS:
+        raise InputError(f"{flag} is {value}; it must be a whole number from 1 to {MAX_TOKENS}.")
+
+
+def check_sampling(temperature: float, max_explain_tokens: int, seed: int) -> None:
+    """AV sampling flags (run, steer, compare, explain-vectors), before any model loads."""
+    if not math.isfinite(temperature) or not (temperature == 0 or MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):
+        raise InputError(f"--temperature is {temperature}; it must be 0 (greedy) or between {MIN_TEMPERATURE:g} and "
+                         f"{MAX_TEMPERATURE:g}.")
+    check_tokens(max_explain_tokens, "--max-explain-tokens")
+    if not 0 <= seed <= MAX_SEED:
+        raise InputError(f"--seed is {seed}; it must be a whole number from 0 to 2**63 - 1.")
+
+
+def check_device(device: str | None) -> None:
+    """--device names a device this machine has: cuda on a machine without one used to
+    run on the CPU while the session recorded `cuda`."""
+    if device is None:
+        return
+    if not _DEVICE.match(device):
+        raise InputError(f"--device {device!r} is not a device: use cpu, cuda, cuda:N (a GPU number) or mps.")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {device}: no CUDA GPU is visible on this machine (torch "
+                             f"{torch.__version__}). Use --device cpu, or check the driver and CUDA_VISIBLE_DEVICES.")
+        n = torch.cuda.device_count()
+        if ":" in device and int(device.split(":")[1]) >= n:
+            raise InputError(f"--device {device}: this machine has {n} CUDA GPU(s), cuda:0..cuda:{n - 1}.")
+
+
 def check_model_args(args: argparse.Namespace) -> None:
     """Arguments shared by the TUI, run and check (checked once per parse)."""
     if getattr(args, "_models_checked", False):
@@ -86,6 +126,7 @@ def check_model_args(args: argparse.Namespace) -> None:
     if getattr(args, "layer", None) is not None and args.layer < 0:
         raise InputError(f"--layer {args.layer} is negative; layers count from 0.")
     _positive(getattr(args, "fve_variance", None), "--fve-variance", integer=False)
+    check_device(getattr(args, "device", None))
     if getattr(args, "devices", None):
         from ..core.models.placement import parse_devices
 
@@ -108,11 +149,9 @@ def check_run_args(args: argparse.Namespace) -> str | list[int]:
     if args.prompt is not None and not args.prompt.strip():
         raise InputError("The prompt is empty: pass some text with --prompt.")
     check_model_args(args)
-    _positive(args.max_new_tokens, "--max-new-tokens")
-    _positive(args.max_explain_tokens, "--max-explain-tokens")
+    check_tokens(args.max_new_tokens, "--max-new-tokens")
+    check_sampling(args.temperature, args.max_explain_tokens, args.seed)
     _positive(args.batch_size, "--batch-size")
-    if not math.isfinite(args.temperature) or args.temperature < 0:
-        raise InputError(f"--temperature is {args.temperature}; it must be 0 (greedy) or above.")
     if args.av_prompt is not None and args.av_prompt.count(INJECT) != 1:
         raise InputError(f"--av-prompt must contain {INJECT} exactly once (found "
                          f"{args.av_prompt.count(INJECT)}), where the activation goes, e.g. "

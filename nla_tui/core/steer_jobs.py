@@ -16,6 +16,8 @@ from .types import CONTINUATION_TOKENS, Sampling
 # 1.0 (overshoot); the margin over the best of 8 random vectors of the same size is
 # largest at 0.5 (18.8 nats). 0.5 is a visible push that still follows the edit.
 DEFAULT_ALPHA = 0.5
+MAX_ALPHA = 100.0  # the demo pair already overshoots at 1; beyond this the output is only padding
+MAX_CONTINUATION = 4096  # tokens regenerated per side: bounds the KV memory before any model loads
 
 
 @dataclass

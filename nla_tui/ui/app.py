@@ -20,7 +20,8 @@ from textual.widgets import Footer, Input
 
 from ..core import events as ev
 from ..core.options import EngineOptions
-from ..core.types import Sampling
+from ..core.store.transcript import control_marker_warning
+from ..core.types import Message, Sampling
 from ..terminal_text import visible
 from .messages import EngineEvent
 from .screens.help import HelpScreen
@@ -238,6 +239,9 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
             self.notify("A reply is still streaming; wait for it or press Esc to cancel.",
                         severity="warning")
             return
+        marker = control_marker_warning([Message("user", text)])
+        if marker:
+            self.notify(marker.replace("message 0 (user)", "your message"), severity="warning", timeout=8)
         event.input.clear()
         self.chat.start_reply(text)
         self.strip.follow = True

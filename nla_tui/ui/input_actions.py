@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..core import events as ev
 from ..core.errors import NlaError
-from ..core.store.transcript import load_transcript
+from ..core.store.transcript import control_marker_warning, load_transcript
 from .screens.dialogs import PromptDialog, ValueDialog, check_temperature
 
 EXAMPLE_PROMPT = "What does <concept><INJECT></concept> mean? Answer in <explanation></explanation> tags."
@@ -48,6 +48,9 @@ class InputActions:
         except NlaError as e:
             self.notify(str(e), title="Cannot open transcript", severity="error", timeout=10)
             return
+        marker = control_marker_warning(messages)
+        if marker:
+            self.notify(marker, severity="warning", timeout=8)
         self.chat.show_note(None)
         self.strip.follow = False
         self.submit(ev.SetConversation(messages))

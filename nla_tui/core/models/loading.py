@@ -168,7 +168,9 @@ def load_model(ckpt: Checkpoint, quant: str, device: str, device_map: Any = None
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from .quant_cache import load_cached
+    from .weights_header import refuse_pickle_checkpoint
 
+    refuse_pickle_checkpoint(Path(ckpt.path))
     try:
         config = AutoConfig.from_pretrained(str(ckpt.path))
     except Exception as e:
@@ -179,6 +181,7 @@ def load_model(ckpt: Checkpoint, quant: str, device: str, device_map: Any = None
         cls = AutoModelForCausalLM
     kwargs = _quant_kwargs(quant, device)
     kwargs["device_map"] = device_map if device_map is not None else {"": device}
+    kwargs["use_safetensors"] = True  # never a pickle file, whatever else the folder holds
     if max_memory is not None:
         kwargs["max_memory"] = max_memory
     if quant == "int4":

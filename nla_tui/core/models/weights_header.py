@@ -10,10 +10,41 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, brief
 
 MAX_HEADER = 100 << 20  # safetensors caps headers at 100 MB
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _check_entry(name: str, t: Any) -> None:
+    """One tensor's entry: what summarize and the fingerprints read must have its type."""
+    if not (isinstance(t, dict) and isinstance(t.get("dtype"), str) and isinstance(t.get("shape"), list)
+            and all(_is_count(d) for d in t["shape"]) and isinstance(t.get("data_offsets"), list)
+            and len(t["data_offsets"]) == 2 and all(_is_count(o) for o in t["data_offsets"])):
+        raise ValueError(f"tensor {brief(name)} has a malformed entry {brief(t)} (expected dtype, shape as a "
+                         "list of sizes and two data_offsets)")
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def refuse_pickle_checkpoint(root: Path) -> None:
+    """A checkpoint with pickle weights (pytorch_model.bin) and no safetensors is refused
+    before anything reads it: unpickling runs code the file chooses."""
+    if any(root.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in root.iterdir() if p.suffix in PICKLE_SUFFIXES) if root.is_dir() else []
+    if pickled:
+        raise CheckpointError(
+            f"{root} holds pickle weights ({', '.join(pickled[:3])}) and no .safetensors file. nla-tui never "
+            "loads pickle files (loading one runs code it contains). Convert it where you trust the file: "
+            "python -c \"from transformers import AutoModelForCausalLM as M; "
+            "M.from_pretrained('IN').save_pretrained('OUT', safe_serialization=True)\", then copy the "
+            "tokenizer files and nla_meta.yaml beside it and point nla-tui at OUT.")
 
 
 def read_header(path: Path) -> dict[str, Any]:
@@ -28,6 +59,8 @@ def read_header(path: Path) -> dict[str, Any]:
         if not isinstance(header, dict):
             raise ValueError("header is not a JSON object")
         header.pop("__metadata__", None)
+        for name, t in header.items():
+            _check_entry(name, t)
         end = max((int(t["data_offsets"][1]) for t in header.values()), default=0)
         if 8 + n + end > size:
             raise ValueError(f"the tensors need {8 + n + end} bytes, the file has {size} (truncated)")
@@ -39,12 +72,20 @@ def read_header(path: Path) -> dict[str, Any]:
 
 def weight_files(root: Path) -> list[Path]:
     """The weights of a checkpoint directory: the shards its index names, else model.safetensors."""
+    refuse_pickle_checkpoint(root)
     index = root / "model.safetensors.index.json"
     if index.is_file():
         try:
             names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"{index} is unreadable ({e!r}); re-download the checkpoint.") from None
+            raise CheckpointError(f"{index} is unreadable ({brief(e)}); re-download the checkpoint.") from None
+        # Every shard must be a file in the checkpoint's own folder: an index naming
+        # ../../etc/passwd must not make `check` read outside it.
+        bad = [n for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")
+               or not n.endswith(".safetensors")]
+        if bad:
+            raise CheckpointError(f"{index} names {brief(bad[0])} as a weight file; shards must be .safetensors "
+                                  "files in the checkpoint's own folder. Re-download the checkpoint.")
         files = [root / n for n in names]
     else:
         files = [root / "model.safetensors"]

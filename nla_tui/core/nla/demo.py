@@ -29,6 +29,7 @@ import torch
 import yaml
 
 from ...paths import models_dir
+from ..errors import NlaError
 from .demo_tokenizer import load_gguf_tokenizer, verify_saved_tokenizer
 from .sidecar import INJECT_PLACEHOLDER
 
@@ -109,6 +110,12 @@ def ensure_demo(progress: ProgressFn | None = None) -> dict[str, Path]:
                 if root.exists():
                     shutil.rmtree(root)
                 os.rename(tmp, root)
+            except Exception as e:  # a full or read-only disk: OSError, or safetensors' own error
+                if not isinstance(e, OSError) and type(e).__name__ != "SafetensorError":
+                    raise
+                raise NlaError(f"Building the demo models in {root.parent} failed ({getattr(e, 'strerror', None) or e}). "
+                               "They need about 3 GB: free space there, or set NLA_TUI_CACHE to a folder on "
+                               "another disk, then run again (nothing half-built is kept).") from None
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     report(1.0, "demo pair ready")

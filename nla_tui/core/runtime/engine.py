@@ -276,6 +276,26 @@ class Engine:
             out.extend(exps)
         return out
 
+    def explain_rows(self, vectors: np.ndarray, sampling: Sampling = Sampling(), prompt: str | None = None,
+                     batch_size: int | None = None, on_batch: Callable[[list[Explanation]], None] | None = None,
+                     cancel: threading.Event | None = None) -> list[Explanation]:
+        """Explain any vectors (`explain-vectors`: SAE rows, steering vectors), row r as index r,
+        in AV batches sized like explain's (16 on CPU, what the AV card's free memory holds on
+        CUDA), never all rows in one pass: 16k rows at 200 tokens would need ~150 GB of KV cache."""
+        self._need_models()
+        vectors = np.asarray(vectors, np.float32)
+        size = batch_size or self.explain_batch_size(sampling.max_new_tokens, rows=len(vectors))
+        out: list[Explanation] = []
+        for b in range(0, len(vectors), size):
+            if cancel is not None and cancel.is_set():
+                break
+            rows = list(range(b, min(b + size, len(vectors))))
+            exps = self.explain_vectors(vectors[rows], sampling, prompt, None, cancel, rows)
+            out.extend(exps)
+            if on_batch and exps:
+                on_batch(exps)
+        return out
+
     def explain_batch_size(self, max_new_tokens: int, cap: int = 160, rows: int = 160) -> int:
         """Rows per AV pass for `rows` explanations without parking: the bf16 KV cache that fits in
         the AV card's free memory (explain_all.py), 16 on CPU. Throughput grows with the batch

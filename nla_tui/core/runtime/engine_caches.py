@@ -18,8 +18,23 @@ import numpy as np
 
 from ..store.cache import ActivationCache, ExplanationCache, av_identity, subject_identity
 from ..types import Capture, Explanation, ModelInfo, Sampling
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
+
+
+_YES, _NO = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def env_flag(name: str) -> bool:
+    """A yes/no environment variable: 1/true/yes/on or 0/false/no/off (any case; unset
+    is no). `NLA_TUI_NO_CACHE=false` means caches on, not off; anything else is refused."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in _YES:
+        return True
+    if value in _NO:
+        return False
+    raise InputError(f"{name}={os.environ[name]!r} is not a yes/no value: set it to 1 (yes) or 0 (no), or unset it.")
 
 
 class EngineCaches:
@@ -31,7 +46,7 @@ class EngineCaches:
     def __init__(self, root: str | os.PathLike | None = None, enabled: bool | None = None,
                  max_bytes: int | str | None = None) -> None:
         if enabled is None:
-            enabled = os.environ.get("NLA_TUI_NO_CACHE", "") in ("", "0")
+            enabled = not env_flag("NLA_TUI_NO_CACHE")
         self.activations: ActivationCache | None = None
         self.explanations: ExplanationCache | None = None
         self.quantised = None  # quant_cache.QuantCache: pre-quantised nf4/int8 models

@@ -18,7 +18,7 @@ import numpy as np
 from ..branches import Comparison, SteeredBranch, compare_activations
 from ..errors import Cancelled, InputError
 from ..models.steering import continue_from, last_logits, positions, steer, top_candidates
-from ..steer_jobs import DEFAULT_ALPHA
+from ..steer_jobs import DEFAULT_ALPHA, MAX_ALPHA, MAX_CONTINUATION
 from ..types import CONTINUATION_TOKENS, Sampling
 
 
@@ -41,10 +41,11 @@ def check_arguments(index: int, edited: str, alpha: float, span: str, max_new_to
     if not edited or not edited.strip():
         raise InputError("The edited explanation is empty: write what the model should have thought "
                          "(e.g. the original explanation with one concept changed).")
-    if not math.isfinite(alpha):
-        raise InputError(f"--alpha {alpha} is not a finite number; try {DEFAULT_ALPHA:g} (× the activation's own norm).")
-    if max_new_tokens < 1:
-        raise InputError(f"--max-new-tokens {max_new_tokens} must be at least 1.")
+    if not math.isfinite(alpha) or abs(alpha) > MAX_ALPHA:
+        raise InputError(f"--alpha {alpha} is outside -{MAX_ALPHA:g}..{MAX_ALPHA:g}: a steering vector that many times "
+                         f"the activation's norm drowns the model (it only writes padding); try {DEFAULT_ALPHA:g}.")
+    if not 1 <= max_new_tokens <= MAX_CONTINUATION:
+        raise InputError(f"--max-new-tokens {max_new_tokens} must be between 1 and {MAX_CONTINUATION}.")
 
 
 def original_explanation(engine, index: int, sampling: Sampling = Sampling(),

@@ -15,6 +15,7 @@ for sharing a link to one token).
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 import re
@@ -291,13 +292,14 @@ def export_session(session: Session, fmt: str, out: str | os.PathLike | None = N
     if out is None:
         return text
     out = check_export_target(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, out)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # on a read-only disk even this unlink fails (EROFS)
+            tmp.unlink(missing_ok=True)
         raise InputError(f"Could not write {out}: {e.strerror or e}. Choose another --out "
                          "path or free disk space.") from e
     return out

@@ -172,3 +172,21 @@ def message_display_text(m: Message) -> str:
     parts = [m.content] if m.content.strip() else []
     parts += ["→ " + tool_call_text(c) for c in m.tool_calls or []]
     return "\n".join(parts)
+
+
+# Gemma's chat-template markers. Typed into a message they are not text: the template
+# copies content verbatim and the tokenizer turns each into its control token, so the
+# subject sees a turn end where the user typed one. (Gemma's template offers no escape
+# for them, so nla-tui keeps the text as written and warns.)
+CONTROL_MARKERS = ("<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>", "<pad>", "<start_of_image>", "<end_of_image>")
+
+
+def control_marker_warning(messages: list[Message]) -> str | None:
+    """A warning when a message's text holds a chat-template marker, else None."""
+    for i, m in enumerate(messages):
+        found = [k for k in CONTROL_MARKERS if k in m.content]
+        if found:
+            return (f"message {i} ({m.role}) contains {', '.join(found)} as text; the chat template turns it into "
+                    "a real control token, so the model sees the structure it names (e.g. a turn ending there), "
+                    "not the characters.")
+    return None

@@ -14,7 +14,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, RadioButton, RadioSet, Static, TextArea
 
 from ...core.branches import Comparison, SteeredBranch, token_diff
-from ...core.steer_jobs import DEFAULT_ALPHA
+from ...core.steer_jobs import DEFAULT_ALPHA, MAX_ALPHA
 from ...core.types import Candidate, Explanation
 from ...terminal_text import visible
 from ..literal import literal
@@ -33,7 +33,9 @@ def check_alpha(value: str) -> str | None:
         a = float(value)
     except ValueError:
         return f"α must be a number (1 = the activation's own norm); got {value!r}."
-    return None if math.isfinite(a) else "α must be a finite number."
+    if not math.isfinite(a) or abs(a) > MAX_ALPHA:
+        return f"α must be a finite number between -{MAX_ALPHA:g} and {MAX_ALPHA:g}."
+    return None
 
 
 class WhatIfDialog(ModalScreen[tuple[str, float, str] | None]):
