@@ -87,14 +87,14 @@ _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 
 def check_tokens(value: int | None, flag: str) -> None:
     if value is not None and not 1 <= value <= MAX_TOKENS:
-        raise InputError(f"{flag} is {value}; it must be a whole number from 1 to {MAX_TOKENS}.")
+        raise InputError(f"{flag} is {value}; it must be a whole number of at least 1 and at most {MAX_TOKENS}.")
 
 
 def check_sampling(temperature: float, max_explain_tokens: int, seed: int) -> None:
     """AV sampling flags (run, steer, compare, explain-vectors), before any model loads."""
     if not math.isfinite(temperature) or not (temperature == 0 or MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):
-        raise InputError(f"--temperature is {temperature}; it must be 0 (greedy) or between {MIN_TEMPERATURE:g} and "
-                         f"{MAX_TEMPERATURE:g}.")
+        raise InputError(f"--temperature is {temperature}; it must be 0 (greedy) or above, from {MIN_TEMPERATURE:g} "
+                         f"to {MAX_TEMPERATURE:g} (below that the sampling probabilities overflow).")
     check_tokens(max_explain_tokens, "--max-explain-tokens")
     if not 0 <= seed <= MAX_SEED:
         raise InputError(f"--seed is {seed}; it must be a whole number from 0 to 2**63 - 1.")

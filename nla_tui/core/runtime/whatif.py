@@ -45,7 +45,7 @@ def check_arguments(index: int, edited: str, alpha: float, span: str, max_new_to
         raise InputError(f"--alpha {alpha} is outside -{MAX_ALPHA:g}..{MAX_ALPHA:g}: a steering vector that many times "
                          f"the activation's norm drowns the model (it only writes padding); try {DEFAULT_ALPHA:g}.")
     if not 1 <= max_new_tokens <= MAX_CONTINUATION:
-        raise InputError(f"--max-new-tokens {max_new_tokens} must be between 1 and {MAX_CONTINUATION}.")
+        raise InputError(f"--max-new-tokens {max_new_tokens} must be at least 1 and at most {MAX_CONTINUATION}.")
 
 
 def original_explanation(engine, index: int, sampling: Sampling = Sampling(),

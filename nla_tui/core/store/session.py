@@ -66,6 +66,9 @@ class Session:
     # save adds one); None for a session never on disk. save_session refuses to write
     # over a newer one: another process's change would be lost (see save_session).
     generation: int | None = field(default=None, compare=False, repr=False)
+    # The folder that generation belongs to (None: wherever this is saved). Saving
+    # into another folder is a copy, not an update, and is not checked against it.
+    origin: Path | None = field(default=None, compare=False, repr=False)
     # What loading noticed but did not refuse (e.g. activations without a checksum).
     warnings: list[str] = field(default_factory=list, compare=False, repr=False)
 
@@ -163,6 +166,8 @@ def _check_generation(session: Session, on_disk: int | None, expect_new: bool, d
                               "session first.")
     if session.generation is None or session.generation == on_disk:
         return
+    if session.origin is not None and session.origin != directory.resolve():
+        return  # a copy into another folder (e.g. save as): nothing there was loaded
     if on_disk is None:
         raise SessionConflict(f"The session in {directory} was moved or deleted (by another process) since it "
                               "was loaded; it was not written back there. Reopen it where it is now.")
@@ -213,7 +218,7 @@ def save_session(session: Session, directory: str | os.PathLike, expect_new: boo
                 doc["activations_file"], doc["activations_sha256"] = fname, digest
             doc["generation"] = (on_disk or 0) + 1
             _write_atomic(target, dumps_finite(doc, f"session {directory}", indent=1).encode("utf-8"))
-            session.generation = doc["generation"]
+            session.generation, session.origin = doc["generation"], directory.resolve()
             _cleanup(directory, keep=doc["activations_file"], previous=previous)
     except OSError as e:
         raise NlaError(f"Could not save session to {directory}: {e.strerror or e}. The previous "
@@ -299,7 +304,7 @@ def _checked(doc: dict[str, Any], path: Path) -> dict[str, Any]:
     try:
         check_session_doc(doc)
     except SchemaError as e:
-        raise InputError(f"Session file {path} is malformed: {e}. It was left untouched; restore it from a "
+        raise InputError(f"Session file {path} has a malformed field: {e}. It was left untouched; restore it from a "
                          "backup, fix that field, or delete the session.") from None
     return doc
 
@@ -327,7 +332,8 @@ def load_session(path: str | os.PathLike) -> Session:
         steered = [SteeredBranch.from_json(b) for b in doc.get("steered", [])]
         session = Session(name=str(doc["name"]), info=info, messages=messages, tokens=tokens,
                           explanations=explanations, steered=steered, created=str(doc["created"]),
-                          updated=str(doc["updated"]), generation=doc.get("generation", 0))
+                          updated=str(doc["updated"]), generation=doc.get("generation", 0),
+                          origin=directory.resolve())
     except _MALFORMED as e:
         raise InputError(f"Session file {jpath} is missing or has a malformed field ({e!r}); "
                          "it was left untouched.") from e

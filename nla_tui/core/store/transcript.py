@@ -61,7 +61,11 @@ def parse_transcript(text: str, where: str = "the transcript") -> list[Message]:
 def _parse_json_or_jsonl(text: str, where: str) -> Any:
     try:
         return json.loads(text)
-    except json.JSONDecodeError as first:
+    except RecursionError:
+        raise InputError(f"{where} nests too deeply to be a transcript.") from None
+    except ValueError as first:  # JSONDecodeError, or a number of more than 4300 digits
+        if not isinstance(first, json.JSONDecodeError):
+            raise InputError(f"{where} is not a transcript ({brief(str(first))}).") from None
         # JSONL lines end at "\n" only: str.splitlines would also split at U+2028, U+0085
         # and friends, which json.dumps(ensure_ascii=False) leaves raw inside strings.
         lines = [(n, ln) for n, ln in enumerate(text.split("\n"), 1) if ln.strip()]
@@ -72,9 +76,9 @@ def _parse_json_or_jsonl(text: str, where: str) -> Any:
         for n, ln in lines:
             try:
                 out.append(json.loads(ln))
-            except json.JSONDecodeError as e:
+            except (ValueError, RecursionError) as e:
                 raise InputError(f"{where} is neither JSON nor JSONL: line {n} is not a JSON object "
-                                 f"({e.msg}). Write one message object per line, or one JSON list.") from None
+                                 f"({getattr(e, 'msg', None) or brief(str(e))}). Write one message object per line, or one JSON list.") from None
         return out
 
 
