@@ -30,8 +30,14 @@ from nla_tui import cli
 from tests._support_session import REAL_SESSION
 
 REPO = Path(__file__).resolve().parents[1]
-SESSION_CASES = 200
+SESSION_CASES = 240
 SIDECAR_CASES = 40
+TRANSCRIPT_CASES = 120
+VECTOR_CASES = 60
+# Three real sessions, so every field of the schema has a node to damage: the demo
+# chat, the recorded session with a what-if branch (`steered`) and an agent transcript
+# with `tool_calls`, a tool result and a system prompt.
+SESSIONS = (REAL_SESSION, "tests/data/recorded_session", "tests/data/agent_session")
 OUTCOMES: Counter = Counter()  # read by docs/RELIABILITY.md's numbers (printed with -s)
 
 leaf = st.one_of(st.none(), st.booleans(), st.integers(-2 ** 70, 2 ** 70),
@@ -112,7 +118,7 @@ FUZZ = settings(max_examples=SESSION_CASES, deadline=None, derandomize=True, dat
 def test_mutated_sessions_never_traceback_and_are_never_changed(data):
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp) / "s"
-        shutil.copytree(REPO / REAL_SESSION, d)
+        shutil.copytree(REPO / data.draw(st.sampled_from(SESSIONS), label="session"), d)
         target = data.draw(st.sampled_from(["tree", "bytes", "activations"]), label="target")
         jpath = d / "session.json"
         if target == "tree":
@@ -173,3 +179,68 @@ def test_mutated_sidecars_never_traceback_and_are_never_changed(demo_paths, data
             code, out, err = run_cli("check", "--preset", "demo", f"--{role}", str(ck))
         assert_outcome(code, out, err, "check")
         assert snapshot(ck) == before
+
+
+@settings(FUZZ, max_examples=TRANSCRIPT_CASES)
+@given(data=st.data())
+def test_mutated_transcripts_are_messages_or_one_clear_error(data):
+    """The agent transcript (system, user, assistant with tool_calls, tool results), its
+    tree or bytes damaged, read as JSON and as JSONL: a list of messages that can be
+    shown, or an InputError, never another exception."""
+    from nla_tui.core.errors import InputError
+    from nla_tui.core.store.transcript import control_marker_warning, load_transcript, message_display_text
+
+    src = json.loads((REPO / "tests/data/agent_transcript.json").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        f = Path(tmp) / "t.json"
+        target = data.draw(st.sampled_from(["tree", "bytes", "jsonl"]), label="target")
+        if target == "tree":
+            f.write_text(json.dumps(mutate_tree(data, src)))
+        elif target == "bytes":
+            f.write_bytes(mutate_bytes(data, json.dumps(src, ensure_ascii=False).encode()))
+        else:
+            msgs = src["messages"] if isinstance(src, dict) else src
+            f.write_bytes(mutate_bytes(data, "\n".join(json.dumps(m, ensure_ascii=False) for m in msgs).encode()))
+        try:
+            messages = load_transcript(f)
+        except InputError as e:
+            OUTCOMES[("transcript", 2)] += 1
+            assert len(str(e)) < 2000
+            return
+        OUTCOMES[("transcript", 0)] += 1
+        for m in messages:
+            assert isinstance(m.role, str) and isinstance(m.content, str)
+            message_display_text(m)
+        control_marker_warning(messages)
+
+
+@settings(FUZZ, max_examples=VECTOR_CASES)
+@given(data=st.data())
+def test_mutated_vector_files_are_rows_or_one_clear_error(data):
+    """A real .npy and .safetensors of vectors, bytes damaged: `explain-vectors`' readers
+    give finite float32 rows of the AV's width, or an NlaError before any model loads."""
+    import numpy as np
+    from safetensors.numpy import save as st_save
+
+    from nla_tui.core.errors import NlaError
+    from nla_tui.core.nla.vectors import check_rows, load_vectors
+
+    rows = np.random.default_rng(0).standard_normal((3, 640)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        kind = data.draw(st.sampled_from(["npy", "safetensors"]), label="kind")
+        f = Path(tmp) / f"v.{kind}"
+        if kind == "npy":
+            buf = io.BytesIO()
+            np.save(buf, rows)
+            raw = buf.getvalue()
+        else:
+            raw = st_save({"v": rows})
+        f.write_bytes(mutate_bytes(data, raw))
+        try:
+            got = check_rows(load_vectors(f), 640)
+        except NlaError as e:
+            OUTCOMES[("vectors", 2)] += 1
+            assert len(str(e)) < 2000
+            return
+        OUTCOMES[("vectors", 0)] += 1
+        assert got.dtype == np.float32 and got.shape[1] == 640 and np.isfinite(got).all()

@@ -344,6 +344,8 @@ def test_11_cache_root_that_is_a_file_or_read_only(tmp_path, capsys, monkeypatch
     for action in ("list", "clear"):
         code, _, err = main(capsys, "cache", action)
         assert code == 2 and "is a file, not a folder" in err
+    code, _, err = main(capsys, "check", "--preset", "demo")  # the demo pair lives under the cache root
+    assert code == 2 and str(f) in err and "Traceback" not in err, err
     root = tmp_path / "cache"
     for sub in ("activations/v1", "explanations/v1", "quantised"):
         (root / sub).mkdir(parents=True)

@@ -41,7 +41,7 @@ def load_vectors(path: str | os.PathLike, name: str | None = None) -> np.ndarray
         except ValueError as e:  # object arrays need pickle, which nla-tui never unpickles
             raise InputError(f"{p} cannot be read without unpickling ({e}); save a plain float array "
                              f"(numpy.save(path, array.astype('float32'))).") from None
-        except OSError as e:
+        except (OSError, EOFError) as e:  # EOFError: an empty or truncated file
             raise InputError(f"{p} is not a readable .npy file ({e}).") from None
     else:
         from safetensors.numpy import load_file
