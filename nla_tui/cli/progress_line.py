@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 import time
 
+from ..terminal_text import visible
+
 
 def duration(seconds: float | None) -> str:
     if seconds is None:
@@ -33,6 +35,7 @@ class ProgressLine:
         pct = 100.0 * done / total if total else 100.0
         text = (f"[{self.label}] {done:,}/{total:,} ({pct:.0f}%) · {rate:.2f}/s · "
                 f"ETA {duration(eta) if not final else '0s'}" + (f" · {extra}" if extra else ""))
+        text = visible(text)  # labels and extras may come from files: shown, never obeyed
         if self.tty:
             self.stream.write("\r\033[K" + text + ("\n" if final else ""))
         else:

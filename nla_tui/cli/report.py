@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from .output import say
 
 
 def add_subparser(sub) -> None:
@@ -20,5 +21,5 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ..core.corpus.shards import require_sweep
 
     out = require_sweep(args.dir)
-    print(f"report written to {write_report(out, Path(args.out).expanduser() if args.out else None)}")
+    say(f"report written to {write_report(out, Path(args.out).expanduser() if args.out else None)}")
     return 0

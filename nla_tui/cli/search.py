@@ -7,6 +7,7 @@ import argparse
 import time
 
 from ..terminal_text import visible
+from .output import say
 
 
 def add_subparser(sub) -> None:
@@ -39,11 +40,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     hits = index.search(out, args.query, roles, args.min_fve, args.sort, args.limit)
     ms = (time.perf_counter() - t0) * 1000
-    print(f"{'conversation':<18} {'tok':>5} {'role':<11} {'fve':>6} {'spec':>6}  context → explanation")
+    say(f"{'conversation':<18} {'tok':>5} {'role':<11} {'fve':>6} {'spec':>6}  context → explanation")
     for h in hits:
         context = f"{h.context_before}[{h.token_text}]{h.context_after}"
-        print(visible(f"{h.conversation_id[:18]:<18} {h.token_index:>5} {h.role:<11} {_num(h.fve_nrm)} "
+        say(visible(f"{h.conversation_id[:18]:<18} {h.token_index:>5} {h.role:<11} {_num(h.fve_nrm)} "
                       f"{_num(h.specificity)}  {context[-40:]!r} → {h.explanation[:90]}", keep_layout=False))
-    print(f"{len(hits)} hit(s) in {ms:.1f} ms" + (f" (first {args.limit}; --limit for more)"
+    say(f"{len(hits)} hit(s) in {ms:.1f} ms" + (f" (first {args.limit}; --limit for more)"
                                                   if len(hits) == args.limit else "") + (f"; {hits.note}" if hits.note else ""))
     return 0

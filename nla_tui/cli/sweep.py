@@ -21,6 +21,7 @@ from .common import add_model_args, engine_options, progress
 from .progress_line import ProgressLine, duration
 from .session_engine import add_sampling_args, sampling
 from .validate import INJECT, _positive
+from .output import say
 
 WARMUP_POSITIONS = 4
 
@@ -118,7 +119,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     old = shards.prepare_out(out, identity, args.force) if not args.dry_run else None
     tokenizer, limit_tokens, subject = planning.subject_tokenizer(options)
     plan = planning.make_plan(corpus, selection, tokenizer, limit_tokens, subject, args.shard_positions)
-    print(visible(planning.describe(plan, corpus, args.limit)), file=sys.stderr)
+    say(visible(planning.describe(plan, corpus, args.limit)), file=sys.stderr)
     if args.dry_run and args.no_warmup:
         return 0
     from ..core.corpus.sweep import model_identity, run_sweep, shard_targets, todo
@@ -128,10 +129,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.ray and not args.dry_run:
         from ..core.corpus.cluster import RaySweep
 
-        print("[sweep] starting Ray engine actors (each loads the models)…", file=sys.stderr)
+        say("[sweep] starting Ray engine actors (each loads the models)…", file=sys.stderr)
         cluster = RaySweep(options, args.ray_address, args.ray_actors)
         info = ModelInfo.from_json(cluster.info_json)
-        print(f"[sweep] {len(cluster.actors)} actor(s) ready", file=sys.stderr)
+        say(f"[sweep] {len(cluster.actors)} actor(s) ready", file=sys.stderr)
     else:
         engine = Engine(options)
         engine.load(progress)
@@ -150,7 +151,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     line = ProgressLine("sweep")
     left = len(todo(out, plan, args.limit))
-    print(f"[sweep] {len(plan.shards) - left} of {len(plan.shards)} shards already done; {left} to go",
+    say(f"[sweep] {len(plan.shards) - left} of {len(plan.shards)} shards already done; {left} to go",
           file=sys.stderr)
     show = lambda p: line.update(p.rows_done, p.rows_total, p.rate, p.eta,  # noqa: E731
                                  f"shard {p.shards_done}/{p.shards_total}")
@@ -159,7 +160,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     line.update(final.rows_done, final.rows_total, final.rate, 0, f"{final.shards_done} shards", final=True)
     complete = sum(shard_targets(plan, None)) == sum(shards.shard_row_count(shards.shard_path(out, k)) or 0
                                                      for k in range(len(plan.shards)))
-    print(f"{'sweep complete' if complete else 'sweep written (partial: --limit)'}: {out} "
+    say(f"{'sweep complete' if complete else 'sweep written (partial: --limit)'}: {out} "
           f"(shards/*.parquet, index.sqlite; `nla-tui search {out} QUERY`, `nla-tui report {out}`)")
     return 0
 
@@ -169,7 +170,7 @@ def print_estimate(engine, plan, opts, limit) -> int:
 
     first = next((k for k, r in enumerate(plan.shard_rows) if r), None)
     if first is None:
-        print("nothing to explain: the selection keeps no position", file=sys.stderr)
+        say("nothing to explain: the selection keeps no position", file=sys.stderr)
         return 0
     n = min(WARMUP_POSITIONS, plan.shard_rows[first])
     explain_shard(engine, plan, first, 1, opts, None)  # the first pass pays one-time costs
@@ -177,6 +178,6 @@ def print_estimate(engine, plan, opts, limit) -> int:
     explain_shard(engine, plan, first, n, opts, None)
     rate = n / (time.monotonic() - t0)
     total = min(plan.n_positions, limit) if limit else plan.n_positions
-    print(f"warm-up: {n} positions at {rate:.2f} positions/s on {engine.info.device} ({engine.info.quant}) → "
+    say(f"warm-up: {n} positions at {rate:.2f} positions/s on {engine.info.device} ({engine.info.quant}) → "
           f"about {duration(total / rate)} for {total:,} positions", file=sys.stderr)
     return 0

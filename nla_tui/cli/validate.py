@@ -158,7 +158,7 @@ def check_run_args(args: argparse.Namespace) -> str | list[int]:
                          f"'What is <concept>{INJECT}</concept>?'")
     spec = parse_explain_spec(args.explain)
     if args.out:
-        from ..core.store.session import current_generation
+        from ..core.store.session_guard import current_generation
         from ..core.store.session_files import check_out_dir
 
         check_out_dir(args.out, args.force)

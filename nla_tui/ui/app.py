@@ -20,8 +20,7 @@ from textual.widgets import Footer, Input
 
 from ..core import events as ev
 from ..core.options import EngineOptions
-from ..core.store.transcript import control_marker_warning
-from ..core.types import Message, Sampling
+from ..core.types import Sampling
 from ..terminal_text import visible
 from .messages import EngineEvent
 from .screens.help import HelpScreen
@@ -239,9 +238,7 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
             self.notify("A reply is still streaming; wait for it or press Esc to cancel.",
                         severity="warning")
             return
-        marker = control_marker_warning([Message("user", text)])
-        if marker:
-            self.notify(marker.replace("message 0 (user)", "your message"), severity="warning", timeout=8)
+        self.warn_control_markers([text])
         event.input.clear()
         self.chat.start_reply(text)
         self.strip.follow = True
@@ -363,8 +360,7 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
         super().notify(visible(str(message)), title=visible(title), **{**kwargs, "markup": False})
 
     def get_line_filters(self) -> Sequence[LineFilter]:
-        # The last step of every widget's lines: no control character from data
-        # reaches the terminal raw, whichever widget shows it (ui/literal.py).
+        # Every widget's lines, last: no control character from data reaches the terminal (ui/literal.py).
         return [*super().get_line_filters(), _SHOW_CONTROLS]
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:

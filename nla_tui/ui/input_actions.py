@@ -8,6 +8,7 @@ from pathlib import Path
 from ..core import events as ev
 from ..core.errors import NlaError
 from ..core.store.transcript import control_marker_warning, load_transcript
+from ..core.types import Message
 from .screens.dialogs import PromptDialog, ValueDialog, check_temperature
 
 EXAMPLE_PROMPT = "What does <concept><INJECT></concept> mean? Answer in <explanation></explanation> tags."
@@ -42,15 +43,19 @@ class InputActions:
         self.push_screen(ValueDialog("Open transcript (JSON list of {role, content})",
                                      placeholder="path/to/chat.json"), done)
 
+    def warn_control_markers(self, messages: list[Message | str]) -> None:
+        """Chat-template markers typed as text become real control tokens: say so."""
+        marker = control_marker_warning([m if isinstance(m, Message) else Message("user", m) for m in messages])
+        if marker:
+            self.notify(marker.replace("message 0 (user)", "your message"), severity="warning", timeout=8)
+
     def open_transcript(self, path: str | Path) -> None:
         try:
             messages = load_transcript(path)
         except NlaError as e:
             self.notify(str(e), title="Cannot open transcript", severity="error", timeout=10)
             return
-        marker = control_marker_warning(messages)
-        if marker:
-            self.notify(marker, severity="warning", timeout=8)
+        self.warn_control_markers(messages)
         self.chat.show_note(None)
         self.strip.follow = False
         self.submit(ev.SetConversation(messages))

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import NlaError, SessionConflict
-from .session import Session, current_generation, default_sessions_root, delete_session, free_directory, \
+from .session import Session, default_sessions_root, delete_session, free_directory, \
     rename_session, save_session, slugify
+from .session_guard import current_generation
 
 SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s)
 

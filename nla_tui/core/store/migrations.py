@@ -1,7 +1,7 @@
 """Upgrades of older session.json documents, one schema version per step.
 
 Loading migrates in memory only; the next save writes the current version. To change
-the format: bump SCHEMA_VERSION in session.py, add `_migrate_vN` here upgrading N to
+the format: bump SCHEMA_VERSION in session_guard.py, add `_migrate_vN` here upgrading N to
 N+1, register it in MIGRATIONS, and document it in docs/SESSION_SCHEMA.md.
 """
 

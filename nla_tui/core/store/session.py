@@ -33,16 +33,16 @@ from safetensors.numpy import load_file as st_load_file
 from safetensors.numpy import save as st_save
 
 from ..branches import SteeredBranch
-from ..errors import InputError, NlaError, SessionConflict
+from ..errors import InputError, NlaError
 from ..types import Explanation, Message, ModelInfo, TokenInfo
 from .jsonsafe import dumps_finite
 from .migrations import MIGRATIONS
+from .session_guard import SCHEMA_VERSION, check_generation, check_overwritable, holds
 from .session_schema import SchemaError, check_session_doc
 from .session_files import (_dir_lock, _write_atomic, ACTS_RE as _ACTS_RE, SESSION_FILE, is_own_activations, is_own_temp,
                             is_regular, read_regular,
                             previous_activations as _previous_activations)
 
-SCHEMA_VERSION = 2
 
 
 def now_iso() -> str:  # UTC, second resolution: what session.json stores
@@ -139,48 +139,6 @@ def default_sessions_root() -> Path:
 # ------------------------------------------------------------------ save
 
 
-def _check_overwritable(path: Path) -> int | None:
-    """Never replace a session.json we cannot read: it may be the user's only copy.
-    Returns its generation (0 for files written before generations), None if absent."""
-    if not path.exists():
-        return None
-    try:
-        doc = json.loads(read_regular(path))
-        version = doc.get("schema_version", 0) if isinstance(doc, dict) else None
-    except (ValueError, UnicodeDecodeError, OSError) as e:
-        raise InputError(f"Refusing to save over {path}: the existing file is unreadable ({e}). "
-                         "It was left untouched; save under another name, or move it away "
-                         "first.") from e
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
-        what = "not an nla-tui session" if not isinstance(version, int) else "from a newer nla-tui"
-        raise InputError(f"Refusing to save over {path}: it is {what}. Save under another name.")
-    generation = doc.get("generation", 0)
-    return generation if isinstance(generation, int) and not isinstance(generation, bool) else 0
-
-
-def _check_generation(session: Session, on_disk: int | None, expect_new: bool, directory: Path) -> None:
-    """Under the directory lock: is what is on disk what this save replaces?"""
-    if expect_new and on_disk is not None:
-        raise SessionConflict(f"{directory} now holds a session that another process saved there after this "
-                              "one started; it was not replaced. Save into another folder, or remove that "
-                              "session first.")
-    if session.generation is None or session.generation == on_disk:
-        return
-    if session.origin is not None and session.origin != directory.resolve():
-        return  # a copy into another folder (e.g. save as): nothing there was loaded
-    if on_disk is None:
-        raise SessionConflict(f"The session in {directory} was moved or deleted (by another process) since it "
-                              "was loaded; it was not written back there. Reopen it where it is now.")
-    raise SessionConflict(f"The session in {directory} changed on disk since it was loaded (another process "
-                          f"saved it: generation {on_disk}, this copy has {session.generation}); it was not "
-                          "overwritten, so that change is kept. Reload the session and redo this change.")
-
-
-def current_generation(directory: str | os.PathLike) -> int | None:
-    """The generation of the session saved in `directory`; None when there is none."""
-    return _check_overwritable(Path(directory) / SESSION_FILE)
-
-
 def save_session(session: Session, directory: str | os.PathLike, expect_new: bool = False) -> Path:
     """Write `session` to `directory` atomically and return the directory.
 
@@ -198,8 +156,8 @@ def save_session(session: Session, directory: str | os.PathLike, expect_new: boo
         directory.mkdir(parents=True, exist_ok=True)
         with _dir_lock(directory):
             target = directory / SESSION_FILE
-            on_disk = _check_overwritable(target)
-            _check_generation(session, on_disk, expect_new, directory)
+            on_disk = check_overwritable(target)
+            check_generation(session, on_disk, expect_new, directory)
             previous = _previous_activations(target)
             session.updated = now_iso()
             doc = session.to_json()
@@ -213,7 +171,7 @@ def save_session(session: Session, directory: str | os.PathLike, expect_new: boo
                 apath = directory / fname
                 # Content-addressed, but a file of that name is reused only when its bytes
                 # are exactly these: one damaged in place (same size) is rewritten.
-                if not _holds(apath, blob):
+                if not holds(apath, blob):
                     _write_atomic(apath, blob)
                 doc["activations_file"], doc["activations_sha256"] = fname, digest
             doc["generation"] = (on_disk or 0) + 1
@@ -225,13 +183,6 @@ def save_session(session: Session, directory: str | os.PathLike, expect_new: boo
                        "save (if any) is intact; free some disk space or choose another "
                        "folder, then save again.") from e
     return directory
-
-
-def _holds(path: Path, data: bytes) -> bool:
-    """True when `path` is a regular file holding exactly `data`."""
-    if not is_regular(path) or path.stat().st_size != len(data):
-        return False
-    return read_regular(path) == data
 
 
 def _cleanup(directory: Path, keep: str | None, previous: str | None) -> None:
