@@ -118,12 +118,12 @@ def test_5_explain_vectors_runs_the_av_in_batches(demo_paths, demo_tokenizer, de
     rows = np.random.default_rng(0).standard_normal((20, 640)).astype(np.float32) * 50
     np.save(tmp_path / "v.npy", rows)
     seen = []
-    real = Engine._explain_uncached
+    real = Engine.explain_vectors  # one AV pass (and its AR scores) per call
 
     def measured(self, vectors, *a, **k):
         seen.append(len(vectors))
         return real(self, vectors, *a, **k)
-    monkeypatch.setattr(Engine, "_explain_uncached", measured)
+    monkeypatch.setattr(Engine, "explain_vectors", measured)
     with reusing_demo_loads(demo_tokenizer, demo_paths, demo_engine, models=("subject", "av", "ar")):
         code, out, err = main(capsys, "explain-vectors", str(tmp_path / "v.npy"), "--preset", "demo",
                               "--max-explain-tokens", "2", "--no-cache")
