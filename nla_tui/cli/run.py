@@ -91,5 +91,12 @@ def print_table(engine, by_index) -> None:
         tok = visible(repr(t.text)[1:-1][:16])
         cos = f"{e.score.cos:6.3f}" if e and e.score else "     -"
         fve = f"{e.score.fve_nrm:6.2f}" if e and e.score and e.score.fve_nrm is not None else "     -"
-        text = visible(e.text.replace("\n", " ")[:60], keep_layout=False) if e else ""
+        # ⚠: the explanation carries a warning (a fallback, cut off, ...); listed under the table
+        flag = "⚠ " if e and e.warnings else ""
+        text = flag + visible(e.text.replace("\n", " ")[:60], keep_layout=False) if e else ""
         say(f"{t.index:>4} {t.role:<8} {tok:<16} {t.norm:>9.1f} {cos} {fve}  {text}")
+    warned = [(i, w) for i, e in sorted(by_index.items()) for w in e.warnings]
+    if warned:
+        say("\nwarnings (read these explanations as low-information):")
+        for i, w in warned:
+            say(f"{i:>4}  ⚠ {visible(w, keep_layout=False)}")

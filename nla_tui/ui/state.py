@@ -11,6 +11,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from ..core import events as ev
+from ..core.fallbacks import is_near_duplicate_warning, near_duplicate_warning, near_duplicates
 from ..core.steer_jobs import WhatIfDone
 from ..core.types import NOISY_PREFIX, CardMemory, Explanation, Message, ModelInfo, TokenInfo, group_by_index
 
@@ -50,6 +51,9 @@ class UiState:
     tokens: list[TokenInfo] = field(default_factory=list)
     # Finished explanations per token index, best first (several when sampled).
     explanations: dict[int, list[Explanation]] = field(default_factory=dict)
+    # warnings()'s cache: near-duplicate positions and the explanations they were found over.
+    _duplicates: dict[int, int] = field(default_factory=dict, repr=False, compare=False)
+    _duplicates_of: tuple = field(default=(), repr=False, compare=False)
     # Text streaming in for an index being explained right now.
     partial: dict[int, str] = field(default_factory=dict)
     explaining: int | None = None
@@ -173,6 +177,24 @@ class UiState:
     def best(self, index: int) -> Explanation | None:
         found = self.explanations.get(index)
         return found[0] if found else None
+
+    def warnings(self, index: int) -> list[str]:
+        """The best explanation's warnings, the cross-position fallback (core/fallbacks.py)
+        made current over every explanation held: one written alone (`e`) learns here that
+        other tokens got the same text. Recomputed only when the held explanations change."""
+        best = self.best(index)
+        if best is None:
+            return []
+        held = tuple((i, id(es[0])) for i, es in self.explanations.items() if es)
+        if held != self._duplicates_of:
+            bests = [es[0] for es in self.explanations.values() if es]
+            flagged = near_duplicates(bests, {t.index: t.text for t in self.tokens})
+            self._duplicates = {bests[r].index: n for r, n in flagged.items()}
+            self._duplicates_of = held
+        out = [w for w in best.warnings if not is_near_duplicate_warning(w)]
+        if index in self._duplicates:
+            out.append(near_duplicate_warning(self._duplicates[index]))
+        return out
 
     def is_outlier(self, index: int) -> bool:
         tok = self.tokens[index]

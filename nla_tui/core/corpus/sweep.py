@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import InputError
+from ..fallbacks import with_near_duplicates
 from ..types import Explanation, Sampling, TokenInfo
 from . import controls, index, shards
 from .plan import Plan, PlannedConversation
@@ -134,6 +135,19 @@ def prior_reconstruction(engine, opts: SweepOptions):
     return engine.ar.reconstruct([opts.prior_text])[0] if opts.prior_text else None
 
 
+def flag_near_duplicates_per_conversation(picked, exps: list[Explanation]) -> list[Explanation]:
+    """The cross-position fallback (core/fallbacks.py) within each conversation of the shard."""
+    rows_of: dict[int, list[int]] = {}
+    for j, p in enumerate(picked):
+        rows_of.setdefault(p[0], []).append(j)
+    out = list(exps)
+    for rows in rows_of.values():
+        toks = picked[rows[0]][2]
+        for j, e in zip(rows, with_near_duplicates([exps[j] for j in rows], {t.index: t.text for t in toks})):
+            out[j] = e
+    return out
+
+
 def explain_shard(engine, plan: Plan, k: int, target: int, opts: SweepOptions, prior_recon,
                   on_rows: Callable[[int], None] | None = None, cancel: threading.Event | None = None):
     """The rows of shard k (its first `target` positions), their activations, and the
@@ -173,6 +187,7 @@ def explain_shard(engine, plan: Plan, k: int, target: int, opts: SweepOptions, p
                                        indices=[p[3] for p in picked[b:b + batch]])
         if on_rows:
             on_rows(len(exps))
+    exps = flag_near_duplicates_per_conversation(picked, exps)
     recons = engine.ar.reconstruct([e.text for e in exps]) if opts.others else None
     info, ar = engine.info, engine.ar
     rows = []

@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import CheckpointError, InputError
+from ..fallbacks import with_near_duplicates
 from ..models.context import check_context
 from ..models.loading import (Checkpoint, default_device, default_quant, load_model, load_tokenizers,
                               resolve_checkpoint, text_config)
@@ -265,7 +266,7 @@ class Engine:
             out, self.last_explain_plan = explain_parked(
                 self.av, self.ar, self.subject.model, self.caches, self.info, self.activations[indices], indices,
                 sampling, prompt, on_delta, cancel, keep, plan, self.park_state)
-            return out
+            return self._flag_near_duplicates(out)
         out: list[Explanation] = []
         for b in range(0, len(indices), batch_size):
             if cancel is not None and cancel.is_set():
@@ -274,7 +275,19 @@ class Engine:
             exps = self.explain_vectors(self.activations[chunk], sampling, prompt, on_delta, cancel, chunk)
             keep(exps)
             out.extend(exps)
-        return out
+        return self._flag_near_duplicates(out)
+
+    def _flag_near_duplicates(self, out: list[Explanation]) -> list[Explanation]:
+        """One text for many different tokens is the AV's fallback (core/fallbacks.py): flag it
+        across what was just explained, here and in self.explanations."""
+        if len(out) < 2:
+            return out
+        flagged = with_near_duplicates(out, {t.index: t.text for t in self.tokens})
+        for old, new in zip(out, flagged):
+            if new is not old:
+                held = self.explanations.get(old.index, [])
+                self.explanations[old.index] = [new if e is old else e for e in held]
+        return flagged
 
     def explain_rows(self, vectors: np.ndarray, sampling: Sampling = Sampling(), prompt: str | None = None,
                      batch_size: int | None = None, on_batch: Callable[[list[Explanation]], None] | None = None,

@@ -27,6 +27,7 @@ import numpy as np
 
 from ...terminal_text import visible
 from ..errors import InputError
+from ..fallbacks import with_near_duplicates
 from .branch_export import branches_html, branches_markdown
 from .transcript import message_display_text
 from ..types import Explanation, group_by_index
@@ -47,7 +48,10 @@ def best_explanation(explanations: list[Explanation]) -> Explanation | None:
 
 
 def _by_index(session: Session) -> dict[int, list[Explanation]]:
-    return group_by_index(session.explanations)
+    """Explanations per token, the cross-position fallback (core/fallbacks.py) made current
+    over the whole session: an explanation written alone (the cursor's `e`) learns here that
+    other tokens got the same text."""
+    return group_by_index(with_near_duplicates(session.explanations, {t.index: t.text for t in session.tokens}))
 
 
 def _models_line(session: Session) -> str:
@@ -86,8 +90,8 @@ def to_markdown(session: Session) -> str:
         lines.append(md_quote(message_display_text(m)))
         lines.append("")
     lines += ["## Tokens", "",
-              "| # | token | role | norm | explanation | cos | fve_nrm | verdict |",
-              "|---:|---|---|---:|---|---:|---:|---|"]
+              "| # | token | role | norm | explanation | cos | fve_nrm | verdict | warnings |",
+              "|---:|---|---|---:|---|---:|---:|---|---|"]
     expl = _by_index(session)
     for t in session.tokens:
         e = best_explanation(expl.get(t.index, []))
@@ -95,7 +99,8 @@ def to_markdown(session: Session) -> str:
         lines.append(
             f"| {t.index} | {_md_cell(t.text)} | {_md_cell(t.role)} | {t.norm:.1f} | "
             f"{_md_cell(e.text) if e else ''} | {_fmt(s.cos) if s else ''} | "
-            f"{_fmt(s.fve_nrm) if s else ''} | {s.label if s else ''} |")
+            f"{_fmt(s.fve_nrm) if s else ''} | {s.label if s else ''} | "
+            f"{_md_cell('; '.join(e.warnings)) if e and e.warnings else ''} |")
     lines += [""] + branches_markdown(session.steered) if session.steered else []
     return "\n".join(lines) + "\n"
 

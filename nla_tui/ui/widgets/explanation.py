@@ -100,7 +100,7 @@ def render_token(state: UiState, index: int) -> Text:
         out.append("\n" if partial is None else "previous: ", style="dim")
         out.append_text(_score_line(best))
         out.append("\n")
-        for w in best.warnings:
+        for w in state.warnings(index):
             out.append(f"⚠ {visible(str(w))}\n", style="yellow")
         if best.controls:
             out.append(controls_line(best.controls) + "\n")
