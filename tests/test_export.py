@@ -30,7 +30,7 @@ def test_markdown_has_the_conversation_and_one_row_per_token():
     rows = [ln for ln in md.splitlines() if re.match(r"^\| \d+ \|", ln)]
     assert len(rows) == len(s.tokens)
     for row in rows:  # pipes in token text or explanations must not add columns
-        assert len(re.findall(r"(?<!\\)\|", row)) == 9, row
+        assert len(re.findall(r"(?<!\\)\|", row)) == 10, row  # nine columns, warnings last
     by_index = {int(r.split("|")[1]): r for r in rows}
     for e in s.explanations:
         best = best_explanation(s.explanations_for(e.index))
