@@ -116,6 +116,7 @@ def bench_sweep(args) -> dict:
     base_s = time.perf_counter() - t
     d = engine.info.device
     return {"suite": "corpus sweep", "machine": machine("cuda" if d.startswith("cuda") else "cpu"),
+            "load_average_1m": os.getloadavg()[0],
             "command": "python -m bench.corpus " + " ".join(sys.argv[1:]), "models": engine.info.to_json(),
             "precision": engine.info.quant, "load_s": load_s, "positions": result.rows_done,
             "new_tokens": args.new_tokens, "sweep_s": sweep_s, "positions_per_s": result.rows_done / sweep_s,
@@ -168,7 +169,7 @@ def bench_search(args) -> dict:
             times.append((time.perf_counter() - t) * 1000)
         out[label] = {"query": q, "hits": len(hits), "median_ms": statistics.median(times),
                       "p95_ms": percentile(times, 95)}
-    return {"suite": "corpus search", "machine": machine("cpu"), "command": "python -m bench.corpus " +
+    return {"suite": "corpus search", "machine": machine("cpu"), "load_average_1m": os.getloadavg()[0], "command": "python -m bench.corpus " +
             " ".join(sys.argv[1:]), "rows": args.rows, "build_s": build_s, "index_bytes": size, "queries": out}
 
 

@@ -74,12 +74,14 @@ class CorpusScreen(ModalScreen["index.Hit | None"]):
         table = self.query_one(DataTable)
         table.clear()
         for h in self.hits:
-            ctx = f"{h.context_before[-24:]}[{h.token_text}]{h.context_after[:12]}"
+            ctx = f"{h.context_before[-18:]}[{h.token_text}]{h.context_after[:10]}"
             table.add_row(visible(h.conversation_id[-24:], keep_layout=False), str(h.token_index), h.role,
                           _num(h.fve_nrm), _num(h.specificity), _num(h.surprise),
                           visible(ctx, keep_layout=False), visible(h.explanation[:90], keep_layout=False))
-        shown = "every row" if not self.search_text.strip() else repr(self.search_text)
-        status.update(visible(f"{len(self.hits)} hit(s) for {shown}, by {SORT_NAMES.get(self.sort, self.sort)}"
+        browse = not self.search_text.strip()
+        shown = "every row" if browse else repr(self.search_text)
+        order = "fidelity" if browse and self.sort == "rank" else SORT_NAMES.get(self.sort, self.sort)
+        status.update(visible(f"{len(self.hits)} hit(s) for {shown}, by {order}"
                               + (f" (first {LIMIT})" if len(self.hits) == LIMIT else "")
                               + (f"; {self.hits.note}" if self.hits.note else ""), keep_layout=False))
 
