@@ -154,10 +154,13 @@ def test_resume_after_kill_9(tmp_path, capsys, demo_paths, demo_tokenizer, demo_
     db.close()
 
 
-def test_local_ray_gives_the_in_process_rows(swept, corpus_file, tmp_path, capsys):
+def test_local_ray_gives_the_in_process_rows(swept, corpus_file, tmp_path, capsys, monkeypatch):
     """--ray on a local Ray (one engine actor, its own process loading the demo pair from
     disk): the same rows as the in-process sweep, written by the same shard writer."""
     ray = pytest.importorskip("ray")  # the [cluster] extra; [test] installs it
+    # Ray kills workers when the whole machine passes 95 % memory; a shared CI box holding
+    # other test processes gets there without this test being at fault.
+    monkeypatch.setenv("RAY_memory_usage_threshold", "0.99")
     ray.init(num_cpus=2, object_store_memory=256 << 20, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "NLA_TUI_NO_CACHE": "1",
                                        "TOKENIZERS_PARALLELISM": "false"}})

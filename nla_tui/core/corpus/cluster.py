@@ -88,7 +88,8 @@ class RaySweep:
                 actor, k = running.pop(ready[0])
                 try:
                     rows, acts, conv_numbers = ray.get(ready[0])
-                except ray.exceptions.RayActorError:
+                except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
+                        ray.exceptions.OutOfMemoryError):
                     queue.insert(0, k)  # this actor is gone: its shard goes to another
                     if not idle and not running:
                         raise InputError(f"Every Ray actor failed; shard {k} and {len(queue) - 1} more are not "

@@ -123,6 +123,7 @@ def commit_shard(out: Path, db, k: int, rows: list[dict], acts, convs: list[Plan
 
 def prepare_run(out: Path, plan: Plan, limit: int | None):
     """Targets, the shards to do, and the index brought up to date (temp files of a killed run removed)."""
+    Path(out).mkdir(parents=True, exist_ok=True)
     targets = shard_targets(plan, limit)
     work = todo(out, plan, limit)
     shards.remove_stale_temps(out)
