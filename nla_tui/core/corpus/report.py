@@ -26,6 +26,9 @@ table.rows td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:n
 .stats span{display:inline-block;margin-right:18px}
 """
 TOP = 12
+MAX_CONVERSATIONS = 1000  # rows of the per-conversation table (the least faithful first beyond that)
+REPORT_COLUMNS = ["conversation_id", "conversation", "token_index", "token_text", "role", "context_before",
+                  "context_after", "explanation", "closed", "fve_nrm", "specificity", "prior_fve", "surprise"]
 
 
 def _f(v: float | None, nd: int = 2) -> str:
@@ -87,9 +90,17 @@ def _row_table(rows: list[dict[str, Any]]) -> str:
             '<th>explanation</th><th>fve</th><th>specificity</th></tr>' + "".join(body) + "</table>")
 
 
+def _table_conversations(convs: dict[str, list[dict]]) -> list[tuple[str, list[dict]]]:
+    """In input order; beyond MAX_CONVERSATIONS, the least faithful ones (by mean fve)."""
+    items = list(convs.items())
+    if len(items) > MAX_CONVERSATIONS:
+        items = sorted(items, key=lambda kv: _mean([r["fve_nrm"] for r in kv[1]]) or 0.0)[:MAX_CONVERSATIONS]
+    return sorted(items, key=lambda kv: kv[1][0]["conversation"])
+
+
 def to_report_html(out: Path) -> str:
     manifest = read_manifest(out) or {}
-    rows = read_rows(out)
+    rows = read_rows(out, REPORT_COLUMNS)
     info = manifest.get("model_info", {})
     scored = [r for r in rows if r["fve_nrm"] is not None]
     by_role: dict[str, list[dict]] = defaultdict(list)
@@ -118,7 +129,7 @@ def to_report_html(out: Path) -> str:
         f'<td class="n">{_f(_mean([r["specificity"] for r in rs]))}</td>'
         f'<td class="n">{_f(_mean([r["prior_fve"] for r in rs]))}</td>'
         f'<td class="n">{_f(_mean([r["surprise"] for r in rs]))}</td></tr>'
-        for cid, rs in sorted(convs.items(), key=lambda kv: kv[1][0]["conversation"]))
+        for cid, rs in _table_conversations(convs))
     plan = manifest.get("plan", {})
     stats = (f'<span>rows <b>{len(rows):,}</b> of {plan.get("positions", "?"):,} planned</span>'
              if isinstance(plan.get("positions"), int) else f"<span>rows <b>{len(rows):,}</b></span>")
@@ -144,7 +155,7 @@ def to_report_html(out: Path) -> str:
 <section class="block"><h2>Least faithful</h2>{_row_table(ranked[::-1][:TOP])}</section>
 <section class="block"><h2>Most frequent phrases (explanations containing each)</h2>
 <table class="rows"><tr><th>phrase</th><th>explanations</th><th>share</th></tr>{phrases}</table></section>
-<section class="block"><h2>Conversations</h2><table class="rows"><tr><th>conversation</th><th>rows</th>
+<section class="block"><h2>Conversations{f" (the {MAX_CONVERSATIONS:,} least faithful of {len(convs):,})" if len(convs) > MAX_CONVERSATIONS else ""}</h2><table class="rows"><tr><th>conversation</th><th>rows</th>
 <th>mean fve</th><th>min fve</th><th>mean specificity</th><th>mean prior</th><th>mean surprise</th></tr>{conv_rows}</table></section>
 </body></html>
 """
