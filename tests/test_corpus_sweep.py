@@ -97,11 +97,15 @@ def test_activations_are_saved_beside_their_rows(swept):
 
 
 def test_search_finds_what_was_explained_and_nothing_else(swept):
+    import re
+
+    def words(text: str) -> set[str]:  # as FTS5's unicode61 tokenizer splits (ASCII words)
+        return {w for w in re.findall(r"[A-Za-z0-9]+", text.lower())}
+
     rows = read_rows(swept)
-    words = {w.strip('".,:;()').lower() for r in rows for w in r["explanation"].split()}
-    word = next(w for w in sorted(words, key=len, reverse=True) if w.isalpha())
+    word = max((w for r in rows for w in words(r["explanation"]) if w.isalpha()), key=lambda w: (len(w), w))
     expected = {(r["conversation_id"], r["token_index"]) for r in rows
-                if word in {w.strip('".,:;()').lower() for w in (r["explanation"] + " " + r["token_text"]).split()}}
+                if word in words(r["explanation"]) | words(r["token_text"])}
     hits = index.search(swept, word, limit=100)
     assert {(h.conversation_id, h.token_index) for h in hits} == expected and expected
     assert index.search(swept, "zyzzyvaquux") == []
