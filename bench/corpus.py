@@ -2,7 +2,7 @@
 search latency on a million rows.
 
     python -m bench.corpus sweep  [--preset demo | --subject S --av A --ar R] [--quant Q] [--device D]
-                                  [--conversations 4] [--per-conversation 4] [--new-tokens 32]
+                                  [--conversations 4] [--per-conversation 4] [--new-tokens 32] [--ray]
     python -m bench.corpus search [--rows 1000000]
 
 `sweep` runs the product's sweep (core/corpus/sweep.py, the same code as `nla-tui sweep`)
@@ -108,12 +108,26 @@ def bench_sweep(args) -> dict:
     # Baseline in the same run: Engine.explain per conversation, no cross-conversation batching, no controls.
     t = time.perf_counter()
     n_base = 0
-    for pc in plan.items:
+    for pc in plan.items if not args.no_baseline else ():
         engine.set_conversation(pc.conversation.messages)
         pos = select_positions(selection, [x.text for x in engine.tokens], [x.role for x in engine.tokens])
         engine.explain(pos, sampling, batch_size=engine.explain_batch_size(args.new_tokens, rows=len(pos)))
         n_base += len(pos)
     base_s = time.perf_counter() - t
+    ray_figures = None
+    if args.ray:
+        # The same sweep through --ray's code on a local Ray (one engine actor), same run.
+        from nla_tui.core.corpus.cluster import RaySweep
+
+        t = time.perf_counter()
+        cluster = RaySweep(options, actors=1, init_kwargs={"include_dashboard": False})
+        ray_start_s = time.perf_counter() - t
+        t = time.perf_counter()
+        ray_result = cluster.run(plan, work / "out_ray", opts)
+        ray_s = time.perf_counter() - t
+        cluster.shutdown()
+        ray_figures = {"actor_start_s": ray_start_s, "sweep_s": ray_s, "positions_per_s": ray_result.rows_done / ray_s,
+                       "overhead_vs_in_process": ray_s / sweep_s - 1}
     d = engine.info.device
     return {"suite": "corpus sweep", "machine": machine("cuda" if d.startswith("cuda") else "cpu"),
             "load_average_1m": os.getloadavg()[0],
@@ -123,8 +137,9 @@ def bench_sweep(args) -> dict:
             "mean_explanation_chars": statistics.mean(len(r["explanation"]) for r in rows) if rows else 0,
             "parts_s": parts, "parts_share": {k: v / sweep_s for k, v in parts.items()},
             "baseline": {"what": "Engine.explain per conversation (a script looping `nla-tui run`), same positions",
-                         "positions": n_base, "seconds": base_s, "positions_per_s": n_base / base_s},
-            "controls": {"others": opts.others, "prior_text": controls.PRIOR_TEXT}}
+                         "positions": n_base, "seconds": base_s,
+                         "positions_per_s": n_base / base_s if n_base else None},
+            "controls": {"others": opts.others, "prior_text": controls.PRIOR_TEXT}, "ray": ray_figures}
 
 
 def bench_search(args) -> dict:
@@ -182,6 +197,8 @@ def main(argv=None) -> int:
     s.add_argument("--conversations", type=int, default=4)
     s.add_argument("--per-conversation", type=int, default=4)
     s.add_argument("--new-tokens", type=int, default=32)
+    s.add_argument("--no-baseline", action="store_true", help="skip the per-conversation Engine.explain baseline")
+    s.add_argument("--ray", action="store_true", help="also run it on a local Ray (one actor) and report the overhead")
     s.add_argument("--out", default="bench/results/corpus_sweep.json")
     q = sub.add_parser("search")
     q.add_argument("--rows", type=int, default=1_000_000)

@@ -89,11 +89,12 @@ class RaySweep:
                 try:
                     rows, acts, conv_numbers = ray.get(ready[0])
                 except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
-                        ray.exceptions.OutOfMemoryError):
+                        ray.exceptions.OutOfMemoryError) as e:
                     queue.insert(0, k)  # this actor is gone: its shard goes to another
                     if not idle and not running:
-                        raise InputError(f"Every Ray actor failed; shard {k} and {len(queue) - 1} more are not "
-                                         f"done. Run the same command again to resume.") from None
+                        why = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+                        raise InputError(f"Every Ray actor failed (the last: {why}); shard {k} and {len(queue) - 1} "
+                                         f"more are not done. Run the same command again to resume.") from None
                     continue
                 idle.append(actor)
                 commit_shard(out, db, k, rows, acts, [plan.items[c] for c in conv_numbers], opts)
