@@ -174,6 +174,10 @@ def test_local_ray_gives_the_in_process_rows(swept, corpus_file, tmp_path, capsy
                              "--ray", "--ray-actors", "1")
     finally:
         ray.shutdown()
+    if code != 0 and "running low on memory" in err:
+        # The actor is a second process holding the demo pair (~4 GiB): on a machine shared
+        # with other jobs Ray's memory monitor may kill it. That is the machine, not --ray.
+        pytest.skip("Ray killed the engine actor: the machine ran low on memory (" + err.strip()[-200:] + ")")
     assert code == 0, err[-3000:]
     mine, theirs = read_rows(out), read_rows(swept)
     assert len(mine) == len(theirs) == 4

@@ -66,7 +66,11 @@ class RaySweep:
         cpus = max(1, int(resources.get("CPU", 1)) // n) if not gpus else 1
         remote = ray.remote(num_gpus=1 if gpus else 0, num_cpus=cpus)(EngineActor)
         self.actors = [remote.remote(options) for _ in range(n)]
-        infos = ray.get([a.info.remote() for a in self.actors])  # every actor loaded, or the error now
+        try:  # every actor loaded, or the reason now
+            infos = ray.get([a.info.remote() for a in self.actors])
+        except (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError) as e:
+            why = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise InputError(f"A Ray engine actor could not start: {why}") from None
         self.info_json = infos[0]
 
     def run(self, plan: Plan, out: Path, opts: SweepOptions, limit: int | None = None,
