@@ -5,6 +5,7 @@ chats and explains; two workers on one server each keep their own conversation."
 from __future__ import annotations
 
 import threading
+import time
 from nla_tui.ui.options import UiOptions
 
 import pytest
@@ -96,3 +97,39 @@ def test_two_attached_workers_keep_their_own_conversations(served):
     token_a = next(e for e in events["a"] if isinstance(e, ev.ConversationUpdated)).tokens[8].text
     token_b = next(e for e in events["b"] if isinstance(e, ev.ConversationUpdated)).tokens[8].text
     assert token_a != token_b  # (so the two explanations were of different activations)
+
+
+def test_esc_cancels_a_request_still_queued_on_the_server(served, demo_engine):
+    """Esc while the server is busy with another client's job: the attached worker is free
+    at once, and the server drops the queued request by its id (its AV never runs)."""
+    from nla_tui.client.worker import RemoteWorker
+
+    url, nla = served
+    events: list = []
+    worker = RemoteWorker(url, TOKEN, events.append).start()
+    started, gate = threading.Event(), threading.Event()
+    try:
+        worker.submit(ev.SetConversation([Message("user", "The capital of France is Paris.")]))
+        assert worker.wait_idle(HANG_GUARD)
+        nla.submit(lambda engine, cancel: started.set() or gate.wait(HANG_GUARD), ev.JobKind.EXPLAIN,
+                   ev.PRIORITY_CHAT)  # another client's long job holds the server's worker
+        assert started.wait(HANG_GUARD)
+        passes = demo_engine.counters["av_generate"]
+        worker.submit(ev.Explain(8, Sampling(max_new_tokens=12)))
+        deadline = time.monotonic() + HANG_GUARD
+        while nla.status()["queue_depth"] < 2:
+            assert time.monotonic() < deadline, "the explain never reached the server"
+            time.sleep(0.05)
+        worker.cancel_current()
+        assert worker.wait_idle(120)  # free while the server is still busy
+        ended = [e for e in events if isinstance(e, ev.JobFinished) and e.kind == ev.JobKind.EXPLAIN]
+        assert ended and ended[-1].cancelled
+        assert nla.status()["queue_depth"] == 1  # only the other client's job is left
+    finally:
+        gate.set()
+        worker.stop()
+    deadline = time.monotonic() + HANG_GUARD
+    while nla.status()["queue_depth"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert demo_engine.counters["av_generate"] == passes  # the cancelled explain never ran

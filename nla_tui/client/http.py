@@ -67,10 +67,13 @@ def _sampling(s: Sampling) -> dict[str, Any]:
 class NlaClient:
     """`NlaClient("http://127.0.0.1:8765")`: the Nla API of a running `nla-tui serve`."""
 
-    def __init__(self, url: str, token: str | None = None, timeout: float = 600.0):
+    def __init__(self, url: str, token: str | None = None, timeout: float = 600.0, request_id: str | None = None):
+        """`request_id`: sent as X-Request-Id, so another client can cancel_request(it)."""
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=10.0),
-                                  headers={"authorization": f"Bearer {token or default_token()}"})
+        headers = {"authorization": f"Bearer {token or default_token()}"}
+        if request_id:
+            headers["x-request-id"] = request_id
+        self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=10.0), headers=headers)
         self._info: ModelInfo | None = None
 
     def close(self) -> None:
@@ -110,6 +113,16 @@ class NlaClient:
         if self._info is None:
             self._info = ModelInfo.from_json(self._request("GET", "/v1/info")["models"])
         return self._info
+
+    def cancel_request(self, request_id: str) -> bool:
+        """Cancel a request another NlaClient sent with this request_id; False if it is over."""
+        try:
+            self._request("DELETE", f"/v1/requests/{request_id}")
+            return True
+        except ServerError as e:
+            if e.status == 404:
+                return False
+            raise
 
     def status(self) -> dict[str, Any]:
         return self._request("GET", "/v1/status")

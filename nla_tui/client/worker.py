@@ -5,13 +5,15 @@ It takes the same jobs (core/events.py, core/steer_jobs.py) through the same sch
 EngineWorker, and answers with the same events, so the UI does not know the difference.
 Each job is one or a few HTTP requests; the conversation lives on the server under a
 handle, and its activations come back with it so sessions are saved locally as always.
-Cancelling (Esc, a stale explain) closes the request, and the server cancels its job.
+Cancelling (Esc, a stale explain) cancels the request on the server by its id.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+import uuid
 from dataclasses import replace
 from typing import Any, Callable
 
@@ -45,38 +47,61 @@ class RemoteWorker(JobThread):
 
     # ------------------------------------------------------------ requests
 
-    def _blocking(self, call: Callable[[NlaClient], Any]) -> Any:
-        """One request that answers at the end, on its own connection so that a cancel can
-        close it (the server then sees the client gone and cancels the job)."""
-        own = NlaClient(self.url, self.token)
-        box: dict[str, Any] = {}
+    @contextlib.contextmanager
+    def _scoped(self):
+        """A client for one request, named by a fresh X-Request-Id. While it is out, a watcher
+        turns this job's cancel (Esc, a stale explain) into DELETE /v1/requests/{id} on the
+        worker's own connection: the server cancels the job even when nothing is streaming
+        yet (queued behind other clients), and the request then ends with Cancelled."""
+        rid = uuid.uuid4().hex
+        own = NlaClient(self.url, self.token, request_id=rid)
+        cancel, over = self.cancel, threading.Event()
 
-        def run() -> None:
-            try:
-                box["result"] = call(own)
-            except BaseException as e:  # handed to the worker thread below
-                box["error"] = e
-        thread = threading.Thread(target=run, name="nla-remote-request", daemon=True)
-        thread.start()
-        while thread.is_alive():
-            thread.join(CANCEL_POLL_S)
-            if self.cancel.is_set():
-                own.close()
-                raise Cancelled()
-        own.close()
+        def watch() -> None:
+            while not over.is_set():
+                if cancel.wait(CANCEL_POLL_S):
+                    with contextlib.suppress(Exception):  # best effort: the request may be over
+                        self.client.cancel_request(rid)
+                    return
+        watcher = threading.Thread(target=watch, name="nla-remote-cancel", daemon=True)
+        watcher.start()
+        try:
+            yield own
+        finally:
+            over.set()
+            own.close()
+
+    def _blocking(self, call: Callable[[NlaClient], Any]) -> Any:
+        """One request that answers at the end, on its own thread, so the worker can stop
+        waiting the moment the job is cancelled."""
+        box: dict[str, Any] = {}
+        with self._scoped() as own:
+            def run() -> None:
+                try:
+                    box["result"] = call(own)
+                except BaseException as e:  # handed to the worker thread below
+                    box["error"] = e
+            thread = threading.Thread(target=run, name="nla-remote-request", daemon=True)
+            thread.start()
+            while thread.is_alive():
+                thread.join(CANCEL_POLL_S)
+                if self.cancel.is_set():
+                    raise Cancelled()
         if "error" in box:
             raise box["error"]
         return box["result"]
 
-    def _streamed(self, items) -> Any:
-        """Iterate a stream, stopping (and so closing it) as soon as the job is cancelled."""
-        try:
-            for item in items:
-                if self.cancel.is_set():
-                    raise Cancelled()
-                yield item
-        finally:
-            items.close()
+    def _streamed(self, open_stream: Callable[[NlaClient], Any]):
+        """Iterate a stream on its own client, stopping as soon as the job is cancelled."""
+        with self._scoped() as own:
+            items = open_stream(own)
+            try:
+                for item in items:
+                    if self.cancel.is_set():
+                        raise Cancelled()
+                    yield item
+            finally:
+                items.close()
 
     def _handle(self) -> str:
         if self.conversation is None:
@@ -111,7 +136,7 @@ class RemoteWorker(JobThread):
 
     def _chat(self, job: ev.Chat) -> None:
         def stream():
-            return self._streamed(self.client.chat_stream(self.conversation, job.text, job.max_new_tokens))
+            return self._streamed(lambda c: c.chat_stream(self.conversation, job.text, job.max_new_tokens))
         after = None
         for item in self._recaptured(lambda: list_until_done(stream(), self.emit)):
             after = item
@@ -137,8 +162,8 @@ class RemoteWorker(JobThread):
         temperature = job.sampling.temperature if job.samples == 1 or job.sampling.temperature > 0 else 1.0
         for k in range(job.samples):  # several samples: seeds seed, seed+1, …, ranked by fidelity
             sampling = replace(job.sampling, temperature=temperature, seed=job.sampling.seed + k)
-            stream = lambda: self._streamed(self.client.explain_stream(self._handle(), [job.index], sampling,  # noqa: E731
-                                                                       job.prompt))
+            stream = lambda: self._streamed(  # noqa: E731
+                lambda c: c.explain_stream(self._handle(), [job.index], sampling, job.prompt))
             self._recaptured(lambda: drawn.extend(explanations_of(stream(), self.emit)))
         drawn.sort(key=lambda e: -(e.score.fidelity if e.score else -9))
         if drawn and not self.cancel.is_set():
@@ -151,8 +176,8 @@ class RemoteWorker(JobThread):
         self.emit(ev.ExplainAllProgress(done, total, None))
         for k in range(0, len(todo), POSITIONS_PER_REQUEST):
             chunk = todo[k:k + POSITIONS_PER_REQUEST]
-            stream = lambda: self._streamed(self.client.explain_stream(self._handle(), chunk, job.sampling,  # noqa: E731
-                                                                       job.prompt))
+            stream = lambda: self._streamed(  # noqa: E731
+                lambda c: c.explain_stream(self._handle(), chunk, job.sampling, job.prompt))
 
             def run_chunk() -> None:  # a 404 comes before any row, so a retry repeats nothing
                 nonlocal done

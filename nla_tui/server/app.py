@@ -14,6 +14,7 @@ Routes (JSON in, JSON out; explain streams server-sent events), schema at /opena
   POST /v1/score                {text, vector} or {text, handle, position} → cos, mse_nrm, fve_nrm, label
   POST /v1/compare              {handle, i, j} → cos, explanations of a − b and b − a
   POST /v1/steer                {handle, index, edited, alpha, span} → top-5 before/after, continuations
+  DELETE /v1/requests/{id}      cancel the request sent with header X-Request-Id: id
   GET  /v1/sweep, POST /v1/search   with --corpus DIR: the sweep's manifest; search its explanations
 Every refusal is a 4xx with {"error": one line}; nothing here reads or writes a path.
 """
@@ -145,8 +146,20 @@ def ok(obj: Any) -> JSONResponse:
     return JSONResponse(finite(obj)[0])  # a NaN in a score becomes null, as in saved sessions
 
 
+def track(request: Request, call: Call) -> None:
+    """A request that names itself (header X-Request-Id) can be cancelled by that id from
+    another connection (DELETE /v1/requests/{id}): what the attached TUI does on Esc, since
+    a client blocked reading a socket cannot close it promptly."""
+    rid = request.headers.get("x-request-id", "")
+    if 0 < len(rid) <= 64:
+        calls = request.app.state.calls
+        calls[rid] = call
+        call.on_done(lambda: calls.pop(rid, None))
+
+
 async def finished(request: Request, call: Call) -> Any:
     """Wait for a Call without blocking the event loop; cancel it if the client goes away."""
+    track(request, call)
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
     call.on_done(lambda: loop.is_closed() or loop.call_soon_threadsafe(done.set))
@@ -167,7 +180,7 @@ def sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(finite(data)[0])}\n\n"
 
 
-def streamed(start: Any, encode: Any, final: Any) -> StreamingResponse:
+def streamed(request: Request, start: Any, encode: Any, final: Any) -> StreamingResponse:
     """Server-sent events of a Call: `start(put)` queues it with a sink the worker thread
     calls; each item goes out as `encode(item)`, then `done` with `final(call)` or `error`.
     A client that goes away mid-stream cancels the call."""
@@ -179,6 +192,7 @@ def streamed(start: Any, encode: Any, final: Any) -> StreamingResponse:
             loop.call_soon_threadsafe(items.put_nowait, item)
     call = start(put)  # checks the request first: a bad one is a 4xx, not a stream
     call.on_done(lambda: put(None))
+    track(request, call)
 
     async def events():
         try:
@@ -260,6 +274,16 @@ def build_app(nla: Nla, token: str, token_file: Path | None = None, mcp: Any = N
                    "limits": {"max_positions": MAX_POSITIONS, "max_body_bytes": max_body_bytes,
                               "rate_per_minute": rate_per_minute}})
 
+    app.state.calls = {}  # X-Request-Id → its Call, while queued or running (track)
+
+    @app.delete("/v1/requests/{rid}")
+    async def cancel_request(rid: str) -> JSONResponse:
+        call = app.state.calls.get(rid)
+        if call is None:
+            return refuse(404, f"No queued or running request has id {rid!r} (it may have finished).")
+        call.cancel()
+        return ok({"cancelled": rid})
+
     @app.get("/v1/status")
     async def status() -> JSONResponse:
         return ok(nla.status())
@@ -287,20 +311,20 @@ def build_app(nla: Nla, token: str, token_file: Path | None = None, mcp: Any = N
     @app.post("/v1/explain", responses={200: {"content": {"text/event-stream": {}},
                                               "description": "events: delta {index, text}, explanation "
                                                              "{…}, then done {count} or error {error}"}})
-    async def explain(body: ExplainIn) -> StreamingResponse:
+    async def explain(body: ExplainIn, request: Request) -> StreamingResponse:
         vectors, indices = nla.vectors_to_explain(body.handle, body.positions, body.vectors)
 
         def encode(item: Any) -> str:
             if isinstance(item, ExplainDelta):
                 return sse("delta", {"index": item.index, "text": item.text})
             return sse("explanation", item.to_json())
-        return streamed(lambda put: nla.explain_call(vectors, indices, body.sampling.to_sampling(), body.prompt, put),
+        return streamed(request, lambda put: nla.explain_call(vectors, indices, body.sampling.to_sampling(), body.prompt, put),
                         encode, lambda call: {"count": len(call.outcome())})
 
     @app.post("/v1/chat", responses={200: {"content": {"text/event-stream": {}},
                                            "description": "events: started {tokens}, delta {text}, then done "
                                                           "{handle, messages, tokens} or error {error}"}})
-    async def chat(body: ChatIn) -> StreamingResponse:
+    async def chat(body: ChatIn, request: Request) -> StreamingResponse:
         after: list = []
 
         def start(put):
@@ -312,7 +336,7 @@ def build_app(nla: Nla, token: str, token_file: Path | None = None, mcp: Any = N
             if isinstance(item, ChatStarted):
                 return sse("started", {"tokens": [t.to_json() for t in item.tokens]})
             return sse("delta", {"text": item.text})
-        return streamed(start, encode, lambda call: after[0]().to_json())
+        return streamed(request, start, encode, lambda call: after[0]().to_json())
 
     @app.post("/v1/score")
     async def score(body: ScoreIn, request: Request) -> JSONResponse:
