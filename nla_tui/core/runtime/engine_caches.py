@@ -111,7 +111,7 @@ class EngineCaches:
         if miss:
             # Streaming is labelled by each row's own index (free vectors: their row number).
             sub = [indices[k] for k in miss] if indices is not None else None
-            fresh = compute(vectors[miss], sampling, prompt, on_text, cancel, sub, miss)
+            fresh = compute(vectors[miss], sampling, prompt, on_text, cancel, sub, sub if sub is not None else miss)
             if len(fresh) != len(miss):  # cancelled
                 return []
             for k, e in zip(miss, fresh):
