@@ -22,7 +22,7 @@ from ..core.captured import Conversation
 from ..core.errors import Cancelled
 from ..core.runtime.scheduler import JobThread
 from ..core.steer_jobs import Compare, CompareDone, WhatIf, WhatIfDone
-from ..core.types import Explanation
+from ..core.types import Explanation, group_by_index
 from .http import NlaClient, ServerError
 
 POSITIONS_PER_REQUEST = 64  # the server's cap (core/api.py MAX_POSITIONS)
@@ -148,8 +148,7 @@ class RemoteWorker(JobThread):
         return same or None
 
     def _keep(self, exps: list[Explanation]) -> None:
-        for e in exps:
-            self.explanations.setdefault(e.index, []).insert(0, e)
+        group_by_index(exps, into=self.explanations, newest_first=True)
 
     def _explain(self, job: ev.Explain) -> None:
         if not job.force and job.samples == 1:
