@@ -250,3 +250,24 @@ def test_16_steer_on_a_read_only_session_still_writes_out_and_shows_no_escape(de
     assert json.loads(out.read_text())["index"] == index
     assert code == 2 and "Could not save" in err, err
     assert "\x1b" not in stdout and "\x1b" not in err and "␛]0;PWNED␇" in stdout
+
+
+def test_16_the_tui_says_when_an_opened_session_is_unverified(tmp_path):
+    """`nla-tui open` of a session whose activations have no checksum: a warning, not silence."""
+    import asyncio
+
+    from nla_tui.cli.open import open_options, replay_worker
+    from nla_tui.ui.app import create_app
+
+    d = saved(tmp_path)
+    doc = json.loads((d / "session.json").read_text())
+    doc["activations_sha256"] = None
+    (d / "session.json").write_text(json.dumps(doc))
+    options = open_options(d, autosave=False)
+    app = create_app(replay_worker(options), options)
+
+    async def body():
+        async with app.run_test(size=(120, 36)) as pilot:
+            await pilot.pause()
+            assert any("unverified" in n.message for n in app._notifications)
+    asyncio.run(body())

@@ -71,6 +71,7 @@ class SessionActions(CorpusActions):  # C: a sweep's hits open as sessions
             self.keeper.adopt(opened, self.options.session_dir)
             self.keeper.read_only = True
             self.notify(READ_ONLY_MESSAGE, title=opened.name, timeout=10)
+            self._notify_load_warnings(opened)
         if self.autosave:
             self._install_signal_handlers()
 
@@ -218,6 +219,12 @@ class SessionActions(CorpusActions):  # C: a sweep's hits open as sessions
             self._restore = ([t.token_id for t in session.tokens], list(session.explanations))
         self.keeper.adopt(session, Path(path))
         self.notify(f"Opened {session.name}", timeout=3)
+        self._notify_load_warnings(session)
+
+    def _notify_load_warnings(self, session: Session) -> None:
+        """What loading noticed but did not refuse (e.g. activations without a checksum)."""
+        for w in session.warnings:
+            self.notify(w, title=session.name, severity="warning", timeout=10)
 
     # ------------------------------------------------------------ L: load models on demand
 
