@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar
 
-from .types import REPLY_TOKENS, CardMemory, Explanation, Message, ModelInfo, Sampling, TokenInfo
+from .types import REPLY_TOKENS, Candidate, CardMemory, Explanation, Message, ModelInfo, Sampling, TokenInfo
 
 # Job priorities: lower runs first.
 PRIORITY_CHAT = 0
@@ -204,6 +204,15 @@ class ExplainDelta(Event):
 
     index: int
     text: str
+
+
+@dataclass
+class LogitLens(Event):
+    """The subject's own top-3 at `index` read at every layer through the final norm and
+    unembedding (layer 0 first), computed beside the AV when that token is explained."""
+
+    index: int
+    layers: list[list[Candidate]]
 
 
 @dataclass

@@ -124,6 +124,26 @@ TRUNCATED_WARNING = "no closing </explanation> tag: the explanation was cut off 
 NOT_FINITE_WARNING = "the AR's reconstruction was not finite (NaN/Inf): not scored"
 
 
+def _opt_float(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+@dataclass
+class SentenceScore:
+    """One sentence (or line) of an explanation scored by the AR against the explanation's
+    vector: on its own, and the whole explanation without it (core/nla/sentences.py).
+    Fidelity is fve_nrm where the AR has a variance baseline, else cos."""
+
+    text: str
+    alone: float | None  # the sentence by itself
+    without: float | None  # the explanation with this sentence left out
+
+    def support(self, full: float | None) -> float | None:
+        """How much fidelity the explanation loses without this sentence: what of the
+        vector this sentence, and no other, carries."""
+        return None if full is None or self.without is None else full - self.without
+
+
 @dataclass
 class Explanation:
     """One AV explanation of the activation at token `index`, and its AR score."""
@@ -140,6 +160,9 @@ class Explanation:
     # A sweep's per-position controls (core/corpus/controls.py), e.g. {"specificity": 0.4,
     # "others": 8, "prior_fve": 0.1}; None where none were computed (then not written).
     controls: dict[str, float] | None = None
+    # Per-sentence fidelity (core/nla/sentences.py), computed for the cursor's explanation;
+    # None where it was not (then not written).
+    sentences: list[SentenceScore] | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -147,6 +170,8 @@ class Explanation:
         d["score"] = None if self.score is None else self.score.to_json()
         if self.controls is None:
             del d["controls"]
+        if self.sentences is None:
+            del d["sentences"]
         return d
 
     @classmethod
@@ -163,6 +188,9 @@ class Explanation:
             untrained_av=bool(d.get("untrained_av", False)),
             controls={str(k): float(v) for k, v in d["controls"].items() if v is not None}
             if isinstance(d.get("controls"), dict) else None,
+            sentences=[SentenceScore(str(x["text"]), _opt_float(x.get("alone")), _opt_float(x.get("without")))
+                       for x in d["sentences"] if isinstance(x, dict) and "text" in x]
+            if isinstance(d.get("sentences"), list) else None,
         )
 
 
@@ -243,6 +271,10 @@ class Capture:
     activations: Any  # np.ndarray float32 [T, d]
     top_ids: Any  # np.ndarray int64 [T, k]
     top_probs: Any  # np.ndarray float32 [T, k]
+    # Every layer's residual-stream output, float32 [T, L, d], for the logit lens
+    # (core/models/lens.py); None when the conversation is over the lens's memory budget
+    # or the capture came from a cache entry without them.
+    residuals: Any = None
 
 
 @dataclass

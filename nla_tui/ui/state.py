@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ..core import events as ev
 from ..core.fallbacks import is_near_duplicate_warning, near_duplicate_warning, near_duplicates
 from ..core.steer_jobs import WhatIfDone
-from ..core.types import NOISY_PREFIX, CardMemory, Explanation, Message, ModelInfo, TokenInfo, group_by_index
+from ..core.types import NOISY_PREFIX, Candidate, CardMemory, Explanation, Message, ModelInfo, TokenInfo, group_by_index
 
 # A token whose activation norm exceeds this multiple of the conversation's
 # median is flagged: such positions (often <bos> and early tokens) are
@@ -51,6 +51,8 @@ class UiState:
     tokens: list[TokenInfo] = field(default_factory=list)
     # Finished explanations per token index, best first (several when sampled).
     explanations: dict[int, list[Explanation]] = field(default_factory=dict)
+    # The logit lens per token index (layer 0 first, top-3 each), as the worker sent it.
+    lens: dict[int, list[list[Candidate]]] = field(default_factory=dict)
     # warnings()'s cache: near-duplicate positions and the explanations they were found over.
     _duplicates: dict[int, int] = field(default_factory=dict, repr=False, compare=False)
     _duplicates_of: tuple = field(default=(), repr=False, compare=False)
@@ -107,6 +109,9 @@ class UiState:
         elif isinstance(event, ev.ExplainDelta):
             self.partial[event.index] = event.text
             c.index = event.index
+        elif isinstance(event, ev.LogitLens):
+            self.lens[event.index] = event.layers
+            c.index = event.index
         elif isinstance(event, ev.ExplainDone):
             self.partial.pop(event.index, None)
             if self.explaining == event.index:
@@ -159,6 +164,8 @@ class UiState:
             if i < len(old) and i < len(tokens) and old[i].token_id == tokens[i].token_id
         }
         self.explanations = {i: v for i, v in self.explanations.items() if i in keep}
+        same = next((i for i, (a, b) in enumerate(zip(old, tokens)) if a.token_id != b.token_id), min(len(old), len(tokens)))
+        self.lens = {i: v for i, v in self.lens.items() if i < same}  # the lens reads the whole prefix
         self.tokens = list(tokens)
         norms = [t.norm for t in tokens if t.role not in SPECIAL_ROLES] or [t.norm for t in tokens]
         self.median_norm = statistics.median(norms) if norms else 0.0

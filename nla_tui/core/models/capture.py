@@ -22,6 +22,7 @@ sliding layers (the same values up to kernel rounding, far less memory).
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from typing import Callable
 
@@ -37,6 +38,7 @@ LOGIT_ROWS = 256  # lm_head rows per step: full-vocab logits for 1,000 tokens wo
 KEY_BLOCK = 128  # rowexact_attention's key block
 MIN_CHUNK = 64  # a shorter tail chunk joins the one before it (BLAS picks other kernels for a few rows)
 CPU_CHUNK = 512
+LENS_MAX_BYTES = 1 << 30  # every layer's residual kept for the logit lens up to this
 ROWEXACT = "nla_rowexact"
 
 CaptureProgress = Callable[[int, int], None]  # (tokens done, total)
@@ -132,7 +134,8 @@ def default_chunk(subject, n_tokens: int) -> int:
 @torch.inference_mode()
 def capture_chunked(subject, ids: list[int], chunk: int | None = None, progress: CaptureProgress | None = None,
                     cancel: threading.Event | None = None) -> Capture:
-    """Layer-K activations [T, d] (float32) and top-k candidates [T, k] at every position."""
+    """Layer-K activations [T, d] (float32) and top-k candidates [T, k] at every position,
+    and every layer's residual [T, L, d] for the logit lens while it fits LENS_MAX_BYTES."""
     from transformers import DynamicCache
 
     exact = subject.device.type == "cpu"
@@ -146,12 +149,19 @@ def capture_chunked(subject, ids: list[int], chunk: int | None = None, progress:
     cache = DynamicCache() if exact else DynamicCache(config=cfg)
     acts: list[np.ndarray] = []
     hidden: list[torch.Tensor] = []
-    store: dict[str, torch.Tensor] = {}
+    store: dict[int, torch.Tensor] = {}
+    layers = subject.decoder.layers
+    # The logit lens reads every layer's residual; kept on the host while it fits the budget.
+    keep_all = lens_fits(len(ids), len(layers), cfg.hidden_size)
+    residuals: list[np.ndarray] = []
 
-    def hook(_mod, _inp, out):
-        store["h"] = out[0] if isinstance(out, tuple) else out
+    def hook_for(k: int):
+        def hook(_mod, _inp, out):
+            store[k] = out[0] if isinstance(out, tuple) else out
+        return hook
 
-    handle = subject.decoder.layers[subject.layer].register_forward_hook(hook)
+    handles = [layer.register_forward_hook(hook_for(k)) for k, layer in enumerate(layers)
+               if keep_all or k == subject.layer]
     try:
         with _attention(subject.model, ROWEXACT if exact else None):
             for s, e in bounds:
@@ -161,18 +171,31 @@ def capture_chunked(subject, ids: list[int], chunk: int | None = None, progress:
                 pos = torch.arange(s, e, device=subject.device)
                 out = subject.decoder(input_ids=x, cache=cache, use_cache=True,
                                       cache_position=pos, position_ids=pos[None])
-                acts.append(store.pop("h")[0].float().cpu().numpy())
+                acts.append(store[subject.layer][0].float().cpu().numpy())
+                if keep_all:
+                    residuals.append(torch.stack([store[k][0] for k in range(len(layers))], 1).float().cpu().numpy())
+                store.clear()
                 hidden.append(out.last_hidden_state[0])
                 if progress:
                     progress(e, len(ids))
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     del cache
-    top_ids, top_probs = _top_candidates(subject, cfg, torch.cat(hidden))
-    return Capture(np.concatenate(acts), top_ids, top_probs)
+    top_ids, top_probs = top_candidates(subject, cfg, torch.cat(hidden))
+    return Capture(np.concatenate(acts), top_ids, top_probs,
+                   np.concatenate(residuals) if keep_all else None)
 
 
-def _top_candidates(subject, cfg, h: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def lens_fits(n_tokens: int, n_layers: int, d_model: int) -> bool:
+    """Whether every layer's residual (float32, host memory) fits the logit lens's budget
+    (env NLA_TUI_LENS_MAX_BYTES, default 1 GiB: ~14k demo tokens, ~800 of the 27B's)."""
+    budget = int(os.environ.get("NLA_TUI_LENS_MAX_BYTES", LENS_MAX_BYTES))
+    return n_tokens * n_layers * d_model * 4 <= budget
+
+
+def top_candidates(subject, cfg, h: torch.Tensor, k: int = TOP_K) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (ids, probs) of the unembedding of final-normed hidden states `h` [rows, d]."""
     # Rows in fixed LOGIT_ROWS blocks from position 0, whatever the chunking: the same
     # matmul shapes as a one-pass capture, so the same bits.
     cap = getattr(cfg, "final_logit_softcapping", None)
@@ -181,7 +204,7 @@ def _top_candidates(subject, cfg, h: torch.Tensor) -> tuple[np.ndarray, np.ndarr
         logits = subject.lm_head(h[i:i + LOGIT_ROWS]).float()
         if cap:
             logits = torch.tanh(logits / cap) * cap
-        p, t = torch.softmax(logits, dim=-1).topk(TOP_K, dim=-1)
+        p, t = torch.softmax(logits, dim=-1).topk(k, dim=-1)
         ids.append(t.cpu())
         probs.append(p.cpu())
     return torch.cat(ids).numpy(), torch.cat(probs).numpy()

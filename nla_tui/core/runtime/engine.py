@@ -14,7 +14,9 @@ import numpy as np
 
 from ..errors import CheckpointError, InputError
 from ..fallbacks import with_near_duplicates
+from ..models.capture import lens_fits
 from ..models.context import check_context
+from ..models.lens import logit_lens
 from ..models.loading import (Checkpoint, default_device, default_quant, load_model, load_tokenizers,
                               resolve_checkpoint, text_config)
 from ..models.subject import Subject
@@ -23,9 +25,10 @@ from ..nla import explain as nla_explain
 from ..nla.av import Verbalizer
 from ..nla.explain import OnText
 from ..nla.presets import Preset, resolve_sources
+from ..nla.sentences import with_sentence_scores
 from ..nla.sidecar import read_sidecar
 from ..options import EngineOptions
-from ..types import (REPLY_TOKENS, CardMemory, Explanation, Message, ModelInfo, Sampling, Score, TokenInfo,
+from ..types import (REPLY_TOKENS, Candidate, CardMemory, Explanation, Message, ModelInfo, Sampling, Score, TokenInfo,
                      group_by_index)
 from .engine_caches import EngineCaches
 
@@ -55,6 +58,8 @@ class Engine:
         self.messages: list[Message] = []
         self.tokens: list[TokenInfo] = []
         self.activations = np.zeros((0, 0), np.float32)
+        self.residuals = None  # every layer's residual [T, L, d] for the logit lens, or None
+        self._lens: dict[int, list[list[Candidate]]] = {}  # the lens per token index, computed once
         self.explanations: dict[int, list[Explanation]] = {}
         self.steered: list = []  # what-if branches (runtime/whatif.py); the conversation itself never changes
         self.placement_text = ""
@@ -175,6 +180,7 @@ class Engine:
         cap = self.caches.capture(self.info, ids, lambda i: self.subject.capture(i, progress=progress, cancel=cancel))
         self.tokens = self.subject.token_infos(ids, roles, turns, cap)
         self.activations = cap.activations
+        self.residuals, self._lens = cap.residuals, {}
         self.messages = list(messages)
         self.explanations = {}
 
@@ -226,6 +232,37 @@ class Engine:
         if bad:
             raise InputError(f"Token index {bad[0]} is out of range: the conversation has {len(self.tokens)} tokens "
                              f"(0..{len(self.tokens) - 1}).")
+
+    def logit_lens(self, index: int) -> list[list[Candidate]] | None:
+        """The subject's own top-3 at `index` when each layer's residual is read through the
+        final norm and unembedding (core/models/lens.py), layer 0 first; None when the
+        conversation is over the lens's memory budget (capture.lens_fits). A capture that
+        came from a cache entry without residuals is recaptured once, uncached."""
+        self._need_models()
+        self._check_indices([index])
+        if index in self._lens:
+            return self._lens[index]
+        if self.residuals is None or index >= len(self.residuals):
+            ids = [t.token_id for t in self.tokens]
+            if not lens_fits(len(ids), len(self.subject.decoder.layers), self.info.d_model):
+                return None
+            self.residuals = self.subject.capture(ids).residuals
+        top_ids, top_probs = logit_lens(self.subject, self.residuals[index])
+        decode = self.subject.tok.decode
+        self._lens[index] = [[Candidate(int(t), decode([int(t)]), float(p)) for t, p in zip(ti, tp)]
+                             for ti, tp in zip(top_ids.tolist(), top_probs.tolist())]
+        return self._lens[index]
+
+    def with_sentence_fidelity(self, exp: Explanation) -> Explanation:
+        """`exp` with each sentence scored alone and left out (core/nla/sentences.py, one AR
+        pass), also in self.explanations; unchanged if already scored or not a conversation token."""
+        self._need_models()
+        if exp.sentences is not None or exp.score is None or not 0 <= exp.index < len(self.activations):
+            return exp
+        new = with_sentence_scores(self.ar, exp, self.activations[exp.index])
+        held = self.explanations.get(exp.index, [])
+        self.explanations[exp.index] = [new if e is exp else e for e in held]
+        return new
 
     def explain_vectors(self, vectors: np.ndarray, sampling: Sampling = Sampling(), prompt: str | None = None,
                         on_text: OnText | None = None,

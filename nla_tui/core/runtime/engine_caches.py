@@ -21,6 +21,7 @@ from ..types import Capture, Explanation, ModelInfo, Sampling
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
+LENS_CACHE_BYTES = 64 << 20  # every layer's residual is cached with the activations up to this
 
 
 _YES, _NO = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
@@ -69,11 +70,15 @@ class EngineCaches:
         ident = subject_identity(info)
         hit = self.activations.get(ident, ids)
         if hit is not None and {"top_ids", "top_probs"} <= hit.extras.keys():
-            return Capture(hit.activations, hit.extras["top_ids"], hit.extras["top_probs"])
+            return Capture(hit.activations, hit.extras["top_ids"], hit.extras["top_probs"],
+                           hit.extras.get("residuals"))
         cap = compute(ids)
-        self.activations.put(ident, ids, cap.activations,
-                             {"top_ids": np.asarray(cap.top_ids, np.int64),
-                              "top_probs": np.asarray(cap.top_probs, np.float32)})
+        extras = {"top_ids": np.asarray(cap.top_ids, np.int64), "top_probs": np.asarray(cap.top_probs, np.float32)}
+        # The logit lens's residuals travel with the activations while small (a typical chat);
+        # a long transcript's would swamp the cache, and the engine recaptures them on demand.
+        if cap.residuals is not None and cap.residuals.nbytes <= LENS_CACHE_BYTES:
+            extras["residuals"] = np.asarray(cap.residuals, np.float32)
+        self.activations.put(ident, ids, cap.activations, extras)
         return cap
 
     def cached(self, info: ModelInfo, vectors: np.ndarray, sampling: Sampling, prompt: str | None,

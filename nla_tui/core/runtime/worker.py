@@ -112,10 +112,14 @@ class EngineWorker(SteerJobs, JobThread):
 
     def _explain(self, job: ev.Explain) -> None:
         eng = self._engine()
+        # The logit lens first: one matmul, so it is on screen before the AV's first word.
+        lens = eng.logit_lens(job.index)
+        if lens is not None:
+            self.emit(ev.LogitLens(job.index, lens))
         if not job.force and job.samples == 1:
             hit = self._cached(job.index, job)
             if hit:
-                self.emit(ev.ExplainDone(job.index, hit[:1], cached=True))
+                self.emit(ev.ExplainDone(job.index, [eng.with_sentence_fidelity(hit[0])], cached=True))
                 return
         self.emit(ev.ExplainStarted(job.index))
         if job.samples > 1:
@@ -125,7 +129,8 @@ class EngineWorker(SteerJobs, JobThread):
             exps = eng.explain([job.index], job.sampling, job.prompt,
                                lambda i, t: thr.ready() and self.emit(ev.ExplainDelta(i, t)), self.cancel)
         if exps and not self.cancel.is_set():
-            self.emit(ev.ExplainDone(job.index, exps))
+            # The cursor's explanation gets its per-sentence fidelity (one more AR pass).
+            self.emit(ev.ExplainDone(job.index, [eng.with_sentence_fidelity(exps[0])] + exps[1:]))
 
     def _explain_all(self, job: ev.ExplainAll) -> None:
         eng = self._engine()

@@ -74,6 +74,15 @@ def _fmt(v: float | None) -> str:
     return "" if v is None else f"{v:.3f}"
 
 
+def explanation_with_support(e: Explanation) -> str:
+    """The explanation, each sentence followed by its support (how much fidelity the
+    explanation loses without it) where per-sentence fidelity was computed."""
+    full = e.score.fidelity if e.score else None
+    if not e.sentences or full is None:
+        return e.text
+    return " ".join(f"{p.text} [{_fmt(p.support(full)) or 'n/a'}]" for p in e.sentences)
+
+
 def to_markdown(session: Session) -> str:
     """The conversation, then one table row per token with its best explanation."""
     lines = [f"# {_md_cell(session.name)}", "", f"- Models: {_md_cell(_models_line(session))}",
@@ -98,7 +107,7 @@ def to_markdown(session: Session) -> str:
         s = e.score if e else None
         lines.append(
             f"| {t.index} | {_md_cell(t.text)} | {_md_cell(t.role)} | {t.norm:.1f} | "
-            f"{_md_cell(e.text) if e else ''} | {_fmt(s.cos) if s else ''} | "
+            f"{_md_cell(explanation_with_support(e)) if e else ''} | {_fmt(s.cos) if s else ''} | "
             f"{_fmt(s.fve_nrm) if s else ''} | {s.label if s else ''} | "
             f"{_md_cell('; '.join(e.warnings)) if e and e.warnings else ''} |")
     lines += [""] + branches_markdown(session.steered) if session.steered else []
@@ -179,7 +188,17 @@ _JS = r"""
     if(!ex.length) detail.appendChild(el('p', 'none', 'Not explained yet.'));
     ex.forEach(function(e){
       const box = el('div', 'exp');
-      box.appendChild(el('div', 'exptext', e.text));
+      const full = e.score ? (e.score.fve_nrm !== null ? e.score.fve_nrm : e.score.cos) : null;
+      if(e.sentences && full !== null){  // per-sentence fidelity: a sentence the vector supports is darker
+        const tx = el('div', 'exptext');
+        e.sentences.forEach(function(p){
+          const sup = p.without === null ? 0 : full - p.without;
+          const sp = el('span', null, p.text + ' ');
+          sp.style.opacity = String(0.45 + 0.55 * Math.max(0, Math.min(1, sup / 0.2)));
+          sp.title = 'support ' + f3(sup) + ' (fidelity without it ' + f3(p.without) + ', alone ' + f3(p.alone) + ')';
+          tx.appendChild(sp); });
+        box.appendChild(tx);
+      } else box.appendChild(el('div', 'exptext', e.text));
       const s = e.score;
       box.appendChild(el('div', 'scores', s ? ('cos ' + f3(s.cos) + ' · mse_nrm ' + f3(s.mse_nrm) +
         ' · fve_nrm ' + f3(s.fve_nrm) + ' · ' + e.verdict) : 'not scored'));

@@ -10,7 +10,7 @@ from textual.scroll_view import ScrollView
 from textual.scrollbar import ScrollBar
 from textual.strip import Strip
 
-from ...core.types import Explanation, Sampling
+from ...core.types import Candidate, Explanation, Sampling
 from ...terminal_text import visible
 from ..state import UiState
 from .colors import fidelity_t, legend_swatch
@@ -61,6 +61,41 @@ def _sampling_note(sp: Sampling, prompt: str | None) -> str:
     return f"{how} · max {sp.max_new_tokens} tok · prompt: {'custom' if prompt else 'default'}"
 
 
+SUPPORT_FULL = 0.2  # a sentence whose removal costs this much fidelity is shown at full weight
+
+
+def shaded_sentences(ex: Explanation) -> Text:
+    """The explanation with each sentence shaded by its support (per-sentence fidelity,
+    core/nla/sentences.py): bold where leaving it out costs the most, dim where nothing."""
+    t = Text()
+    full = ex.score.fidelity if ex.score else None
+    for n, part in enumerate(ex.sentences or []):
+        sup = part.support(full)
+        style = ("dim" if sup is None or sup < SUPPORT_FULL / 4 else
+                 "bold" if sup >= SUPPORT_FULL else "")
+        t.append(" " if n else "")
+        t.append(visible(part.text), style=style)
+    t.append("\nsentences shaded by support: bold carries most of the vector, dim adds nothing", style="dim italic")
+    return t
+
+
+def lens_view(layers: list[list[Candidate]], av_layer: int | None) -> Text:
+    """The logit lens as layers x top-3: what the subject would predict next if it stopped
+    at each layer (its final norm and unembedding on that layer's residual). Not learned,
+    so it is a check on the AV beside it; the AV's own layer is marked."""
+    t = Text()
+    t.append("\nlogit lens", style="bold")
+    t.append("  layer: the subject's top-3 read through its final norm + unembedding\n", style="dim")
+    for k, top in enumerate(layers):
+        t.append(f"  L{k:<3}", style="bold cyan" if k == av_layer else "cyan")
+        for n, cand in enumerate(top):
+            t.append(" · " if n else " ", style="dim")
+            t.append(f"“{display_text(cand.text)}”")
+            t.append(f" {cand.prob * 100:.0f}%", style="dim")
+        t.append("  ◂ AV layer\n" if k == av_layer else "\n", style="bold cyan")
+    return t
+
+
 def render_token(state: UiState, index: int) -> Text:
     """The whole pane as Rich Text (kept pure so tests can read it)."""
     out = Text()
@@ -105,7 +140,10 @@ def render_token(state: UiState, index: int) -> Text:
         if best.controls:
             out.append(controls_line(best.controls) + "\n")
         out.append(_sampling_note(best.sampling, best.prompt) + "\n", style="dim")
-        out.append(visible(best.text.strip()) or "(empty)", style="bold" if partial is None else "dim")
+        if best.sentences and best.score is not None and partial is None:
+            out.append_text(shaded_sentences(best))
+        else:
+            out.append(visible(best.text.strip()) or "(empty)", style="bold" if partial is None else "dim")
         out.append("\n")
         if len(exps) > 1:
             out.append("\nother samples, ranked by AR score\n", style="bold")
@@ -121,6 +159,9 @@ def render_token(state: UiState, index: int) -> Text:
             out.append(f"  {cand.prob * 100:5.1f}% ", style="cyan")
             out.append(f"{bar:<10} ", style="cyan")
             out.append(f"“{display_text(cand.text)}”\n")
+    lens = state.lens.get(index)
+    if lens:
+        out.append_text(lens_view(lens, state.info.layer if state.info else None))
     if untrained:
         out.append(f"\nnote: {UNTRAINED_NOTE}\n", style="italic magenta")
     elif state.pair_note:
