@@ -38,7 +38,7 @@ LOGIT_ROWS = 256  # lm_head rows per step: full-vocab logits for 1,000 tokens wo
 KEY_BLOCK = 128  # rowexact_attention's key block
 MIN_CHUNK = 64  # a shorter tail chunk joins the one before it (BLAS picks other kernels for a few rows)
 CPU_CHUNK = 512
-LENS_MAX_BYTES = 1 << 30  # every layer's residual kept for the logit lens up to this
+LENS_MAX_BYTES = 512 << 20  # every layer's residual kept for the logit lens up to this
 ROWEXACT = "nla_rowexact"
 
 CaptureProgress = Callable[[int, int], None]  # (tokens done, total)
@@ -189,8 +189,11 @@ def capture_chunked(subject, ids: list[int], chunk: int | None = None, progress:
 
 def lens_fits(n_tokens: int, n_layers: int, d_model: int) -> bool:
     """Whether every layer's residual (float32, host memory) fits the logit lens's budget
-    (env NLA_TUI_LENS_MAX_BYTES, default 1 GiB: ~14k demo tokens, ~800 of the 27B's)."""
-    budget = int(os.environ.get("NLA_TUI_LENS_MAX_BYTES", LENS_MAX_BYTES))
+    (env NLA_TUI_LENS_MAX_BYTES, default 512 MiB: ~11,600 demo tokens, ~400 of the 27B's)."""
+    try:
+        budget = int(os.environ.get("NLA_TUI_LENS_MAX_BYTES", LENS_MAX_BYTES))
+    except ValueError:  # not a number: the default, rather than failing every capture
+        budget = LENS_MAX_BYTES
     return n_tokens * n_layers * d_model * 4 <= budget
 
 
