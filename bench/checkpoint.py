@@ -4,7 +4,7 @@ Start-up and placement must be measured through the product's loading path
 (`nla_tui.core.models.loading.load_model`), which reads a directory: so the shapes in shapes.py are
 written out as bf16 safetensors shards plus an index, random values generated on the GPU.
 The key names come from the model class itself (built on the meta device), so the layout is
-exactly what transformers loads. Adapted from ../shared/tools/gemma27b_shaped.py.
+exactly what transformers loads. Built like bench/shapes.py's random-weight models.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """GPU benchmark: Gemma-3-27B-shaped random weights in nf4 (subject 62, AV 62, AR 42 layers).
 
 Every speed figure carries an eager HF baseline measured in the same run:
-`model.generate` (dynamic cache, no graphs), as in ../shared/PERF.md.
+`model.generate` (dynamic cache, no graphs), as in BENCHMARKS.md's first measurements.
 Random weights rarely emit a stop token, so every row decodes the full length
 (the worst case for an explanation).
 """

@@ -3,7 +3,7 @@
 Speed and memory depend on shape, dtype and kernels, not on weight values, so
 these give honest timings for the 27B subject/AV (62 layers) and AR (42 layers
 + a d×d value head) without downloading anything. Adapted from
-../shared/tools/gemma27b_shaped.py (which does not travel to the device).
+the random-weight builder used for the first measurements (BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -149,6 +149,9 @@ def test_check_command(demo_paths, demo_tokenizer, tmp_path, capsys):
         code, out, err = _cli(capsys, "check", "--preset", "demo")
         assert code == 0, err
         assert "pair is consistent" in out
+        # A directory is named once per line (no `path -> path`).
+        subject = next(line for line in out.splitlines() if line.startswith("subject"))
+        assert "->" not in subject and str(demo_paths["subject"]) in subject
         code, out, err = _cli(capsys, "check", "--preset", "demo", "--av", str(bad))
         assert code == 2 and "Tokenizer drift" in err and "Traceback" not in err
     code, out, err = _cli(capsys, "check", "--preset", "gemma3-27b")

@@ -71,9 +71,34 @@ def test_run_with_messages_file(tmp_path, demo_paths, demo_tokenizer, demo_engin
     assert "Hello" in out and " model " in out
 
 
+def test_run_example_warns_like_the_tui_and_counts_rows(demo_paths, demo_tokenizer, demo_engine, capsys):
+    """The README's first command: the shipped example, teacher-forced. <bos> is never
+    called good, the table's warnings are the pane's, and the progress bar (rate, time
+    left) moves per finished row; transformers' own bars stay quiet."""
+    from nla_tui.core.nla.presets import DEMO_EXAMPLE
+    from nla_tui.core.store.transcript import load_transcript
+
+    with reusing_demo_loads(demo_tokenizer, demo_paths, demo_engine, models=("subject", "av", "ar")):
+        code, out, err = _main(capsys, "run", "--preset", "demo", "--example", "--explain", "0,20-21",
+                               "--max-explain-tokens", "24")
+    assert code == 0, err[-2000:]
+    example = load_transcript(str(DEMO_EXAMPLE))
+    assert f"user: {example[0].content}" in out and "teacher-forced" in out  # the example, not a chat
+    rows = {int(line.split()[0]): line for line in out.splitlines() if line[:4].strip().isdigit()}
+    assert sorted(rows) == [0, 20, 21] and "tokens not explained are left out" in out
+    assert "<bos>" in rows[0] and " good " not in rows[0] and "⚠" in rows[0]
+    assert any(label in rows[20] for label in (" good ", " mediocre ", " poor "))  # an ordinary token
+    warnings = out.split("Warnings", 1)[1]
+    assert "token 0:" in warnings and "first 10 tokens" in warnings and "special tokens" in warnings
+    bar = err.replace("\r", "\n")
+    assert "explain:" in bar and "3/3" in bar and "row" in bar and "Loading weights" not in bar
+
+
 @pytest.mark.parametrize("args, message", [
     (["run", "--preset", "demo", "--prompt", ""], "prompt is empty"),
-    (["run", "--preset", "demo"], "--prompt TEXT or --messages"),
+    (["run", "--preset", "demo"], "--prompt TEXT, --messages FILE.json or --example"),
+    (["run", "--preset", "demo", "--example", "--prompt", "hi"], "not --prompt and --example"),
+    (["run", "--preset", "demo", "--example", "--explain", "9-3"], "runs backwards"),
     (["run", "--preset", "demo", "--messages", "/nonexistent.json"], "does not exist"),
     (["run", "--devices", "subject=9x", "--prompt", "hi"], "--devices takes"),
 ])
@@ -160,6 +185,19 @@ def test_worker_runs_jobs_in_order_and_survives_errors(demo_engine):
         assert fin[0].cancelled
         assert {e.index for e in col.of(ev.ExplainDone)} == done_before  # nothing explained after Esc
         assert w.wait_idle(60)
+        # Progress moves per finished row, with a time left from the first one: rows that
+        # close their explanation count before their batch is handed back.
+        eng.explain_vectors = real
+        start = len(col.events)
+        w.submit(ev.ExplainAll([4, 5, 6], Sampling(max_new_tokens=64)))
+        col.wait_for(lambda e: isinstance(e, ev.JobFinished) and e.kind is ev.JobKind.EXPLAIN_ALL
+                     and col.events.index(e) >= start)
+        run = col.events[start:]
+        moves = [(k, e) for k, e in enumerate(run) if isinstance(e, ev.ExplainAllProgress)]
+        first_done = next(k for k, e in enumerate(run) if isinstance(e, ev.ExplainDone))
+        mid = [(k, e) for k, e in moves if 0 < e.done < 3]
+        assert mid and mid[0][0] < first_done and mid[0][1].eta_s is not None
+        assert [e.done for _, e in moves] == sorted(e.done for _, e in moves) and moves[-1][1].done == 3
     finally:
         w.stop()
 

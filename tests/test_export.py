@@ -116,7 +116,9 @@ def test_html_in_headless_chromium_click_shows_the_explanation(tmp_path, which):
     text = detail.group(1)
     assert f"Token {i}:" in text
     assert html.escape(target.text, quote=False) in text
-    assert f"fve_nrm {target.score.fve_nrm:.3f}" in text and target.score.label in text
+    from nla_tui.core.caveats import position_caveats, verdict
+
+    assert f"fve_nrm {target.score.fve_nrm:.3f}" in text and verdict(target.score, position_caveats(s.tokens, i)) in text
     assert 'class="tok sel"' in dom and f'data-selected="{i}"' in dom
 
     # An unexplained token (in `synthetic`, the one whose text is "</script>") works too.

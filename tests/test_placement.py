@@ -44,7 +44,7 @@ def check_fits(p: Placement, free):
 def test_27b_nf4_matches_measured_weights():
     assert estimate_weight_bytes(G27, "nf4") / GIB == pytest.approx(14.95, rel=0.01)
     assert estimate_weight_bytes(G27, "nf4", layers=42) / GIB == pytest.approx(10.97, rel=0.01)
-    assert estimate_weight_bytes(G27, "bf16") / GIB == pytest.approx(50, rel=0.02)  # PERF.md: bf16 ~50 GiB
+    assert estimate_weight_bytes(G27, "bf16") / GIB == pytest.approx(50, rel=0.02)  # BENCHMARKS.md, first measurements: bf16 ~50 GiB
     sizes = [estimate_weight_bytes(G27, q) for q in ("nf4", "int8", "bf16", "fp32")]
     assert sizes == sorted(sizes)
 
@@ -63,7 +63,7 @@ def test_headroom_grows_with_context_and_nested_text_config():
 
 @pytest.mark.parametrize("batch,measured_gib", [(64, 20.6), (160, 28.9)])
 def test_need_covers_measured_peak_decode_memory(batch, measured_gib):
-    """PERF.md, nf4 27B shape on an H100: 110-token prompt + 64 new tokens, peak allocated GiB.
+    """BENCHMARKS.md (first measurements), nf4 27B shape on an H100: 110-token prompt + 64 new tokens, peak allocated GiB.
     (Its batch-1 peak, 17.6 GiB, includes a 2.6 GiB lm_head the benchmark allocates before
     tie_weights, so it is not used here.)"""
     need = model_size(G27, "nf4", context_tokens=110 + 64, batch=batch).need / GIB

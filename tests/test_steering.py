@@ -164,7 +164,11 @@ def test_compare_token_with_itself_is_the_zero_vector(engine):
 
 def test_compare_explains_both_differences(engine):
     i, j = _index(engine, " Paris"), _index(engine, " France", "user")
-    c = whatif.compare(engine, i, j, QUICK)
+    seen = []
+    c = whatif.compare(engine, i, j, QUICK, progress=lambda done, total: seen.append((done, total)))
+    # How far along, token by token as the AV writes both explanations, never backwards.
+    assert len(seen) > 4 and {t for _, t in seen} == {2 * QUICK.max_new_tokens}
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1][0] == seen[-1][1]
     a, b = engine.activations[i].astype(np.float64), engine.activations[j].astype(np.float64)
     assert c.cos == pytest.approx(a @ b / np.linalg.norm(a) / np.linalg.norm(b), rel=1e-6)
     np.testing.assert_allclose(c.vector, (a - b).astype(np.float32))

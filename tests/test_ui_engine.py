@@ -97,7 +97,7 @@ async def test_chat_streams_then_explain_shows_a_score(shared_engine):
         best = app.state.best(index)
         assert best.score is not None
         body = str(app.pane.render())
-        assert best.score.label in body and f"cos {best.score.cos:.3f}" in body
+        assert app.state.verdict(best) in body and f"cos {best.score.cos:.3f}" in body
         # The demo pair says what it is: trained here, a small model
         info = app.state.info
         assert info.pair_label in body and info.pair_note in body and "untrained" not in body
@@ -147,7 +147,7 @@ async def test_keys_stay_live_during_explain_all(shared_engine, tmp_path):
             del shared_engine.explain_vectors  # back to the class's method
         await wait_until(pilot, lambda: worker.idle.is_set() and not app.query_one("#allbar").display,
                          "the cancel", HANG_GUARD)
-        assert any("ExplainAll cancelled" in n.message for n in app._notifications)
+        assert any("Explain all cancelled" in n.message for n in app._notifications)
         assert app.state.explained_count() < len(app.state.tokens)
 
 

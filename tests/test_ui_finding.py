@@ -81,8 +81,15 @@ async def test_search_highlights_matches_and_brackets_walk_them():
         await pilot.press("left_square_bracket")  # wraps to the last match
         assert app.strip.cursor == firsts[-1]
         assert "umbrella: " in str(app.query_one("#legend").render())
+        # / opens empty (typing starts a new search), the last one as its hint.
+        await pilot.press("slash")
+        field = app.screen.query_one("#dialog-input")
+        assert field.value == "" and "umbrella" in field.placeholder
+        await pilot.press(*"rain", "enter")
+        await wait_until(pilot, lambda: not app.screen.is_modal, "the second search")
+        assert "/rain: " in str(app.query_one("#legend").render())
         # An invalid regex is refused in the dialog, which stays open.
-        await pilot.press("slash", "ctrl+u", *"(unclosed", "enter")
+        await pilot.press("slash", *"(unclosed", "enter")
         assert app.screen.is_modal and "valid regular expression" in str(app.screen.query_one("#dialog-error").render())
         await pilot.press("escape")
 
@@ -111,6 +118,15 @@ async def test_jumps_land_on_lowest_fidelity_highest_norm_largest_surprise():
         assert app.strip.cursor == ordinary[int(np.argmax(norms))].index
         await pilot.press("home", "u")
         assert app.strip.cursor == min(probs)[1]
+        # From anywhere else (here the end of the conversation) a jump starts at the top
+        # of its ranking; repeating it walks down.
+        by_norm = sorted(ordinary, key=lambda t: (-t.norm, t.index))
+        await pilot.press("end", "m")
+        assert app.strip.cursor == by_norm[0].index
+        await pilot.press("m")
+        assert app.strip.cursor == by_norm[1].index
+        await pilot.press("left", "m")
+        assert app.strip.cursor == by_norm[0].index
 
 
 @async_test

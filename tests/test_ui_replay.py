@@ -95,7 +95,7 @@ async def test_explain_resample_samples_and_copy_submit_the_right_jobs():
         await wait_until(pilot, lambda: app.state.best(index) is not None, "the explanation")
         body = str(app.pane.render())
         best = app.state.best(index)
-        assert best.text.strip()[:20] in body and best.score.label in body
+        assert best.text.strip()[:20] in body and app.state.verdict(best) in body
         await pilot.press("r", "n")
         explains = [j for j in holder.worker.jobs_seen if isinstance(j, ev.Explain)]
         assert [j.index for j in explains] == [index] * 3
@@ -271,6 +271,19 @@ async def test_help_screen_opens_closes_and_side_pane_folds():
         await pilot.resize_terminal(NARROW + 20, 36)
         await pilot.pause()
         assert not app.screen.has_class("-narrow")
+
+
+@async_test
+async def test_a_notice_never_covers_the_folded_explanation_pane():
+    app = replay_app(preload=True)
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await settle_replay(pilot, app)
+        assert app.screen.has_class("-narrow")
+        app.notify("A notice of two lines' length, long enough to wrap in a narrow terminal.", timeout=30)
+        await wait_until(pilot, lambda: app.screen.query("Toast"), "the notice")
+        await pilot.pause(0.2)
+        toast, side = app.screen.query_one("Toast").region, app.query_one("#side").region
+        assert toast.height and side.height and not toast.overlaps(side)
 
 
 @async_test

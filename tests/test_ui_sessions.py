@@ -223,10 +223,22 @@ async def test_nla_tui_open_shows_the_session_without_models(data_dir):
         assert [t.to_json() for t in app.state.tokens] == [t.to_json() for t in saved.tokens]
         assert app.state.explained_count() == 3
         assert any("Read-only" in n.message for n in app._notifications)
+        seen, real_submit = [], app.worker.submit
+        app.worker.submit = lambda job: (seen.append(job), real_submit(job))[1]  # what reaches the worker
         unexplained = next(i for i in range(36) if i not in app.state.explanations)
-        await pilot.press("home", *["right"] * unexplained, "e")
+        await pilot.press("home", *["right"] * unexplained)
+        assert "press L to load the models" in app.pane.text.plain and "press e" not in app.pane.text.plain
+        await pilot.press("e")
         await wait_until(pilot, lambda: sum("Read-only" in n.message for n in app._notifications) >= 2,
                          "the read-only note")
+        # What needs the models is refused before any job or editor, offering L.
+        explained = min(app.state.explanations)
+        await pilot.press("home", *["right"] * explained, "w")
+        await pilot.pause()
+        assert not app.screen.is_modal  # no what-if editor opened
+        last = list(app._notifications)[-1].message
+        assert "what-if" in last and "Press L" in last
+        assert not any(isinstance(j, (ev.Explain, ev.ExplainAll)) or type(j).__name__ == "WhatIf" for j in seen)
         before = (path / "session.json").read_bytes()
     assert (path / "session.json").read_bytes() == before  # opening never rewrites it
 

@@ -3,7 +3,9 @@ what-if branch / comparison recorded from the real demo engine beside it."""
 
 from textual.widgets import Input, Label, TextArea
 
-from nla_tui.core.steer_jobs import Compare, WhatIf
+from nla_tui.core import events as ev
+from nla_tui.core.steer_jobs import Compare, SteerProgress, WhatIf
+from nla_tui.ui.messages import EngineEvent
 from nla_tui.ui.screens.steer import CompareScreen, SteeredScreen, WhatIfDialog
 
 from _support_ui import (COMPARE_PAIR, STEER_EDIT, STEER_TOKEN, Holder, async_test, replay_app, settle_replay,
@@ -78,3 +80,22 @@ async def test_compare_marks_a_then_b():
         await pilot.press("c", "c")
         await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen), "the self-comparison")
         assert "zero vector" in app.screen.c.message and app.screen.c.a_minus_b is None
+
+
+@async_test
+async def test_compare_progress_shows_what_runs_and_how_far_then_goes():
+    """The worker's SteerProgress (test_steering checks the engine's counts) drives the bar
+    under the strip: what the job does, how far, the time left; the job's end hides it."""
+    app = replay_app(preload=True)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle_replay(pilot, app)
+        bar = app.query_one("#allbar")
+        assert not bar.display
+        app.post_message(EngineEvent(SteerProgress("compare 3↔9: explaining a − b, b − a", 120, 400, 21.0)))
+        await pilot.pause()
+        assert bar.display
+        assert "compare 3↔9" in str(bar.query_one("#all-label").render())
+        assert "30% · 120/400 tokens · ETA 0:21" in str(bar.query_one("#all-eta").render())
+        app.post_message(EngineEvent(ev.JobFinished(ev.JobKind.COMPARE)))
+        await pilot.pause()
+        assert not bar.display

@@ -125,9 +125,10 @@ def test_noisy_positions_and_outliers():
     toks = [_tok(0, "<bos>", "bos", -1, norm=900.0)] + [_tok(i, "w", norm=10.0) for i in range(1, 30)]
     toks[20].norm = 80.0
     st.set_tokens(toks)
-    assert "first 10" in st.noisy_reason(3)
-    assert st.noisy_reason(15) is None
-    assert "median" in st.noisy_reason(20)
+    assert "first 10" in st.caveats(3)[0].text
+    assert st.caveats(15) == []
+    assert "median" in st.caveats(20)[0].text
+    assert [c.kind for c in st.caveats(0)] == ["special", "early", "outlier"]
 
 
 def test_fidelity_mapping_puts_label_thresholds_at_thirds():

@@ -45,7 +45,10 @@ def _add_bench(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nla-tui", description="Read what a language model is thinking, token by token.")
+    p = argparse.ArgumentParser(
+        prog="nla-tui", description="Read what a language model is thinking, token by token. "
+        "Without a subcommand, nla-tui opens the terminal app (with --preset, --messages and the "
+        "model flags below); the subcommands work headless.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     add_model_args(p)
     p.add_argument("--messages", help="open a transcript instead of chatting (OpenAI chat format: JSON list, "

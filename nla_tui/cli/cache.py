@@ -1,9 +1,10 @@
 """`nla-tui cache list|clear`: what nla-tui keeps in its user cache, and removing it.
 
-Three caches live under the cache root (NLA_TUI_CACHE or the platform user cache dir):
+Four kinds live under the cache root (NLA_TUI_CACHE or the platform user cache dir):
 quantised/ (pre-quantised nf4/int8 models, core/quant_cache.py), activations/ and
-explanations/ (core/cache.py). The demo models under models/ are not touched here: they
-are rebuilt only when their version changes. `clear` removes only what nla-tui wrote.
+explanations/ (core/cache.py), and models/ (the converted demo models and the GGUF they
+are built from, core/nla/demo_files.py; rebuilt at the next demo start). `clear` removes
+only what nla-tui wrote, and says where what it leaves lives.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import argparse
 import time
 from .output import say
 
-KINDS = ("quantised", "activations", "explanations")
+KINDS = ("quantised", "activations", "explanations", "models")
 GiB = 1 << 30
 
 
 def add_subparser(subparsers) -> None:
-    p = subparsers.add_parser("cache", help="list or clear nla-tui's caches (quantised models, activations, explanations)")
+    p = subparsers.add_parser("cache", help="list or clear nla-tui's caches (quantised models, activations, "
+                                            "explanations, the converted demo models)")
     p.add_argument("action", choices=["list", "clear"])
     p.add_argument("kinds", nargs="*", metavar="KIND",
                    help=f"which caches ({', '.join(KINDS)}); default all of them")
@@ -73,6 +75,8 @@ def _run(args: argparse.Namespace, root) -> int:
                       f"(transformers {src.get('transformers', '?')}, bitsandbytes {src.get('bitsandbytes', '?')})")
         for name, c in others.items():
             say(f"{name}: {len(c)} entries, {_size(c.total_bytes())} of {_size(c.max_bytes)} allowed, in {c.dir}")
+        if "models" in kinds:
+            _list_demo_files()
         return 0
     if "quantised" in kinds:
         removed, freed, foreign = quant.clear()
@@ -83,4 +87,23 @@ def _run(args: argparse.Namespace, root) -> int:
         n, size = len(c), c.total_bytes()
         c.clear()
         say(f"{name}: removed {n} entries ({_size(size)})")
+    if "models" in kinds:
+        from ..core.nla.demo_files import remove_demo_files
+
+        removed, kept = remove_demo_files()
+        say(f"demo models: removed {len(removed)} ({_size(sum(f.size for f in removed))}); "
+              "the demo is rebuilt at its next start (about a minute)")
+        for f in kept:
+            say(f"  left alone: {f.path} ({_size(f.size)}): {f.what}"
+                  + ("" if f.path.name.startswith(".building-") else "; not written by nla-tui, delete it yourself if unused"))
     return 0
+
+
+def _list_demo_files() -> None:
+    from ..core.nla.demo_files import demo_files
+
+    files = demo_files()
+    say(f"demo models: {len(files)} ({_size(sum(f.size for f in files))})")
+    for f in files:
+        owner = "" if f.ours else "  [not nla-tui's: `cache clear` leaves it]"
+        say(f"  {f.path}  {_size(f.size):>10}  {f.what}{owner}")

@@ -21,7 +21,8 @@ def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "open", help="browse a saved session in the TUI without loading any model",
         description="Open a saved session directory (it holds session.json). Loads no model: "
-                    "everything recorded is browsable; explaining new tokens needs `nla-tui`.")
+                    "everything recorded is browsable. Press L in the app to load the session's "
+                    "models (on this machine) and explain new tokens, steer or compare.")
     p.add_argument("path", help="session directory (or its session.json)")
     add_display_args(p)
     p.set_defaults(func=run_open)

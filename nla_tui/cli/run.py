@@ -19,8 +19,12 @@ def add_subparser(sub) -> None:
     r.add_argument("--prompt", help="user message to send")
     r.add_argument("--messages", help='transcript in the OpenAI chat format (JSON list, {"messages": [...]} or '
                                       "JSONL; tool calls and results included); assistant turns are teacher-forced")
+    r.add_argument("--example", action="store_true",
+                   help="the short example conversation the TUI opens on with the demo preset (its replies "
+                        "are teacher-forced: the demo's 270M subject is a base model, not a chat model)")
     r.add_argument("--max-new-tokens", type=int, default=64, help="reply length (default 64)")
-    r.add_argument("--explain", default="all", help="all | none | comma list of token indices (default all)")
+    r.add_argument("--explain", default="all",
+                   help="all | none | token indices and ranges, e.g. 3,7,12 or 17-37 (default all)")
     r.add_argument("--out", help="write a session directory here (a new or empty folder)")
     r.add_argument("--force", action="store_true",
                    help="let --out replace the session in that folder, or write into a non-empty "
@@ -50,26 +54,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     if messages is not None:
         from ..core.runtime.precheck import check_transcript_fits
 
-        check_transcript_fits(options, messages)  # tokenizer only: before any weights load
+        check_transcript_fits(options, messages, progress)  # tokenizer only: before any weights load
     engine = Engine(options)
     engine.load(progress)
     if messages is not None:
         engine.set_conversation(messages, lambda done, total: say(
             f"[capture] {done}/{total} tokens", file=sys.stderr, flush=True))
+        print_conversation(engine)
     else:
         say("reply: ", end="", flush=True)
         engine.chat(args.prompt, args.max_new_tokens, lambda d: say(visible(d), end="", flush=True))
         say()
     indices = check_explain_range(spec, len(engine.tokens))  # before any AV work
     sampling = Sampling(temperature=args.temperature, max_new_tokens=args.max_explain_tokens, seed=args.seed)
-    done = [0]
-
-    def on_batch(exps):
-        done[0] += len(exps)
-        say(f"[explain] {done[0]}/{len(indices)}", file=sys.stderr, flush=True)
-
-    exps = engine.explain(indices, sampling, args.av_prompt, batch_size=args.batch_size, on_batch=on_batch)
-    print_table(engine, {e.index: e for e in exps})
+    exps = explain_with_progress(engine, indices, sampling, args.av_prompt, args.batch_size)
+    print_table(engine, {e.index: e for e in exps}, only_explained=isinstance(spec, list))
     if engine.info.untrained_av:
         say("\nNote: the demo AV is untrained; its text is NOT a faithful explanation of the activation.")
     elif engine.info.pair_note:
@@ -84,19 +83,61 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_table(engine, by_index) -> None:
-    say(f"\n{'idx':>4} {'role':<8} {'token':<16} {'norm':>9} {'cos':>6} {'fve':>6}  explanation")
+def explain_with_progress(engine, indices: list[int], sampling, prompt: str | None, batch_size: int | None):
+    """engine.explain with one progress bar on stderr: rate and time left from the first
+    finished row, moved per finished row (core.runtime.progress, as the TUI counts)."""
+    from tqdm import tqdm
+
+    from ..core.runtime.progress import RowProgress
+
+    if not indices:
+        return []
+    # miniters=1: every finished row is drawn (tqdm's adaptive default would skip some).
+    with tqdm(total=len(indices), desc="explain", unit="row", file=sys.stderr, dynamic_ncols=True,
+              mininterval=0.5, miniters=1) as bar:
+        progress = RowProgress(len(indices), report=lambda p: bar.update(p.done - bar.n))
+        with engine.counting_rows(progress.row_done):
+            return engine.explain(indices, sampling, prompt, batch_size=batch_size,
+                                  on_batch=lambda exps: progress.batch_done(len(exps)))
+
+
+def print_conversation(engine) -> None:
+    """The transcript's messages, one line each (a --prompt run prints its reply instead)."""
+    from ..core.store.transcript import message_display_text
+
+    say(f"conversation: {len(engine.messages)} messages, {len(engine.tokens)} tokens "
+        "(assistant turns teacher-forced)")
+    for m in engine.messages:
+        text = message_display_text(m).replace("\n", " ")
+        say(f"  {m.role}: {text[:100]}{'…' if len(text) > 100 else ''}", keep_layout=False)
+
+
+def print_table(engine, by_index, only_explained: bool = False) -> None:
+    """One row per token (with --explain I,J,K only those), its verdict never "good"
+    where core.caveats flags the position, then the same warnings the TUI's pane shows,
+    grouped by kind."""
+    from ..core.caveats import grouped, median_norm, position_caveats, verdict
+
+    median = median_norm(engine.tokens)
+    caveats = {t.index: position_caveats(engine.tokens, t.index, median) for t in engine.tokens}
+    say(f"\n{'idx':>4} {'role':<8} {'token':<16} {'norm':>9} {'cos':>6} {'fve':>6} {'verdict':<10}   explanation")
     for t in engine.tokens:
         e = by_index.get(t.index)
+        if e is None and only_explained:
+            continue
         tok = visible(repr(t.text)[1:-1][:16])
         cos = f"{e.score.cos:6.3f}" if e and e.score else "     -"
         fve = f"{e.score.fve_nrm:6.2f}" if e and e.score and e.score.fve_nrm is not None else "     -"
-        # ⚠: the explanation carries a warning (a fallback, cut off, ...); listed under the table
-        flag = "⚠ " if e and e.warnings else ""
-        text = flag + visible(e.text.replace("\n", " ")[:60], keep_layout=False) if e else ""
-        say(f"{t.index:>4} {t.role:<8} {tok:<16} {t.norm:>9.1f} {cos} {fve}  {text}")
-    warned = [(i, w) for i, e in sorted(by_index.items()) for w in e.warnings]
-    if warned:
-        say("\nwarnings (read these explanations as low-information):")
-        for i, w in warned:
-            say(f"{i:>4}  ⚠ {visible(w, keep_layout=False)}")
+        judged = verdict(e.score, caveats[t.index]) if e else ""
+        flag = "⚠" if e and (caveats[t.index] or e.warnings) else " "
+        text = visible(e.text.replace("\n", " ")[:60], keep_layout=False) if e else ""
+        say(f"{t.index:>4} {t.role:<8} {tok:<16} {t.norm:>9.1f} {cos} {fve} {judged:<10} {flag} {text}")
+    if only_explained and len(by_index) < len(engine.tokens):
+        say(f"({len(engine.tokens) - len(by_index)} tokens not explained are left out; "
+            "--explain none lists every token)")
+    explained = {i: c for i, c in caveats.items() if c and i in by_index}
+    lines = grouped(explained, {i: e.warnings for i, e in by_index.items() if e.warnings})
+    if lines:
+        say("\nWarnings (⚠ rows; the TUI shows the same beside each explanation):")
+        for line in lines:
+            say(f"  ⚠ {line}")

@@ -37,7 +37,8 @@ def fix_negative_values(argv: list[str]) -> list[str]:
 
 
 def parse_explain_spec(spec: str) -> str | list[int]:
-    """'all' | 'none' | a list of non-negative indices; syntax only (no token count yet)."""
+    """'all' | 'none' | a list of non-negative indices (ranges 'A-B' included, both ends);
+    syntax only (no token count yet)."""
     s = spec.strip()
     if s in ("all", "none"):
         return s
@@ -47,15 +48,19 @@ def parse_explain_spec(spec: str) -> str | list[int]:
     idx = []
     for part in s.split(","):
         part = part.strip()
+        first, dash, last = part.partition("-")
         try:
-            i = int(part)
+            lo = int(part) if not first or not dash else int(first)
+            hi = int(last) if first and dash else lo
         except ValueError:
             raise InputError(f"--explain {visible(spec)!r} is not all, none or a comma list of token "
-                             "indices like 3,7,12.") from None
-        if i < 0:
-            raise InputError(f"--explain index {i} is negative: token indices count from 0 "
+                             "indices and ranges like 3,7,12 or 17-37.") from None
+        if lo < 0:
+            raise InputError(f"--explain index {lo} is negative: token indices count from 0 "
                              "(the table that `run` prints shows them).")
-        idx.append(i)
+        if hi < lo:
+            raise InputError(f"--explain range {visible(part)} runs backwards: write the smaller index first.")
+        idx.extend(range(lo, hi + 1))
     return idx
 
 
@@ -141,11 +146,18 @@ def check_model_args(args: argparse.Namespace) -> None:
 
 
 def check_run_args(args: argparse.Namespace) -> str | list[int]:
-    """All of `run`'s arguments; returns the parsed --explain spec."""
-    if args.prompt is None and args.messages is None:
-        raise InputError("Give --prompt TEXT or --messages FILE.json.")
-    if args.prompt is not None and args.messages is not None:
-        raise InputError("Give --prompt or --messages, not both.")
+    """All of `run`'s arguments; returns the parsed --explain spec. --example becomes
+    --messages with the shipped example conversation."""
+    given = [f for f, v in (("--prompt", args.prompt), ("--messages", args.messages),
+                            ("--example", getattr(args, "example", False) or None)) if v is not None]
+    if not given:
+        raise InputError("Give --prompt TEXT, --messages FILE.json or --example.")
+    if len(given) > 1:
+        raise InputError(f"Give one of --prompt, --messages and --example, not {' and '.join(given)}.")
+    if getattr(args, "example", False):
+        from ..core.nla.presets import DEMO_EXAMPLE
+
+        args.messages = str(DEMO_EXAMPLE)
     if args.prompt is not None and not args.prompt.strip():
         raise InputError("The prompt is empty: pass some text with --prompt.")
     check_model_args(args)

@@ -22,7 +22,8 @@ PRIORITY_BACKGROUND = 2
 
 
 class JobKind(Enum):
-    """Which job ended (JobFinished / JobFailed). The value is what the user reads."""
+    """Which job ended (JobFinished / JobFailed). The value keys jobs; `words` is what the
+    user reads in a notice ("Explain all cancelled", not a class name)."""
 
     LOAD = "LoadModels"
     CHAT = "Chat"
@@ -31,6 +32,10 @@ class JobKind(Enum):
     EXPLAIN_ALL = "ExplainAll"
     WHAT_IF = "WhatIf"
     COMPARE = "Compare"
+
+    @property
+    def words(self) -> str:
+        return _JOB_WORDS[self]
 
     @property
     def changes_conversation(self) -> bool:
@@ -44,6 +49,11 @@ class JobKind(Enum):
     @property
     def is_explain(self) -> bool:
         return self in (JobKind.EXPLAIN, JobKind.EXPLAIN_ALL)
+
+
+_JOB_WORDS = {JobKind.LOAD: "Loading the models", JobKind.CHAT: "Chat",
+              JobKind.SET_CONVERSATION: "Opening the conversation", JobKind.EXPLAIN: "Explain",
+              JobKind.EXPLAIN_ALL: "Explain all", JobKind.WHAT_IF: "What-if", JobKind.COMPARE: "Compare"}
 
 
 @dataclass

@@ -70,3 +70,14 @@ class WhatIfDone(Event):
 @dataclass
 class CompareDone(Event):
     comparison: Comparison
+
+
+@dataclass
+class SteerProgress(Event):
+    """How far a compare (or what-if) has got: `what` it is doing, tokens written of at most
+    `total` (rows that close early count as full), and the time left at that pace."""
+
+    what: str
+    done: int
+    total: int
+    eta_s: float | None = None

@@ -212,9 +212,9 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
         if kind.is_chat and self.state.reply is None:
             self.strip.refresh_pending()
         if change.failure is not None:
-            self.notify(change.failure, title=f"{kind.value} failed", severity="error", timeout=8)
+            self.notify(change.failure, title=f"{kind.words} failed", severity="error", timeout=8)
         elif change.cancelled:
-            self.notify(f"{kind.value} cancelled", timeout=3)
+            self.notify(f"{kind.words} cancelled", timeout=3)
         self.pane.show(self.strip.cursor)
 
     def _cursor_moved(self, index: int) -> None:
@@ -264,10 +264,20 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
             return Sampling(temperature=self.temperature)
         return Sampling(temperature=self.temperature or RESAMPLE_TEMPERATURE, seed=next(self._seeds))
 
+    def needs_models(self, what: str) -> bool:
+        """True (and says so, offering L) when a read-only session cannot do `what`."""
+        if not self.state.read_only:
+            return False
+        self.notify(f"Read-only session: {what} needs the models, which are not loaded. "
+                    "Press L to load them.", severity="warning", timeout=6)
+        return True
+
     def action_explain(self) -> None:
         index = self._cursor()
         if index is None:
             return
+        if self.state.best(index) is None and self.needs_models(f"explaining token {index}"):
+            return  # a recorded explanation is still shown (the replay has it)
         sampling = self._sampling(False)
         if any(e.sampling == sampling and e.prompt == self.av_prompt for e in self.state.explanations.get(index, [])):
             # Already on screen with these settings: the UI's copy is the one in-memory cache.
@@ -278,12 +288,12 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
 
     def action_resample(self) -> None:
         index = self._cursor()
-        if index is not None:
+        if index is not None and not self.needs_models("resampling an explanation"):
             self.submit(ev.Explain(index, self._sampling(True), self.av_prompt, force=True))
 
     def action_samples(self) -> None:
         index = self._cursor()
-        if index is not None:
+        if index is not None and not self.needs_models("drawing 4 ranked samples"):
             self.submit(ev.Explain(index, self._sampling(True), self.av_prompt, samples=4,
                                    force=True))
 
@@ -303,6 +313,8 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
         """Explain `indices` in the background (a, A and the limited scopes of E)."""
         if not indices:
             self.notify("Every token there is already explained.")
+            return
+        if self.needs_models("explaining the tokens not recorded"):
             return
         bar = self.query_one(ExplainAllBar)
         bar.display = True
@@ -344,7 +356,7 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
         if best is None:
             self.notify("Nothing to copy: explain this token first (e).", severity="warning")
             return
-        self.copy_to_clipboard(explanation_text(best))
+        self.copy_to_clipboard(explanation_text(best, self.state.verdict(best)))
         self.notify("Explanation copied (OSC 52).", timeout=2)
 
     def action_focus_input(self) -> None:

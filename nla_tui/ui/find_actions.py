@@ -25,6 +25,7 @@ class FindActions:
     """Mixin for NlaApp (an App with .state, .strip, .notify, .push_screen, .submit)."""
 
     search_text: str = ""
+    _jump_at: tuple[str, int] | None = None  # (kind, index) where the last j/m/u landed
     matches: list[tuple[int, int]] = []
     _matches_stale = False
 
@@ -59,8 +60,10 @@ class FindActions:
                 self.search_text = value
                 self._run_search()
 
-        app.push_screen(ValueDialog("Search token and explanation text (regex; smart case)", self.search_text,
-                                    placeholder="e.g. umbrella|rain  or  get_\\w+", validate=check_pattern), done)
+        # Opens empty (typing starts a new search); the last one is shown as the hint.
+        hint = f"last: {self.search_text}" if self.search_text else "e.g. umbrella|rain  or  get_\\w+"
+        app.push_screen(ValueDialog("Search token and explanation text (regex; smart case)", "",
+                                    placeholder=hint, validate=check_pattern), done)
 
     def _run_search(self, quiet: bool = False) -> None:
         app: Any = self
@@ -105,7 +108,11 @@ class FindActions:
                    else "no captured tokens here")
             app.notify(f"Nothing to rank by {_JUMP_WORDS[kind]}: {why}.", severity="warning", timeout=3)
             return
-        target = step(order, strip.cursor, direction)
+        # A walk starts at the top of the ranking (the bottom with shift) wherever the
+        # cursor is; only a repeat of the same jump from where it landed steps along it.
+        walking = self._jump_at == (kind, strip.cursor)
+        target = step(order, strip.cursor if walking else -1, direction)
+        self._jump_at = (kind, target)
         strip.set_cursor(target)
         app.notify(f"{_JUMP_WORDS[kind]}: {order.index(target) + 1} of {len(order)}", timeout=2)
 

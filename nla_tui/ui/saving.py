@@ -36,10 +36,19 @@ class SessionKeeper:
         self.messages: list = []
         self.tokens: list = []  # the last *captured* conversation (ChatStarted tokens have no activations)
         self.saver = Autosaver(default_name(), root=root)
-        self.read_only = False  # a session opened without models cannot change: never autosave
         self._changes = 0  # bumped by every change worth saving
 
     # ------------------------------------------------------------ bookkeeping
+
+    @property
+    def read_only(self) -> bool:
+        """A session opened without models cannot change: never autosave (kept on the
+        UiState, which the pane and the key handlers read too)."""
+        return self.state.read_only
+
+    @read_only.setter
+    def read_only(self, value: bool) -> None:
+        self.state.read_only = value
 
     @property
     def name(self) -> str:

@@ -7,20 +7,15 @@ event here first (the only place events are unpacked), then redraws from the Cha
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
 
 from ..core import events as ev
 from ..core.fallbacks import is_near_duplicate_warning, near_duplicate_warning, near_duplicates
 from ..core.steer_jobs import WhatIfDone
-from ..core.types import NOISY_PREFIX, Candidate, CardMemory, Explanation, Message, ModelInfo, TokenInfo, group_by_index
+from ..core.caveats import SPECIAL_ROLES, Caveat, is_outlier, median_norm, position_caveats, verdict
+from ..core.types import Candidate, CardMemory, Explanation, Message, ModelInfo, TokenInfo, group_by_index
 
-# A token whose activation norm exceeds this multiple of the conversation's
-# median is flagged: such positions (often <bos> and early tokens) are
-# attention sinks the AV was never trained to read.
-OUTLIER_NORM_FACTOR = 4.0
-
-SPECIAL_ROLES = ("bos", "special")
+__all__ = ["SPECIAL_ROLES", "Change", "UiState"]
 
 
 @dataclass
@@ -72,6 +67,9 @@ class UiState:
     activations: object | None = None
     steered: list = field(default_factory=list)  # what-if branches (core.branches.SteeredBranch)
     gpu_memory: list[CardMemory] = field(default_factory=list)  # per card, from the worker
+    # A session opened without models (nla-tui open): only what was recorded can be shown,
+    # so keys that need the models are refused up front and the pane offers L instead of e.
+    read_only: bool = False
 
     # ------------------------------------------------------------ folding
 
@@ -167,8 +165,7 @@ class UiState:
         same = next((i for i, (a, b) in enumerate(zip(old, tokens)) if a.token_id != b.token_id), min(len(old), len(tokens)))
         self.lens = {i: v for i, v in self.lens.items() if i < same}  # the lens reads the whole prefix
         self.tokens = list(tokens)
-        norms = [t.norm for t in tokens if t.role not in SPECIAL_ROLES] or [t.norm for t in tokens]
-        self.median_norm = statistics.median(norms) if norms else 0.0
+        self.median_norm = median_norm(tokens)
 
     # ------------------------------------------------------------ queries
 
@@ -204,17 +201,16 @@ class UiState:
         return out
 
     def is_outlier(self, index: int) -> bool:
-        tok = self.tokens[index]
-        return self.median_norm > 0 and tok.norm > OUTLIER_NORM_FACTOR * self.median_norm
+        return is_outlier(self.tokens[index], self.median_norm)
 
-    def noisy_reason(self, index: int) -> str | None:
-        """Why this position's explanation should not be trusted, if it shouldn't."""
-        if index < NOISY_PREFIX:
-            return f"position {index} is in the first {NOISY_PREFIX} tokens: little context, noisy activation"
-        if self.is_outlier(index):
-            ratio = self.tokens[index].norm / self.median_norm
-            return f"activation norm is {ratio:.0f}x the median: an outlier the AV was not trained on"
-        return None
+    def caveats(self, index: int) -> list[Caveat]:
+        """Why this position's explanation should not be trusted (core.caveats: the same
+        list the run table and the exports show)."""
+        return position_caveats(self.tokens, index, self.median_norm)
+
+    def verdict(self, ex: Explanation) -> str:
+        """The label shown beside an explanation's score: never "good" at a flagged position."""
+        return verdict(ex.score, self.caveats(ex.index) if 0 <= ex.index < len(self.tokens) else [])
 
     def explained_count(self) -> int:
         return len(self.explanations)

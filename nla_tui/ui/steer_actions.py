@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..core import events as ev
-from ..core.steer_jobs import DEFAULT_ALPHA, Compare, CompareDone, WhatIf, WhatIfDone
+from ..core.steer_jobs import DEFAULT_ALPHA, Compare, CompareDone, SteerProgress, WhatIf, WhatIfDone
 from ..core.types import CONTINUATION_TOKENS
 from .screens.steer import CompareScreen, SteeredScreen, WhatIfDialog
 
@@ -24,6 +24,8 @@ class SteerActions:
         app: Any = self
         index = app._cursor()
         if index is None:
+            return
+        if app.needs_models("what-if (it steers the subject model)"):
             return
         best = app.state.best(index)
         if best is None:
@@ -62,6 +64,14 @@ class SteerActions:
     def steer_event(self, e: ev.Event) -> None:
         app: Any = self
         st = app.state
+        if isinstance(e, SteerProgress):
+            # The explain-all bar shows what the job does and how far it got (an upper
+            # bound on the tokens left: explanations usually close early).
+            bar = app.query_one("#allbar")
+            bar.display = True
+            bar.show_progress(e.done, e.total, e.eta_s, e.what, " tokens")
+        elif isinstance(e, ev.JobFinished | ev.JobFailed) and e.kind is ev.JobKind.COMPARE:
+            app.query_one("#allbar").display = app.state.all_progress is not None
         if isinstance(e, WhatIfDone):
             app.push_screen(SteeredScreen(e.branch, st.untrained_av))
         elif isinstance(e, CompareDone):

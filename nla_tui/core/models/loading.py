@@ -159,6 +159,15 @@ def is_multimodal(config) -> bool:
     return hasattr(config, "text_config") and getattr(config, "model_type", "") == "gemma3"
 
 
+def quiet_library_progress() -> None:
+    """nla-tui reports loading itself (`[subject] 40% …` lines, the TUI's status line):
+    transformers' own tqdm bars ("Loading weights") would interleave with those on stderr
+    and draw over the TUI. Hub download bars are huggingface_hub's and stay."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def load_model(ckpt: Checkpoint, quant: str, device: str, device_map: Any = None, max_memory: Any = None,
                quant_cache=None, progress: Callable[[float, str], None] | None = None):
     """Load a causal LM, text-only or Gemma 3's multimodal wrapper, in `quant`.
@@ -171,6 +180,7 @@ def load_model(ckpt: Checkpoint, quant: str, device: str, device_map: Any = None
     from .weights_header import refuse_pickle_checkpoint
 
     refuse_pickle_checkpoint(Path(ckpt.path))
+    quiet_library_progress()
     try:
         config = AutoConfig.from_pretrained(str(ckpt.path))
     except Exception as e:

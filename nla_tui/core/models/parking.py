@@ -2,7 +2,7 @@
 
 During explain-all only the AV works; on one 48 GB card the subject (15 GiB nf4) and the AR
 (11 GiB) leave the AV's KV cache room for ~8 rows, and 150 explanations take 19 passes
-(PERF.md: 204 s). Moving their weights to pinned host memory for the AV phase frees that room
+(BENCHMARKS.md: 204 s). Moving their weights to pinned host memory for the AV phase frees that room
 for one or two large batches; they come back after, also when explain-all is cancelled or fails.
 
 `plan_explain` is the decision, pure arithmetic over byte counts (tested without a GPU);

@@ -17,12 +17,12 @@ QUANTS = ("nf4", "int4", "int8", "bf16", "fp32")
 # bitsandbytes quantizers multiply max_memory by 0.9 (transformers quantizer_bnb_*.adjust_max_memory);
 # device_map_for divides it back out so the planned split still holds the whole model.
 _BNB_MAX_MEMORY_FACTOR = 0.9
-# nf4 with double quantisation (what the measured PERF.md figures match): 4-bit weights, an 8-bit
+# nf4 with double quantisation (what the first measured figures, BENCHMARKS.md, match): 4-bit weights, an 8-bit
 # absmax per 64-weight block, and an fp32 absmax per 256 blocks.
 _BYTES_PER_PARAM = {"nf4": 0.5 + 1 / 64 + 4 / (64 * 256), "int4": 0.5 + 4 / 64, "int8": 1.0, "bf16": 2.0,
                     "fp32": 4.0}  # int4: bf16 scale + zero per 64 (int4.py)
 # Activations, allocator fragmentation and sampling buffers on top of the KV cache, plus fp32
-# last-token logits (and a softmax copy) per sequence. Fitted to PERF.md's nf4 peaks at batch 64
+# last-token logits (and a softmax copy) per sequence. Fitted to the eager baseline's nf4 peaks (BENCHMARKS.md) at batch 64
 # and 160 (which exceed weights + KV by ~0.4 and ~0.8 GiB), with a margin for their rounding.
 ACTIVATION_SLACK = 640 * 2**20
 # Tokens each role keeps in its KV cache: the subject holds the conversation, the AV a short

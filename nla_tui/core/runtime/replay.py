@@ -13,7 +13,6 @@ events go out through `emit`.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +22,7 @@ from ..errors import NlaError
 from ..steer_jobs import Compare, CompareDone, WhatIf, WhatIfDone
 from ..store.session import Session, load_session
 from ..types import Explanation, TokenInfo, group_by_index
+from .progress import RowProgress
 from .scheduler import JobThread
 
 READ_ONLY_NOTE = ("Read-only session: models are not loaded, so only the recorded explanations "
@@ -137,14 +137,15 @@ class ReplayWorker(JobThread):
     def _explain_all(self, indices: list[int]) -> None:
         if self.preload:  # everything recorded is already shown; new tokens need models
             raise NlaError(READ_ONLY_NOTE)
-        t0 = time.monotonic()
         total = len(indices)
+        # The same counting as EngineWorker; the ETA is deterministic (None) unless the
+        # replay is pacing itself.
+        progress = RowProgress(total, report=lambda p: self.emit(
+            ev.ExplainAllProgress(p.done, total, p.eta_s if self.paced else None)))
         for done, index in enumerate(indices, 1):
             if self._sleep(done):
                 return
             exps = self._by_index.get(index)
             if exps:
                 self.emit(ev.ExplainDone(index, exps))
-            # The replay's ETA is deterministic (None) unless it is pacing itself.
-            eta = (time.monotonic() - t0) / done * (total - done) if self.paced else None
-            self.emit(ev.ExplainAllProgress(done, total, eta))
+            progress.batch_done(1)

@@ -3,8 +3,10 @@ EngineWorker.handlers like the worker's own."""
 
 from __future__ import annotations
 
+import time
+
 from ..events import ExplainDone
-from ..steer_jobs import Compare, CompareDone, WhatIf, WhatIfDone
+from ..steer_jobs import Compare, CompareDone, SteerProgress, WhatIf, WhatIfDone
 
 
 class SteerJobs:
@@ -24,4 +26,16 @@ class SteerJobs:
     def _do_Compare(self, job: Compare) -> None:
         from .whatif import compare
 
-        self.emit(CompareDone(compare(self._engine(), job.i, job.j, job.sampling, self.cancel)))
+        what = f"compare {job.i}↔{job.j}: explaining a − b, b − a"
+        start, shown = time.monotonic(), [-1.0]
+        self.emit(SteerProgress(what, 0, 2 * job.sampling.max_new_tokens))
+
+        def progress(done: int, total: int) -> None:
+            now = time.monotonic()
+            if now - shown[0] < 0.25 and done < total:
+                return  # a few updates a second: the AV calls this per token
+            shown[0] = now
+            elapsed = now - start
+            self.emit(SteerProgress(what, done, total, elapsed / done * (total - done) if done else None))
+
+        self.emit(CompareDone(compare(self._engine(), job.i, job.j, job.sampling, self.cancel, progress)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import threading
+from typing import Callable
 
 import numpy as np
 
@@ -109,17 +110,45 @@ def what_if(engine, index: int, edited: str, alpha: float = DEFAULT_ALPHA, span:
     return branch
 
 
+class WrittenTokens:
+    """Tokens the AV has written over `rows` explanations of at most `max_tokens` each; a
+    row that closed counts as full. Reports (written, rows × max_tokens) on each change."""
+
+    def __init__(self, rows: int, max_tokens: int, report: Callable[[int, int], None]):
+        self.count, self.done = [0] * rows, [False] * rows
+        self.max_tokens, self.report = max_tokens, report
+
+    @property
+    def written(self) -> int:
+        return sum(self.max_tokens if d else min(c, self.max_tokens) for c, d in zip(self.count, self.done))
+
+    def wrote(self, row: int, text: str) -> None:
+        self.count[row] += 1  # one call per decode step of that row
+        self.report(self.written, len(self.count) * self.max_tokens)
+
+    def closed(self, row: int) -> None:
+        self.done[row] = True
+        self.report(self.written, len(self.count) * self.max_tokens)
+
+
 def compare(engine, i: int, j: int, sampling: Sampling = Sampling(),
-            cancel: threading.Event | None = None) -> Comparison:
+            cancel: threading.Event | None = None,
+            progress: Callable[[int, int], None] | None = None) -> Comparison:
     """cos(a, b) and the explanations of a − b and b − a, each scored by the AR
-    against its own difference vector. a == b gives the zero vector and a message."""
+    against its own difference vector. a == b gives the zero vector and a message.
+    progress(tokens_written, at_most) follows the two explanations as the AV writes them."""
     engine._need_models()
     _check_index(engine, i, "Token")
     _check_index(engine, j, "Token")
     c = compare_activations(engine.activations, i, j)
     if c.message:  # a == b: nothing to explain, no model runs
         return c
-    exps = engine.explain_vectors(np.stack([c.vector, -c.vector]), sampling, cancel=cancel)
+    if progress is None:
+        exps = engine.explain_vectors(np.stack([c.vector, -c.vector]), sampling, cancel=cancel)
+    else:
+        rows = WrittenTokens(2, sampling.max_new_tokens, progress)
+        with engine.counting_rows(rows.closed):
+            exps = engine.explain_vectors(np.stack([c.vector, -c.vector]), sampling, on_text=rows.wrote, cancel=cancel)
     if len(exps) < 2:
         raise Cancelled()
     c.a_minus_b, c.b_minus_a = exps

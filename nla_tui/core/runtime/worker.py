@@ -17,6 +17,7 @@ from .. import events as ev
 from ..errors import NlaError
 from ..types import Explanation
 from ..steer_jobs import Compare, WhatIf
+from .progress import RowProgress
 from .scheduler import JobThread
 from .steer_worker import SteerJobs
 
@@ -122,12 +123,15 @@ class EngineWorker(SteerJobs, JobThread):
                 self.emit(ev.ExplainDone(job.index, [eng.with_sentence_fidelity(hit[0])], cached=True))
                 return
         self.emit(ev.ExplainStarted(job.index))
+        from ..nla.av import streaming_text  # here: this module stays torch-free until a job runs
+
         if job.samples > 1:
             exps = eng.explain_samples(job.index, job.samples, job.sampling, job.prompt, self.cancel)
         else:
             thr = _Throttle()
             exps = eng.explain([job.index], job.sampling, job.prompt,
-                               lambda i, t: thr.ready() and self.emit(ev.ExplainDelta(i, t)), self.cancel)
+                               lambda i, t: thr.ready() and self.emit(ev.ExplainDelta(i, streaming_text(t))),
+                               self.cancel)
         if exps and not self.cancel.is_set():
             # The cursor's explanation gets its per-sentence fidelity (one more AR pass).
             self.emit(ev.ExplainDone(job.index, [eng.with_sentence_fidelity(exps[0])] + exps[1:]))
@@ -135,15 +139,15 @@ class EngineWorker(SteerJobs, JobThread):
     def _explain_all(self, job: ev.ExplainAll) -> None:
         eng = self._engine()
         todo = [i for i in job.indices if not self._cached(i, job)]
-        total, start, done = len(job.indices), time.monotonic(), [len(job.indices) - len(todo)]
-        self.emit(ev.ExplainAllProgress(done[0], total, None))
+        total = len(job.indices)
+        progress = RowProgress(total, total - len(todo),
+                               lambda p: self.emit(ev.ExplainAllProgress(p.done, total, p.eta_s)))
+        self.emit(ev.ExplainAllProgress(progress.done, total, None))
 
         def on_batch(exps: list[Explanation]) -> None:
             for e in exps:
                 self.emit(ev.ExplainDone(e.index, [e]))
-            done[0] += len(exps)
-            rate = (done[0] - (total - len(todo))) / max(time.monotonic() - start, 1e-6)
-            self.emit(ev.ExplainAllProgress(done[0], total, (total - done[0]) / rate if rate else None))
+            progress.batch_done(len(exps))
 
-        eng.explain(todo, job.sampling, job.prompt, None, self.cancel, on_batch=on_batch)
-
+        with eng.counting_rows(progress.row_done):
+            eng.explain(todo, job.sampling, job.prompt, None, self.cancel, on_batch=on_batch)

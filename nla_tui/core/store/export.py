@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 
 from ...terminal_text import visible
+from ..caveats import Caveat, median_norm, position_caveats, verdict
 from ..errors import InputError
 from ..fallbacks import with_near_duplicates
 from .branch_export import branches_html, branches_markdown
 from .transcript import message_display_text
-from ..types import Explanation, group_by_index
+from ..types import Explanation, Score, group_by_index
 from .jsonsafe import dumps_finite
 from .markdown_text import md_inline, md_quote
 from .session import Session
@@ -52,6 +53,12 @@ def _by_index(session: Session) -> dict[int, list[Explanation]]:
     over the whole session: an explanation written alone (the cursor's `e`) learns here that
     other tokens got the same text."""
     return group_by_index(with_near_duplicates(session.explanations, {t.index: t.text for t in session.tokens}))
+
+
+def _caveats(session: Session) -> dict[int, list[Caveat]]:
+    """Why each position's explanation should not be trusted (the TUI pane's warnings)."""
+    median = median_norm(session.tokens)
+    return {t.index: position_caveats(session.tokens, t.index, median) for t in session.tokens}
 
 
 def _models_line(session: Session) -> str:
@@ -101,15 +108,17 @@ def to_markdown(session: Session) -> str:
     lines += ["## Tokens", "",
               "| # | token | role | norm | explanation | cos | fve_nrm | verdict | warnings |",
               "|---:|---|---|---:|---|---:|---:|---|---|"]
-    expl = _by_index(session)
+    expl, caveats = _by_index(session), _caveats(session)
     for t in session.tokens:
         e = best_explanation(expl.get(t.index, []))
         s = e.score if e else None
+        # The pane's warnings: the position's (core.caveats), then the explanation's own.
+        warned = [c.text for c in caveats[t.index]] + list(e.warnings) if e is not None else []
         lines.append(
             f"| {t.index} | {_md_cell(t.text)} | {_md_cell(t.role)} | {t.norm:.1f} | "
             f"{_md_cell(explanation_with_support(e)) if e else ''} | {_fmt(s.cos) if s else ''} | "
-            f"{_fmt(s.fve_nrm) if s else ''} | {s.label if s else ''} | "
-            f"{_md_cell('; '.join(e.warnings)) if e and e.warnings else ''} |")
+            f"{_fmt(s.fve_nrm) if s else ''} | {verdict(s, caveats[t.index]) if s else ''} | "
+            f"{_md_cell('; '.join(warned)) if warned else ''} |")
     lines += [""] + branches_markdown(session.steered) if session.steered else []
     return "\n".join(lines) + "\n"
 
@@ -121,6 +130,12 @@ def to_json(session: Session, include_activations: bool = False) -> str:
     """session.json's content (the current schema_version); activations inline as nested lists
     only on request, since they dwarf everything else."""
     doc: dict[str, Any] = session.to_json()
+    # The TUI's warnings and verdicts, made by core.caveats (export only; not in session.json).
+    caveats = _caveats(session)
+    doc["position_warnings"] = {str(i): [c.text for c in cs] for i, cs in caveats.items() if cs}
+    for e in doc.get("explanations", []):
+        score = Score.from_json(e.get("score"))
+        e["verdict"] = verdict(score, caveats.get(e["index"], [])) if score else ""
     acts = session.activations
     doc["activations"] = (acts.tolist() if include_activations and acts is not None else None)
     # json escapes C0 controls itself; C1 controls, DEL and bidi overrides would reach a
@@ -184,6 +199,7 @@ _JS = r"""
     detail.replaceChildren();
     detail.appendChild(el('h2', null, 'Token ' + i + ': ' + JSON.stringify(t.text)));
     detail.appendChild(el('div', 'scores', t.role + ', turn ' + t.turn + ', norm ' + t.norm.toFixed(2)));
+    (t.warnings || []).forEach(function(w){ detail.appendChild(el('div', 'warn', '⚠ ' + w)); });
     const ex = D.explanations[i] || [];
     if(!ex.length) detail.appendChild(el('p', 'none', 'Not explained yet.'));
     ex.forEach(function(e){
@@ -250,7 +266,7 @@ def _script_json(obj: Any) -> str:
 
 def to_html(session: Session) -> str:
     """One self-contained HTML page: token heat map by fidelity + click-for-details."""
-    expl = _by_index(session)
+    expl, caveats = _by_index(session), _caveats(session)
     greys = _norm_colours(session)
     by_turn: dict[int, list[str]] = {}
     for t in session.tokens:
@@ -271,8 +287,8 @@ def to_html(session: Session) -> str:
         blocks.append(f'<div class="msg"><div class="role">{_h(role)}</div>'
                       f'<div class="toks">{"".join(by_turn[turn])}</div></div>')
     data = {
-        "tokens": [t.to_json() for t in session.tokens],
-        "explanations": {str(i): [dict(e.to_json(), verdict=e.score.label if e.score else "")
+        "tokens": [dict(t.to_json(), warnings=[c.text for c in caveats[t.index]]) for t in session.tokens],
+        "explanations": {str(i): [dict(e.to_json(), verdict=verdict(e.score, caveats[i]) if e.score else "")
                                   for e in sorted(es, key=lambda e: -(e.score.fidelity if e.score else -9))]
                          for i, es in expl.items()},
     }

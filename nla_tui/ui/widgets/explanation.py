@@ -21,25 +21,26 @@ UNTRAINED_NOTE = ("demo pair: the AV is untrained, so these explanations are not
                   "(they exercise the pipeline only)")
 # Wraps and renders the pane's Rich text (no terminal: the width is given per wrap).
 _console = Console(width=200, color_system="truecolor", legacy_windows=False, markup=False)
-_LABEL_STYLE = {"good": "bold green", "mediocre": "bold yellow", "poor": "bold red"}
+_LABEL_STYLE = {"good": "bold green", "mediocre": "bold yellow", "poor": "bold red",
+                "unreliable": "bold magenta"}
 
 
-def explanation_text(ex: Explanation) -> str:
-    """What `y` copies: the explanation and its score on one block."""
+def explanation_text(ex: Explanation, label: str) -> str:
+    """What `y` copies: the explanation and its score (with its verdict) on one block."""
     s = ex.score
     score = "" if s is None else (
-        f"\n[{s.label}] cos={s.cos:.3f} mse_nrm={s.mse_nrm:.3f}"
+        f"\n[{label}] cos={s.cos:.3f} mse_nrm={s.mse_nrm:.3f}"
         + ("" if s.fve_nrm is None else f" fve_nrm={s.fve_nrm:.3f}"))
     return f"{ex.text}{score}"
 
 
-def _score_line(ex: Explanation) -> Text:
+def _score_line(ex: Explanation, label: str) -> Text:
     t = Text()
     s = ex.score
     if s is None:
         return Text("score: not scored (no AR)", style="dim")
     t.append(" ", style=legend_swatch("fid", fidelity_t(s)))
-    t.append(f" {s.label} ", style=_LABEL_STYLE[s.label])
+    t.append(f" {label} ", style=_LABEL_STYLE[label])
     t.append(f" cos {s.cos:.3f} · mse_nrm {s.mse_nrm:.3f} · fve_nrm ")
     t.append("n/a (no variance baseline)" if s.fve_nrm is None else f"{s.fve_nrm:.3f}")
     return t
@@ -110,9 +111,8 @@ def render_token(state: UiState, index: int) -> Text:
     out.append(visible(f" #{tok.index} · id {tok.token_id} · {tok.role} · turn {tok.turn}"))
     ratio = f" ({tok.norm / state.median_norm:.1f}×)" if state.median_norm else ""
     out.append(f" · norm {tok.norm:.1f}{ratio}\n", style="dim")
-    noisy = state.noisy_reason(index)
-    if noisy:
-        out.append(f"⚠ {noisy}\n", style="yellow")
+    for caveat in state.caveats(index):
+        out.append(f"⚠ {caveat.text}\n", style="yellow")
     exps = state.explanations.get(index, [])
     untrained = state.untrained_av or any(e.untrained_av for e in exps)
     out.append("explanation", style="bold underline")
@@ -128,12 +128,15 @@ def render_token(state: UiState, index: int) -> Text:
     elif not exps:
         queued = "  (running…)" if state.explaining == index else ""
         out.append(f"{queued}\n")
-        out.append("not explained yet: press e (n for 4 ranked samples, a for all)\n", style="dim")
+        if state.read_only:
+            out.append("not explained in this session: press L to load the models, then e\n", style="dim")
+        else:
+            out.append("not explained yet: press e (n for 4 ranked samples, a for all)\n", style="dim")
     if exps:
         best = exps[0]
         # Score and warnings first: an untrained or failed AV can write pages.
         out.append("\n" if partial is None else "previous: ", style="dim")
-        out.append_text(_score_line(best))
+        out.append_text(_score_line(best, state.verdict(best)))
         out.append("\n")
         for w in state.warnings(index):
             out.append(f"⚠ {visible(str(w))}\n", style="yellow")
@@ -148,7 +151,7 @@ def render_token(state: UiState, index: int) -> Text:
         if len(exps) > 1:
             out.append("\nother samples, ranked by AR score\n", style="bold")
             for rank, ex in enumerate(exps[1:], 2):
-                label = ex.score.label if ex.score else "unscored"
+                label = state.verdict(ex)
                 fid = f"{ex.score.fidelity:.3f}" if ex.score else "-"
                 out.append(f"{rank}. [{label} {fid}] ", style=_LABEL_STYLE.get(label, "dim"))
                 out.append(visible(ex.text.strip()) + "\n")
