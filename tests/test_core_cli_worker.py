@@ -160,6 +160,10 @@ def test_worker_runs_jobs_in_order_and_survives_errors(demo_engine):
         w.submit(ev.Explain(index=3, sampling=s))
         done = col.wait_for(lambda e: isinstance(e, ev.ExplainDone) and e.index == 3)
         assert done[0].explanations[0].score is not None and not done[0].cached
+        # the logit lens comes with the cursor's explain, before the explanation (issue 23)
+        lens = col.of(ev.LogitLens)
+        assert [x.index for x in lens] == [3] and len(lens[0].layers) == len(eng.subject.decoder.layers)
+        assert col.events.index(lens[0]) < col.events.index(done[0])
         # the same explain again is answered from the engine's results, not the AV
         calls = eng.counters["av_generate"]
         w.submit(ev.Explain(index=3, sampling=s))
