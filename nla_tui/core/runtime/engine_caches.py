@@ -76,8 +76,9 @@ class EngineCaches:
         extras = {"top_ids": np.asarray(cap.top_ids, np.int64), "top_probs": np.asarray(cap.top_probs, np.float32)}
         # The logit lens's residuals travel with the activations while small (a typical chat);
         # a long transcript's would swamp the cache, and the engine recaptures them on demand.
-        if cap.residuals is not None and cap.residuals.nbytes <= LENS_CACHE_BYTES:
-            extras["residuals"] = np.asarray(cap.residuals, np.float32)
+        residuals = getattr(cap, "residuals", None)  # compute may be any capture-shaped object
+        if residuals is not None and residuals.nbytes <= LENS_CACHE_BYTES:
+            extras["residuals"] = np.asarray(residuals, np.float32)
         self.activations.put(ident, ids, cap.activations, extras)
         return cap
 
