@@ -142,6 +142,7 @@ def test_chunked_capture_is_bit_for_bit_the_one_pass_capture(demo_engine):
     assert np.array_equal(one.activations, chunked.activations)
     assert np.array_equal(one.top_ids, chunked.top_ids)
     assert np.array_equal(one.top_probs, chunked.top_probs)
+    assert np.array_equal(one.residuals, chunked.residuals)  # the logit lens's too (issue 23)
 
 
 def test_a_short_tail_joins_the_previous_chunk():
