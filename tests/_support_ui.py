@@ -144,6 +144,35 @@ async def _explained(pilot) -> None:
     await pilot.pause()
 
 
+def recorded_readouts(session: Path = RECORDED):
+    """The logit lens and per-sentence fidelity at CURSOR_TOKEN, recorded from the real
+    demo engine (data/recorded_session/record_readouts.py)."""
+    import json
+
+    from nla_tui.core.types import Candidate, SentenceScore
+
+    doc = json.loads((Path(session) / "readouts.json").read_text())
+    return (doc["index"], [[Candidate(**c) for c in layer] for layer in doc["lens"]],
+            [SentenceScore(**x) for x in doc["sentences"]])
+
+
+async def _readouts(pilot) -> None:
+    """The explained token with the readouts beside the AV (issue 23), as the worker sends
+    them with the cursor's `e`: the lens first, then the explanation with its sentences."""
+    from dataclasses import replace
+
+    from nla_tui.core import events as ev
+    from nla_tui.ui.messages import EngineEvent
+
+    await _explained(pilot)
+    app = pilot.app
+    index, lens, sentences = recorded_readouts()
+    app.post_message(EngineEvent(ev.LogitLens(index, lens)))
+    app.post_message(EngineEvent(ev.ExplainDone(index, [replace(app.state.best(index), sentences=sentences)],
+                                                cached=True)))
+    await pilot.pause()
+
+
 async def _help(pilot) -> None:
     await _explained(pilot)
     await pilot.press("question_mark")
@@ -212,6 +241,7 @@ SCENARIOS = {
     "explained_80x24": (dict(preload=True), (80, 24), _explained),
     "explained_120x36": (dict(preload=True), (120, 36), _explained),
     "help_120x36": (dict(preload=True), (120, 36), _help),
+    "readouts_120x60": (dict(preload=True), (120, 60), _readouts),
     "explain_all_120x36": (dict(), (120, 36), _explain_all),
     "whatif_edit_120x36": (dict(preload=True), (120, 36), _whatif_edit),
     "whatif_result_120x36": (dict(preload=True), (120, 36), _whatif_result),
