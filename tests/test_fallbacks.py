@@ -3,6 +3,7 @@
 Each detector fires on a crafted case and not on the recorded session's good explanations
 (tests/data/recorded_session: real demo-pair output, AR labels good or mediocre)."""
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from nla_tui.core.fallbacks import (GENERIC_WARNING, REPETITION_WARNING, is_near
                                     near_duplicates, with_near_duplicates)
 from nla_tui.core.nla.av import parse_explanation
 from nla_tui.core.nla.explain import warnings_for
-from nla_tui.core.store.export import to_markdown
+from nla_tui.core.store.export import to_json, to_markdown
 from nla_tui.core.store.session import load_session
 from nla_tui.core.types import TRUNCATED_WARNING, Explanation, Sampling
 from nla_tui.ui.state import UiState
@@ -95,3 +96,6 @@ def test_near_duplicate_is_shown_by_the_pane_and_the_markdown_export(session):
     md = to_markdown(replace(session, explanations=exps))
     row = next(line for line in md.splitlines() if line.startswith("| 5 |"))
     assert "near-identical" in row
+    doc = json.loads(to_json(replace(session, explanations=exps)))
+    assert [e["index"] for e in doc["explanations"] if any(is_near_duplicate_warning(w) for w in e["warnings"])] \
+        == [5, 6, 7]

@@ -133,6 +133,10 @@ def to_json(session: Session, include_activations: bool = False) -> str:
     # The TUI's warnings and verdicts, made by core.caveats (export only; not in session.json).
     caveats = _caveats(session)
     doc["position_warnings"] = {str(i): [c.text for c in cs] for i, cs in caveats.items() if cs}
+    # The cross-position fallback over the whole session, as the pane and Markdown show it.
+    flagged = with_near_duplicates(session.explanations, {t.index: t.text for t in session.tokens})
+    for e, f in zip(doc.get("explanations", []), flagged):
+        e["warnings"] = list(f.warnings)
     for e in doc.get("explanations", []):
         score = Score.from_json(e.get("score"))
         e["verdict"] = verdict(score, caveats.get(e["index"], [])) if score else ""
