@@ -156,8 +156,10 @@ def capture_chunked(subject, ids: list[int], chunk: int | None = None, progress:
     residuals: list[np.ndarray] = []
 
     def hook_for(k: int):
+        # Straight to host memory: holding every layer's output on the card until the chunk
+        # ends would cost L x the chunk's activations there (~340 MB per 512 tokens of the 27B).
         def hook(_mod, _inp, out):
-            store[k] = out[0] if isinstance(out, tuple) else out
+            store[k] = (out[0] if isinstance(out, tuple) else out)[0].float().cpu()
         return hook
 
     handles = [layer.register_forward_hook(hook_for(k)) for k, layer in enumerate(layers)
@@ -171,9 +173,9 @@ def capture_chunked(subject, ids: list[int], chunk: int | None = None, progress:
                 pos = torch.arange(s, e, device=subject.device)
                 out = subject.decoder(input_ids=x, cache=cache, use_cache=True,
                                       cache_position=pos, position_ids=pos[None])
-                acts.append(store[subject.layer][0].float().cpu().numpy())
+                acts.append(store[subject.layer].numpy())
                 if keep_all:
-                    residuals.append(torch.stack([store[k][0] for k in range(len(layers))], 1).float().cpu().numpy())
+                    residuals.append(torch.stack([store[k] for k in range(len(layers))], 1).numpy())
                 store.clear()
                 hidden.append(out.last_hidden_state[0])
                 if progress:
