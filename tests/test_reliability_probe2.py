@@ -92,8 +92,8 @@ def test_4_run_out_refuses_a_session_saved_into_the_folder_meanwhile(demo_paths,
     out = tmp_path / "x"
     real_table = run_mod.print_table
 
-    def table_then_other_process_saves(*a):
-        real_table(*a)
+    def table_then_other_process_saves(*a, **kw):
+        real_table(*a, **kw)
         other_process(f"""
             import sys; sys.path.insert(0, "tests")
             from _support_session import make_session

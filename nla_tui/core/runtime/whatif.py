@@ -42,7 +42,9 @@ def check_arguments(index: int, edited: str, alpha: float, span: str, max_new_to
     if not edited or not edited.strip():
         raise InputError("The edited explanation is empty: write what the model should have thought "
                          "(e.g. the original explanation with one concept changed).")
-    if not math.isfinite(alpha) or abs(alpha) > MAX_ALPHA:
+    if not math.isfinite(alpha):
+        raise InputError(f"--alpha {alpha} is not a finite number: give a strength such as {DEFAULT_ALPHA:g}.")
+    if abs(alpha) > MAX_ALPHA:
         raise InputError(f"--alpha {alpha} is outside -{MAX_ALPHA:g}..{MAX_ALPHA:g}: a steering vector that many times "
                          f"the activation's norm drowns the model (it only writes padding); try {DEFAULT_ALPHA:g}.")
     if not 1 <= max_new_tokens <= MAX_CONTINUATION:
