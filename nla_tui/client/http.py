@@ -201,25 +201,11 @@ class NlaClient:
 
     def explain(self, conversation: Conversation | str, positions: Sequence[int], sampling: Sampling = Sampling(),
                 prompt: str | None = None, on_text: Callable[[int, str], None] | None = None) -> list[Explanation]:
-        out = []
-        for item in self.explain_stream(conversation, positions, sampling, prompt):
-            if isinstance(item, ExplainDelta):
-                if on_text is not None:
-                    on_text(item.index, item.text)
-            else:
-                out.append(item)
-        return out
+        return _collect(self.explain_stream(conversation, positions, sampling, prompt), on_text)
 
     def explain_vectors(self, vectors: Any, sampling: Sampling = Sampling(), prompt: str | None = None,
                         on_text: Callable[[int, str], None] | None = None) -> list[Explanation]:
-        out = []
-        for item in self.explain_stream(None, None, sampling, prompt, vectors=vectors):
-            if isinstance(item, ExplainDelta):
-                if on_text is not None:
-                    on_text(item.index, item.text)
-            else:
-                out.append(item)
-        return out
+        return _collect(self.explain_stream(None, None, sampling, prompt, vectors=vectors), on_text)
 
     def score(self, text: str, vector: Any) -> Score:
         vec = np.asarray(vector, np.float32).reshape(-1).tolist()
@@ -239,3 +225,15 @@ class NlaClient:
 
 
 __all__ = ["NlaClient", "ServerError", "default_token"]
+
+
+def _collect(stream, on_text: Callable[[int, str], None] | None) -> list[Explanation]:
+    """The finished explanations of an explain stream; its text deltas go to on_text."""
+    out = []
+    for item in stream:
+        if isinstance(item, ExplainDelta):
+            if on_text is not None:
+                on_text(item.index, item.text)
+        else:
+            out.append(item)
+    return out
