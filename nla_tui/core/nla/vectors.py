@@ -5,8 +5,8 @@ steering vector, a mean difference) through the AV, each scored by the AR.
     rows = load_vectors("dirs.safetensors", name="W_dec")       # float32 [N, d]
     exps = explain_file(engine, "dirs.safetensors", name="W_dec")  # one Explanation per row
 
-numpy + safetensors.numpy only (no pickle: .npy object arrays are refused). Width and
-finiteness are checked with the AV's own errors (av.check_vectors), before the AV runs.
+Files are read by core/store/vector_files.py (numpy + safetensors; no pickle: .npy object
+arrays are refused). Width and finiteness are checked with the AV's own errors (av.check_vectors), before the AV runs.
 """
 
 from __future__ import annotations
@@ -19,45 +19,15 @@ from typing import Callable
 import numpy as np
 
 from ..errors import InputError
+from ..store.vector_files import read_array
 from ..types import Explanation, Sampling
-
-SUFFIXES = (".npy", ".safetensors")
 
 
 def load_vectors(path: str | os.PathLike, name: str | None = None) -> np.ndarray:
     """float32 [N, d] from a .npy file or one tensor of a .safetensors file (`name`
     picks it; optional when the file holds exactly one). A 1-D array is one row."""
     p = Path(path).expanduser()
-    if p.suffix not in SUFFIXES:
-        raise InputError(f"{p} is neither .npy nor .safetensors: save the vectors with numpy.save or "
-                         f"safetensors (one row per vector, width d_model).")
-    if not p.is_file():
-        raise InputError(f"Vector file {p} does not exist.")
-    if p.suffix == ".npy":
-        if name is not None:
-            raise InputError(f"--name picks a tensor in a .safetensors file; {p} is a .npy file with one array.")
-        try:
-            arr = np.load(p, allow_pickle=False)
-        except ValueError as e:  # object arrays need pickle, which nla-tui never unpickles
-            raise InputError(f"{p} cannot be read without unpickling ({e}); save a plain float array "
-                             f"(numpy.save(path, array.astype('float32'))).") from None
-        except (OSError, EOFError) as e:  # EOFError: an empty or truncated file
-            raise InputError(f"{p} is not a readable .npy file ({e}).") from None
-    else:
-        from safetensors.numpy import load_file
-
-        try:
-            tensors = load_file(str(p))
-        except Exception as e:  # safetensors raises its own error types for a bad header
-            raise InputError(f"{p} is not a readable safetensors file ({e}).") from None
-        if name is None:
-            if len(tensors) != 1:
-                raise InputError(f"{p} holds {len(tensors)} tensors ({', '.join(sorted(tensors)) or 'none'}); "
-                                 f"pick one with --name KEY.")
-            name = next(iter(tensors))
-        if name not in tensors:
-            raise InputError(f"{p} has no tensor {name!r}; it holds {', '.join(sorted(tensors))}.")
-        arr = tensors[name]
+    arr = read_array(p, name)
     if arr.dtype.kind not in "fiu":
         raise InputError(f"{p} holds {arr.dtype} data; the vectors must be numbers (float32 rows of width d_model).")
     arr = np.asarray(arr, dtype=np.float32)

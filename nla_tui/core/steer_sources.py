@@ -1,0 +1,118 @@
+"""Where a steering vector comes from, as plain data (torch-free: the UI's steer dialog
+builds these, the worker resolves them with runtime/steer_vectors.py).
+
+    FileVector("dir.safetensors", name="W")  # one tensor of a .safetensors / .npy file
+    TokenDifference(a=12, b=30)               # activation[a] − activation[b] of the session
+    TextReading(index=9, edited="…")          # AR(edited) − AR(original explanation of token 9)
+    SaeFeature("gemma-scope-L12/", 1234)      # decoder row 1234 of a local sae-lens SAE
+
+Strength: every source but the text reading is added as its *direction* times alpha
+times the layer's median activation norm over the session's tokens (`median_norm`), so
+alpha 0.5 means "half a typical activation" whatever the file's own scale. The text
+reading keeps what-if's unit, the steered token's own activation norm (issue 13's
+measured default). `ResolvedVector` carries the vector and what to show about it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import numpy as np
+
+from .errors import InputError
+
+# The units alpha is given in, per source (shown beside the norm).
+MEDIAN_NORM = "median activation norm of the layer"
+TOKEN_NORM = "the token's activation norm"
+
+
+@dataclass(frozen=True)
+class FileVector:
+    """One vector from a .safetensors file (`name` picks a tensor; optional when it holds
+    one) or a .npy file (read with allow_pickle=False)."""
+
+    path: str
+    name: str | None = None
+
+    def describe(self) -> str:
+        return f"file {self.path}" + (f" [{self.name}]" if self.name else "")
+
+
+@dataclass(frozen=True)
+class TokenDifference:
+    """activation[a] − activation[b] of the session's conversation at layer K."""
+
+    a: int
+    b: int
+
+    def describe(self) -> str:
+        return f"token {self.a} − token {self.b}"
+
+
+@dataclass(frozen=True)
+class TextReading:
+    """What-if: AR(edited) − AR(original); original None = the token's latest explanation."""
+
+    index: int
+    edited: str
+    original: str | None = None
+
+    def describe(self) -> str:
+        return f"AR reading of an edited explanation of token {self.index}"
+
+
+@dataclass(frozen=True)
+class SaeFeature:
+    """Decoder row `feature` (W_dec[feature]) of a sparse autoencoder saved by sae-lens:
+    `directory` holds cfg.json (d_in, d_sae, hook_name) and sae_weights.safetensors."""
+
+    directory: str
+    feature: int
+    any_layer: bool = False  # steer even when the SAE was trained on another layer than K
+
+    def describe(self) -> str:
+        return f"SAE {self.directory} feature {self.feature}"
+
+
+VectorSource = Union[FileVector, TokenDifference, TextReading, SaeFeature]
+
+
+@dataclass
+class ResolvedVector:
+    """A validated steering direction: finite float32 [d_model], non-zero.
+
+    `vector` is the raw vector as given (its norm is `norm`); steering adds
+    vector / norm × alpha × `unit_norm`. `layer` is the layer the source says it belongs
+    to (None: the source does not say; a session's own activations are layer K)."""
+
+    vector: np.ndarray
+    source: str  # describe() of where it came from
+    unit: str  # MEDIAN_NORM or TOKEN_NORM: what alpha multiplies
+    unit_norm: float  # that norm's value
+    layer: int | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def norm(self) -> float:
+        return float(np.linalg.norm(self.vector.astype(np.float64)))
+
+    def scaled(self, alpha: float) -> np.ndarray:
+        """The vector steering adds: this direction at alpha × unit_norm (float32)."""
+        v = self.vector.astype(np.float64)
+        return (v / np.linalg.norm(v) * self.unit_norm * alpha).astype(np.float32)
+
+    def summary(self) -> dict[str, Any]:
+        """What a steered branch records about its vector (session, exports)."""
+        return {"source": self.source, "norm": self.norm, "unit": self.unit, "unit_norm": self.unit_norm,
+                "layer": self.layer, "warnings": list(self.warnings)}
+
+
+def median_norm(activations: Any) -> float:
+    """The median L2 norm of the session's layer-K activations: robust to <bos> and the
+    other outliers (hundreds of times a typical norm on the released models)."""
+    acts = np.asarray(activations, np.float64)
+    if acts.ndim != 2 or len(acts) == 0:
+        raise InputError("The session has no captured tokens, so there is no activation norm to scale the "
+                         "steering vector by: chat or open a conversation first.")
+    return float(np.median(np.linalg.norm(acts, axis=1)))
