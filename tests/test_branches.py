@@ -31,7 +31,7 @@ def test_branches_round_trip_in_a_session(tmp_path):
     back = load_session(tmp_path / "s")
     assert back.steered == s.steered and back.explanations == s.explanations
     doc = json.loads((tmp_path / "s" / "session.json").read_text())
-    assert doc["schema_version"] == SCHEMA_VERSION == 2 and len(doc["steered"]) == 2
+    assert doc["schema_version"] == SCHEMA_VERSION and len(doc["steered"]) == 2
 
 
 def test_schema_1_migrates_to_2_without_rewriting(tmp_path):

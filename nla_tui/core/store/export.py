@@ -30,6 +30,7 @@ from ..caveats import Caveat, median_norm, position_caveats, verdict
 from ..errors import InputError
 from ..fallbacks import with_near_duplicates
 from .branch_export import branches_html, branches_markdown
+from .note_export import NOTES_CSS, inline_notes, note_marker, notes_html, notes_markdown
 from .transcript import message_display_text
 from ..types import Explanation, Score, group_by_index
 from .jsonsafe import dumps_finite
@@ -120,6 +121,7 @@ def to_markdown(session: Session) -> str:
             f"{_fmt(s.fve_nrm) if s else ''} | {verdict(s, caveats[t.index]) if s else ''} | "
             f"{_md_cell('; '.join(warned)) if warned else ''} |")
     lines += [""] + branches_markdown(session.steered) if session.steered else []
+    lines += [""] + notes_markdown(session.notes, {t.index: t.text for t in session.tokens}) if session.notes else []
     return "\n".join(lines) + "\n"
 
 
@@ -204,6 +206,9 @@ _JS = r"""
     detail.appendChild(el('h2', null, 'Token ' + i + ': ' + JSON.stringify(t.text)));
     detail.appendChild(el('div', 'scores', t.role + ', turn ' + t.turn + ', norm ' + t.norm.toFixed(2)));
     (t.warnings || []).forEach(function(w){ detail.appendChild(el('div', 'warn', '⚠ ' + w)); });
+    (D.notes || []).forEach(function(n){  // notes on this token (the conversation's, not another branch's)
+      if((n.branch === undefined || n.branch === null) && n.start <= i && i <= n.end)
+        detail.appendChild(el('div', 'note', '✎ ' + n.text)); });
     const ex = D.explanations[i] || [];
     if(!ex.length) detail.appendChild(el('p', 'none', 'Not explained yet.'));
     ex.forEach(function(e){
@@ -272,6 +277,7 @@ def to_html(session: Session) -> str:
     """One self-contained HTML page: token heat map by fidelity + click-for-details."""
     expl, caveats = _by_index(session), _caveats(session)
     greys = _norm_colours(session)
+    noted, note_ends = inline_notes(session.notes)
     by_turn: dict[int, list[str]] = {}
     for t in session.tokens:
         best = best_explanation(expl.get(t.index, []))
@@ -280,10 +286,10 @@ def to_html(session: Session) -> str:
         else:
             colour = greys[t.index] if t.index < len(greys) else "#eee"
             tip = "explained (unscored)" if best else "not explained"
-        cls = "tok special" if t.role in ("bos", "special") else "tok"
+        cls = ("tok special" if t.role in ("bos", "special") else "tok") + (" noted" if t.index in noted else "")
         by_turn.setdefault(t.turn, []).append(
             f'<span class="{cls}" data-i="{t.index}" data-role="{html.escape(t.role)}" style="background:{colour}" '
-            f'title="{html.escape(tip)}">{_h(t.text)}</span>')
+            f'title="{html.escape(tip)}">{_h(t.text)}</span>' + note_marker(note_ends.get(t.index, [])))
     blocks = []
     for turn in sorted(by_turn):
         role = (session.messages[turn].role if 0 <= turn < len(session.messages)
@@ -295,6 +301,7 @@ def to_html(session: Session) -> str:
         "explanations": {str(i): [dict(e.to_json(), verdict=verdict(e.score, caveats[i]) if e.score else "")
                                   for e in sorted(es, key=lambda e: -(e.score.fidelity if e.score else -9))]
                          for i, es in expl.items()},
+        "notes": [n.to_json() for n in session.notes],
     }
     warn = (f'<div class="warn">{html.escape(UNTRAINED_NOTE)}</div>' if session.info.untrained_av
             else f'<div class="meta pair">About the pair: {html.escape(session.info.pair_note)}.</div>'
@@ -309,13 +316,14 @@ def to_html(session: Session) -> str:
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title} · nla-tui</title><style>{_CSS}</style></head>
+<title>{title} · nla-tui</title><style>{_CSS}{NOTES_CSS}</style></head>
 <body><header><h1>{title}</h1>
 <div class="meta">{_h(_models_line(session))} · {len(session.tokens)} tokens, {session.n_explained} explained · updated {_h(session.updated)}</div>
 {warn}{legend}</header>
 <div id="wrap"><section id="conv">{"".join(blocks)}</section>
 <aside id="detail"><p class="none">Click a token to see its explanation.</p></aside></div>
 {branches_html(session.steered)}
+{notes_html(session.notes)}
 <script id="nla-data" type="application/json">{_script_json(data)}</script>
 <script>{_JS}</script>
 </body></html>

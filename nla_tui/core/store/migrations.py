@@ -38,5 +38,13 @@ def _migrate_v1(doc: dict[str, Any], directory: Path) -> dict[str, Any]:
     return doc
 
 
+def _migrate_v2(doc: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """v2 -> v3: sessions gained `notes`, a researcher's notes on tokens (issue 26)."""
+    doc = dict(doc)
+    doc.setdefault("notes", [])
+    doc["schema_version"] = 3
+    return doc
+
+
 # schema_version -> function upgrading a document of that version by one step.
-MIGRATIONS: dict[int, Callable[[dict[str, Any], Path], dict[str, Any]]] = {0: _migrate_v0, 1: _migrate_v1}
+MIGRATIONS: dict[int, Callable[[dict[str, Any], Path], dict[str, Any]]] = {0: _migrate_v0, 1: _migrate_v1, 2: _migrate_v2}

@@ -34,6 +34,7 @@ from safetensors.numpy import save as st_save
 
 from ..branches import SteeredBranch
 from ..errors import InputError, NlaError
+from ..notes import Note
 from ..types import Explanation, Message, ModelInfo, TokenInfo
 from .jsonsafe import dumps_finite
 from .migrations import MIGRATIONS
@@ -60,6 +61,7 @@ class Session:
     explanations: list[Explanation] = field(default_factory=list)
     activations: np.ndarray | None = None  # float32 [len(tokens), info.d_model]
     steered: list[SteeredBranch] = field(default_factory=list)  # what-if branches; the conversation is unchanged
+    notes: list[Note] = field(default_factory=list)  # a researcher's notes on tokens (core/notes.py)
     created: str = field(default_factory=now_iso)
     updated: str = field(default_factory=now_iso)
     # The `generation` of the session.json this was loaded from or last saved as (each
@@ -90,6 +92,7 @@ class Session:
             "tokens": [t.to_json() for t in self.tokens],
             "explanations": [e.to_json() for e in self.explanations],
             "steered": [b.to_json() for b in self.steered],
+            "notes": [n.to_json() for n in self.notes],
         }
 
 
@@ -209,6 +212,18 @@ def _validate(session: Session, directory: Path) -> None:
             if not 0 <= e.index < len(session.tokens):
                 raise InputError(f"Cannot save session to {directory}: {what} points at "
                                  f"token {e.index}, outside 0..{len(session.tokens) - 1}.")
+    if bad := _note_out_of_range(session.notes, len(session.tokens)):
+        raise InputError(f"Cannot save session to {directory}: {bad}.")
+
+
+def _note_out_of_range(notes: list[Note], n_tokens: int) -> str | None:
+    """What is wrong with the first note whose span is not inside the conversation (a note on
+    another branch is checked only for order: that branch's tokens are its own)."""
+    for k, n in enumerate(notes):
+        if n.end < n.start or (n.branch is None and not 0 <= n.start <= n.end < n_tokens):
+            return (f"note {k} ({n.span_label()}) is not a span inside the conversation's {n_tokens} tokens "
+                    f"(0..{n_tokens - 1})")
+    return None
 
 
 # ------------------------------------------------------------------ load
@@ -281,8 +296,9 @@ def load_session(path: str | os.PathLike) -> Session:
         tokens = [TokenInfo.from_json(t) for t in doc.get("tokens", [])]
         explanations = [Explanation.from_json(e) for e in doc.get("explanations", [])]
         steered = [SteeredBranch.from_json(b) for b in doc.get("steered", [])]
+        notes = [Note.from_json(n) for n in doc.get("notes", [])]
         session = Session(name=str(doc["name"]), info=info, messages=messages, tokens=tokens,
-                          explanations=explanations, steered=steered, created=str(doc["created"]),
+                          explanations=explanations, steered=steered, notes=notes, created=str(doc["created"]),
                           updated=str(doc["updated"]), generation=doc.get("generation", 0),
                           origin=directory.resolve())
     except _MALFORMED as e:
@@ -294,6 +310,8 @@ def load_session(path: str | os.PathLike) -> Session:
             if not 0 <= e.index < len(tokens):
                 raise InputError(f"Session file {jpath} has {what} for token {e.index}, "
                                  f"but the session has {len(tokens)} tokens.")
+    if bad := _note_out_of_range(session.notes, len(tokens)):
+        raise InputError(f"Session file {jpath} has a {bad}; it was left untouched.")
     return session
 
 

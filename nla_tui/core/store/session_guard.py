@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import InputError, SessionConflict
 from .session_files import SESSION_FILE, is_regular, read_regular
 
-SCHEMA_VERSION = 2  # what save_session writes; migrations.py upgrades older documents
+SCHEMA_VERSION = 3  # what save_session writes; migrations.py upgrades older documents
 
 
 def check_overwritable(path: Path) -> int | None:

@@ -144,10 +144,12 @@ STEERED = obj({"index": integer(0), "token_text": string, "layer": integer(0), "
               {"before": list_of(candidate), "after": list_of(candidate), "original_tokens": list_of(string),
                "steered_tokens": list_of(string), "original_ids": list_of(integer()),
                "steered_ids": list_of(integer()), "created": string})
+NOTE = obj({"start": integer(0), "end": integer(0), "text": string, "created": string},
+            {"branch": optional(either("a branch id (a string or a whole number)", string, integer(0)))})
 SESSION = obj({"schema_version": integer(0), "name": string, "created": string, "updated": string,
                "models": MODELS},
               {"conversation": list_of(MESSAGE), "tokens": list_of(TOKEN), "explanations": list_of(EXPLANATION),
-               "steered": list_of(STEERED), "activations_file": optional(string),
+               "steered": list_of(STEERED), "notes": list_of(NOTE), "activations_file": optional(string),
                "activations_sha256": optional(string), "generation": integer(0)})
 
 
