@@ -57,35 +57,12 @@ def cmd_steer(args: argparse.Namespace) -> int:
 
 
 def keep_branch(session, path: Path, branch, out: str | None):
-    """Append `branch` to the saved session. If another process saved the session while
-    this one steered (the TUI's autosave, another `steer`), the branch is added to that
-    newer version instead of overwriting it; if the conversation itself changed, or the
-    session was moved or deleted, it is refused with a message."""
-    from ..core.errors import InputError, SessionConflict
-    from ..core.store.session import load_session, save_session
-    from .output import warn
+    """Append `branch` to the saved session (cli/session_update.add_to_saved: a session
+    another process saved meanwhile gets the branch added to its newer version)."""
+    from .session_update import add_to_saved
 
-    directory = path.parent if path.name == "session.json" else path
     kept = (f"the branch is in {out}" if out else "rerun with --out FILE.json to keep the branch in a file")
-    session.steered.append(branch)
-    try:
-        save_session(session, directory)
-        return session
-    except SessionConflict:
-        pass
-    try:
-        current = load_session(directory)
-    except InputError as e:
-        raise InputError(f"The session was moved, deleted or damaged while steering, so the branch was not kept "
-                         f"in it ({e}); {kept}.") from None
-    if [t.token_id for t in current.tokens] != [t.token_id for t in session.tokens]:
-        raise InputError(f"The session in {directory} was given another conversation while steering (another "
-                         f"process saved it); the branch belongs to the old one and was not added; {kept}.")
-    current.steered.append(branch)
-    save_session(current, directory)
-    warn(f"the session in {directory} was saved by another process while steering; the branch was added to "
-         "that newer version (nothing of it was overwritten).")
-    return current
+    return add_to_saved(session, path, lambda s: s.steered.append(branch), "branch", kept)
 
 
 def print_branch(b) -> None:
