@@ -211,7 +211,7 @@ def run(rep: Report, out: Path, new_tokens: int = 200, n_explain: int = 150, mem
         fd.clear(subj)
     section("subject_chat", chat)
 
-    from .gpu_steer import run_section as steered_continuation  # what-if (issue 13)
+    from .gpu_steer import run_section as steered_continuation  # steer (issue 13)
 
     if "steered_continuation" in want:
         steered_continuation(rep, out, subj, layer_k, cfg62.vocab_size, dev, _sync)

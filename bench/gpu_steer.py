@@ -1,4 +1,4 @@
-"""GPU suite section: one steered continuation (what-if, issue 13) against a plain one,
+"""GPU suite section: one steered continuation (steer, issue 13) against a plain one,
 on the 27B-shaped subject. Both through fast_decode from the same 100-token prompt;
 the steered one runs with the steering hook on layer K (span onward: every new
 position gets v), in its own captured graph (graph_tag "steer").
@@ -17,7 +17,7 @@ from nla_tui.core.models import fast_decode as fd
 from nla_tui.core.models.steering import NO_END, SteeringHook
 
 PROMPT = 100
-NEW = 64  # a what-if continuation (the TUI default is 32)
+NEW = 64  # a steered continuation (the TUI default is 32)
 
 
 def run_section(rep, out, subj, layer_k: int, vocab: int, dev: str, sync) -> None:

@@ -31,7 +31,7 @@ def recorded_comparisons(session: object = RECORDED) -> list:
     """The comparisons recorded from the real engine beside a recorded session."""
     import json
 
-    from nla_tui.core.branches import Comparison
+    from nla_tui.core.steer_results import Comparison
 
     if not isinstance(session, Path):  # a Session object a test built: nothing recorded beside it
         return []
@@ -121,7 +121,7 @@ def async_test(fn):
 # screenshots/ are exactly the screens the snapshot tests pin.
 
 CURSOR_TOKEN = 14  # ' Eiffel' in the reply: past the noisy prefix
-# The what-if and compare recorded from the real engine (data/recorded_session/record_steer.py).
+# The steered continuation and compare recorded from the real engine (data/recorded_session/record_steer.py).
 STEER_TOKEN = 18  # ' in' of the reply: the next token names the place
 STEER_EDIT = "The Colosseum in Rome, Italy."
 COMPARE_PAIR = (18, 8)  # ' in' in the reply and ' in' in the prompt
@@ -189,28 +189,28 @@ async def _explain_all(pilot) -> None:
                      and app.state.all_progress.done == 10, "ten results")
 
 
-async def _whatif_edit(pilot) -> None:
+async def _steer_edit(pilot) -> None:
     from textual.widgets import TextArea
 
-    from nla_tui.ui.screens.steer import WhatIfDialog
+    from nla_tui.ui.screens.steer import SteerDialog
 
     app = pilot.app
     await settle_replay(pilot, app)
     app.strip.set_cursor(STEER_TOKEN)
     await pilot.press("w")
-    await wait_until(pilot, lambda: isinstance(app.screen, WhatIfDialog), "the what-if editor")
+    await wait_until(pilot, lambda: isinstance(app.screen, SteerDialog), "the steer editor")
     area = app.screen.query_one(TextArea)
     area.cursor_blink = False  # a blinking cursor makes the snapshot depend on timing
     area.load_text(STEER_EDIT)
     await pilot.pause()
 
 
-async def _whatif_result(pilot) -> None:
+async def _steer_result(pilot) -> None:
     from nla_tui.ui.screens.steer import SteeredScreen
 
-    await _whatif_edit(pilot)
+    await _steer_edit(pilot)
     await pilot.press("ctrl+s")
-    await wait_until(pilot, lambda: isinstance(pilot.app.screen, SteeredScreen), "the steered branch")
+    await wait_until(pilot, lambda: isinstance(pilot.app.screen, SteeredScreen), "the steered continuation")
 
 
 async def _compare(pilot) -> None:
@@ -243,8 +243,8 @@ SCENARIOS = {
     "help_120x36": (dict(preload=True), (120, 36), _help),
     "readouts_120x60": (dict(preload=True), (120, 60), _readouts),
     "explain_all_120x36": (dict(), (120, 36), _explain_all),
-    "whatif_edit_120x36": (dict(preload=True), (120, 36), _whatif_edit),
-    "whatif_result_120x36": (dict(preload=True), (120, 36), _whatif_result),
+    "steer_edit_120x36": (dict(preload=True), (120, 36), _steer_edit),
+    "steer_result_120x36": (dict(preload=True), (120, 36), _steer_result),
     "compare_120x36": (dict(preload=True), (120, 36), _compare),
     "agent_search_120x36": (dict(preload=True, session=AGENT), (120, 36), _agent_search),
 }

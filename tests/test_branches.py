@@ -1,4 +1,4 @@
-"""What-if branches and comparisons as data: kept in sessions (schema 2, migrated from
+"""Steered continuations and comparisons as data: kept in sessions (schema 2, migrated from
 1), exported, diffed; and the headless commands' checks that run before any model."""
 
 from __future__ import annotations
@@ -8,15 +8,15 @@ import json
 import numpy as np
 import pytest
 
-from nla_tui.core.branches import Comparison, SteeredBranch, compare_activations, token_diff
+from nla_tui.core.steer_results import Comparison, SteerResult, compare_activations, token_diff
 from nla_tui.core.store.export import to_html, to_json, to_markdown
 from nla_tui.core.store.session import SCHEMA_VERSION, load_session, save_session
 from nla_tui.core.types import Candidate
 from tests._support_session import make_session
 
 
-def make_branch(index: int = 5) -> SteeredBranch:
-    return SteeredBranch(
+def make_steered(index: int = 5) -> SteerResult:
+    return SteerResult(
         index=index, token_text=" is", layer=6, original_explanation="about France | </b>",
         edited_explanation="about Germany", alpha=1.5, span="onward", vector_norm=12.5,
         before=[Candidate(3, " Paris", 0.6)], after=[Candidate(4, " Berlin", 0.4)],
@@ -24,9 +24,9 @@ def make_branch(index: int = 5) -> SteeredBranch:
         original_ids=[3, 9, 11], steered_ids=[4, 9, 11], created="2026-01-02T03:04:05+00:00")
 
 
-def test_branches_round_trip_in_a_session(tmp_path):
+def test_steered_round_trip_in_a_session(tmp_path):
     s = make_session()
-    s.steered = [make_branch(), make_branch(7)]
+    s.steered = [make_steered(), make_steered(7)]
     save_session(s, tmp_path / "s")
     back = load_session(tmp_path / "s")
     assert back.steered == s.steered and back.explanations == s.explanations
@@ -46,26 +46,26 @@ def test_schema_1_migrates_to_2_without_rewriting(tmp_path):
     assert json.loads((d / "session.json").read_text())["schema_version"] == 1  # loading never writes
 
 
-def test_a_branch_outside_the_tokens_is_refused(tmp_path):
+def test_a_steered_continuation_outside_the_tokens_is_refused(tmp_path):
     s = make_session()
     d = save_session(s, tmp_path / "s")
     doc = json.loads((d / "session.json").read_text())
-    doc["steered"] = [make_branch(999).to_json()]
+    doc["steered"] = [make_steered(999).to_json()]
     (d / "session.json").write_text(json.dumps(doc))
-    with pytest.raises(Exception, match="steered branch for token 999"):
+    with pytest.raises(Exception, match="steered continuation for token 999"):
         load_session(d)
 
 
-def test_exports_carry_the_branches():
+def test_exports_carry_the_steered_continuations():
     s = make_session()
-    s.steered = [make_branch()]
+    s.steered = [make_steered()]
     md = to_markdown(s)
-    assert "## What-if branches" in md and "**" in md and "Berlin" in md
+    assert "## Steered continuations" in md and "**" in md and "Berlin" in md
     assert "about France \\| \\</b\\>" in md  # a pipe cannot break the list, a tag is text
     page = to_html(s)
     assert "<mark> Berlin</mark>" in page and "&lt;/b&gt;" in page
     assert json.loads(to_json(s))["steered"][0]["edited_explanation"] == "about Germany"
-    assert "What-if" not in to_markdown(make_session())  # no section without branches
+    assert "Steered continuations" not in to_markdown(make_session())  # no section without any
 
 
 def test_token_diff_marks_only_what_changed():

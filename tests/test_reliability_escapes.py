@@ -1,7 +1,7 @@
 """Issue 19, items 1, 2 and 14: text from files is shown, never obeyed.
 
 Every string field of a real recorded session (conversation, tokens, explanations,
-what-if branches, model info, names) gets an escape sequence and Textual markup
+steered continuations, model info, names) gets an escape sequence and Textual markup
 appended, by walking the JSON document, so a field added later is covered too. Then:
 the TUI runs as its own process in a real pty (`nla-tui open`, the session browser,
 the token pane) and the raw bytes it writes are counted; the CLI's printers write to
@@ -25,7 +25,7 @@ import termios
 import time
 from pathlib import Path
 
-from nla_tui.core.branches import SteeredBranch
+from nla_tui.core.steer_results import SteerResult
 from nla_tui.core.store.export import to_markdown
 from nla_tui.core.store.session import load_session, save_session
 from nla_tui.core.types import Candidate, Explanation, Sampling, Score
@@ -154,7 +154,7 @@ def test_1_cli_printers_write_no_escape_to_stdout(tmp_path, capsys):
     """export (md, html, json) of a session with every field poisoned, and the printers of
     steer and explain-vectors, write to a real stdout: no raw sequence."""
     from nla_tui.cli.explain_vectors import print_rows
-    from nla_tui.cli.steer import print_branch
+    from nla_tui.cli.steer import print_steered
 
     d = hostile_session(tmp_path)
     for fmt in ("md", "html", "json"):
@@ -162,12 +162,12 @@ def test_1_cli_printers_write_no_escape_to_stdout(tmp_path, capsys):
         assert code == 0, err
         assert raw_count(out.encode()) == 0 and "\x1b" not in out, fmt
         assert "PWNED" in out
-    branch = load_session(d).steered[0]
-    print_branch(branch)
+    result = load_session(d).steered[0]
+    print_steered(result)
     exp = Explanation(0, "vector" + ESC, "raw" + ESC, Sampling(), score=Score(0.5, 1.0, None))
     print_rows([exp], [1.0])
     out = capsys.readouterr().out
-    assert "\x1b" not in out and out.count("␛]0;PWNED␇") >= 3  # branch texts and the vector row
+    assert "\x1b" not in out and out.count("␛]0;PWNED␇") >= 3  # steered texts and the vector row
 
 
 def test_14_markdown_export_has_no_tag_link_image_or_entity_anywhere(tmp_path):
@@ -175,7 +175,7 @@ def test_14_markdown_export_has_no_tag_link_image_or_entity_anywhere(tmp_path):
     s = load_session(RECORDED)
     s.messages[0].content = evil
     s.explanations[0].text = evil
-    s.steered.append(SteeredBranch(index=s.steered[0].index, token_text="<b>", layer=6, original_explanation=evil,
+    s.steered.append(SteerResult(index=s.steered[0].index, token_text="<b>", layer=6, original_explanation=evil,
                                    edited_explanation=evil, alpha=0.5, span="here", vector_norm=1.0,
                                    before=[Candidate(1, evil, 0.5)], after=[Candidate(2, evil, 0.4)],
                                    original_tokens=[evil], steered_tokens=["x", evil]))

@@ -234,7 +234,7 @@ def test_16_typed_chat_markers_are_warned():
 def test_16_steer_on_a_read_only_session_still_writes_out_and_shows_no_escape(demo_paths, demo_tokenizer,
                                                                               demo_engine, tmp_path, capsys):
     """The real `steer` (models from memory) on a session on a read-only filesystem whose
-    explanation holds an escape: the branch goes to the writable --out, the session save
+    explanation holds an escape: the result goes to the writable --out, the session save
     fails with one paragraph, and nothing printed is raw (item 1)."""
     d = tmp_path / "s"
     shutil.copytree(RECORDED, d)
@@ -242,7 +242,7 @@ def test_16_steer_on_a_read_only_session_still_writes_out_and_shows_no_escape(de
     index = doc["explanations"][0]["index"]
     doc["explanations"][0]["text"] += "\x1b]0;PWNED\x07"
     (d / "session.json").write_text(json.dumps(doc))
-    out = tmp_path / "branch.json"
+    out = tmp_path / "steered.json"
     with read_only(d) as ro, reusing_demo_loads(demo_tokenizer, demo_paths, demo_engine,
                                                 models=("subject", "av", "ar")):
         code, stdout, err = main(capsys, "steer", str(ro), "--token", str(index), "--edit", "about Paris",

@@ -35,7 +35,7 @@ SIDECAR_CASES = 40
 TRANSCRIPT_CASES = 120
 VECTOR_CASES = 60
 # Three real sessions, so every field of the schema has a node to damage: the demo
-# chat, the recorded session with a what-if branch (`steered`) and an agent transcript
+# chat, the recorded session with a steered continuation (`steered`) and an agent transcript
 # with `tool_calls`, a tool result and a system prompt.
 SESSIONS = (REAL_SESSION, "tests/data/recorded_session", "tests/data/agent_session")
 OUTCOMES: Counter = Counter()  # read by docs/RELIABILITY.md's numbers (printed with -s)

@@ -24,14 +24,14 @@ RECORDED = REPO / "tests" / "data" / "recorded_session"
 # ------------------------------------------------------------------ 3. lost update
 
 
-def test_3_steer_adds_its_branch_to_the_version_another_process_saved(tmp_path):
+def test_3_steer_adds_its_result_to_the_version_another_process_saved(tmp_path):
     """`steer` loads S; the TUI's autosave (another process) renames S's session and adds
     an explanation; steer's save must keep both, not write its stale copy."""
-    from nla_tui.cli.steer import keep_branch
+    from nla_tui.cli.steer import keep_steered
 
     d = save_session(load_session(RECORDED), tmp_path / "s")
     mine = load_session(d)  # what cmd_steer holds while the models work
-    branch = mine.steered[0]
+    result = mine.steered[0]
     other_process(f"""
         from nla_tui.core.store.session import load_session, save_session
         s = load_session({str(d)!r})
@@ -39,11 +39,11 @@ def test_3_steer_adds_its_branch_to_the_version_another_process_saved(tmp_path):
         s.explanations.append(s.explanations[0])
         save_session(s, {str(d)!r})
     """)
-    n_explanations, n_branches = len(mine.explanations), len(mine.steered)
-    keep_branch(mine, d, branch, None)
+    n_explanations, n_steered = len(mine.explanations), len(mine.steered)
+    keep_steered(mine, d, result, None)
     final = load_session(d)
     assert final.name == "renamed elsewhere" and len(final.explanations) == n_explanations + 1
-    assert len(final.steered) == n_branches + 1
+    assert len(final.steered) == n_steered + 1
 
 
 def test_3_a_stale_copy_is_never_saved_over_a_newer_one(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nla_tui.core.models import steering
-from nla_tui.core.runtime import whatif
+from nla_tui.core.runtime import steer as steer_ops
 from nla_tui.core.errors import InputError
 from nla_tui.core.types import Message, Sampling
 
@@ -71,7 +71,7 @@ def test_hook_is_removed_when_the_forward_fails(engine):
 
 
 def test_alpha_zero_reproduces_the_original_continuation(demo_engine):
-    """A greedy chat reply, then a what-if from inside it at alpha 0: the steered
+    """A greedy chat reply, then a steer from inside it at alpha 0: the steered
     continuation is the unsteered one token for token, and both are the reply itself."""
     from nla_tui.core.runtime.engine import Engine
 
@@ -81,7 +81,7 @@ def test_alpha_zero_reproduces_the_original_continuation(demo_engine):
     reply = [t for t in eng.tokens if t.role == "model"]
     start = reply[1].index
     rest = [t.token_id for t in reply if t.index > start]
-    b = whatif.what_if(eng, start, "A list of fruits: apple, banana.", alpha=0.0, span="onward",
+    b = steer_ops.steer(eng, start, "A list of fruits: apple, banana.", alpha=0.0, span="onward",
                        max_new_tokens=len(rest), original="A list of colours: red, green, blue.")
     assert b.steered_ids == b.original_ids
     assert b.original_ids == rest
@@ -118,10 +118,10 @@ def test_steering_toward_an_edit_beats_a_random_vector(engine):
     log-probability of ' Berlin'/' Germany' rises, and by a margin more than under any of
     8 random vectors of the same norm."""
     i = _index(engine, " is")
-    original = whatif.original_explanation(engine, i, QUICK)
+    original = steer_ops.original_explanation(engine, i, QUICK)
     edited = "The capital of Germany is Berlin."
     words = [" Berlin", " Germany"]
-    v = whatif.steering_vector(engine, i, original, edited, alpha=STEER_ALPHA)
+    v = steer_ops.steering_vector(engine, i, original, edited, alpha=STEER_ALPHA)
     assert np.linalg.norm(v) == pytest.approx(STEER_ALPHA * np.linalg.norm(engine.activations[i]), rel=1e-5)
     base = _target_logprob(engine, i, words)
     steered = _target_logprob(engine, i, words, v) - base
@@ -136,26 +136,26 @@ def test_steering_toward_an_edit_beats_a_random_vector(engine):
     assert steered - max(randoms) > STEER_MARGIN_NATS  # and more than any random push of that size
 
 
-def test_what_if_checks_its_input_before_any_model_runs(engine):
+def test_steer_checks_its_input_before_any_model_runs(engine):
     calls = dict(engine.counters)
     i = _index(engine, " is")
     with pytest.raises(InputError, match="out of range"):
-        whatif.what_if(engine, 10_000, "x")
+        steer_ops.steer(engine, 10_000, "x")
     with pytest.raises(InputError, match="empty"):
-        whatif.what_if(engine, i, "   ")
+        steer_ops.steer(engine, i, "   ")
     with pytest.raises(InputError, match="not one of"):
-        whatif.what_if(engine, i, "x", span="all")
+        steer_ops.steer(engine, i, "x", span="all")
     with pytest.raises(InputError, match="finite"):
-        whatif.what_if(engine, i, "x", alpha=float("nan"))
+        steer_ops.steer(engine, i, "x", alpha=float("nan"))
     with pytest.raises(InputError, match="same as the original"):
-        whatif.what_if(engine, i, "Paris.", original="Paris.")
+        steer_ops.steer(engine, i, "Paris.", original="Paris.")
     assert engine.counters == calls
 
 
 def test_compare_token_with_itself_is_the_zero_vector(engine):
     calls = dict(engine.counters)
     i = _index(engine, " Paris")
-    c = whatif.compare(engine, i, i, QUICK)
+    c = steer_ops.compare(engine, i, i, QUICK)
     assert c.vector.shape == (engine.info.d_model,) and not c.vector.any()
     assert c.a_minus_b is None and c.b_minus_a is None and c.cos == pytest.approx(1.0)
     assert "zero vector" in c.message and "two different tokens" in c.message
@@ -165,7 +165,7 @@ def test_compare_token_with_itself_is_the_zero_vector(engine):
 def test_compare_explains_both_differences(engine):
     i, j = _index(engine, " Paris"), _index(engine, " France", "user")
     seen = []
-    c = whatif.compare(engine, i, j, QUICK, progress=lambda done, total: seen.append((done, total)))
+    c = steer_ops.compare(engine, i, j, QUICK, progress=lambda done, total: seen.append((done, total)))
     # How far along, token by token as the AV writes both explanations, never backwards.
     assert len(seen) > 4 and {t for _, t in seen} == {2 * QUICK.max_new_tokens}
     assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1][0] == seen[-1][1]

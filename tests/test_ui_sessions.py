@@ -235,10 +235,10 @@ async def test_nla_tui_open_shows_the_session_without_models(data_dir):
         explained = min(app.state.explanations)
         await pilot.press("home", *["right"] * explained, "w")
         await pilot.pause()
-        assert not app.screen.is_modal  # no what-if editor opened
+        assert not app.screen.is_modal  # no steer editor opened
         last = list(app._notifications)[-1].message
-        assert "what-if" in last and "Press L" in last
-        assert not any(isinstance(j, (ev.Explain, ev.ExplainAll)) or type(j).__name__ == "WhatIf" for j in seen)
+        assert "steering" in last and "Press L" in last
+        assert not any(isinstance(j, (ev.Explain, ev.ExplainAll)) or type(j).__name__ == "Steer" for j in seen)
         before = (path / "session.json").read_bytes()
     assert (path / "session.json").read_bytes() == before  # opening never rewrites it
 

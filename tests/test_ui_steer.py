@@ -1,19 +1,19 @@
-"""What-if (w) and compare (c) keys, over a replay of the real recorded session and the
-what-if branch / comparison recorded from the real demo engine beside it."""
+"""Steer (w) and compare (c) keys, over a replay of the real recorded session and the
+steered continuation / comparison recorded from the real demo engine beside it."""
 
 from textual.widgets import Input, Label, TextArea
 
 from nla_tui.core import events as ev
-from nla_tui.core.steer_jobs import Compare, SteerProgress, WhatIf
+from nla_tui.core.steer_jobs import Compare, SteerProgress, Steer
 from nla_tui.ui.messages import EngineEvent
-from nla_tui.ui.screens.steer import CompareScreen, SteeredScreen, WhatIfDialog
+from nla_tui.ui.screens.steer import CompareScreen, SteeredScreen, SteerDialog
 
 from _support_ui import (COMPARE_PAIR, STEER_EDIT, STEER_TOKEN, Holder, async_test, replay_app, settle_replay,
                          wait_until)
 
 
 @async_test
-async def test_what_if_edits_the_explanation_and_shows_the_branch():
+async def test_steer_edits_the_explanation_and_shows_the_steered_continuation():
     holder = Holder()
     app = replay_app(preload=True, holder=holder)
     async with app.run_test(size=(120, 36)) as pilot:
@@ -21,38 +21,38 @@ async def test_what_if_edits_the_explanation_and_shows_the_branch():
         app.strip.set_cursor(STEER_TOKEN)
         original = app.state.best(STEER_TOKEN).text
         await pilot.press("w")
-        await wait_until(pilot, lambda: isinstance(app.screen, WhatIfDialog), "the editor")
+        await wait_until(pilot, lambda: isinstance(app.screen, SteerDialog), "the editor")
         dialog = app.screen
         assert dialog.query_one(TextArea).text == original
         await pilot.press("ctrl+s")  # unchanged: refused in the dialog, nothing submitted
         assert "Change the explanation" in str(dialog.query_one("#dialog-error", Label).render())
         dialog.query_one(TextArea).load_text(STEER_EDIT)
-        dialog.query_one("#whatif-alpha", Input).value = "x"
+        dialog.query_one("#steer-alpha", Input).value = "x"
         await pilot.press("ctrl+s")
         assert "α must be a number" in str(dialog.query_one("#dialog-error", Label).render())
-        dialog.query_one("#whatif-alpha", Input).value = "0.5"  # the recorded branch's strength
+        dialog.query_one("#steer-alpha", Input).value = "0.5"  # the recorded steer's strength
         await pilot.press("ctrl+s")
-        await wait_until(pilot, lambda: isinstance(app.screen, SteeredScreen), "the steered branch")
-        job = [j for j in holder.worker.jobs_seen if isinstance(j, WhatIf)][-1]
+        await wait_until(pilot, lambda: isinstance(app.screen, SteeredScreen), "the steered continuation")
+        job = [j for j in holder.worker.jobs_seen if isinstance(j, Steer)][-1]
         assert (job.index, job.edited, job.original, job.alpha, job.span) == (
             STEER_TOKEN, STEER_EDIT, original, 0.5, "here")
-        branch = app.screen.branch
-        assert app.state.steered == [branch] and branch.index == STEER_TOKEN
-        assert app.keeper.snapshot().steered == [branch]  # saved with the session, exported with it
+        result = app.screen.result
+        assert app.state.steered == [result] and result.index == STEER_TOKEN
+        assert app.keeper.snapshot().steered == [result]  # saved with the session, exported with it
         await pilot.press("escape")
         assert not isinstance(app.screen, SteeredScreen)
 
 
 @async_test
-async def test_what_if_needs_an_explanation_first():
+async def test_steer_needs_an_explanation_first():
     holder = Holder()
     app = replay_app(holder=holder)
     async with app.run_test(size=(120, 36)) as pilot:
         await wait_until(pilot, lambda: app.state.info is not None, "models ready")
         await pilot.press("w")  # no token yet
         await pilot.pause()
-        assert not isinstance(app.screen, WhatIfDialog)
-        assert not any(isinstance(j, WhatIf) for j in holder.worker.jobs_seen)
+        assert not isinstance(app.screen, SteerDialog)
+        assert not any(isinstance(j, Steer) for j in holder.worker.jobs_seen)
 
 
 @async_test

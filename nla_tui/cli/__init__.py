@@ -6,7 +6,7 @@
     nla-tui check [--preset P | ...]                         sidecars + tokenizers only (check.py)
     nla-tui open PATH | export SESSION                       saved sessions     (open.py, export.py)
     nla-tui note SESSION --token I --text T | --list          notes on tokens    (note.py)
-    nla-tui steer | compare SESSION …                       what-if, difference of two tokens (steer.py, compare.py)
+    nla-tui steer | compare SESSION …                       steer from an edited explanation, difference of two tokens (steer.py, compare.py)
     nla-tui explain-vectors FILE                             explain any vectors (explain_vectors.py)
     nla-tui sweep DATASET --out DIR | search DIR Q | report DIR   corpora (sweep.py, search.py, report.py)
     nla-tui cache list|clear [KIND ...]                      quantised models, activations, explanations (cache.py)

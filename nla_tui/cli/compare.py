@@ -24,7 +24,7 @@ def add_subparser(sub) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ..core.branches import compare_activations
+    from ..core.steer_results import compare_activations
     from .common import load_session_noting
 
     samp = sampling(args)  # range-checked before any model loads
@@ -35,7 +35,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         quick = compare_activations(session.activations, args.i, args.j)
         if quick.message:
             raise InputError(quick.message)
-    from ..core.runtime.whatif import compare
+    from ..core.runtime.steer import compare
 
     engine = load_engine(session, args)
     c = compare(engine, args.i, args.j, samp)

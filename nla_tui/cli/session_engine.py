@@ -58,7 +58,7 @@ def options_for(session, args):
 
 def load_engine(session, args):
     """A loaded Engine holding the session's conversation (recaptured), its explanations
-    and its what-if branches. Refuses when the models tokenize it differently."""
+    and its steered continuations. Refuses when the models tokenize it differently."""
     from ..core.runtime.engine import Engine
 
     engine = Engine(options_for(session, args))

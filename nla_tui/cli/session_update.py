@@ -1,4 +1,4 @@
-"""Adding something (a what-if branch, a note) to a saved session from the command line,
+"""Adding something (a steered continuation, a note) to a saved session from the command line,
 without losing what another process saved meanwhile."""
 
 from __future__ import annotations

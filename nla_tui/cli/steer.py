@@ -1,6 +1,6 @@
 """`nla-tui steer SESSION --token I --edit "…" [--alpha A] [--span here|onward] [--max-new-tokens N] [--out FILE.json]`:
 what if the model had thought otherwise at token I? Checks everything it can before
-any model loads; the branch is kept in the session's `steered` list."""
+any model loads; the steered continuation is kept in the session's `steered` list."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from .output import say
 
 
 def add_subparser(sub) -> None:
-    s = sub.add_parser("steer", help="what-if: steer the subject at a token toward an edited explanation",
+    s = sub.add_parser("steer", help="steer the subject at a token toward an edited explanation",
                        description="Regenerate a saved session's conversation from token I with the steering "
                                    "vector AR(edited) - AR(original), scaled to the activation's norm x alpha, "
                                    "added at layer K. Prints next-token top-5 before/after and both "
-                                   "continuations; the branch is kept in the session.")
+                                   "continuations; the result is kept in the session.")
     add_model_args(s)
     s.add_argument("session", help="session directory (or its session.json)")
     s.add_argument("--token", type=int, required=True, help="token index to steer at")
@@ -30,13 +30,13 @@ def add_subparser(sub) -> None:
                    help="here: that token only; onward: it and every later position (default here)")
     s.add_argument("--max-new-tokens", type=int, default=CONTINUATION_TOKENS,
                    help=f"continuation length (default {CONTINUATION_TOKENS})")
-    s.add_argument("--out", help="also write the branch as JSON here")
+    s.add_argument("--out", help="also write the result as JSON here")
     add_sampling_args(s)
     s.set_defaults(func=cmd_steer)
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
-    from ..core.runtime.whatif import check_arguments, what_if
+    from ..core.runtime.steer import check_arguments, steer
     from .common import load_session_noting
 
     samp = sampling(args)  # range-checked before any model loads
@@ -44,31 +44,30 @@ def cmd_steer(args: argparse.Namespace) -> int:
     check_token(session, args.token, "--token")
     check_arguments(args.token, args.edit, args.alpha, args.span, args.max_new_tokens)  # before any model loads
     engine = load_engine(session, args)
-    branch = what_if(engine, args.token, args.edit, args.alpha, args.span, args.max_new_tokens,
-                     sampling=samp)
-    print_branch(branch)
+    result = steer(engine, args.token, args.edit, args.alpha, args.span, args.max_new_tokens, sampling=samp)
+    print_steered(result)
     if engine.info.untrained_av:
         say("\nNote: the demo AV/AR are untrained; the steering direction carries little meaning.")
     if args.out:  # first: a session that cannot be saved (read-only, changed) must not cost this copy
-        say(f"branch written to {write_json(args.out, branch.to_json())}")
-    kept = keep_branch(session, Path(args.session), branch, args.out)
-    say(f"branch kept in the session ({len(kept.steered)} what-if branches): {args.session}")
+        say(f"steered continuation written to {write_json(args.out, result.to_json())}")
+    kept = keep_steered(session, Path(args.session), result, args.out)
+    say(f"kept in the session ({len(kept.steered)} steered continuations): {args.session}")
     return 0
 
 
-def keep_branch(session, path: Path, branch, out: str | None):
-    """Append `branch` to the saved session (cli/session_update.add_to_saved: a session
-    another process saved meanwhile gets the branch added to its newer version)."""
+def keep_steered(session, path: Path, result, out: str | None):
+    """Append `result` to the saved session (cli/session_update.add_to_saved: a session
+    another process saved meanwhile gets it added to its newer version)."""
     from .session_update import add_to_saved
 
-    kept = (f"the branch is in {out}" if out else "rerun with --out FILE.json to keep the branch in a file")
-    return add_to_saved(session, path, lambda s: s.steered.append(branch), "branch", kept)
+    kept = (f"the result is in {out}" if out else "rerun with --out FILE.json to keep the result in a file")
+    return add_to_saved(session, path, lambda s: s.steered.append(result), "steered continuation", kept)
 
 
-def print_branch(b) -> None:
-    from ..core.branches import token_diff
+def print_steered(b) -> None:
+    from ..core.steer_results import token_diff
 
-    say(f"what-if at token {b.index} {b.token_text!r} (layer {b.layer}), alpha {b.alpha:g}, span {b.span}, "
+    say(f"steered at token {b.index} {b.token_text!r} (layer {b.layer}), alpha {b.alpha:g}, span {b.span}, "
           f"|v| {b.vector_norm:.1f}")
     say(f"original explanation: {b.original_explanation}")
     say(f"edited explanation:   {b.edited_explanation}")

@@ -1,7 +1,7 @@
 """A client for `nla-tui serve` with the methods of the in-process Nla (core/api.py):
 tokenize, capture, activations, explain (streamed), explain_vectors, score, compare,
 steer. It returns the same plain types (Conversation, Explanation, Score, Comparison,
-SteeredBranch), so a notebook switches between the two by changing one line.
+SteerResult), so a notebook switches between the two by changing one line.
 
 HTTP only (httpx): no torch, no models. Imported as nla_tui.client. The token defaults to the one `nla-tui serve`
 wrote for this user (the same config dir), else give it (`token=` or NLA_TUI_TOKEN).
@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 
 from ..core.captured import Conversation, Messages, StreamItem
-from ..core.branches import Comparison, SteeredBranch
+from ..core.steer_results import Comparison, SteerResult
 from ..core.errors import Cancelled, InputError, NlaError
 from ..core.events import ChatDelta, ChatStarted, ExplainDelta
 from ..core.steer_jobs import DEFAULT_ALPHA
@@ -218,8 +218,8 @@ class NlaClient:
 
     def steer(self, conversation: Conversation | str, index: int, edited: str, alpha: float = DEFAULT_ALPHA,
               span: str = "here", max_new_tokens: int = 32, original: str | None = None,
-              sampling: Sampling = Sampling()) -> SteeredBranch:
-        return SteeredBranch.from_json(self._request("POST", "/v1/steer", {
+              sampling: Sampling = Sampling()) -> SteerResult:
+        return SteerResult.from_json(self._request("POST", "/v1/steer", {
             "handle": _handle(conversation), "index": index, "edited": edited, "alpha": alpha, "span": span,
             "max_new_tokens": max_new_tokens, "original": original, "sampling": _sampling(sampling)}))
 

@@ -21,7 +21,7 @@ from ..core import events as ev
 from ..core.captured import Conversation
 from ..core.errors import Cancelled
 from ..core.runtime.scheduler import JobThread
-from ..core.steer_jobs import Compare, CompareDone, WhatIf, WhatIfDone
+from ..core.steer_jobs import Compare, CompareDone, Steer, SteerDone
 from ..core.types import Explanation, group_by_index
 from .http import NlaClient, ServerError
 
@@ -40,7 +40,7 @@ class RemoteWorker(JobThread):
         self.explanations: dict[int, list[Explanation]] = {}
         self.ready = threading.Event()
         self.handlers = {ev.LoadModels: self._load, ev.Chat: self._chat, ev.SetConversation: self._set_conversation,
-                         ev.Explain: self._explain, ev.ExplainAll: self._explain_all, WhatIf: self._what_if,
+                         ev.Explain: self._explain, ev.ExplainAll: self._explain_all, Steer: self._steer,
                          Compare: self._compare}
         if autoload:
             self.submit(ev.LoadModels())
@@ -188,11 +188,11 @@ class RemoteWorker(JobThread):
                     self.emit(ev.ExplainAllProgress(done, total, (total - done) / rate if rate else None))
             self._recaptured(run_chunk)
 
-    def _what_if(self, job: WhatIf) -> None:
-        branch = self._recaptured(lambda: self._blocking(lambda c: c.steer(
+    def _steer(self, job: Steer) -> None:
+        result = self._recaptured(lambda: self._blocking(lambda c: c.steer(
             self._handle(), job.index, job.edited, job.alpha, job.span, job.max_new_tokens, job.original,
             job.sampling)))
-        self.emit(WhatIfDone(branch))
+        self.emit(SteerDone(result))
 
     def _compare(self, job: Compare) -> None:
         self.emit(CompareDone(self._recaptured(lambda: self._blocking(

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from . import events as ev
-from .branches import Comparison, SteeredBranch
+from .steer_results import Comparison, SteerResult
 from .api_call import Call, as_messages, check_sampling
 from .captured import Conversation, Messages, StreamItem
 from .errors import Cancelled, InputError, NlaError
@@ -281,7 +281,7 @@ class Nla:
     # ------------------------------------------------------------ compare and steer
 
     def _on_conversation(self, held: _Held, work: Callable[[Any, threading.Event], Any]):
-        """Run `work` with the engine holding this conversation (what-if and compare read it)."""
+        """Run `work` with the engine holding this conversation (steer and compare read it)."""
         def run(engine: Any, cancel: threading.Event) -> Any:
             if engine.messages != held.messages or len(engine.tokens) != len(held.tokens):
                 engine.set_conversation(held.messages, None, cancel)
@@ -327,7 +327,7 @@ class Nla:
         return call, conversation_after
 
     def compare_call(self, conversation: Conversation | str, i: int, j: int, sampling: Sampling = Sampling()) -> Call:
-        from .runtime.whatif import compare
+        from .runtime.steer import compare
 
         held = self.held(conversation)
         self._positions(held, [i, j])
@@ -342,22 +342,22 @@ class Nla:
     def steer_call(self, conversation: Conversation | str, index: int, edited: str, alpha: float = DEFAULT_ALPHA,
                    span: str = "here", max_new_tokens: int = DEFAULT_STEER_TOKENS, original: str | None = None,
                    sampling: Sampling = Sampling()) -> Call:
-        from .runtime.whatif import check_arguments, what_if
+        from .runtime import steer as steering
 
         held = self.held(conversation)
         self._positions(held, [index])
-        check_arguments(index, edited, alpha, span, max_new_tokens)
+        steering.check_arguments(index, edited, alpha, span, max_new_tokens)
         if max_new_tokens > 512:
             raise InputError(f"max_new_tokens {max_new_tokens} is over 512: ask for a shorter continuation.")
         check_sampling(sampling)
-        return self.submit(self._on_conversation(held, lambda e, c: what_if(
+        return self.submit(self._on_conversation(held, lambda e, c: steering.steer(
             e, index, edited, alpha, span, max_new_tokens, original, sampling, c, keep=False)),
-            ev.JobKind.WHAT_IF, ev.PRIORITY_BACKGROUND)
+            ev.JobKind.STEER, ev.PRIORITY_BACKGROUND)
 
     def steer(self, conversation: Conversation | str, index: int, edited: str, alpha: float = DEFAULT_ALPHA,
               span: str = "here", max_new_tokens: int = DEFAULT_STEER_TOKENS, original: str | None = None,
-              sampling: Sampling = Sampling()) -> SteeredBranch:
-        """What if the model had thought `edited` at token `index`? Steers the subject's layer-K
+              sampling: Sampling = Sampling()) -> SteerResult:
+        """Steer: what if the model had thought `edited` at token `index`? Steers the subject's layer-K
         residual by AR(edited) − AR(original) (× the activation's norm × alpha) and returns
         the top-5 before/after and the plain and steered continuations."""
         return self.steer_call(conversation, index, edited, alpha, span, max_new_tokens, original, sampling).wait()

@@ -30,7 +30,7 @@ class JobKind(Enum):
     SET_CONVERSATION = "SetConversation"
     EXPLAIN = "Explain"
     EXPLAIN_ALL = "ExplainAll"
-    WHAT_IF = "WhatIf"
+    STEER = "Steer"
     COMPARE = "Compare"
 
     @property
@@ -39,7 +39,7 @@ class JobKind(Enum):
 
     @property
     def changes_conversation(self) -> bool:
-        """Its end may change what a saved session holds (a what-if branch is saved)."""
+        """Its end may change what a saved session holds (a steered continuation is saved)."""
         return self not in (JobKind.LOAD, JobKind.COMPARE)
 
     @property
@@ -53,7 +53,7 @@ class JobKind(Enum):
 
 _JOB_WORDS = {JobKind.LOAD: "Loading the models", JobKind.CHAT: "Chat",
               JobKind.SET_CONVERSATION: "Opening the conversation", JobKind.EXPLAIN: "Explain",
-              JobKind.EXPLAIN_ALL: "Explain all", JobKind.WHAT_IF: "What-if", JobKind.COMPARE: "Compare"}
+              JobKind.EXPLAIN_ALL: "Explain all", JobKind.STEER: "Steer", JobKind.COMPARE: "Compare"}
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Worker jobs and events for what-if (steering) and compare. Plain dataclasses, like
+"""Worker jobs and events for steering and compare. Plain dataclasses, like
 events.py (torch-free: the UI imports them); the worker runs them in
 runtime/steer_worker.py (a mixin of EngineWorker)."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from .branches import Comparison, SteeredBranch
+from .steer_results import Comparison, SteerResult
 from .events import PRIORITY_EXPLAIN, Event, Job, JobKind
 from .types import CONTINUATION_TOKENS, Sampling
 
@@ -21,10 +21,10 @@ MAX_CONTINUATION = 4096  # tokens regenerated per side: bounds the KV memory bef
 
 
 @dataclass
-class WhatIf(Job):
-    """Regenerate from token `index` steered toward `edited` (whatif.what_if)."""
+class Steer(Job):
+    """Regenerate from token `index` steered toward `edited` (runtime/steer.py: steer)."""
 
-    kind: ClassVar[JobKind] = JobKind.WHAT_IF
+    kind: ClassVar[JobKind] = JobKind.STEER
 
     index: int
     edited: str
@@ -36,7 +36,7 @@ class WhatIf(Job):
 
     @property
     def key(self) -> str:
-        return f"whatif:{id(self)}"  # never deduplicated: each edit is its own branch
+        return f"steer:{id(self)}"  # never deduplicated: each edit is its own steered continuation
 
     @property
     def priority(self) -> int:
@@ -45,7 +45,7 @@ class WhatIf(Job):
 
 @dataclass
 class Compare(Job):
-    """Explain a − b and b − a for tokens i and j (whatif.compare)."""
+    """Explain a − b and b − a for tokens i and j (runtime/steer.py: compare)."""
 
     kind: ClassVar[JobKind] = JobKind.COMPARE
 
@@ -63,8 +63,8 @@ class Compare(Job):
 
 
 @dataclass
-class WhatIfDone(Event):
-    branch: SteeredBranch
+class SteerDone(Event):
+    result: SteerResult
 
 
 @dataclass
@@ -74,7 +74,7 @@ class CompareDone(Event):
 
 @dataclass
 class SteerProgress(Event):
-    """How far a compare (or what-if) has got: `what` it is doing, tokens written of at most
+    """How far a compare (or steer) has got: `what` it is doing, tokens written of at most
     `total` (rows that close early count as full), and the time left at that pace."""
 
     what: str

@@ -9,7 +9,7 @@ builds these, the worker resolves them with runtime/steer_vectors.py).
 Strength: every source but the text reading is added as its *direction* times alpha
 times the layer's median activation norm over the session's tokens (`median_norm`), so
 alpha 0.5 means "half a typical activation" whatever the file's own scale. The text
-reading keeps what-if's unit, the steered token's own activation norm (issue 13's
+reading keeps the edited-explanation steer's unit, the steered token's own activation norm (issue 13's
 measured default). `ResolvedVector` carries the vector and what to show about it.
 """
 
@@ -52,7 +52,7 @@ class TokenDifference:
 
 @dataclass(frozen=True)
 class TextReading:
-    """What-if: AR(edited) − AR(original); original None = the token's latest explanation."""
+    """Steer toward an edited explanation: AR(edited) − AR(original); original None = the token's latest explanation."""
 
     index: int
     edited: str
@@ -103,7 +103,7 @@ class ResolvedVector:
         return (v / np.linalg.norm(v) * self.unit_norm * alpha).astype(np.float32)
 
     def summary(self) -> dict[str, Any]:
-        """What a steered branch records about its vector (session, exports)."""
+        """What a steered continuation records about its vector (session, exports)."""
         return {"source": self.source, "norm": self.norm, "unit": self.unit, "unit_norm": self.unit_norm,
                 "layer": self.layer, "warnings": list(self.warnings)}
 

@@ -59,7 +59,7 @@ class TokenInfo:
 # Lengths every entry point defaults to (the CLI's flags, the TUI's jobs, the engine): one place.
 EXPLAIN_TOKENS = 200  # AV max new tokens: the released pairs' explanations fit well inside
 REPLY_TOKENS = 256  # a chat reply
-CONTINUATION_TOKENS = 32  # a what-if / steered continuation
+CONTINUATION_TOKENS = 32  # a steered continuation (each side)
 
 
 @dataclass(frozen=True)

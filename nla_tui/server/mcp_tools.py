@@ -123,7 +123,7 @@ def build_mcp(backend: Any, corpus: Path | None = None) -> MCPServer:
     @mcp.tool()
     async def steer(messages: MessagesArg, position: int, edited: str, alpha: float = DEFAULT_ALPHA,
                     span: str = "here", max_new_tokens: int = 32) -> dict[str, Any]:
-        """What if the model had thought `edited` at `position`? Steers the subject toward the
+        """Steer: what if the model had thought `edited` at `position`? Steers the subject toward the
         edited explanation (span 'here' or 'onward') and returns the next-token top-5 before and
         after and the plain and steered continuations."""
         conv = await run(backend.capture, messages)

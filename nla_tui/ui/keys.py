@@ -20,7 +20,7 @@ from textual.binding import Binding
 STRIP = "Token strip"
 FIND = "Finding tokens"
 EXPLAIN = "Explanations"
-STEER = "What if / compare"
+STEER = "Steer / compare"
 CHAT = "Chat"
 SESSIONS = "Sessions"
 APP = "App"
@@ -113,9 +113,9 @@ KEYMAP: list[Key | Unbound] = [
        palette="Explain a role, turn, span or the most surprising"),
     _k("y", "copy", "copy", "copy the explanation (OSC 52, works over SSH)", EXPLAIN, palette="Copy explanation"),
 
-    _k("w", "what_if", "what if",
-       "what-if: edit the explanation, regenerate steered from here (before/after side by side)", STEER,
-       palette="What if…"),
+    _k("w", "steer", "steer",
+       "steer: edit the explanation, regenerate steered from here (before/after side by side)", STEER,
+       palette="Steer…"),
     _k("c", "compare", "compare", "compare: c marks token A, c on token B explains a − b and b − a (Esc clears A)",
        STEER, palette="Compare tokens"),
 

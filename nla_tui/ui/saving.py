@@ -72,7 +72,7 @@ class SessionKeeper:
             st = self.state
             self.messages, self.tokens, self.activations = list(st.messages), list(st.tokens), st.activations
             self._changes += 1
-        if change.explained or change.branch is not None:
+        if change.explained or change.steered is not None:
             self._changes += 1
         # Save once per finished job, not per ExplainDone of an explain-all batch.
         return change.ended is not None and change.ended.changes_conversation and self.dirty

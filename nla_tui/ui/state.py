@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from ..core import events as ev
 from ..core.fallbacks import is_near_duplicate_warning, near_duplicate_warning, near_duplicates
-from ..core.steer_jobs import WhatIfDone
+from ..core.steer_jobs import SteerDone
+from ..core.steer_results import SteerResult
 from ..core.caveats import SPECIAL_ROLES, Caveat, is_outlier, median_norm, position_caveats, verdict
 from ..core.types import Candidate, CardMemory, Explanation, Message, ModelInfo, TokenInfo, group_by_index
 
@@ -36,7 +37,7 @@ class Change:
     failure: str | None = None  # ...with this message for the user
     cancelled: bool = False
     models: bool = False  # models ready
-    branch: object | None = None  # a what-if branch arrived (worth saving)
+    steered: SteerResult | None = None  # a steered continuation arrived (worth saving)
 
 
 @dataclass
@@ -65,7 +66,7 @@ class UiState:
     # numpy [T, d_model] from the last ConversationUpdated (for saving sessions);
     # typed loosely so this module needs no numpy import.
     activations: object | None = None
-    steered: list = field(default_factory=list)  # what-if branches (core.branches.SteeredBranch)
+    steered: list[SteerResult] = field(default_factory=list)  # steered continuations
     gpu_memory: list[CardMemory] = field(default_factory=list)  # per card, from the worker
     # A session opened without models (nla-tui open): only what was recorded can be shown,
     # so keys that need the models are refused up front and the pane offers L instead of e.
@@ -137,9 +138,9 @@ class UiState:
             if kind.is_explain and ended_badly:
                 self.partial.clear()
                 self.explaining = None
-        elif isinstance(event, WhatIfDone):
-            self.steered.append(event.branch)
-            c.branch = event.branch
+        elif isinstance(event, SteerDone):
+            self.steered.append(event.result)
+            c.steered = event.result
         elif isinstance(event, ev.QueueDepth):
             self.queue_depth = event.depth
         return c

@@ -1,4 +1,4 @@
-"""What-if (w) and compare (c) in the app: the keys, the jobs, and the result screens.
+"""Steer (w) and compare (c) in the app: the keys, the jobs, and the result screens.
 
 Kept out of app.py like session_actions.py; the app calls `steer_event(e)` for every
 core event and `clear_compare_mark()` on Esc.
@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..core import events as ev
-from ..core.steer_jobs import DEFAULT_ALPHA, Compare, CompareDone, SteerProgress, WhatIf, WhatIfDone
+from ..core.steer_jobs import DEFAULT_ALPHA, Compare, CompareDone, SteerProgress, Steer, SteerDone
 from ..core.types import CONTINUATION_TOKENS
-from .screens.steer import CompareScreen, SteeredScreen, WhatIfDialog
+from .screens.steer import CompareScreen, SteeredScreen, SteerDialog
 
 
 
@@ -20,16 +20,16 @@ class SteerActions:
     steer_alpha: float = DEFAULT_ALPHA
     steer_span: str = "here"
 
-    def action_what_if(self) -> None:
+    def action_steer(self) -> None:
         app: Any = self
         index = app._cursor()
         if index is None:
             return
-        if app.needs_models("what-if (it steers the subject model)"):
+        if app.needs_models("steering (it steers the subject model)"):
             return
         best = app.state.best(index)
         if best is None:
-            app.notify("Explain this token first (e): what-if edits its explanation.", severity="warning")
+            app.notify("Explain this token first (e): steering edits its explanation.", severity="warning")
             return
         token = app.state.tokens[index].text
 
@@ -37,12 +37,12 @@ class SteerActions:
             if result is None:
                 return
             edited, self.steer_alpha, self.steer_span = result
-            app.submit(WhatIf(index, edited, original=best.text, alpha=self.steer_alpha, span=self.steer_span,
+            app.submit(Steer(index, edited, original=best.text, alpha=self.steer_alpha, span=self.steer_span,
                               max_new_tokens=CONTINUATION_TOKENS,
                               sampling=app._sampling(False)))
             app.notify(f"Steering from token {index}: regenerating with and without the edit…", timeout=4)
 
-        app.push_screen(WhatIfDialog(index, token, best.text, self.steer_alpha, self.steer_span), done)
+        app.push_screen(SteerDialog(index, token, best.text, self.steer_alpha, self.steer_span), done)
 
     def action_compare(self) -> None:
         app: Any = self
@@ -72,8 +72,8 @@ class SteerActions:
             bar.show_progress(e.done, e.total, e.eta_s, e.what, " tokens")
         elif isinstance(e, ev.JobFinished | ev.JobFailed) and e.kind is ev.JobKind.COMPARE:
             app.query_one("#allbar").display = app.state.all_progress is not None
-        if isinstance(e, WhatIfDone):
-            app.push_screen(SteeredScreen(e.branch, st.untrained_av))
+        if isinstance(e, SteerDone):
+            app.push_screen(SteeredScreen(e.result, st.untrained_av))
         elif isinstance(e, CompareDone):
             c = e.comparison
             text = lambda i: st.tokens[i].text if 0 <= i < len(st.tokens) else "?"  # noqa: E731

@@ -4,7 +4,7 @@
 
 is the AV (one batch of rows decoded together) then the AR (scoring what the AV wrote).
 Every way of explaining goes through here — the cursor's `e`, explain-all (parked or
-not), explain-vectors, what-if, the corpus sweep — so an Explanation is built in one
+not), explain-vectors, steer, the corpus sweep — so an Explanation is built in one
 place (`finish`) and its warnings (injection smells, the AV's fallbacks — generic text, a
 loop, no closing tag — and a non-finite score) are made once, as data, never re-derived by
 a reader. The cross-position fallback (one text for many vectors) needs the conversation's

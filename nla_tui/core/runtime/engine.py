@@ -61,7 +61,7 @@ class Engine:
         self.residuals = None  # every layer's residual [T, L, d] for the logit lens, or None
         self._lens: dict[int, list[list[Candidate]]] = {}  # the lens per token index, computed once
         self.explanations: dict[int, list[Explanation]] = {}
-        self.steered: list = []  # what-if branches (runtime/whatif.py); the conversation itself never changes
+        self.steered: list = []  # steered continuations (runtime/steer.py); the conversation itself never changes
         self.placement_text = ""
         self.cards: list[int] = []  # CUDA devices holding a model (for gpu_memory)
         self.caches = EngineCaches(options.cache_dir, options.cache)

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Callable
 
 from .. import events as ev
-from ..branches import Comparison, compare_activations
+from ..steer_results import Comparison, compare_activations
 from ..errors import NlaError
-from ..steer_jobs import Compare, CompareDone, WhatIf, WhatIfDone
+from ..steer_jobs import Compare, CompareDone, Steer, SteerDone
 from ..store.session import Session, load_session
 from ..types import Explanation, TokenInfo, group_by_index
 from .progress import RowProgress
@@ -44,7 +44,7 @@ class ReplayWorker(JobThread):
                          ev.SetConversation: self._set_conversation,
                          ev.Explain: lambda job: self._explain(job.index),
                          ev.ExplainAll: lambda job: self._explain_all(job.indices),
-                         WhatIf: self._what_if, Compare: self._compare}
+                         Steer: self._steer, Compare: self._compare}
         self.submit(ev.LoadModels())  # like EngineWorker(autoload=True)
 
     # ------------------------------------------------------------ jobs
@@ -112,16 +112,16 @@ class ReplayWorker(JobThread):
             self.emit(ev.ExplainDelta(index, text[:cut]))
         self.emit(ev.ExplainDone(index, exps))
 
-    def _what_if(self, job: WhatIf) -> None:
-        """The recorded branch of exactly this request (tests, screenshots); anything else
-        needs the models."""
-        branch = next((b for b in reversed(self.session.steered)
+    def _steer(self, job: Steer) -> None:
+        """The recorded steered continuation of exactly this request (tests, screenshots);
+        anything else needs the models."""
+        result = next((b for b in reversed(self.session.steered)
                        if (b.index, b.edited_explanation, b.alpha, b.span) == (job.index, job.edited, job.alpha, job.span)),
                       None)
-        if branch is None:
+        if result is None:
             raise NlaError(READ_ONLY_NOTE if self.preload else
-                           f"The recorded session has no what-if branch for token {job.index}.")
-        self.emit(WhatIfDone(branch))
+                           f"The recorded session has no steered continuation for token {job.index}.")
+        self.emit(SteerDone(result))
 
     def _compare(self, job: Compare) -> None:
         """A recorded comparison of that pair; otherwise cos(a, b) from the saved

@@ -1,4 +1,4 @@
-"""EngineWorker's handlers for what-if and compare (core/steer_jobs.py), registered in
+"""EngineWorker's handlers for steer and compare (core/steer_jobs.py), registered in
 EngineWorker.handlers like the worker's own."""
 
 from __future__ import annotations
@@ -6,25 +6,25 @@ from __future__ import annotations
 import time
 
 from ..events import ExplainDone
-from ..steer_jobs import Compare, CompareDone, SteerProgress, WhatIf, WhatIfDone
+from ..steer_jobs import Compare, CompareDone, SteerProgress, Steer, SteerDone
 
 
 class SteerJobs:
     """EngineWorker's handlers for the two jobs (registered by job type)."""
 
-    def _do_WhatIf(self, job: WhatIf) -> None:
-        from .whatif import what_if
+    def _do_Steer(self, job: Steer) -> None:
+        from .steer import steer
 
         eng = self._engine()
         had = set(eng.explanations)
-        branch = what_if(eng, job.index, job.edited, job.alpha, job.span, job.max_new_tokens, job.original,
-                         job.sampling, self.cancel)
+        result = steer(eng, job.index, job.edited, job.alpha, job.span, job.max_new_tokens, job.original,
+                       job.sampling, self.cancel)
         if job.index not in had and job.index in eng.explanations:  # explained on the way: show it too
             self.emit(ExplainDone(job.index, eng.explanations[job.index]))
-        self.emit(WhatIfDone(branch))
+        self.emit(SteerDone(result))
 
     def _do_Compare(self, job: Compare) -> None:
-        from .whatif import compare
+        from .steer import compare
 
         what = f"compare {job.i}↔{job.j}: explaining a − b, b − a"
         start, shown = time.monotonic(), [-1.0]

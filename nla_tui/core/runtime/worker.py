@@ -16,7 +16,7 @@ from typing import Callable
 from .. import events as ev
 from ..errors import NlaError
 from ..types import Explanation
-from ..steer_jobs import Compare, WhatIf
+from ..steer_jobs import Compare, Steer
 from .progress import RowProgress
 from .scheduler import JobThread
 from .steer_worker import SteerJobs
@@ -46,7 +46,7 @@ class EngineWorker(SteerJobs, JobThread):
         self.ready = threading.Event()
         self.handlers = {ev.LoadModels: self._load, ev.Chat: self._chat,
                          ev.SetConversation: self._set_conversation, ev.Explain: self._explain,
-                         ev.ExplainAll: self._explain_all, WhatIf: self._do_WhatIf, Compare: self._do_Compare}
+                         ev.ExplainAll: self._explain_all, Steer: self._do_Steer, Compare: self._do_Compare}
         if autoload:
             self.submit(ev.LoadModels())
 

@@ -29,7 +29,7 @@ from ...terminal_text import visible
 from ..caveats import Caveat, median_norm, position_caveats, verdict
 from ..errors import InputError
 from ..fallbacks import with_near_duplicates
-from .branch_export import branches_html, branches_markdown
+from .steer_export import steered_html, steered_markdown
 from .note_export import NOTES_CSS, inline_notes, note_marker, notes_html, notes_markdown
 from .transcript import message_display_text
 from ..types import Explanation, Score, group_by_index
@@ -120,7 +120,7 @@ def to_markdown(session: Session) -> str:
             f"{_md_cell(explanation_with_support(e)) if e else ''} | {_fmt(s.cos) if s else ''} | "
             f"{_fmt(s.fve_nrm) if s else ''} | {verdict(s, caveats[t.index]) if s else ''} | "
             f"{_md_cell('; '.join(warned)) if warned else ''} |")
-    lines += [""] + branches_markdown(session.steered) if session.steered else []
+    lines += [""] + steered_markdown(session.steered) if session.steered else []
     lines += [""] + notes_markdown(session.notes, {t.index: t.text for t in session.tokens}) if session.notes else []
     return "\n".join(lines) + "\n"
 
@@ -322,7 +322,7 @@ def to_html(session: Session) -> str:
 {warn}{legend}</header>
 <div id="wrap"><section id="conv">{"".join(blocks)}</section>
 <aside id="detail"><p class="none">Click a token to see its explanation.</p></aside></div>
-{branches_html(session.steered)}
+{steered_html(session.steered)}
 {notes_html(session.notes)}
 <script id="nla-data" type="application/json">{_script_json(data)}</script>
 <script>{_JS}</script>

@@ -3,7 +3,7 @@
 A Markdown viewer would run or hide `<script>`, follow `[x](javascript:…)`, load
 `![](https://remote/pixel.png)` (a tracking pixel) and resolve `&amp;`; a terminal the
 export is printed to would obey an ESC. So every piece of session text in the Markdown
-export (conversation, token table, what-if branches) goes through `md_inline` or
+export (conversation, token table, steered continuations) goes through `md_inline` or
 `md_quote`: each Markdown/HTML special character is backslash-escaped (CommonMark shows
 an escaped punctuation character literally, so no tag, link, image or entity can form)
 and control characters are made visible.

@@ -31,7 +31,7 @@ def _migrate_v0(doc: dict[str, Any], directory: Path) -> dict[str, Any]:
 
 
 def _migrate_v1(doc: dict[str, Any], directory: Path) -> dict[str, Any]:
-    """v1 -> v2: sessions gained `steered`, the list of what-if branches (issue 13)."""
+    """v1 -> v2: sessions gained `steered`, the list of steered continuations (issue 13)."""
     doc = dict(doc)
     doc.setdefault("steered", [])
     doc["schema_version"] = 2

@@ -64,4 +64,4 @@ def notes_html(notes: list[Note]) -> str:
 NOTES_CSS = (".tok.noted{text-decoration:underline dotted #7b1fa2 2px}"
              ".note{background:#f3e5f5;color:#4a148c;border:1px solid #ce93d8;border-radius:4px;padding:0 4px;"
              "margin:0 3px;font-family:system-ui,sans-serif;font-size:12px;white-space:pre-wrap}"
-             "#notes,#branches{padding:0 20px}")
+             "#notes,#steered{padding:0 20px}")

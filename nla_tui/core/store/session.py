@@ -32,7 +32,7 @@ import numpy as np
 from safetensors.numpy import load_file as st_load_file
 from safetensors.numpy import save as st_save
 
-from ..branches import SteeredBranch
+from ..steer_results import SteerResult
 from ..errors import InputError, NlaError
 from ..notes import Note
 from ..types import Explanation, Message, ModelInfo, TokenInfo
@@ -60,7 +60,7 @@ class Session:
     tokens: list[TokenInfo] = field(default_factory=list)
     explanations: list[Explanation] = field(default_factory=list)
     activations: np.ndarray | None = None  # float32 [len(tokens), info.d_model]
-    steered: list[SteeredBranch] = field(default_factory=list)  # what-if branches; the conversation is unchanged
+    steered: list[SteerResult] = field(default_factory=list)  # steered continuations; the conversation is unchanged
     notes: list[Note] = field(default_factory=list)  # a researcher's notes on tokens (core/notes.py)
     created: str = field(default_factory=now_iso)
     updated: str = field(default_factory=now_iso)
@@ -207,7 +207,7 @@ def _validate(session: Session, directory: Path) -> None:
     if acts is not None and (acts.ndim != 2 or acts.shape[0] != len(session.tokens)):
         raise InputError(f"Cannot save session to {directory}: activations have shape "
                          f"{tuple(acts.shape)} but there are {len(session.tokens)} tokens.")
-    for what, items in (("an explanation", session.explanations), ("a steered branch", session.steered)):
+    for what, items in (("an explanation", session.explanations), ("a steered continuation", session.steered)):
         for e in items:
             if not 0 <= e.index < len(session.tokens):
                 raise InputError(f"Cannot save session to {directory}: {what} points at "
@@ -295,7 +295,7 @@ def load_session(path: str | os.PathLike) -> Session:
         messages = [Message.from_json(m) for m in doc.get("conversation", [])]
         tokens = [TokenInfo.from_json(t) for t in doc.get("tokens", [])]
         explanations = [Explanation.from_json(e) for e in doc.get("explanations", [])]
-        steered = [SteeredBranch.from_json(b) for b in doc.get("steered", [])]
+        steered = [SteerResult.from_json(b) for b in doc.get("steered", [])]
         notes = [Note.from_json(n) for n in doc.get("notes", [])]
         session = Session(name=str(doc["name"]), info=info, messages=messages, tokens=tokens,
                           explanations=explanations, steered=steered, notes=notes, created=str(doc["created"]),
@@ -305,7 +305,7 @@ def load_session(path: str | os.PathLike) -> Session:
         raise InputError(f"Session file {jpath} is missing or has a malformed field ({e!r}); "
                          "it was left untouched.") from e
     session.activations = _load_activations(directory, doc, len(tokens), info.d_model, session.warnings)
-    for what, items in (("an explanation", session.explanations), ("a steered branch", session.steered)):
+    for what, items in (("an explanation", session.explanations), ("a steered continuation", session.steered)):
         for e in items:
             if not 0 <= e.index < len(tokens):
                 raise InputError(f"Session file {jpath} has {what} for token {e.index}, "

@@ -1,6 +1,6 @@
-"""What-if and compare screens: the explanation editor, the steered-branch result
+"""Steer and compare screens: the explanation editor, the steered result
 (top-5 before/after, continuations side by side with the differences marked) and the
-compare result. Pure views over core.branches data; no torch."""
+compare result. Pure views over core.steer_results data; no torch."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, RadioButton, RadioSet, Static, TextArea
 
-from ...core.branches import Comparison, SteeredBranch, token_diff
+from ...core.steer_results import Comparison, SteerResult, token_diff
 from ...core.steer_jobs import DEFAULT_ALPHA, MAX_ALPHA
 from ...core.types import Candidate, Explanation
 from ...terminal_text import visible
@@ -38,10 +38,10 @@ def check_alpha(value: str) -> str | None:
     return None
 
 
-class WhatIfDialog(ModalScreen[tuple[str, float, str] | None]):
+class SteerDialog(ModalScreen[tuple[str, float, str] | None]):
     """Edit the token's explanation; ctrl+s steers, Esc cancels."""
 
-    AUTO_FOCUS = "#whatif-area"
+    AUTO_FOCUS = "#steer-area"
     BINDINGS = [Binding("ctrl+s", "steer", "steer"), Binding("escape", "dismiss_none", "cancel")]
 
     def __init__(self, index: int, token: str, original: str, alpha: float = DEFAULT_ALPHA, span: str = "here") -> None:
@@ -50,23 +50,23 @@ class WhatIfDialog(ModalScreen[tuple[str, float, str] | None]):
         self.alpha, self.span = alpha, span
 
     def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog -whatif"):
-            yield Static(f"What if token {self.index} {safe_text(repr(self.token))} had meant… Edit its "
+        with Vertical(classes="dialog -steer"):
+            yield Static(f"Steer token {self.index} {safe_text(repr(self.token))}: what if it had meant… Edit its "
                          "explanation, then ctrl+s: the subject regenerates from here, steered by "
                          "AR(edited) − AR(original). Esc cancels.", classes="dialog-title")
-            yield TextArea(self.original, id="whatif-area")
-            with Horizontal(id="whatif-options"):
-                yield Label("strength α (× ‖activation‖)", classes="whatif-label")
-                yield Input(value=f"{self.alpha:g}", id="whatif-alpha")
-                yield Label("span", classes="whatif-label")
-                with RadioSet(id="whatif-span"):
+            yield TextArea(self.original, id="steer-area")
+            with Horizontal(id="steer-options"):
+                yield Label("strength α (× ‖activation‖)", classes="steer-label")
+                yield Input(value=f"{self.alpha:g}", id="steer-alpha")
+                yield Label("span", classes="steer-label")
+                with RadioSet(id="steer-span"):
                     yield RadioButton("here", value=self.span == "here", id="span-here")
                     yield RadioButton("onward", value=self.span == "onward", id="span-onward")
             yield Label("", id="dialog-error", classes="dialog-error")
 
     def action_steer(self) -> None:
         edited = self.query_one(TextArea).text
-        alpha = self.query_one("#whatif-alpha", Input).value
+        alpha = self.query_one("#steer-alpha", Input).value
         error = (check_alpha(alpha) or
                  ("The edited explanation is empty." if not edited.strip() else None) or
                  ("Change the explanation first: steering needs a difference." if edited.strip() == self.original.strip()
@@ -102,19 +102,19 @@ def _continuation(title: str, pieces: list[tuple[str, bool]]) -> Text:
 
 
 class SteeredScreen(ModalScreen[None]):
-    """One steered branch: before | after."""
+    """One steered continuation: before | after."""
 
     BINDINGS = [Binding("escape,q,enter", "dismiss", "close")]
 
-    def __init__(self, branch: SteeredBranch, untrained: bool = False) -> None:
+    def __init__(self, result: SteerResult, untrained: bool = False) -> None:
         super().__init__()
-        self.branch, self.untrained = branch, untrained
+        self.result, self.untrained = result, untrained
 
     def compose(self) -> ComposeResult:
-        b = self.branch
+        b = self.result
         left, right = token_diff(b.original_tokens, b.steered_tokens)
         with Vertical(classes="dialog -result"):
-            head = Text(f"What-if at token {b.index} {safe_text(repr(b.token_text))} · layer {b.layer} · "
+            head = Text(f"Steered at token {b.index} {safe_text(repr(b.token_text))} · layer {b.layer} · "
                         f"α {b.alpha:g} · span {b.span} · ‖v‖ {b.vector_norm:.1f}\n", style="bold")
             head.append("edited: ", style="dim")
             head.append(safe_text(b.edited_explanation))
@@ -128,7 +128,7 @@ class SteeredScreen(ModalScreen[None]):
                 with VerticalScroll(classes="steer-col"):
                     yield Static(_candidates("next token, steered", b.after, b.before))
                     yield Static(_continuation("steered continuation", right))
-            yield Label("changed tokens highlighted · kept in the session's what-if list · Esc closes",
+            yield Label("changed tokens highlighted · kept in the session's steered list · Esc closes",
                         classes="dim")
 
 

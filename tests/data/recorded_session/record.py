@@ -7,7 +7,7 @@ training/, shipped as nla_tui/core/nla/demo_adapters; demo v2), fp32, greedy. Ev
 token explained with the default Sampling; the session's models carry the pair's
 label and note. The UI tests replay it through nla_tui.core.runtime.replay.ReplayWorker,
 so their screens are deterministic; screenshots/ and the SVG snapshots are made from it.
-Then record_steer.py adds the what-if branch (at the default strength) and writes
+Then record_steer.py adds the steered continuation (at the default strength) and writes
 comparisons.json, both with the trained pair over this recording.
 """
 

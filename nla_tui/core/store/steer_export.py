@@ -1,12 +1,12 @@
-"""What-if branches in exports (Markdown and HTML); JSON carries them as the session's
-`steered` list. Kept apart from export.py so the branch rendering has one home."""
+"""Steered continuations in exports (Markdown and HTML); JSON carries them as the session's
+`steered` list. Kept apart from export.py so their rendering has one home."""
 
 from __future__ import annotations
 
 import html
 from itertools import groupby
 
-from ..branches import SteeredBranch, token_diff
+from ..steer_results import SteerResult, token_diff
 from .markdown_text import md_inline
 
 
@@ -25,14 +25,14 @@ def _marked_md(pieces: list[tuple[str, bool]]) -> str:
     return "".join(f"**{_md(r)}**" if ch and r.strip() else _md(r) for r, ch in zip(runs, flags))
 
 
-def branches_markdown(branches: list[SteeredBranch]) -> list[str]:
-    if not branches:
+def steered_markdown(results: list[SteerResult]) -> list[str]:
+    if not results:
         return []
-    lines = ["## What-if branches", "",
-             "Each branch regenerates from one token with a steering vector added at layer K: "
+    lines = ["## Steered continuations", "",
+             "Each regenerates from one token with a steering vector added at layer K: "
              "AR(edited) − AR(original), scaled to the activation's norm × α. "
              "Changed words in **bold**.", ""]
-    for n, b in enumerate(branches, 1):
+    for n, b in enumerate(results, 1):
         left, right = token_diff(b.original_tokens, b.steered_tokens)
         lines += [f"### {n}. token {b.index} {_md(repr(b.token_text))}, α = {b.alpha:g}, span {b.span}", "",
                   f"- original explanation: {_md(b.original_explanation)}",
@@ -48,17 +48,17 @@ def _marked_html(pieces: list[tuple[str, bool]]) -> str:
     return "".join(f"<mark>{html.escape(t)}</mark>" if ch else html.escape(t) for t, ch in pieces)
 
 
-def branches_html(branches: list[SteeredBranch]) -> str:
-    if not branches:
+def steered_html(results: list[SteerResult]) -> str:
+    if not results:
         return ""
     rows = []
-    for b in branches:
+    for b in results:
         left, right = token_diff(b.original_tokens, b.steered_tokens)
         rows.append(
             f"<tr><td>{b.index} {html.escape(repr(b.token_text))}<br>α {b.alpha:g} · {html.escape(b.span)}</td>"
             f"<td>{html.escape(b.original_explanation)}<hr>{html.escape(b.edited_explanation)}</td>"
             f"<td>{html.escape(_top(b.before))}<hr>{html.escape(_top(b.after))}</td>"
             f"<td>{_marked_html(left)}<hr>{_marked_html(right)}</td></tr>")
-    return ('<section id="branches"><h2>What-if branches</h2><table class="branches">'
+    return ('<section id="steered"><h2>Steered continuations</h2><table class="steered">'
             "<tr><th>token</th><th>explanation: original / edited</th><th>top-5: before / after</th>"
             "<th>continuation: original / steered</th></tr>" + "".join(rows) + "</table></section>")

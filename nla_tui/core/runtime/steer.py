@@ -1,4 +1,4 @@
-"""What if the model had thought otherwise? Steer from an edited explanation, and
+"""Steer: what if the model had thought otherwise? Steer from an edited explanation, and
 compare two tokens. Engine-level operations (duck-typed on a loaded Engine: subject,
 ar, tokens, activations, explanations), kept out of engine.py.
 
@@ -16,9 +16,10 @@ from typing import Callable
 
 import numpy as np
 
-from ..branches import Comparison, SteeredBranch, compare_activations
+from ..steer_results import Comparison, SteerResult, compare_activations
 from ..errors import Cancelled, InputError
-from ..models.steering import continue_from, last_logits, positions, steer, top_candidates
+from ..models.steering import continue_from, last_logits, positions, top_candidates
+from ..models.steering import steer as added_to_residual
 from ..steer_jobs import DEFAULT_ALPHA, MAX_ALPHA, MAX_CONTINUATION
 from ..types import CONTINUATION_TOKENS, Sampling
 
@@ -30,7 +31,7 @@ def _check_index(engine, index: int, what: str = "--token") -> None:
 
 
 def check_request(engine, index: int, edited: str, alpha: float, span: str, max_new_tokens: int) -> None:
-    """Everything about a what-if that can be wrong, checked before any model runs."""
+    """Everything about a steer request that can be wrong, checked before any model runs."""
     engine._need_models()
     _check_index(engine, index)
     check_arguments(index, edited, alpha, span, max_new_tokens)
@@ -78,13 +79,13 @@ def steering_vector(engine, index: int, original: str, edited: str, alpha: float
     return (diff / n * act_norm * alpha).astype(np.float32)
 
 
-def what_if(engine, index: int, edited: str, alpha: float = DEFAULT_ALPHA, span: str = "here",
-            max_new_tokens: int = CONTINUATION_TOKENS, original: str | None = None,
-            sampling: Sampling = Sampling(), cancel: threading.Event | None = None,
-            keep: bool = True) -> SteeredBranch:
+def steer(engine, index: int, edited: str, alpha: float = DEFAULT_ALPHA, span: str = "here",
+          max_new_tokens: int = CONTINUATION_TOKENS, original: str | None = None,
+          sampling: Sampling = Sampling(), cancel: threading.Event | None = None,
+          keep: bool = True) -> SteerResult:
     """Regenerate from token `index` with the steering vector in place; the unsteered
     continuation is decoded the same way in the same call, so the two compare like for
-    like. The branch is appended to engine.steered (keep=True); the conversation is
+    like. The result is appended to engine.steered (keep=True); the conversation is
     not changed."""
     check_request(engine, index, edited, alpha, span, max_new_tokens)
     if original is None:
@@ -94,7 +95,7 @@ def what_if(engine, index: int, edited: str, alpha: float = DEFAULT_ALPHA, span:
     subject = engine.subject
     ids = [t.token_id for t in engine.tokens[:index + 1]]
     plain = continue_from(subject, ids, max_new_tokens, cancel=cancel)
-    with steer(subject, vector, lo, hi):
+    with added_to_residual(subject, vector, lo, hi):
         after = top_candidates(subject, last_logits(subject, ids))
         steered = continue_from(subject, ids, max_new_tokens, steered=True, cancel=cancel)
     if cancel is not None and cancel.is_set():
@@ -102,14 +103,14 @@ def what_if(engine, index: int, edited: str, alpha: float = DEFAULT_ALPHA, span:
     from ..store.session import now_iso
 
     piece = lambda t: subject.tok.decode([t])  # noqa: E731
-    branch = SteeredBranch(
+    result = SteerResult(
         index=index, token_text=engine.tokens[index].text, layer=subject.layer, original_explanation=original,
         edited_explanation=edited, alpha=float(alpha), span=span, vector_norm=float(np.linalg.norm(vector)),
         before=list(engine.tokens[index].top), after=after, original_tokens=[piece(t) for t in plain],
         steered_tokens=[piece(t) for t in steered], original_ids=plain, steered_ids=steered, created=now_iso())
     if keep:
-        engine.steered.append(branch)
-    return branch
+        engine.steered.append(result)
+    return result
 
 
 class WrittenTokens:

@@ -1,4 +1,4 @@
-"""Plain data for what-if (steered branches) and compare, shared by the engine,
+"""Plain data for steering (SteerResult: a steered continuation) and compare, shared by the engine,
 sessions, export and the UI. No torch here (the UI and `nla-tui open` use it)."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from .types import Candidate, Explanation
 
 
 @dataclass
-class SteeredBranch:
-    """One what-if: the subject regenerated from token `index` with a steering vector
+class SteerResult:
+    """One steer: the subject regenerated from token `index` with a steering vector
     (AR(edited) − AR(original), scaled to the activation's norm × alpha) added at
-    layer K. The conversation it branched from is never changed."""
+    layer K, beside the unsteered continuation. The conversation itself is never changed."""
 
     index: int
     token_text: str
@@ -44,7 +44,7 @@ class SteeredBranch:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "SteeredBranch":
+    def from_json(cls, d: dict[str, Any]) -> "SteerResult":
         known = set(cls.__dataclass_fields__)
         kw = {k: v for k, v in d.items() if k in known}
         kw["before"] = [Candidate(**c) for c in d.get("before", [])]
