@@ -5,7 +5,7 @@ AV replicas splitting the rows (issue 15). `python -m bench multigpu [--dry-run]
 Models are written to disk pre-quantised (random weights, nf4, `save_pretrained`: what the
 pre-quantised cache holds) and loaded through `nla_tui.core.models.loading.load_model` with
 `placement.device_map_for`: the product's path. The 62-layer directory serves as subject and AV.
-Every plan the run uses is recomputed on CPU in tests/test_multigpu_plans.py (`PLANS`).
+Every plan the run uses is recomputed on CPU in tests/unit/test_multigpu_plans.py (`PLANS`).
 """
 
 from __future__ import annotations

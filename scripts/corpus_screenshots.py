@@ -15,10 +15,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT)]
 
-from _support_session import chromium_binary, chromium_flags  # noqa: E402
-from _support_ui import replay_app  # noqa: E402
+from tests._support_session import chromium_binary, chromium_flags  # noqa: E402
+from tests._support_ui import replay_app  # noqa: E402
 
 OUT = ROOT / "screenshots"
 

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT)]
 
-from _support_ui import SCENARIOS, replay_app  # noqa: E402
+from tests._support_ui import SCENARIOS, replay_app  # noqa: E402
 
 OUT = ROOT / "screenshots"
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import yaml
 from nla_tui import cli
+from tests._support_paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 INJECT = "\x1b]0;T\x07\x1b[2J\x1b]52;c;ZXZpbA==\x07\x9b31m"  # retitle, clear, OSC 52 clipboard, C1 CSI
 MARKUP = "<!-- </script> <script>alert(1)</script> &amp; \u2028"
 

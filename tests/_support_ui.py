@@ -12,11 +12,12 @@ import pytest
 from nla_tui.core.store.session import load_session, save_session
 from nla_tui.ui.app import NlaApp, create_app
 from nla_tui.core.runtime.replay import ReplayWorker
+from tests._support_paths import DATA
 
-RECORDED = Path(__file__).parent / "data" / "recorded_session"
+RECORDED = DATA / "recorded_session"
 # A real tool-using agent transcript (tests/data/agent_transcript.json) captured and
 # explained once by the demo engine: system prompt, tool call, tool result.
-AGENT = Path(__file__).parent / "data" / "agent_session"
+AGENT = DATA / "agent_session"
 # The prompt the recorded session was made with (tests type it into the chat box).
 RECORDED_PROMPT = "The Eiffel Tower is in"
 
@@ -117,7 +118,7 @@ def async_test(fn):
 
 
 # ---------------------------------------------------------------- screen scenarios
-# Shared by tests/test_ui_snapshots.py and scripts/screenshots.py, so the SVGs in
+# Shared by tests/ui/test_ui_snapshots.py and scripts/screenshots.py, so the SVGs in
 # screenshots/ are exactly the screens the snapshot tests pin.
 
 CURSOR_TOKEN = 14  # ' Eiffel' in the reply: past the noisy prefix

@@ -4,7 +4,7 @@ Tables, replies, explanations, session names, file names and errors all come fro
 models and files, and a raw ESC among them would be obeyed by the terminal (retitle,
 clear, OSC 52 clipboard writes). Formatting a whole line and then printing it through
 `say` means a field added to a line later cannot forget the escaping;
-tests/test_reliability_escapes.py fails if a CLI module prints any other way.
+tests/ui/test_reliability_escapes.py fails if a CLI module prints any other way.
 """
 
 from __future__ import annotations

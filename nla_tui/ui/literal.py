@@ -14,7 +14,7 @@ structural guard here:
   `visible` maps each control character to one visible cell (␛, ␇, …), so the layout
   does not move.
 
-tests/test_reliability_escapes.py fills every string field of a session with escapes
+tests/ui/test_reliability_escapes.py fills every string field of a session with escapes
 and markup and counts the raw bytes the TUI writes to a real pty.
 """
 

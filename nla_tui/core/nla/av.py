@@ -135,7 +135,7 @@ class Verbalizer:
 
         Goes through fast_decode (static KV cache, CUDA graphs on GPU, the template
         prefix before the injection slot computed once); its greedy output equals
-        HF generate token for token (tests/test_fast_decode.py)."""
+        HF generate token for token (tests/integration/test_fast_decode.py)."""
         from ..models import fast_decode
 
         self.generate_calls += 1

@@ -11,9 +11,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository root
 
-from _support_ui import COMPARE_PAIR, STEER_EDIT, STEER_TOKEN  # noqa: E402
+from tests._support_ui import COMPARE_PAIR, STEER_EDIT, STEER_TOKEN  # noqa: E402
 
 from nla_tui.core.runtime.engine import Engine  # noqa: E402
 from nla_tui.core.store.session import load_session, save_session  # noqa: E402

@@ -11,8 +11,9 @@ import httpx
 import pytest
 
 from tests._support_server import TOKEN, serving, small_sweep
+from tests._support_paths import REPO
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "API.md"
+DOCS = REPO / "docs" / "API.md"
 QUESTION = "What is the capital of France?"
 LONGER = "Please tell me which city is the capital of France, and why it became the capital."
 TOOLS = {"tokenize", "explain_token", "explain_conversation", "score", "steer", "search"}
@@ -123,7 +124,7 @@ def test_mcp_over_stdio_to_a_server(served, tmp_path):
     url, _ = served
     params = StdioServerParameters(command=sys.executable, args=["-m", "nla_tui.cli", "mcp", "--server", url,
                                                                  "--token", TOKEN],
-                                   cwd=str(Path(__file__).resolve().parents[1]),
+                                   cwd=str(REPO),
                                    env={"PATH": "/usr/bin:/bin", "NLA_TUI_CONFIG": str(tmp_path)})
 
     async def session():

@@ -18,8 +18,9 @@ from nla_tui.core.store.session import load_session
 from nla_tui.core.types import TRUNCATED_WARNING, Explanation, Sampling
 from nla_tui.ui.state import UiState
 from nla_tui.ui.widgets.explanation import render_token
+from tests._support_paths import DATA
 
-RECORDED = Path(__file__).parent / "data" / "recorded_session"
+RECORDED = DATA / "recorded_session"
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from tests._support_paths import REPO
 
 
 def test_ui_app_imports_no_torch():
@@ -51,7 +52,7 @@ def test_ui_never_reads_torch_through_sys_modules():
     torch in sys.modules while the app runs its keys: nothing may touch it."""
     from pathlib import Path
 
-    repo = str(Path(__file__).resolve().parents[1])
+    repo = str(REPO)
     r = subprocess.run([sys.executable, "-c", _TORCH_SPY, repo], capture_output=True, text=True, cwd=repo,
                        timeout=300)
     assert "TOUCHED []" in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]

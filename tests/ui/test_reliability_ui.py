@@ -8,7 +8,7 @@ from nla_tui.core import events as ev
 from nla_tui.core.types import Explanation, Message, Sampling
 from nla_tui.ui.screens.dialogs import ValueDialog
 
-from _support_ui import Holder, async_test, replay_app, settle_replay, wait_until
+from tests._support_ui import Holder, async_test, replay_app, settle_replay, wait_until
 
 INJECT = "\x1b]0;pwned\x07\x1b[2J\x1b]52;c;ZXZpbA==\x07"
 

@@ -17,7 +17,7 @@ from nla_tui.ui.app import create_app
 from nla_tui.ui.options import UiOptions
 from nla_tui.ui.messages import EngineEvent
 
-from _support_ui import async_test, type_message, wait_until
+from tests._support_ui import async_test, type_message, wait_until
 
 pytestmark = pytest.mark.slow
 HANG_GUARD = 900.0  # seconds; a hang guard on a loaded 2-core CI box, not a speed check

@@ -10,7 +10,7 @@ import pytest
 
 from nla_tui.core.store.session import load_session
 
-from _support_ui import async_test, data_dir, make_sessions, shown_explanations, wait_until  # noqa: F401
+from tests._support_ui import async_test, data_dir, make_sessions, shown_explanations, wait_until  # noqa: F401
 
 
 @pytest.mark.slow

@@ -24,10 +24,10 @@ from nla_tui.core.store.session import load_session, save_session
 from nla_tui.ui.screens.dialogs import ValueDialog
 from nla_tui.ui.screens.sessions import ConfirmDialog, SessionBrowser
 
-from _support_ui import (RECORDED, RECORDED_PROMPT, Holder, async_test, data_dir, make_sessions,  # noqa: F401
+from tests._support_ui import (RECORDED, RECORDED_PROMPT, Holder, async_test, data_dir, make_sessions,  # noqa: F401
                          replay_app, settle_replay, shown_explanations, type_message, wait_until)
+from tests._support_paths import REPO
 
-REPO = Path(__file__).parent.parent
 
 
 def _saved(data_dir):

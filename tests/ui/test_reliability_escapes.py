@@ -30,10 +30,10 @@ from nla_tui.core.store.export import to_markdown
 from nla_tui.core.store.session import load_session, save_session
 from nla_tui.core.types import Candidate, Explanation, Sampling, Score
 
-from _support_ui import RECORDED, async_test, replay_app, settle_replay, wait_until
+from tests._support_ui import RECORDED, async_test, replay_app, settle_replay, wait_until
 from tests._support_reliability import main
+from tests._support_paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 ESC = "\x1b]0;PWNED\x07\x1b[2J"
 MARKUP = " [/tmp/x] [red] tag"
 RAW = (b"\x1b]0;PWNED", b"\x1b[2J\x1b]", b"PWNED\x07")  # the injected sequences, as a terminal would obey them

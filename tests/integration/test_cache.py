@@ -17,8 +17,8 @@ from nla_tui.core.store.cache import (ActivationCache, ExplanationCache, av_iden
 from nla_tui.core.errors import InputError
 from nla_tui.core.types import Explanation, Sampling, Score
 from tests._support_session import make_info
+from tests._support_paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 IDENT = subject_identity(make_info())
 
 
@@ -192,7 +192,7 @@ def test_cache_root_and_sizes(tmp_path, monkeypatch):
     assert default_cache_root() == tmp_path / "here"
     assert ActivationCache().dir == tmp_path / "here" / "activations" / "v1"
     # the built-in bound is the one the docs promise (docs/SESSION_SCHEMA.md)
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "SESSION_SCHEMA.md").read_text(encoding="utf-8")
+    doc = (REPO / "docs" / "SESSION_SCHEMA.md").read_text(encoding="utf-8")
     documented = re.search(r"activations ([\d.]+ ?[KMG]iB) by default", doc).group(1)
     assert ActivationCache().max_bytes == parse_size(documented.replace(" ", ""))
     monkeypatch.setenv("NLA_TUI_CACHE_MAX_BYTES", "512MiB")

@@ -95,8 +95,8 @@ def test_4_run_out_refuses_a_session_saved_into_the_folder_meanwhile(demo_paths,
     def table_then_other_process_saves(*a, **kw):
         real_table(*a, **kw)
         other_process(f"""
-            import sys; sys.path.insert(0, "tests")
-            from _support_session import make_session
+            import sys; sys.path.insert(0, ".")
+            from tests._support_session import make_session
             from nla_tui.core.store.session import save_session
             save_session(make_session(name="theirs"), {str(out)!r})
         """)
@@ -165,7 +165,7 @@ def test_7_non_string_roles_are_one_clear_error(tmp_path, capsys, no_load, role,
 def test_7_the_tui_stays_up_after_opening_a_transcript_with_a_list_role(tmp_path):
     import asyncio
 
-    from _support_ui import replay_app, settle_replay
+    from tests._support_ui import replay_app, settle_replay
 
     f = tmp_path / "m.json"
     f.write_text(json.dumps([{"role": ["user"], "content": "hi"}]))

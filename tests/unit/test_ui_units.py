@@ -15,6 +15,7 @@ from nla_tui.core.store.transcript import load_transcript
 from nla_tui.ui.widgets.colors import fidelity_t
 from nla_tui.ui.widgets.explanation import render_token
 from nla_tui.ui.widgets.strip_layout import GUTTER, display_text, layout_pending, layout_tokens
+from tests._support_paths import DATA, REPO
 
 
 def _tok(i, text, role="user", turn=0, norm=10.0):
@@ -95,7 +96,7 @@ def test_state_cancel_and_failure_clear_progress():
     ended = lambda kind: lambda e: isinstance(e, (ev.JobFinished, ev.JobFailed)) and e.kind is kind  # noqa: E731
     events: queue.Queue = queue.Queue()
     st = UiState()
-    w = ScriptedReplay(Path(__file__).parent / "data" / "recorded_session", events.put, hold_after=2)
+    w = ScriptedReplay(DATA / "recorded_session", events.put, hold_after=2)
     w.start()
     try:
         _fold_until(st, events, ended(ev.JobKind.LOAD))
@@ -180,7 +181,7 @@ def test_docs_list_the_same_keys_as_the_help_screen():
 
     from nla_tui.ui.keys import keys_markdown
 
-    doc = (Path(__file__).parent.parent / "docs" / "TUI.md").read_text(encoding="utf-8")
+    doc = (REPO / "docs" / "TUI.md").read_text(encoding="utf-8")
     assert keys_markdown() in doc, "docs/TUI.md is out of date: paste keys_markdown() into it"
 
 
@@ -218,7 +219,7 @@ def test_nla_tui_open_passes_no_mouse_and_builds_a_replay(monkeypatch, tmp_path)
 
     monkeypatch.setattr(app_mod.NlaApp, "run", fake_run)
     monkeypatch.setenv("NLA_TUI_DATA", str(tmp_path))
-    session = Path(__file__).parent / "data" / "recorded_session"
+    session = DATA / "recorded_session"
     assert main(["open", str(session), "--no-mouse"]) == 0
     assert calls["mouse"] is False
     assert isinstance(calls["worker"], ReplayWorker) and calls["worker"].preload

@@ -8,7 +8,7 @@ from nla_tui.core.steer_jobs import Compare, SteerProgress, Steer
 from nla_tui.ui.messages import EngineEvent
 from nla_tui.ui.screens.steer import CompareScreen, SteeredScreen, SteerDialog
 
-from _support_ui import (COMPARE_PAIR, STEER_EDIT, STEER_TOKEN, Holder, async_test, replay_app, settle_replay,
+from tests._support_ui import (COMPARE_PAIR, STEER_EDIT, STEER_TOKEN, Holder, async_test, replay_app, settle_replay,
                          wait_until)
 
 

@@ -11,7 +11,7 @@ from nla_tui.core.runtime.worker import EngineWorker
 from nla_tui.ui.app import create_app
 from nla_tui.ui.screens.corpus import CorpusScreen
 from tests._support_corpus import FRANCE, row, write_sweep
-from _support_ui import async_test, wait_until
+from tests._support_ui import async_test, wait_until
 
 pytest.importorskip("pyarrow")  # the [corpus] extra; [test] installs it
 HANG_GUARD = 600.0

@@ -18,8 +18,9 @@ import torch
 from nla_tui.core.nla.ar import score_vectors
 from nla_tui.core.nla.av import parse_explanation
 from nla_tui.core.types import Message, Sampling
+from tests._support_paths import DATA
 
-DATA = Path(__file__).parent / "data" / "heldout_conversation.json"
+HELDOUT = DATA / "heldout_conversation.json"
 SAMPLING = Sampling(max_new_tokens=64)
 N_POSITIONS = 16
 # Measured on CPU fp32 with the shipped adapters (see docs/DEMO_NLA.md, "tests"):
@@ -38,7 +39,7 @@ def heldout(demo_engine):
     engine's conversation afterwards."""
     eng = demo_engine
     saved = (list(eng.messages), dict(eng.explanations))
-    conv = json.loads(DATA.read_text(encoding="utf-8"))["conversation"]
+    conv = json.loads(HELDOUT.read_text(encoding="utf-8"))["conversation"]
     eng.set_conversation([Message(m["role"], m["content"]) for m in conv])
     idx = _positions(len(eng.tokens))
     exps = eng.explain(idx, SAMPLING)

@@ -1,13 +1,13 @@
 """SVG snapshots of the main screens, from a replay of a real recorded session.
 
 Update after an intended change with:
-    python -m pytest tests/test_ui_snapshots.py --snapshot-update
+    python -m pytest tests/ui/test_ui_snapshots.py --snapshot-update
 and regenerate screenshots/ with scripts/screenshots.py.
 """
 
 import pytest
 
-from _support_ui import SCENARIOS, replay_app
+from tests._support_ui import SCENARIOS, replay_app
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))

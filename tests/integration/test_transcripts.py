@@ -14,8 +14,9 @@ from nla_tui.core.errors import InputError
 from nla_tui.core.store.transcript import load_transcript, parse_transcript, tool_call_text
 from nla_tui.core.types import Message
 from tests._support_engine import reusing_demo_loads
+from tests._support_paths import DATA, REPO
 
-AGENT = Path(__file__).parent / "data" / "agent_transcript.json"
+AGENT = DATA / "agent_transcript.json"
 
 
 def test_openai_shapes_parse_to_the_same_messages(tmp_path):
@@ -132,7 +133,7 @@ def test_chunked_capture_is_bit_for_bit_the_one_pass_capture(demo_engine):
     from nla_tui.core.models.capture import chunk_bounds
 
     subject = demo_engine.subject
-    text = (Path(__file__).parent.parent / "README.md").read_text()
+    text = (REPO / "README.md").read_text()
     ids = subject.tok(text, add_special_tokens=True)["input_ids"][:560]
     assert chunk_bounds(560, 200) == [(0, 200), (200, 400), (400, 560)]
     one = subject.capture(ids, chunk=len(ids))

@@ -18,8 +18,8 @@ from nla_tui.core.errors import InputError, NlaError
 from nla_tui.core.store.session import (SCHEMA_VERSION, delete_session, list_sessions, load_session,
                                   rename_session, save_session)
 from tests._support_session import make_session
+from tests._support_paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def assert_same(a, b) -> None:

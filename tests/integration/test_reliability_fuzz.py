@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 
 from nla_tui import cli
 from tests._support_session import REAL_SESSION
+from tests._support_paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SESSION_CASES = 240
 SIDECAR_CASES = 40
 TRANSCRIPT_CASES = 120

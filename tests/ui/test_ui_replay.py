@@ -10,7 +10,7 @@ from nla_tui.ui.app import NARROW
 from nla_tui.ui.screens.dialogs import PromptDialog, ValueDialog
 from nla_tui.ui.screens.help import HelpScreen
 
-from _support_ui import (RECORDED_PROMPT, Holder, async_test, replay_app, settle_replay, type_message,
+from tests._support_ui import (RECORDED_PROMPT, Holder, async_test, replay_app, settle_replay, type_message,
                          wait_until)
 
 

@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 
-from _support_ui import AGENT, Holder, async_test, replay_app, settle_replay, wait_until
+from tests._support_ui import AGENT, Holder, async_test, replay_app, settle_replay, wait_until
 from nla_tui.core import events as ev
 from nla_tui.core.store.session import load_session
 from nla_tui.core.types import Candidate, TokenInfo

@@ -19,8 +19,8 @@ from nla_tui.core.store.export import (best_explanation, export_session,
 from nla_tui.core.store.session import SCHEMA_VERSION, load_session, save_session
 from tests._support_session import (REAL_SESSION, chromium_binary, chromium_flags, hsl_to_rgb, make_session,
                                     read_png)
+from tests._support_paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_markdown_has_the_conversation_and_one_row_per_token():

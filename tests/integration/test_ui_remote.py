@@ -15,7 +15,7 @@ from nla_tui.core.types import NOISY_PREFIX, Message, Sampling
 from nla_tui.ui.app import create_app
 from tests._support_server import TOKEN, serving
 
-from _support_ui import async_test, type_message, wait_until
+from tests._support_ui import async_test, type_message, wait_until
 
 pytestmark = pytest.mark.slow
 HANG_GUARD = 900.0  # a hang guard on a loaded 2-core box, not a speed check
