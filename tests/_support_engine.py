@@ -19,6 +19,7 @@ Tests that change a shared tokenizer must not (copy.copy it first)."""
 from __future__ import annotations
 
 import contextlib
+import copy
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,31 @@ def reusing_demo_loads(demo_tokenizer, demo_paths, engine=None, models=()):
                 return _load(ckpt, quant, device, device_map, *args, **kwargs)
             mp.setattr(engine_mod, "load_model", load_model)
         yield
+
+
+# What a test (or the API it serves) changes on the session-wide demo engine: its
+# conversation, explanations, branches, lens, parking choices and on-disk caches (a test
+# points them at its tmp_path). The loaded models and the options are never swapped.
+ENGINE_STATE = ("messages", "tokens", "activations", "residuals", "_lens", "explanations", "steered",
+                "park_policy", "park_state", "last_explain_plan", "caches")
+
+
+def _saved(value):
+    """Lists and dicts copied two levels deep (a dict of explanation lists is appended to in
+    place); anything else (arrays, the caches object) is replaced, never edited, so kept as is."""
+    if isinstance(value, dict):
+        return {k: copy.copy(v) if isinstance(v, (list, dict)) else v for k, v in value.items()}
+    if isinstance(value, list):
+        return list(value)
+    return value
+
+
+@contextlib.contextmanager
+def kept_engine_state(engine):
+    """Puts `engine`'s ENGINE_STATE back as it was, however the block ends."""
+    saved = {name: _saved(getattr(engine, name)) for name in ENGINE_STATE}
+    try:
+        yield engine
+    finally:
+        for name, value in saved.items():
+            setattr(engine, name, value)

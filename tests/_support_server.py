@@ -8,6 +8,8 @@ import socket
 import threading
 import time
 
+from tests._support_engine import kept_engine_state
+
 TOKEN = "test-token-0123456789abcdef"
 
 
@@ -15,16 +17,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def kept_conversation(engine):
-    """The API captures other conversations on the shared engine: put its own back."""
-    saved = (engine.messages, engine.tokens, engine.activations, engine.explanations, engine.steered)
-    try:
-        yield
-    finally:
-        engine.messages, engine.tokens, engine.activations, engine.explanations, engine.steered = saved
 
 
 @contextlib.contextmanager
@@ -36,7 +28,7 @@ def serving(engine, mcp: bool = True, corpus=None, **limits):
     from nla_tui.server.app import build_app
     from nla_tui.server.mcp_tools import build_mcp
 
-    with kept_conversation(engine):
+    with kept_engine_state(engine):  # the API captures other conversations on it
         nla = Nla(engine)
         app = build_app(nla, TOKEN, None, build_mcp(nla, corpus) if mcp else None, corpus=corpus, **limits)
         port = free_port()

@@ -132,28 +132,6 @@ def hsl_to_rgb(h: float, s: float, l: float) -> tuple[int, int, int]:
     return round(r * 255), round(g * 255), round(b * 255)
 
 
-_OWN_ENGINE = []
-
-
-def demo_engine_for(request):
-    """The shared `demo_engine` fixture when conftest provides it, else one Engine on the
-    demo preset (CPU, fp32) built once per test session."""
-    import pytest
-
-    try:
-        return request.getfixturevalue("demo_engine")
-    except pytest.FixtureLookupError:
-        pass
-    if not _OWN_ENGINE:
-        from nla_tui.core.runtime.engine import Engine
-
-        # cache=False: tests give it a temporary cache when they want one.
-        engine = Engine.from_options(preset="demo", device="cpu", quant="fp32", cache=False)
-        engine.load()
-        _OWN_ENGINE.append(engine)
-    return _OWN_ENGINE[0]
-
-
 REAL_SESSION = "tests/data/demo_real_session"
 
 

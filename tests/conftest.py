@@ -24,7 +24,7 @@ def demo_paths():
 @pytest.fixture(scope="session")
 def demo_engine(demo_paths, demo_tokenizer):
     """A loaded Engine on the demo preset with one short real chat turn captured.
-    Tests that change its conversation must restore it (or use their own engine).
+    Shared by the whole run; keep_demo_engine_state puts back what a test changes.
     Its weights load from disk; its three tokenizers are demo_tokenizer (subject, AV and
     AR ship byte-identical tokenizer files, and each load is ~6 s on 2 cores)."""
     from nla_tui.core.runtime.engine import Engine
@@ -43,3 +43,17 @@ def demo_tokenizer(demo_paths):
     from nla_tui.core.models.loading import load_tokenizer, resolve_checkpoint
 
     return load_tokenizer(resolve_checkpoint(demo_paths["av"]))
+
+
+@pytest.fixture(autouse=True)
+def keep_demo_engine_state(request):
+    """Every test that uses demo_engine (directly or through another fixture) gets it back
+    as it found it: conversation, explanations, branches (tests/_support_engine.py
+    ENGINE_STATE). A module-scoped fixture that changes it wraps itself in kept_engine_state."""
+    if "demo_engine" not in request.fixturenames:
+        yield
+        return
+    from tests._support_engine import kept_engine_state
+
+    with kept_engine_state(request.getfixturevalue("demo_engine")):
+        yield

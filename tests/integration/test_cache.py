@@ -203,49 +203,44 @@ def test_cache_root_and_sizes(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_reopening_and_reexplaining_runs_neither_the_subject_nor_the_av(tmp_path, request):
+def test_reopening_and_reexplaining_runs_neither_the_subject_nor_the_av(tmp_path, demo_engine):
     """Real engine on the demo preset; model calls counted by engine.counters."""
     from nla_tui.core.runtime.engine_caches import EngineCaches
     from nla_tui.core.store.session import load_session, save_session, session_from_engine
     from nla_tui.core.types import Message
-    from tests._support_session import demo_engine_for
 
-    engine = demo_engine_for(request)
-    shared_caches = engine.caches
-    engine.caches = EngineCaches(tmp_path / "cache", enabled=True)
-    try:
-        msgs = [Message("user", "Why is the sky blue? Answer in one word.")]
-        engine.set_conversation(msgs)
-        tokens, acts = list(engine.tokens), engine.activations.copy()
-        i, j = len(tokens) - 2, len(tokens) - 3
-        greedy = Sampling(max_new_tokens=12)
-        first = engine.explain([i], greedy)
-        save_session(session_from_engine(engine, "cached", first), tmp_path / "s")
-        calls = dict(engine.counters)
+    engine = demo_engine
+    engine.caches = EngineCaches(tmp_path / "cache", enabled=True)  # put back by keep_demo_engine_state
+    msgs = [Message("user", "Why is the sky blue? Answer in one word.")]
+    engine.set_conversation(msgs)
+    tokens, acts = list(engine.tokens), engine.activations.copy()
+    i, j = len(tokens) - 2, len(tokens) - 3
+    greedy = Sampling(max_new_tokens=12)
+    first = engine.explain([i], greedy)
+    save_session(session_from_engine(engine, "cached", first), tmp_path / "s")
+    calls = dict(engine.counters)
 
-        # Reopen the saved conversation and re-explain the same token: all from disk.
-        reopened = load_session(tmp_path / "s")
-        engine.set_conversation(reopened.messages)
-        again = engine.explain([i], Sampling(max_new_tokens=12, seed=7))  # greedy ignores seed
-        assert engine.counters == calls
-        assert engine.tokens == tokens and engine.activations.tobytes() == acts.tobytes()
-        assert again[0].text == first[0].text and again[0].score == first[0].score
-        assert again[0].index == i
+    # Reopen the saved conversation and re-explain the same token: all from disk.
+    reopened = load_session(tmp_path / "s")
+    engine.set_conversation(reopened.messages)
+    again = engine.explain([i], Sampling(max_new_tokens=12, seed=7))  # greedy ignores seed
+    assert engine.counters == calls
+    assert engine.tokens == tokens and engine.activations.tobytes() == acts.tobytes()
+    assert again[0].text == first[0].text and again[0].score == first[0].score
+    assert again[0].index == i
 
-        # A batch with one cached and one new token runs the AV for the new one only,
-        # and streams it under its own index.
-        streamed = set()
-        both = engine.explain([i, j], greedy, on_delta=lambda k, _t: streamed.add(k))
-        assert engine.counters["av_generate"] == calls["av_generate"] + 1
-        assert [e.index for e in both] == [i, j] and both[0].text == first[0].text
-        assert streamed <= {j}
+    # A batch with one cached and one new token runs the AV for the new one only,
+    # and streams it under its own index.
+    streamed = set()
+    both = engine.explain([i, j], greedy, on_delta=lambda k, _t: streamed.add(k))
+    assert engine.counters["av_generate"] == calls["av_generate"] + 1
+    assert [e.index for e in both] == [i, j] and both[0].text == first[0].text
+    assert streamed <= {j}
 
-        # Without the caches the same reopen runs the subject again (the wiring matters).
-        engine.caches = EngineCaches(enabled=False)
-        engine.set_conversation(reopened.messages)
-        assert engine.counters["subject_forward"] == calls["subject_forward"] + 1
-    finally:
-        engine.caches = shared_caches
+    # Without the caches the same reopen runs the subject again (the wiring matters).
+    engine.caches = EngineCaches(enabled=False)
+    engine.set_conversation(reopened.messages)
+    assert engine.counters["subject_forward"] == calls["subject_forward"] + 1
 
 
 def test_engine_caches_can_be_switched_off(tmp_path, monkeypatch):

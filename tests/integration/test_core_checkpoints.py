@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from nla_tui.core.errors import CheckpointError
+from nla_tui.core.errors import CheckpointError, NlaError
 from nla_tui.core.models.loading import resolve_checkpoint, tokenizer_digest
 from nla_tui.core.nla.sidecar import read_sidecar, validate_ar, validate_av
 from tests._support_engine import reusing_demo_loads
@@ -277,7 +277,7 @@ def test_hub_ids_resolve_offline_from_the_hf_cache(demo_paths, demo_tokenizer, t
         info = eng.load()
     assert info.av == "local-test/nla-demo-av" and info.revision["ar"] == commits["ar"]
     assert info.layer == 12 and not info.untrained_av and "trained here" in info.pair_note
-    with pytest.raises(Exception, match="not in the local Hugging Face cache"):
+    with pytest.raises(NlaError, match="not in the local Hugging Face cache"):
         resolve_checkpoint("local-test/absent-repo")
 
 

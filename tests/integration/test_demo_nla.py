@@ -18,6 +18,7 @@ import torch
 from nla_tui.core.nla.ar import score_vectors
 from nla_tui.core.nla.av import parse_explanation
 from nla_tui.core.types import Message, Sampling
+from tests._support_engine import kept_engine_state
 from tests._support_paths import DATA
 
 HELDOUT = DATA / "heldout_conversation.json"
@@ -35,18 +36,15 @@ def _positions(n_tokens: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def heldout(demo_engine):
-    """Explanations and scores of the held-out conversation; restores the shared
-    engine's conversation afterwards."""
-    eng = demo_engine
-    saved = (list(eng.messages), dict(eng.explanations))
-    conv = json.loads(HELDOUT.read_text(encoding="utf-8"))["conversation"]
-    eng.set_conversation([Message(m["role"], m["content"]) for m in conv])
-    idx = _positions(len(eng.tokens))
-    exps = eng.explain(idx, SAMPLING)
-    vectors = eng.activations[idx].copy()
-    yield eng, idx, exps, vectors
-    eng.set_conversation(saved[0]) if saved[0] else None
-    eng.explanations = saved[1]
+    """Explanations and scores of the held-out conversation, on the shared engine for this
+    module (its own conversation is put back after)."""
+    with kept_engine_state(demo_engine) as eng:
+        conv = json.loads(HELDOUT.read_text(encoding="utf-8"))["conversation"]
+        eng.set_conversation([Message(m["role"], m["content"]) for m in conv])
+        idx = _positions(len(eng.tokens))
+        exps = eng.explain(idx, SAMPLING)
+        vectors = eng.activations[idx].copy()
+        yield eng, idx, exps, vectors
 
 
 def test_demo_sidecar_says_trained(demo_engine):

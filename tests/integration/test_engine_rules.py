@@ -73,20 +73,16 @@ def test_cpu_explain_batch_does_not_ask_cuda(monkeypatch):
 
 @pytest.mark.slow
 def test_explain_samples_are_ranked_best_first_and_kept(demo_engine):
-    saved = dict(demo_engine.explanations)
-    try:
-        index = len(demo_engine.tokens) - 2
-        before = list(demo_engine.explanations.get(index, []))
-        drawn = demo_engine.explain_samples(index, 3, Sampling(temperature=0.0, max_new_tokens=6, seed=40))
-        assert len(drawn) == 3 and all(e.score is not None for e in drawn)
-        fid = [e.score.fidelity for e in drawn]
-        assert fid == sorted(fid, reverse=True)  # best AR score first
-        # greedy settings are turned into real sampling, one seed per draw
-        assert sorted(e.sampling.seed for e in drawn) == [40, 41, 42]
-        assert all(e.sampling.temperature > 0 for e in drawn)
-        assert demo_engine.explanations[index] == drawn + before  # newest ranked draws first
-    finally:
-        demo_engine.explanations = saved
+    index = len(demo_engine.tokens) - 2
+    before = list(demo_engine.explanations.get(index, []))
+    drawn = demo_engine.explain_samples(index, 3, Sampling(temperature=0.0, max_new_tokens=6, seed=40))
+    assert len(drawn) == 3 and all(e.score is not None for e in drawn)
+    fid = [e.score.fidelity for e in drawn]
+    assert fid == sorted(fid, reverse=True)  # best AR score first
+    # greedy settings are turned into real sampling, one seed per draw
+    assert sorted(e.sampling.seed for e in drawn) == [40, 41, 42]
+    assert all(e.sampling.temperature > 0 for e in drawn)
+    assert demo_engine.explanations[index] == drawn + before  # newest ranked draws first
 
 
 # Real chat templates (Qwen 2.5, Llama 3.x), reduced to their text-only branches.

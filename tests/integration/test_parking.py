@@ -71,9 +71,8 @@ def _assert_back(model, snap):
 
 @pytest.fixture
 def parking_engine(demo_engine):
-    demo_engine.park_policy = "always"
-    yield demo_engine
-    demo_engine.park_policy = "auto"
+    demo_engine.park_policy = "always"  # put back by conftest's keep_demo_engine_state
+    return demo_engine
 
 
 SAMPLING = Sampling(max_new_tokens=6)

@@ -220,7 +220,7 @@ def test_serve_command_starts_a_guarded_server(demo_engine, demo_tokenizer, demo
 
     from nla_tui.cli import main
     from tests._support_engine import reusing_demo_loads
-    from tests._support_server import free_port, kept_conversation
+    from tests._support_server import free_port
 
     monkeypatch.setenv("NLA_TUI_CONFIG", str(tmp_path))
     answers = {}
@@ -240,8 +240,7 @@ def test_serve_command_starts_a_guarded_server(demo_engine, demo_tokenizer, demo
 
     monkeypatch.setattr(uvicorn, "run", serve_briefly)
     port = free_port()
-    with kept_conversation(demo_engine), reusing_demo_loads(demo_tokenizer, demo_paths, demo_engine,
-                                                            ("subject", "av", "ar")):
+    with reusing_demo_loads(demo_tokenizer, demo_paths, demo_engine, ("subject", "av", "ar")):
         assert main(["serve", "--preset", "demo", "--device", "cpu", "--quant", "fp32", "--port", str(port)]) == 0
     err = capsys.readouterr().err
     assert f"ssh -N -L {port}:127.0.0.1:{port}" in err and str(tmp_path / "server-token") in err

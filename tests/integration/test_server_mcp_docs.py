@@ -97,14 +97,12 @@ def test_api_md_examples_run(served, demo_engine, demo_tokenizer, demo_paths, mo
     """Every ```python block of docs/API.md, in order; Nla.load reuses the session's demo
     weights and tokenizer, and the client's URL is this test's server."""
     from tests._support_engine import reusing_demo_loads
-    from tests._support_server import kept_conversation
 
     url, _ = served
     blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(encoding="utf-8"), re.S)
     assert len(blocks) == 2
     monkeypatch.setenv("NLA_TUI_TOKEN", TOKEN)
-    with kept_conversation(demo_engine), reusing_demo_loads(demo_tokenizer, demo_paths, demo_engine,
-                                                            ("subject", "av", "ar")):
+    with reusing_demo_loads(demo_tokenizer, demo_paths, demo_engine, ("subject", "av", "ar")):
         scope: dict = {}
         for block in blocks:
             exec(compile(block.replace("http://127.0.0.1:8765", url), str(DOCS), "exec"), scope)

@@ -46,21 +46,17 @@ def test_round_trip_preserves_everything(tmp_path):
 
 
 @pytest.mark.slow
-def test_round_trip_of_a_real_engine_session(tmp_path, request):
+def test_round_trip_of_a_real_engine_session(tmp_path, demo_engine):
     """A conversation the real subject produced (demo preset), explained by the real AV."""
     from nla_tui.core.runtime.engine_caches import EngineCaches
     from nla_tui.core.store.session import session_from_engine
     from nla_tui.core.types import Message, Sampling
-    from tests._support_session import demo_engine_for
 
-    engine = demo_engine_for(request)
-    shared_caches, engine.caches = engine.caches, EngineCaches(tmp_path / "cache", enabled=True)
-    try:
-        engine.set_conversation([Message("user", "Name a colour."), Message("assistant", "Blue.")])
-        explanations = engine.explain([len(engine.tokens) - 3], sampling=Sampling(max_new_tokens=12))
-        s = session_from_engine(engine, "real", explanations)
-    finally:
-        engine.caches = shared_caches
+    engine = demo_engine
+    engine.caches = EngineCaches(tmp_path / "cache", enabled=True)  # put back by keep_demo_engine_state
+    engine.set_conversation([Message("user", "Name a colour."), Message("assistant", "Blue.")])
+    explanations = engine.explain([len(engine.tokens) - 3], sampling=Sampling(max_new_tokens=12))
+    s = session_from_engine(engine, "real", explanations)
     save_session(s, tmp_path / "real")
     back = load_session(tmp_path / "real")
     assert_same(s, back)

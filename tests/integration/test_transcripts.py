@@ -80,27 +80,23 @@ def test_round_trip_open_capture_save_export_keeps_every_role(demo_engine, tmp_p
     from nla_tui.core.store.session import load_session, save_session, session_from_engine
     from nla_tui.core.types import Sampling
 
-    before = list(demo_engine.messages)
-    try:
-        progress = []
-        demo_engine.set_conversation(load_transcript(AGENT), lambda d, t: progress.append((d, t)))
-        assert progress[-1][0] == progress[-1][1] == len(demo_engine.tokens)
-        call_at = next(t.index for t in demo_engine.tokens if t.role == "tool_call")
-        exps = demo_engine.explain([call_at], Sampling(max_new_tokens=4))
-        path = save_session(session_from_engine(demo_engine, "agent", exps), tmp_path / "agent")
-        s = load_session(path)
-        assert s.messages == load_transcript(AGENT)
-        roles = {t.role for t in s.tokens}
-        assert {"system", "user", "model", "tool_call", "tool_result"} <= roles
-        md = export_session(s, "md", tmp_path / "a.md").read_text()
-        assert "**tool (get\\_weather):**" in md and '→ get_weather(city="Paris")' in md
-        assert "| tool\\_call |" in md and "| tool\\_result |" in md and "| system |" in md  # roles, markdown-escaped
-        html = export_session(s, "html", tmp_path / "a.html").read_text()
-        assert 'data-role="tool_call"' in html and 'data-role="tool_result"' in html
-        doc = json.loads(export_session(s, "json", tmp_path / "a.json").read_text())
-        assert doc["conversation"][2]["tool_calls"][0]["function"]["name"] == "get_weather"
-    finally:
-        demo_engine.set_conversation(before)
+    progress = []
+    demo_engine.set_conversation(load_transcript(AGENT), lambda d, t: progress.append((d, t)))
+    assert progress[-1][0] == progress[-1][1] == len(demo_engine.tokens)
+    call_at = next(t.index for t in demo_engine.tokens if t.role == "tool_call")
+    exps = demo_engine.explain([call_at], Sampling(max_new_tokens=4))
+    path = save_session(session_from_engine(demo_engine, "agent", exps), tmp_path / "agent")
+    s = load_session(path)
+    assert s.messages == load_transcript(AGENT)
+    roles = {t.role for t in s.tokens}
+    assert {"system", "user", "model", "tool_call", "tool_result"} <= roles
+    md = export_session(s, "md", tmp_path / "a.md").read_text()
+    assert "**tool (get\\_weather):**" in md and '→ get_weather(city="Paris")' in md
+    assert "| tool\\_call |" in md and "| tool\\_result |" in md and "| system |" in md  # roles, markdown-escaped
+    html = export_session(s, "html", tmp_path / "a.html").read_text()
+    assert 'data-role="tool_call"' in html and 'data-role="tool_result"' in html
+    doc = json.loads(export_session(s, "json", tmp_path / "a.json").read_text())
+    assert doc["conversation"][2]["tool_calls"][0]["function"]["name"] == "get_weather"
 
 
 def test_over_the_context_fails_before_any_model_loads(demo_paths, demo_tokenizer, tmp_path, monkeypatch, capsys):

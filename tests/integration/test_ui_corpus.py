@@ -18,14 +18,6 @@ HANG_GUARD = 600.0
 
 
 @pytest.fixture
-def shared_engine(demo_engine):
-    saved = (list(demo_engine.messages), list(demo_engine.tokens), demo_engine.activations,
-             dict(demo_engine.explanations))
-    yield demo_engine
-    demo_engine.messages, demo_engine.tokens, demo_engine.activations, demo_engine.explanations = saved
-
-
-@pytest.fixture
 def sweep(tmp_path, demo_tokenizer):
     """Rows on the real tokens of FRANCE (as the demo subject tokenizes it)."""
     from nla_tui.core.models.conversation import tag_tokens
@@ -42,9 +34,9 @@ def sweep(tmp_path, demo_tokenizer):
 
 
 @async_test
-async def test_search_sort_and_open_a_hit_on_its_token(shared_engine, sweep):
+async def test_search_sort_and_open_a_hit_on_its_token(demo_engine, sweep):
     out, rows = sweep
-    app = create_app(lambda emit: EngineWorker(shared_engine, emit), UiOptions())
+    app = create_app(lambda emit: EngineWorker(demo_engine, emit), UiOptions())
     async with app.run_test(size=(140, 40)) as pilot:
         await wait_until(pilot, lambda: app.state.info is not None, "models ready", HANG_GUARD)
         app.strip.focus()

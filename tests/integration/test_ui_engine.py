@@ -23,27 +23,6 @@ pytestmark = pytest.mark.slow
 HANG_GUARD = 900.0  # seconds; a hang guard on a loaded 2-core CI box, not a speed check
 
 
-@pytest.fixture(scope="module")
-def engine(request):
-    try:
-        eng = request.getfixturevalue("demo_engine")
-    except pytest.FixtureLookupError:  # before tests/conftest.py provides it
-        from nla_tui.core.runtime.engine import Engine
-
-        eng = Engine.from_options(preset="demo", device="cpu", quant="fp32")
-        eng.load()
-    return eng
-
-
-@pytest.fixture
-def shared_engine(engine):
-    """The engine is shared across the suite: put its conversation back afterwards."""
-    saved = (list(engine.messages), list(engine.tokens), engine.activations, dict(engine.explanations))
-    yield engine
-    engine.messages, engine.tokens, engine.activations, engine.explanations = (
-        saved[0], saved[1], saved[2], saved[3])
-
-
 def _app(engine, **options):
     holder = {}
 
@@ -55,8 +34,8 @@ def _app(engine, **options):
 
 
 @async_test
-async def test_chat_streams_then_explain_shows_a_score(shared_engine):
-    app, holder = _app(shared_engine, max_new_tokens=24)
+async def test_chat_streams_then_explain_shows_a_score(demo_engine):
+    app, holder = _app(demo_engine, max_new_tokens=24)
     seen, pending_rows = [], []
 
     def hook(message):  # every message the app handles, as Textual delivers it
@@ -78,15 +57,15 @@ async def test_chat_streams_then_explain_shows_a_score(shared_engine):
         await wait_until(pilot, lambda: app.state.reply is None
                          and len(app.state.messages) == before + 2,
                          "the reply to finish", HANG_GUARD)
-        reply = shared_engine.messages[-1].content
+        reply = demo_engine.messages[-1].content
         # it streamed: deltas reached the chat and the strip's provisional tail
         assert "ChatStarted" in seen and "ChatDelta" in seen
         assert max(pending_rows) > 0
         assert reply.strip() and app.chat.reply_text == reply
-        assert len(app.state.tokens) == len(shared_engine.tokens) > NOISY_PREFIX + 2
+        assert len(app.state.tokens) == len(demo_engine.tokens) > NOISY_PREFIX + 2
         # every token of the conversation is in the strip and the cursor followed the reply
-        assert app.strip.shown_indices == list(range(len(shared_engine.tokens)))
-        assert app.strip.cursor == len(shared_engine.tokens) - 1
+        assert app.strip.shown_indices == list(range(len(demo_engine.tokens)))
+        assert app.strip.cursor == len(demo_engine.tokens) - 1
         assert app.focused is app.strip
 
         await pilot.press("home", *["right"] * (NOISY_PREFIX + 1))
@@ -104,7 +83,7 @@ async def test_chat_streams_then_explain_shows_a_score(shared_engine):
 
 
 @async_test
-async def test_keys_stay_live_during_explain_all(shared_engine, tmp_path):
+async def test_keys_stay_live_during_explain_all(demo_engine, tmp_path):
     # A transcript (teacher-forced, no generation) long enough for 50 moves. The
     # nonce up front keeps the on-disk explanation cache from answering instantly.
     words = " ".join(f"word{i}" for i in range(40))
@@ -113,7 +92,7 @@ async def test_keys_stay_live_during_explain_all(shared_engine, tmp_path):
         {"role": "user", "content": f"{uuid.uuid4().hex} Repeat these: {words}"},
         {"role": "assistant", "content": words},
     ]))
-    app, holder = _app(shared_engine, messages=str(transcript))
+    app, holder = _app(demo_engine, messages=str(transcript))
     async with app.run_test(size=(120, 36)) as pilot:
         first = json.loads(transcript.read_text())[0]["content"]
         await wait_until(pilot, lambda: app.state.messages and app.state.messages[0].content == first,
@@ -121,14 +100,14 @@ async def test_keys_stay_live_during_explain_all(shared_engine, tmp_path):
         assert len(app.strip.shown_indices) > 60
         # The first AV batch of explain-all waits for the test: it is certainly still
         # running while the 50 keys arrive, whatever the machine's speed.
-        entered, gate, real = threading.Event(), threading.Event(), shared_engine.explain_vectors
+        entered, gate, real = threading.Event(), threading.Event(), demo_engine.explain_vectors
 
         def gated(*args, **kwargs):
             entered.set()
             assert gate.wait(HANG_GUARD)
             return real(*args, **kwargs)
 
-        shared_engine.explain_vectors = gated
+        demo_engine.explain_vectors = gated
         try:
             await pilot.press("a")
             worker = holder["worker"]
@@ -144,7 +123,7 @@ async def test_keys_stay_live_during_explain_all(shared_engine, tmp_path):
             await pilot.press("escape")
         finally:
             gate.set()
-            del shared_engine.explain_vectors  # back to the class's method
+            del demo_engine.explain_vectors  # back to the class's method
         await wait_until(pilot, lambda: worker.idle.is_set() and not app.query_one("#allbar").display,
                          "the cancel", HANG_GUARD)
         assert any("Explain all cancelled" in n.message for n in app._notifications)
@@ -152,7 +131,7 @@ async def test_keys_stay_live_during_explain_all(shared_engine, tmp_path):
 
 
 @async_test
-async def test_demo_opens_on_its_teacher_forced_example_and_chat_stays_available(shared_engine):
+async def test_demo_opens_on_its_teacher_forced_example_and_chat_stays_available(demo_engine):
     """`nla-tui --preset demo` with no transcript: the shipped example conversation is
     captured as written (its model turns teacher-forced), a one-line note says why, and
     the chat box still talks to the model."""
@@ -162,15 +141,15 @@ async def test_demo_opens_on_its_teacher_forced_example_and_chat_stays_available
 
     example = load_transcript(DEMO_EXAMPLE)
     assert [m.role for m in example] == ["user", "assistant"] * (len(example) // 2)
-    app, _ = _app(shared_engine, example=str(DEMO_EXAMPLE), max_new_tokens=4)
+    app, _ = _app(demo_engine, example=str(DEMO_EXAMPLE), max_new_tokens=4)
     async with app.run_test(size=(120, 36)) as pilot:
         await wait_until(pilot, lambda: app.state.messages == example and app.state.queue_depth == 0,
                          "the example conversation", HANG_GUARD)
         await pilot.pause()
         # Teacher-forced: the engine holds exactly the shipped turns (nothing generated),
         # and every one of their tokens is on the strip, model turns included.
-        assert shared_engine.messages == example
-        assert len(app.state.tokens) == len(shared_engine.tokens) > 40
+        assert demo_engine.messages == example
+        assert len(app.state.tokens) == len(demo_engine.tokens) > 40
         reply = "".join(t.text for t in app.state.tokens if t.role == "model")
         assert "sheltered port" in reply and "reverse" in reply
         assert [(e.role, e.text) for e in app.chat.log.entries] == [(m.role, m.content) for m in example]
@@ -182,22 +161,22 @@ async def test_demo_opens_on_its_teacher_forced_example_and_chat_stays_available
         await pilot.press("i", *"Thanks!", "enter")
         await wait_until(pilot, lambda: app.state.reply is None and len(app.state.messages) == len(example) + 2,
                          "the reply to finish", HANG_GUARD)
-        assert shared_engine.messages[:len(example)] == example
-        assert shared_engine.messages[len(example)].content == "Thanks!"
+        assert demo_engine.messages[:len(example)] == example
+        assert demo_engine.messages[len(example)].content == "Thanks!"
 
 
 @async_test
-async def test_a_given_transcript_wins_over_the_demo_example(shared_engine, tmp_path):
+async def test_a_given_transcript_wins_over_the_demo_example(demo_engine, tmp_path):
     from nla_tui.core.nla.presets import DEMO_EXAMPLE
 
     mine = tmp_path / "mine.json"
     mine.write_text(json.dumps([{"role": "user", "content": "Paris is a city."},
                                 {"role": "assistant", "content": "Yes, in France."}]))
-    app, _ = _app(shared_engine, example=str(DEMO_EXAMPLE), messages=str(mine))
+    app, _ = _app(demo_engine, example=str(DEMO_EXAMPLE), messages=str(mine))
     async with app.run_test(size=(120, 36)) as pilot:
         await wait_until(pilot, lambda: app.state.tokens and app.state.queue_depth == 0
                          and app.state.messages and app.state.messages[0].content == "Paris is a city.",
                          "the given transcript", HANG_GUARD)
         await pilot.pause(0.2)
-        assert [m.content for m in shared_engine.messages] == ["Paris is a city.", "Yes, in France."]
+        assert [m.content for m in demo_engine.messages] == ["Paris is a city.", "Yes, in France."]
         assert app.chat.note == ""

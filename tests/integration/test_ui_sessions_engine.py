@@ -15,48 +15,41 @@ from tests._support_ui import async_test, data_dir, make_sessions, shown_explana
 
 @pytest.mark.slow
 @async_test
-async def test_real_engine_save_round_trip(request, data_dir):
+async def test_real_engine_save_round_trip(demo_engine, data_dir):
     """The EngineWorker path: activations ride on ConversationUpdated from the real demo
     engine (Gemma 3 270M on CPU) and the saved file holds them bit-exact."""
     from nla_tui.core.types import NOISY_PREFIX
     from nla_tui.core.runtime.worker import EngineWorker
     from nla_tui.ui.app import create_app
 
-    engine = request.getfixturevalue("demo_engine")  # holds one captured chat turn
-    saved_state = (list(engine.messages), list(engine.tokens), engine.activations,
-                   dict(engine.explanations))
+    engine = demo_engine  # holds one captured chat turn
     app = create_app(lambda emit: EngineWorker(engine, emit), UiOptions(autosave=True))
-    try:
-        async with app.run_test(size=(120, 36)) as pilot:
-            await wait_until(pilot, lambda: app.state.tokens and app.state.queue_depth == 0,
-                             "the engine's conversation", 900)
-            index = NOISY_PREFIX + 1
-            await pilot.press("home", *["right"] * index, "e")
-            await wait_until(pilot, lambda: app.state.best(index) is not None
-                             and app.keeper.last_saved is not None and not app.keeper.dirty,
-                             "the explanation and its autosave", 900)
-            path = app.keeper.last_saved
-            loaded = load_session(path)
-            assert np.array_equal(loaded.activations, engine.activations)
-            assert [t.to_json() for t in loaded.tokens] == [t.to_json() for t in engine.tokens]
-            assert [e.to_json() for e in loaded.explanations] == shown_explanations(app)
-            assert loaded.explanations[0].index == index and loaded.info == engine.info
-    finally:
-        engine.messages, engine.tokens, engine.activations, engine.explanations = saved_state
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_until(pilot, lambda: app.state.tokens and app.state.queue_depth == 0,
+                         "the engine's conversation", 900)
+        index = NOISY_PREFIX + 1
+        await pilot.press("home", *["right"] * index, "e")
+        await wait_until(pilot, lambda: app.state.best(index) is not None
+                         and app.keeper.last_saved is not None and not app.keeper.dirty,
+                         "the explanation and its autosave", 900)
+        path = app.keeper.last_saved
+        loaded = load_session(path)
+        assert np.array_equal(loaded.activations, engine.activations)
+        assert [t.to_json() for t in loaded.tokens] == [t.to_json() for t in engine.tokens]
+        assert [e.to_json() for e in loaded.explanations] == shown_explanations(app)
+        assert loaded.explanations[0].index == index and loaded.info == engine.info
 
 
 @pytest.mark.slow
 @async_test
-async def test_open_then_L_loads_the_models_and_explains_new_tokens(request, data_dir):
+async def test_open_then_L_loads_the_models_and_explains_new_tokens(demo_engine, data_dir):
     """nla-tui open, then L: the real demo engine recaptures the recorded conversation
     (same tokens, so the recorded explanations stay) and explains an unexplained token."""
     from nla_tui.cli.open import open_options, replay_worker
     from nla_tui.core.runtime.worker import EngineWorker
     from nla_tui.ui.app import create_app
 
-    engine = request.getfixturevalue("demo_engine")
-    saved_state = (list(engine.messages), list(engine.tokens), engine.activations,
-                   dict(engine.explanations))
+    engine = demo_engine
     built = []
 
     def worker_for(opts, emit):  # the shared, already loaded engine instead of a second load
@@ -66,23 +59,20 @@ async def test_open_then_L_loads_the_models_and_explains_new_tokens(request, dat
     path = make_sessions(data_dir / "sessions")["alpha"]  # 3 of 36 tokens explained
     options = open_options(path, autosave=True)
     app = create_app(replay_worker(options), options, engine_worker=worker_for)
-    try:
-        async with app.run_test(size=(120, 36)) as pilot:
-            await wait_until(pilot, lambda: len(app.state.tokens) == 36 and app.state.queue_depth == 0,
-                             "the session")
-            await pilot.press("L")
-            await wait_until(pilot, lambda: app.state.info is not None and app.state.queue_depth == 0
-                             and engine.messages == load_session(path).messages,
-                             "the models and the recaptured conversation", 900)
-            recorded = load_session(path).info
-            assert built and (built[0].preset, built[0].layer, built[0].fve_variance) == \
-                (recorded.preset, recorded.layer, recorded.fve_variance)
-            assert app.state.explained_count() == 3  # recorded explanations kept
-            index = next(i for i in range(12, 36) if i not in app.state.explanations)
-            await pilot.press("home", *["right"] * index, "e")
-            await wait_until(pilot, lambda: app.state.best(index) is not None
-                             and not app.keeper.dirty, "the new explanation, autosaved", 900)
-            assert app.state.best(index).score is not None
-        assert load_session(path).n_explained == 4  # written back to the opened session
-    finally:
-        engine.messages, engine.tokens, engine.activations, engine.explanations = saved_state
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_until(pilot, lambda: len(app.state.tokens) == 36 and app.state.queue_depth == 0,
+                         "the session")
+        await pilot.press("L")
+        await wait_until(pilot, lambda: app.state.info is not None and app.state.queue_depth == 0
+                         and engine.messages == load_session(path).messages,
+                         "the models and the recaptured conversation", 900)
+        recorded = load_session(path).info
+        assert built and (built[0].preset, built[0].layer, built[0].fve_variance) == \
+            (recorded.preset, recorded.layer, recorded.fve_variance)
+        assert app.state.explained_count() == 3  # recorded explanations kept
+        index = next(i for i in range(12, 36) if i not in app.state.explanations)
+        await pilot.press("home", *["right"] * index, "e")
+        await wait_until(pilot, lambda: app.state.best(index) is not None
+                         and not app.keeper.dirty, "the new explanation, autosaved", 900)
+        assert app.state.best(index).score is not None
+    assert load_session(path).n_explained == 4  # written back to the opened session

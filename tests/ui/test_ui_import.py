@@ -50,8 +50,6 @@ def test_ui_never_reads_torch_through_sys_modules():
     """GPU memory arrives in a GpuMemory event from the worker; no UI code peeks at an
     already imported torch (it would read it from the UI thread). A spy stands in for
     torch in sys.modules while the app runs its keys: nothing may touch it."""
-    from pathlib import Path
-
     repo = str(REPO)
     r = subprocess.run([sys.executable, "-c", _TORCH_SPY, repo], capture_output=True, text=True, cwd=repo,
                        timeout=300)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from nla_tui.core.steer_results import Comparison, SteerResult, compare_activations, token_diff
+from nla_tui.core.errors import InputError
 from nla_tui.core.store.export import to_html, to_json, to_markdown
 from nla_tui.core.store.session import SCHEMA_VERSION, load_session, save_session
 from nla_tui.core.types import Candidate
@@ -52,7 +53,7 @@ def test_a_steered_continuation_outside_the_tokens_is_refused(tmp_path):
     doc = json.loads((d / "session.json").read_text())
     doc["steered"] = [make_steered(999).to_json()]
     (d / "session.json").write_text(json.dumps(doc))
-    with pytest.raises(Exception, match="steered continuation for token 999"):
+    with pytest.raises(InputError, match="steered continuation for token 999"):
         load_session(d)
 
 
