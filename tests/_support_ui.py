@@ -1,4 +1,4 @@
-"""Helpers for the UI tests (no conftest: tests/conftest.py belongs to the lead)."""
+"""Helpers for the UI tests (tests/ui, and the Pilot tests in tests/integration that drive the real engine)."""
 
 from __future__ import annotations
 
