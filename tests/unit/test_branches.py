@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from nla_tui.core.steer_results import Comparison, SteerResult, compare_activations, token_diff
 from nla_tui.core.errors import InputError
+from nla_tui.core.steer_results import Comparison, SteerResult, compare_activations, token_diff
 from nla_tui.core.store.export import to_html, to_json, to_markdown
 from nla_tui.core.store.session import SCHEMA_VERSION, load_session, save_session
 from nla_tui.core.types import Candidate
