@@ -253,7 +253,7 @@ def run(rep: Report, out: Path, new_tokens: int = 200, n_explain: int = 150, mem
     def int4_cmp():
         from .gpu_int4 import int4_compare
 
-        int4_compare(rep, av, cfg62, max_len, new_tokens)
+        int4_compare(rep, av, cfg62, max_len, new_tokens, n_explain)
     if mode == "nf4" or DEV["tiny"]:
         section("int4_compare", int4_cmp)
 

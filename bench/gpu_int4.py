@@ -69,8 +69,9 @@ def _kernel_error(model) -> dict:
 
 
 @torch.inference_mode()
-def int4_compare(rep, av_nf4, cfg62, max_len: int, new_tokens: int) -> None:
-    """Build an int4 AV beside the nf4 one and time the same things on both, same process."""
+def int4_compare(rep, av_nf4, cfg62, max_len: int, new_tokens: int, n_explain: int = 150) -> None:
+    """Build an int4 AV beside the nf4 one and time the same things on both, same process;
+    then explain-all in one batch (`n_explain` rows) with each AV, int4 first."""
     d = rep.details
     base = {}
     for b in BATCHES:  # the nf4 baseline, re-measured here so both sit in the same state
@@ -108,9 +109,39 @@ def int4_compare(rep, av_nf4, cfg62, max_len: int, new_tokens: int) -> None:
             continue
         rep.add(f"int4_b{b}_ms_per_step", rec["step_ms_by_batch"][b]["ms"], "ms", base[b], "captured step; baseline nf4")
     fd.clear(av4)
+    _one_batch(rep, rec, av4, av_nf4, max_len, new_tokens, n_explain)
+    fd.clear(av4)
     del av4
     gc.collect()
     torch.cuda.empty_cache() if DEV["device"] == "cuda" else None
+
+
+def _one_batch(rep, rec: dict, av4, av_nf4, max_len: int, new_tokens: int, n_explain: int) -> None:
+    """Explain-all of `n_explain` rows in one bucket with the int4 AV, then the nf4 AV (the
+    baseline, same process): what issue 24's "one batch on 80 GB" figure gets from the kernel."""
+    bucket = fd.bucket_for(n_explain)
+    c = av4.config
+    kv = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 2 * fd._round_len(max_len) * bucket
+    if DEV["device"] == "cuda" and torch.cuda.mem_get_info()[0] < kv + 4 * 2**30:
+        rec["one_batch"] = f"skipped: {bucket} rows' KV cache ({kv / 2**30:.1f} GiB) does not fit"
+        return
+    out = {}
+    for name, model in (("int4", av4), ("nf4", av_nf4)):
+        fd.clear(model)
+        fd.warmup(model, [bucket], max_len=max_len)  # capture outside the timing
+        emb = _av_embeds(model, n_explain, seed=99)
+        _sync()
+        t = time.perf_counter()
+        rows = fd.decode(model, emb, None, new_tokens, stop_token_ids=[], max_batch=n_explain, prefix_len=SLOT)
+        _sync()
+        wall = time.perf_counter() - t
+        toks = sum(len(r) for r in rows)
+        out[name] = {"rows": n_explain, "bucket": bucket, "wall_s": round(wall, 2), "tokens": toks,
+                     "tok_s": round(toks / wall), "graphs": fd.last_stats["graphs"]}
+        fd.clear(model)
+    rec["one_batch"] = out
+    rep.add("int4_explain_all_one_batch_tok_s", out["int4"]["tok_s"], "tok/s", out["nf4"]["tok_s"],
+            f"{n_explain} x {new_tokens} tokens in one bucket ({bucket}), AV alone on the card; baseline nf4 same run")
 
 
 @torch.inference_mode()
