@@ -24,7 +24,7 @@ from .shapes import build, value_head
 # Sections `--sections` can pick; the builds they need run with them.
 SECTIONS = ("startup", "start_three", "eager_b1", "fast_b1", "sweep", "eager_batch", "explain_all_capped", "explain_all_parked",
             "explain_all_one_batch", "subject_chat", "steered_continuation", "capture", "ar_score",
-            "denest_experiment", "int4_compare", "compile_probe")
+            "denest_experiment", "int4_compare", "int4_b1", "compile_probe")
 _NEEDS_THREE = {"explain_all_capped", "explain_all_parked", "explain_all_one_batch", "subject_chat",
                 "steered_continuation", "capture", "ar_score"}
 
@@ -256,6 +256,13 @@ def run(rep: Report, out: Path, new_tokens: int = 200, n_explain: int = 150, mem
         int4_compare(rep, av, cfg62, max_len, new_tokens, n_explain)
     if mode == "nf4" or DEV["tiny"]:
         section("int4_compare", int4_cmp)
+
+    def int4_b1():
+        from .gpu_int4 import int4_compare
+
+        int4_compare(rep, av, cfg62, max_len, new_tokens, n_explain, batches=(1,))
+    if mode == "nf4" or DEV["tiny"]:
+        section("int4_b1", int4_b1)
 
     def compile_probe():
         from .gpu_int4 import compile_probe as probe
