@@ -230,7 +230,7 @@ async def _agent_search(pilot) -> None:
     app = pilot.app
     await settle_replay(pilot, app)
     await pilot.press("slash", *"umbrella|rain", "enter")
-    await wait_until(pilot, lambda: app.matches and not app.screen.is_modal, "the search")
+    await wait_until(pilot, lambda: app.finder.matches and not app.screen.is_modal, "the search")
     await pilot.press("right_square_bracket")
     await pilot.pause()
 

@@ -4,35 +4,43 @@ The app never runs a model: it submits jobs to a worker (core.worker.EngineWorke
 or a ReplayWorker over a saved session) and folds the events it posts back. The
 worker's callback runs on the worker thread and only calls `post_message`, which
 is thread-safe, so a slow model never blocks a key press.
+
+Messages go up, state comes down: each core event arrives as a typed message
+(ui/messages.py; streamed text and progress are coalesced by Textual), is folded once
+into UiState, and the widgets redraw from the resulting `Change`. The keys' work is
+done by small controllers (find, steer, sessions, inputs), each holding the app as a
+typed `AppHost` (ui/host.py); the app binds the keys (ui/keys.py) and hands them over.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Iterable, Sequence
 
-from textual import events
+from textual import events, on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.filter import LineFilter
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import Footer, Input
 
 from ..core import events as ev
-from ..core.options import EngineOptions
 from ..core.types import Sampling
 from ..terminal_text import visible
-from .messages import EngineEvent
-from .screens.help import HelpScreen
 from .commands import palette_commands
+from .find_actions import Finder
+from .host import EngineWorkerFactory, WorkerFactory, WorkerLike
+from .input_actions import Inputs
 from .keys import bindings_for
-from .find_actions import FindActions
-from .input_actions import InputActions
 from .literal import ShowControls
+from .messages import EngineEvent, ExplainTextArrived, ProgressArrived, engine_message
 from .options import UiOptions
-from .session_actions import SessionActions
+from .screens.help import HelpScreen
+from .session_actions import Sessions
+from .saving import SessionKeeper
 from .state import Change, UiState
-from .steer_actions import SteerActions
+from .steer_actions import Steering
 from .widgets.chat import ChatPane
 from .widgets.explanation import ExplanationPane, explanation_text
 from .widgets.minimap import Minimap
@@ -42,22 +50,10 @@ from .widgets.token_strip import TokenStrip
 NARROW = 100  # below this many columns the explanation pane folds under the strip
 RESAMPLE_TEMPERATURE = 0.7  # r / n from greedy settings: sampling needs some temperature
 
-
-class WorkerLike(Protocol):
-    def start(self) -> None: ...
-    def submit(self, job: ev.Job) -> None: ...
-    def cancel_current(self) -> None: ...
-    def stop(self) -> None: ...
+__all__ = ["EngineWorkerFactory", "NlaApp", "WorkerFactory", "create_app"]
 
 
-Emit = Callable[[ev.Event], None]
-WorkerFactory = Callable[[Emit], WorkerLike]
-# Builds a worker over real models for given EngineOptions (L on a read-only session).
-# The CLI passes it in, so the UI never imports the engine (or torch) itself.
-EngineWorkerFactory = Callable[[EngineOptions, Emit], WorkerLike]
-
-
-class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None]):
+class NlaApp(App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "nla-tui"
     AUTO_FOCUS = "#strip"  # keys drive the strip from the first frame
@@ -75,11 +71,11 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
         self.av_prompt: str | None = None
         self.auto_explain = False
         self._seeds = itertools.count(1)
-        self._auto_timer = None
-        # The demo's example transcript opens once its models are ready, unless the user
-        # has chatted or opened something by then (see _open_example).
-        self._example_pending = bool(self.options.example) and not self.options.messages
-        self._example_capturing = False
+        self._auto_timer: Timer | None = None
+        self.finder = Finder(self)
+        self.steering = Steering(self)
+        self.inputs = Inputs(self)
+        self.sessions = Sessions(self)
 
     # ------------------------------------------------------------ layout
 
@@ -111,18 +107,26 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
     def minimap(self) -> Minimap:
         return self.query_one(Minimap)
 
+    @property
+    def allbar(self) -> ExplainAllBar:
+        return self.query_one(ExplainAllBar)
+
+    @property
+    def keeper(self) -> SessionKeeper:
+        return self.sessions.keeper
+
     def find_changed(self) -> None:
         """Shown tokens, matches or the role filter changed: legend and overview follow."""
         strip = self.strip
-        self.query_one(Legend).update(legend_text(strip.show_special, self.find_status()))
+        self.query_one(Legend).update(legend_text(strip.show_special, self.finder.status()))
         self.minimap.update_map(strip.shown_indices, strip.hits)
         self.minimap.set_cursor(strip.cursor)
 
     def on_mount(self) -> None:
-        self.sessions_mount()
+        self.sessions.mount()
         self._fold(self.size.width)
         self.pane.show(-1)
-        self._update_status()
+        self.update_status()
         self.strip.type_target = self._type_into_chat
         self.strip.on_cursor = self._cursor_moved
         # Nothing to browse yet: the first keys a newcomer types are a message, not
@@ -131,13 +135,13 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
         self.chat.input.focus()
         # The worker queues LoadModels itself when built, so the first frame is up
         # (and navigable) while the models load.
-        self.worker = self.worker_factory(self._emit)
+        self.worker = self.worker_factory(self.emit)
         self.worker.start()
         if self.options.messages:
-            self.open_transcript(self.options.messages)
+            self.inputs.open_transcript(self.options.messages)
 
     def on_unmount(self) -> None:
-        self.sessions_unmount()  # before the worker stops: autosave on exit
+        self.sessions.unmount()  # before the worker stops: autosave on exit
         if self.worker is not None:
             self.worker.stop()
 
@@ -148,22 +152,31 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
         self.screen.set_class(width < NARROW, "-narrow")
         self.chat.log.set_gap(0 if width < NARROW else 1)
 
-    def _emit(self, event: ev.Event) -> None:
-        """The worker's callback (worker thread): hand the event to the UI thread."""
-        self.post_message(EngineEvent(event))
+    def emit(self, event: ev.Event) -> None:
+        """The worker's callback (worker thread): hand the event to the UI thread as a typed
+        message (ui/messages.py: streamed text and progress are coalesced there)."""
+        self.post_message(engine_message(event))
 
     def submit(self, job: ev.Job) -> None:
         if isinstance(job, (ev.Chat, ev.SetConversation)):
-            self._example_pending = False  # the user's own conversation wins
+            self.forget_example()  # the user's own conversation wins
         if self.worker is not None:
             self.worker.submit(job)
 
+    def forget_example(self) -> None:
+        self.inputs.example_pending = False
+
     # ------------------------------------------------------------ events
 
-    def on_engine_event(self, message: EngineEvent) -> None:
+    @on(EngineEvent)
+    @on(ExplainTextArrived)
+    @on(ProgressArrived)
+    def _engine_event(self, message: EngineEvent) -> None:
+        """Fold the event into UiState (state.py unpacks it; nothing else does), then
+        redraw from what changed."""
         st, strip = self.state, self.strip
         following, had_tokens = strip.follow, bool(st.tokens)
-        change = st.apply(message.event)  # the one place an event is unpacked
+        change = st.apply(message.event)
         if change.chat_started:
             strip.follow = following or strip.cursor < 0
         if change.tokens:
@@ -177,38 +190,38 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
             strip.refresh_index(change.index)
             self.minimap.update_map()
         if change.captured or change.explained:
-            self.find_event(change)
+            self.finder.changed(change)
         if change.captured or change.models or (change.index is not None and change.index == strip.cursor):
             self.pane.show(strip.cursor)
         if change.captured and not had_tokens and st.tokens and self.focused is self.chat.input \
                 and not self.chat.input.value:
             strip.focus()  # a loaded conversation (transcript, session) is there to browse
         if change.progress is not None:
-            bar = self.query_one(ExplainAllBar)
+            bar = self.allbar
             bar.display = st.all_progress is not None
             bar.show_progress(change.progress.done, change.progress.total, change.progress.eta_s)
         if change.capture is not None:
-            bar = self.query_one(ExplainAllBar)
+            bar = self.allbar
             bar.display = st.capture_progress is not None
             bar.show_progress(change.capture.done, change.capture.total, None, "capturing", " tokens")
         if change.ended is not None:
             self._job_ended(change)
         if change.models:
-            self._open_example(message.event)
-        self._update_status()
-        self.steer_event(message.event)
-        self.sessions_changed(change)
-        if change.captured and self._example_capturing:
+            self.inputs.open_example()
+        self.update_status()
+        self.steering.changed(change)
+        self.sessions.changed(change)
+        if change.captured and self.inputs.example_capturing:
             # The example alone is not the user's work: no session is saved for it
             # until they explain, chat or save (every demo start would leave one).
-            self._example_capturing = False
+            self.inputs.example_capturing = False
             self.keeper.mark_saved()
 
     def _job_ended(self, change: Change) -> None:
         kind = change.ended
         assert kind is not None
         if kind is ev.JobKind.EXPLAIN_ALL:
-            self.query_one(ExplainAllBar).display = False
+            self.allbar.display = False
         if kind.is_chat and self.state.reply is None:
             self.strip.refresh_pending()
         if change.failure is not None:
@@ -238,20 +251,20 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
             self.notify("A reply is still streaming; wait for it or press Esc to cancel.",
                         severity="warning")
             return
-        self.warn_control_markers([text])
+        self.inputs.warn_control_markers([text])
         event.input.clear()
         self.chat.start_reply(text)
         self.strip.follow = True
         self.submit(ev.Chat(text, self.options.max_new_tokens))
         self.strip.focus()
 
-    def _update_status(self) -> None:
+    def update_status(self) -> None:
         self.query_one(StatusLine).update(
             status_text(self.state, self.temperature, self.auto_explain))
 
     # ------------------------------------------------------------ actions
 
-    def _cursor(self) -> int | None:
+    def cursor_index(self) -> int | None:
         index = self.strip.cursor
         if index < 0:
             self.notify("No token yet: chat first (i) or open a transcript (o).",
@@ -259,7 +272,7 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
             return None
         return index
 
-    def _sampling(self, resample: bool) -> Sampling:
+    def sampling(self, resample: bool) -> Sampling:
         if not resample:
             return Sampling(temperature=self.temperature)
         return Sampling(temperature=self.temperature or RESAMPLE_TEMPERATURE, seed=next(self._seeds))
@@ -273,12 +286,12 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
         return True
 
     def action_explain(self) -> None:
-        index = self._cursor()
+        index = self.cursor_index()
         if index is None:
             return
         if self.state.best(index) is None and self.needs_models(f"explaining token {index}"):
             return  # a recorded explanation is still shown (the replay has it)
-        sampling = self._sampling(False)
+        sampling = self.sampling(False)
         if any(e.sampling == sampling and e.prompt == self.av_prompt for e in self.state.explanations.get(index, [])):
             # Already on screen with these settings: the UI's copy is the one in-memory cache.
             self.notify("Already explained with these settings: r draws a new sample, n four ranked ones.",
@@ -287,21 +300,21 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
         self.submit(ev.Explain(index, sampling, self.av_prompt))
 
     def action_resample(self) -> None:
-        index = self._cursor()
+        index = self.cursor_index()
         if index is not None and not self.needs_models("resampling an explanation"):
-            self.submit(ev.Explain(index, self._sampling(True), self.av_prompt, force=True))
+            self.submit(ev.Explain(index, self.sampling(True), self.av_prompt, force=True))
 
     def action_samples(self) -> None:
-        index = self._cursor()
+        index = self.cursor_index()
         if index is not None and not self.needs_models("drawing 4 ranked samples"):
-            self.submit(ev.Explain(index, self._sampling(True), self.av_prompt, samples=4,
+            self.submit(ev.Explain(index, self.sampling(True), self.av_prompt, samples=4,
                                    force=True))
 
     def on_minimap_jump(self, message: Minimap.Jump) -> None:
         self.strip.set_cursor(message.index)
 
     def action_explain_all(self, turn_only: bool) -> None:
-        index = self._cursor()
+        index = self.cursor_index()
         if index is None:
             return
         toks = self.state.tokens
@@ -316,10 +329,10 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
             return
         if self.needs_models("explaining the tokens not recorded"):
             return
-        bar = self.query_one(ExplainAllBar)
+        bar = self.allbar
         bar.display = True
         bar.show_progress(0, len(indices), None)
-        self.submit(ev.ExplainAll(indices, self._sampling(False), self.av_prompt))
+        self.submit(ev.ExplainAll(indices, self.sampling(False), self.av_prompt))
 
     def action_cancel(self) -> None:
         if isinstance(self.focused, Input):
@@ -327,13 +340,68 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
             # reply streams must not cancel that reply.
             self.strip.focus()
             return
-        self.clear_compare_mark()
+        self.steering.clear_compare_mark()
         if self.worker is not None:
             self.worker.cancel_current()
         if self.state.all_progress is None:
             # A queued explain-all is dropped without an event; a running one
             # reports JobFinished(cancelled) and hides the bar itself.
-            self.query_one(ExplainAllBar).display = False
+            self.allbar.display = False
+
+    # ------------------------------------------------------------ keys a controller handles
+    # ui/keys.py binds these on the app (so help, the palette and docs/TUI.md follow the
+    # one keymap); the work is the controller's.
+
+    def action_search(self) -> None:
+        self.finder.search()
+
+    def action_match(self, direction: int) -> None:
+        self.finder.match(direction)
+
+    def action_jump(self, kind: str, direction: int) -> None:
+        self.finder.jump(kind, direction)
+
+    def action_role_filter(self) -> None:
+        self.finder.cycle_role_filter()
+
+    def action_map_step(self, direction: int) -> None:
+        self.finder.map_step(direction)
+
+    def action_map_mode(self) -> None:
+        self.finder.map_mode()
+
+    def action_explain_scope(self) -> None:
+        self.finder.explain_scope_dialog()
+
+    def action_steer(self) -> None:
+        self.steering.steer()
+
+    def action_compare(self) -> None:
+        self.steering.compare()
+
+    def action_temperature(self) -> None:
+        self.inputs.temperature()
+
+    def action_prompt(self) -> None:
+        self.inputs.prompt()
+
+    def action_open_transcript(self) -> None:
+        self.inputs.open_transcript_dialog()
+
+    def action_save_session(self) -> None:
+        self.sessions.save_dialog()
+
+    def action_sessions(self) -> None:
+        self.sessions.browse()
+
+    def action_export(self) -> None:
+        self.sessions.export_dialog()
+
+    def action_load_models(self) -> None:
+        self.sessions.load_models()
+
+    def action_corpus(self) -> None:
+        self.sessions.corpus.open_dialog()
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
@@ -349,7 +417,7 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
     def action_toggle_auto(self) -> None:
         self.auto_explain = not self.auto_explain
         self.notify(f"auto-explain {'on' if self.auto_explain else 'off'}", timeout=2)
-        self._update_status()
+        self.update_status()
 
     def action_copy(self) -> None:
         best = self.state.best(self.strip.cursor) if self.strip.cursor >= 0 else None
@@ -377,7 +445,7 @@ class NlaApp(FindActions, InputActions, SessionActions, SteerActions, App[None])
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        yield from self.session_commands()
+        yield from self.sessions.commands()
         yield from palette_commands(self)
 
 

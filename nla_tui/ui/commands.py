@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from textual.app import SystemCommand
+from textual.app import App, SystemCommand
 
 from .keys import palette_entries
 
 
-def palette_commands(app: Any) -> Iterable[SystemCommand]:
+def palette_commands(app: App[Any]) -> Iterable[SystemCommand]:
     for title, help_line, action in palette_entries():
         yield SystemCommand(title, help_line, lambda action=action: app.run_action(action))

@@ -1,15 +1,15 @@
-"""Finding tokens in a long transcript (mixed into NlaApp): `/` regex search with
-next/previous match, jumps to the lowest-fidelity / highest-norm / most surprising
-tokens, a role filter, and explain-all limited to a role, turn, span or the 200 most
-surprising tokens. The logic is in finding.py (pure); this wires it to keys.
+"""Finding tokens in a long transcript (a controller of NlaApp, ui/host.py): `/` regex
+search with next/previous match, jumps to the lowest-fidelity / highest-norm / most
+surprising tokens, a role filter, the overview line's steps and colours, and explain-all
+limited to a role, turn, span or the 200 most surprising tokens. The logic is in
+finding.py (pure); this wires it to the keys the app binds.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
 
-
+from .host import AppHost
 from .finding import (MOST_SURPRISING, ROLE_FILTERS, check_pattern, compile_pattern, next_match, ranking,
                       scope_indices, search, step)
 from .screens.choice import ChoiceDialog
@@ -21,18 +21,18 @@ _ROLE_WORDS = {"model": "the model's tokens", "user": "the user's tokens", "tool
                "tool_result": "tool results", "system": "the system prompt"}
 
 
-class FindActions:
-    """Mixin for NlaApp (an App with .state, .strip, .notify, .push_screen, .submit)."""
+class Finder:
+    def __init__(self, host: AppHost) -> None:
+        self.host = host
+        self.search_text = ""
+        self.matches: list[tuple[int, int]] = []  # (first, last) token of each match
+        self._matches_stale = False
+        self._jump_at: tuple[str, int] | None = None  # (kind, index) where the last j/m/u landed
 
-    search_text: str = ""
-    _jump_at: tuple[str, int] | None = None  # (kind, index) where the last j/m/u landed
-    matches: list[tuple[int, int]] = []
-    _matches_stale = False
+    # ------------------------------------------------------------ from the app
 
-    # ------------------------------------------------------------ hooks from app.py
-
-    def find_event(self, change: Change) -> None:
-        app: Any = self
+    def changed(self, change: Change) -> None:
+        app = self.host
         if change.captured:
             if self.search_text:
                 self._run_search(quiet=True)
@@ -40,20 +40,19 @@ class FindActions:
         elif change.explained and self.search_text:
             self._matches_stale = True  # explanation text changed: re-search on the next ] / [
 
-    def find_status(self) -> str:
+    def status(self) -> str:
         """A suffix for the legend: the search and the role filter in force."""
         parts = []
         if self.search_text:
             parts.append(f"/{self.search_text}: {len(self.matches)} match{'es' if len(self.matches) != 1 else ''}")
-        app: Any = self
-        if app.strip.role_filter:
-            parts.append(f"only {app.strip.role_filter}")
+        if self.host.strip.role_filter:
+            parts.append(f"only {self.host.strip.role_filter}")
         return "  ".join(parts)
 
     # ------------------------------------------------------------ search
 
-    def action_search(self) -> None:
-        app: Any = self
+    def search(self) -> None:
+        app = self.host
 
         def done(value: str | None) -> None:
             if value is not None:
@@ -66,7 +65,7 @@ class FindActions:
                                     placeholder=hint, validate=check_pattern), done)
 
     def _run_search(self, quiet: bool = False) -> None:
-        app: Any = self
+        app = self.host
         strip = app.strip
         pattern: re.Pattern[str] = compile_pattern(self.search_text)
         shown = strip.shown_indices
@@ -84,8 +83,8 @@ class FindActions:
         strip.set_cursor(target)
         app.notify(f"{len(self.matches)} matches for /{self.search_text} (] next, [ previous)", timeout=3)
 
-    def action_match(self, direction: int) -> None:
-        app: Any = self
+    def match(self, direction: int) -> None:
+        app = self.host
         if not self.search_text:
             app.notify("Search first: press / and type a regular expression.", severity="warning", timeout=3)
             return
@@ -99,8 +98,8 @@ class FindActions:
 
     # ------------------------------------------------------------ jumps
 
-    def action_jump(self, kind: str, direction: int) -> None:
-        app: Any = self
+    def jump(self, kind: str, direction: int) -> None:
+        app = self.host
         strip = app.strip
         order = ranking(app.state, kind, strip.shown_indices)
         if not order:
@@ -118,8 +117,8 @@ class FindActions:
 
     # ------------------------------------------------------------ role filter
 
-    def action_role_filter(self) -> None:
-        app: Any = self
+    def cycle_role_filter(self) -> None:
+        app = self.host
         strip = app.strip
         present = {t.role for t in app.state.tokens}
         options = [r for r in ROLE_FILTERS if r is None or r in present]
@@ -127,7 +126,7 @@ class FindActions:
         self.set_role_filter(options[(k + 1) % len(options)])
 
     def set_role_filter(self, role: str | None) -> None:
-        app: Any = self
+        app = self.host
         strip = app.strip
         strip.role_filter = role
         strip.follow = False
@@ -140,9 +139,9 @@ class FindActions:
 
     # ------------------------------------------------------------ minimap
 
-    def action_map_step(self, direction: int) -> None:
+    def map_step(self, direction: int) -> None:
         """< / >: the first token of the previous / next minimap cell."""
-        app: Any = self
+        app = self.host
         mm, strip = app.minimap, app.strip
         if strip.cursor < 0:
             return
@@ -151,10 +150,10 @@ class FindActions:
         if target is not None:
             strip.set_cursor(target)
 
-    def action_map_mode(self) -> None:
+    def map_mode(self) -> None:
         from .widgets.minimap import MODES
 
-        app: Any = self
+        app = self.host
         mm = app.minimap
         mm.mode = MODES[(MODES.index(mm.mode) + 1) % len(MODES)]
         mm.update_map()
@@ -164,8 +163,8 @@ class FindActions:
 
     # ------------------------------------------------------------ limited explain-all
 
-    def action_explain_scope(self) -> None:
-        app: Any = self
+    def explain_scope_dialog(self) -> None:
+        app = self.host
         cursor = app.strip.cursor
         if cursor < 0:
             app.notify("No token yet: chat first (i) or open a transcript (o).", severity="warning")
@@ -183,7 +182,7 @@ class FindActions:
         app.push_screen(ChoiceDialog("Explain which tokens? (in the background, like a)", choices), done)
 
     def explain_scope(self, scope: str) -> None:
-        app: Any = self
+        app = self.host
         indices = [i for i in scope_indices(app.state, scope, app.strip.cursor, app.strip.shown_indices)
                    if i not in app.state.explanations]
         app.start_explain_all(indices)

@@ -1,5 +1,6 @@
-"""The app's dialogs for AV settings and for opening conversations (a mixin of NlaApp,
-kept apart so app.py stays one screen of wiring)."""
+"""The app's dialogs for AV settings and for opening conversations: t (temperature), p (AV
+prompt), o (open a transcript) and the demo's example conversation. A controller of
+NlaApp (ui/host.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from ..core import events as ev
 from ..core.errors import NlaError
 from ..core.store.transcript import control_marker_warning, load_transcript
 from ..core.types import Message
+from .host import AppHost
 from .screens.dialogs import PromptDialog, ValueDialog, check_temperature
 
 EXAMPLE_PROMPT = "What does <concept><INJECT></concept> mean? Answer in <explanation></explanation> tags."
@@ -17,61 +19,73 @@ EXAMPLE_PROMPT = "What does <concept><INJECT></concept> mean? Answer in <explana
 EXAMPLE_NOTE = "teacher-forced example: base 270M is not a chat model · i to chat"
 
 
-class InputActions:
-    """t (temperature), p (AV prompt), o (open a transcript) and the demo's example."""
+class Inputs:
+    def __init__(self, host: AppHost) -> None:
+        self.host = host
+        # The demo's example transcript opens once its models are ready, unless the user
+        # has chatted or opened something by then (see open_example).
+        self.example_pending = bool(host.options.example) and not host.options.messages
+        self.example_capturing = False  # its capture is on the way (not the user's work: not saved)
 
-    def action_temperature(self) -> None:
+    def temperature(self) -> None:
+        host = self.host
+
         def done(value: str | None) -> None:
             if value is not None:
-                self.temperature = float(value)
-                self._update_status()
-        self.push_screen(ValueDialog("AV temperature (0 = greedy, up to 2)", f"{self.temperature:g}",
+                host.temperature = float(value)
+                host.update_status()
+        host.push_screen(ValueDialog("AV temperature (0 = greedy, up to 2)", f"{host.temperature:g}",
                                      validate=check_temperature), done)
 
-    def action_prompt(self) -> None:
+    def prompt(self) -> None:
+        host = self.host
+
         def done(value: str | None) -> None:
             if value is None:
                 return
-            self.av_prompt = value or None
-            self.notify("AV prompt: " + ("custom" if value else "checkpoint default"), timeout=3)
-        self.push_screen(PromptDialog(self.av_prompt or EXAMPLE_PROMPT), done)
+            host.av_prompt = value or None
+            host.notify("AV prompt: " + ("custom" if value else "checkpoint default"), timeout=3)
+        host.push_screen(PromptDialog(host.av_prompt or EXAMPLE_PROMPT), done)
 
-    def action_open_transcript(self) -> None:
+    def open_transcript_dialog(self) -> None:
         def done(value: str | None) -> None:
             if value:
                 self.open_transcript(value)
-        self.push_screen(ValueDialog("Open transcript (JSON list of {role, content})",
-                                     placeholder="path/to/chat.json"), done)
+        self.host.push_screen(ValueDialog("Open transcript (JSON list of {role, content})",
+                                          placeholder="path/to/chat.json"), done)
 
     def warn_control_markers(self, messages: list[Message | str]) -> None:
         """Chat-template markers typed as text become real control tokens: say so."""
         marker = control_marker_warning([m if isinstance(m, Message) else Message("user", m) for m in messages])
         if marker:
-            self.notify(marker.replace("message 0 (user)", "your message"), severity="warning", timeout=8)
+            self.host.notify(marker.replace("message 0 (user)", "your message"), severity="warning", timeout=8)
 
     def open_transcript(self, path: str | Path) -> None:
+        host = self.host
         try:
             messages = load_transcript(path)
         except NlaError as e:
-            self.notify(str(e), title="Cannot open transcript", severity="error", timeout=10)
+            host.notify(str(e), title="Cannot open transcript", severity="error", timeout=10)
             return
         self.warn_control_markers(messages)
-        self.chat.show_note(None)
-        self.strip.follow = False
-        self.submit(ev.SetConversation(messages))
+        host.chat.show_note(None)
+        host.strip.follow = False
+        host.submit(ev.SetConversation(messages))
 
-    def _open_example(self, ready: ev.ModelsReady) -> None:
-        """On the demo preset with nothing else to show, open the shipped example
-        conversation (teacher-forced) and say so above it; chat stays available."""
-        if not self._example_pending or ready.info.preset != "demo" or self.state.tokens:
+    def open_example(self) -> None:
+        """Models ready: on the demo preset with nothing else to show, open the shipped
+        example conversation (teacher-forced) and say so above it; chat stays available."""
+        host = self.host
+        info = host.state.info
+        if not self.example_pending or info is None or info.preset != "demo" or host.state.tokens:
             return
-        self._example_pending = False
+        self.example_pending = False
         try:
-            messages = load_transcript(self.options.example)
+            messages = load_transcript(host.options.example)
         except NlaError as e:  # a broken install: the app still works without it
-            self.notify(str(e), title="Cannot open the example", severity="warning", timeout=8)
+            host.notify(str(e), title="Cannot open the example", severity="warning", timeout=8)
             return
-        self.strip.follow = False
-        self.submit(ev.SetConversation(messages))
-        self.chat.show_note(EXAMPLE_NOTE)
-        self._example_capturing = True
+        host.strip.follow = False
+        host.submit(ev.SetConversation(messages))
+        host.chat.show_note(EXAMPLE_NOTE)
+        self.example_capturing = True

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
 from ..core.options import EngineOptions
+from ..core.store.session import Session
 from ..core.types import REPLY_TOKENS
 
 
@@ -18,7 +17,7 @@ class UiOptions:
     engine: EngineOptions = field(default_factory=EngineOptions)
     messages: str | None = None  # a transcript to open at start (--messages)
     example: str | None = None  # the demo's example conversation, opened if the models are the demo's
-    session: Any = None  # nla-tui open: the store.session.Session shown (read-only until L)
+    session: Session | None = None  # nla-tui open: the store.session.Session shown (read-only until L)
     session_dir: Path | None = None  # ... and where it lives
     max_new_tokens: int = REPLY_TOKENS  # chat reply length
     color_system: str | None = None

@@ -1,8 +1,8 @@
-"""The app's session actions (mixed into NlaApp): ctrl+s save, ctrl+o / f2 browser,
-X export, autosave after every job, on exit and on SIGTERM / SIGHUP.
+"""The app's sessions (a controller of NlaApp, ui/host.py): ctrl+s save, ctrl+o / f2
+browser, X export, L (load a read-only session's models), autosave after every job, on
+exit and on SIGTERM / SIGHUP.
 
-Kept out of app.py so the app stays about chat and explanations; app.py only calls
-the four hooks (sessions_mount, sessions_changed, sessions_unmount, session_commands).
+The app calls four hooks (mount, changed, unmount, commands) and binds the keys.
 Writing is the SessionKeeper's (and its Autosaver's) job; this class wires keys,
 dialogs and signals to it.
 Autosave is off unless options.autosave is true (the CLI sets it), so tests and
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 from textual.app import SystemCommand
 
@@ -23,12 +23,12 @@ from ..core.options import from_model_info
 from ..core.store.autosave import SIGNALS
 from ..core.store.export import FORMATS, export_session
 from ..core.store.session import Session, load_session, slugify
-from ..core.types import group_by_index
+from ..core.types import Explanation, group_by_index
 from ..paths import data_root, sessions_dir
-from .corpus_actions import CorpusActions
-from .options import UiOptions
+from .corpus_actions import Corpus
+from .host import AppHost
 from .saving import SessionKeeper
-from .state import Change, UiState
+from .state import Change
 from .screens.dialogs import ValueDialog
 from .screens.sessions import SessionBrowser
 
@@ -49,58 +49,54 @@ def check_export_path(path: str) -> str | None:
     return None
 
 
-class SessionActions(CorpusActions):  # C: a sweep's hits open as sessions
-    """The session half of NlaApp (mixed in; App supplies notify, push_screen, exit…)."""
-
-    keeper: SessionKeeper
-    # Provided by NlaApp:
-    state: UiState
-    options: UiOptions
-    worker: Any
-    engine_worker: Any
+class Sessions:
+    def __init__(self, host: AppHost) -> None:
+        self.host = host
+        self.keeper = SessionKeeper(host.state)
+        self.autosave = host.options.autosave
+        self.corpus = Corpus(host, self.keeper)  # C: a sweep's hits open as conversations
+        # (token ids, explanations) to put back once the engine has recaptured them (L, ctrl+o).
+        self._restore: tuple[list[int], list[Explanation]] | None = None
+        self._signals_installed = False
 
     # ------------------------------------------------------------ hooks from app.py
 
-    def sessions_mount(self) -> None:
-        self.keeper = SessionKeeper(self.state)
+    def mount(self) -> None:
         # A background autosave that fails says so at once (from its thread, safely).
-        self.keeper.saver.on_error = lambda err: self.call_from_thread(self._autosave_failed, err)
-        self.autosave = self.options.autosave
-        opened = self.options.session
+        self.keeper.saver.on_error = lambda err: self.host.call_from_thread(self._autosave_failed, err)
+        opened = self.host.options.session
         if isinstance(opened, Session):  # nla-tui open PATH
-            self.keeper.adopt(opened, self.options.session_dir)
+            self.keeper.adopt(opened, self.host.options.session_dir)
             self.keeper.read_only = True
-            self.notify(READ_ONLY_MESSAGE, title=opened.name, timeout=10)
+            self.host.notify(READ_ONLY_MESSAGE, title=opened.name, timeout=10)
             self._notify_load_warnings(opened)
         if self.autosave:
             self._install_signal_handlers()
 
-    def sessions_changed(self, change: Change) -> None:
-        self.corpus_changed(change)  # a corpus hit's explanation joins the session before it is saved
-        restore = getattr(self, "_restore", None)
-        if restore and change.captured and [t.token_id for t in self.state.tokens] == restore[0]:
+    def changed(self, change: Change) -> None:
+        self.corpus.changed(change)  # a corpus hit's explanation joins the session before it is saved
+        restore = self._restore
+        if restore and change.captured and [t.token_id for t in self.host.state.tokens] == restore[0]:
             self._restore = None
-            have = self.state.explanations
+            have = self.host.state.explanations
             group_by_index([e for e in restore[1] if e not in have.get(e.index, [])], into=have)
-            self.strip.refresh_tokens()
-            self.pane.show(self.strip.cursor)
+            self.host.strip.refresh_tokens()
+            self.host.pane.show(self.host.strip.cursor)
         if self.keeper.observe(change) and self.autosave and not self.keeper.read_only:
             self.keeper.request_save()
 
     def _autosave_failed(self, err: Exception) -> None:
-        self.notify(f"{err} The conversation is still here; fix that, then press ctrl+s.",
-                    title="Autosave failed", severity="error", timeout=12)
+        self.host.notify(f"{err} The conversation is still here; fix that, then press ctrl+s.",
+                         title="Autosave failed", severity="error", timeout=12)
 
-    def sessions_unmount(self) -> None:
+    def unmount(self) -> None:
         """Exit (ctrl+q, self.exit, a signal): write what was not saved yet, and wait."""
-        if not hasattr(self, "keeper"):  # unmounted before mount finished
-            return
         if self.autosave and not self.keeper.read_only:
             self.keeper.save_now(only_if_dirty=True)
         if self.autosave:
             self._remove_signal_handlers()
 
-    def session_commands(self) -> Iterable[SystemCommand]:
+    def commands(self) -> Iterable[SystemCommand]:
         for fmt, label in (("md", "Markdown"), ("html", "HTML heat map"), ("json", "JSON")):
             yield SystemCommand(f"Export session as {label}",
                                 f"Write {fmt.upper()} to the exports folder (X asks for a path)",
@@ -120,7 +116,7 @@ class SessionActions(CorpusActions):  # C: a sweep's hits open as sessions
             self._signals_installed = False
 
     def _remove_signal_handlers(self) -> None:
-        if getattr(self, "_signals_installed", False):
+        if self._signals_installed:
             self._signals_installed = False
             try:
                 loop = asyncio.get_running_loop()
@@ -133,16 +129,16 @@ class SessionActions(CorpusActions):  # C: a sweep's hits open as sessions
         """SIGTERM, or SIGHUP from a dropped SSH connection: save first, then leave."""
         if not self.keeper.read_only:
             self.keeper.save_now(only_if_dirty=True)
-        self.exit(return_code=128 + signum)  # type: ignore[attr-defined]
+        self.host.exit(return_code=128 + signum)
 
     # ------------------------------------------------------------ ctrl+s
 
-    def action_save_session(self) -> None:
-        if isinstance(self.screen, ValueDialog):  # ctrl+s inside a dialog: not a second one
+    def save_dialog(self) -> None:
+        if isinstance(self.host.screen, ValueDialog):  # ctrl+s inside a dialog: not a second one
             return
         if self.keeper.snapshot() is None:
-            self.notify("Nothing to save yet: chat first (i) or open a transcript (o).",
-                        severity="warning")
+            self.host.notify("Nothing to save yet: chat first (i) or open a transcript (o).",
+                             severity="warning")
             return
 
         def done(name: str | None) -> None:
@@ -151,22 +147,22 @@ class SessionActions(CorpusActions):  # C: a sweep's hits open as sessions
             path = self.keeper.save_as(name, sessions_dir())
             self._report_save(path)
 
-        self.push_screen(ValueDialog("Save session as", self.keeper.name,
-                                     validate=lambda v: None if v.strip() else
-                                     "A session name cannot be empty."), done)
+        self.host.push_screen(ValueDialog("Save session as", self.keeper.name,
+                                          validate=lambda v: None if v.strip() else
+                                          "A session name cannot be empty."), done)
 
     def _report_save(self, path: Path | None) -> None:
         if path is None:
             err = self.keeper.saver.last_error
-            self.notify(f"{err}" if err else "Nothing to save.", title="Save failed",
-                        severity="error", timeout=10)
+            self.host.notify(f"{err}" if err else "Nothing to save.", title="Save failed",
+                             severity="error", timeout=10)
         else:
-            self.notify(f"Saved {self.keeper.name!r} to {path}", timeout=4)
+            self.host.notify(f"Saved {self.keeper.name!r} to {path}", timeout=4)
 
     # ------------------------------------------------------------ browser
 
-    def action_sessions(self) -> None:
-        if isinstance(self.screen, SessionBrowser):
+    def browse(self) -> None:
+        if isinstance(self.host.screen, SessionBrowser):
             return
 
         def done(path: Path | None) -> None:
@@ -174,9 +170,9 @@ class SessionActions(CorpusActions):  # C: a sweep's hits open as sessions
                 self.open_saved_session(path)
 
         # Renaming or deleting the open session goes through the keeper, between two saves.
-        self.push_screen(SessionBrowser(sessions_dir(), self.keeper.directory,
-                                        rename_open=self.keeper.rename, delete_open=self.keeper.delete),
-                         done)
+        self.host.push_screen(SessionBrowser(sessions_dir(), self.keeper.directory,
+                                             rename_open=self.keeper.rename, delete_open=self.keeper.delete),
+                              done)
 
     def open_saved_session(self, path: Path) -> None:
         """Show a saved session. A live engine recaptures its conversation (from the
@@ -185,104 +181,104 @@ class SessionActions(CorpusActions):  # C: a sweep's hits open as sessions
         try:
             session = load_session(path)
         except NlaError as e:
-            self.notify(str(e), title="Cannot open session", severity="error", timeout=10)
+            self.host.notify(str(e), title="Cannot open session", severity="error", timeout=10)
             return
-        self.chat.show_note(None)  # no longer the demo's example
-        self._example_pending = False
+        self.host.chat.show_note(None)  # no longer the demo's example
+        self.host.forget_example()
         if self.autosave and not self.keeper.read_only:
             self.keeper.save_now(only_if_dirty=True)  # the current conversation is not lost
-        st = self.state
+        st = self.host.state
         st.explanations.clear()
         st.partial.clear()
         st.steered = list(session.steered)
         if self.keeper.read_only or st.info is None:
             from ..core.runtime.replay import ReplayWorker
 
-            if self.worker is not None:
-                self.worker.stop()
-            self.worker = ReplayWorker(session, self._emit, preload=True)
-            self.worker.start()
+            if self.host.worker is not None:
+                self.host.worker.stop()
+            self.host.worker = ReplayWorker(session, self.host.emit, preload=True)
+            self.host.worker.start()
             self.keeper.read_only = True
         else:
             if (session.info.subject, session.info.layer) != (st.info.subject, st.info.layer):
-                self.notify(f"{session.name} was saved with {session.info.subject} (layer "
-                            f"{session.info.layer}); new explanations come from the loaded "
-                            "models.", severity="warning", timeout=8)
-            self.strip.follow = False
+                self.host.notify(f"{session.name} was saved with {session.info.subject} (layer "
+                                 f"{session.info.layer}); new explanations come from the loaded "
+                                 "models.", severity="warning", timeout=8)
+            self.host.strip.follow = False
             st.show_session(session)
-            self.chat.set_messages(st.messages)
-            self.strip.refresh_tokens()
-            self.pane.show(self.strip.cursor)
-            self._update_status()
+            self.host.chat.set_messages(st.messages)
+            self.host.strip.refresh_tokens()
+            self.host.pane.show(self.host.strip.cursor)
+            self.host.update_status()
             # The engine must hold the same conversation for e / a to explain it.
-            self.submit(ev.SetConversation(list(session.messages)))
+            self.host.submit(ev.SetConversation(list(session.messages)))
             self._restore = ([t.token_id for t in session.tokens], list(session.explanations))
         self.keeper.adopt(session, Path(path))
-        self.notify(f"Opened {session.name}", timeout=3)
+        self.host.notify(f"Opened {session.name}", timeout=3)
         self._notify_load_warnings(session)
 
     def _notify_load_warnings(self, session: Session) -> None:
         """What loading noticed but did not refuse (e.g. activations without a checksum)."""
         for w in session.warnings:
-            self.notify(w, title=session.name, severity="warning", timeout=10)
+            self.host.notify(w, title=session.name, severity="warning", timeout=10)
 
     # ------------------------------------------------------------ L: load models on demand
 
-    def action_load_models(self) -> None:
+    def load_models(self) -> None:
         """A read-only session (nla-tui open) gets its models: the replay worker is
         replaced by an EngineWorker for the session's subject/AV/AR, which recaptures
         the conversation; the recorded explanations stay (same tokens), new ones can
         be made, and autosave writes back to the session's directory. Device and
         precision are chosen for this machine (the session may come from a GPU box)."""
         if not self.keeper.read_only:
-            self.notify("The models are already loaded.", timeout=3)
+            self.host.notify("The models are already loaded.", timeout=3)
             return
         session = self.keeper.snapshot()
-        info = self.state.info
+        info = self.host.state.info
         if session is None or info is None:
-            self.notify("Nothing to load models for yet.", severity="warning")
+            self.host.notify("Nothing to load models for yet.", severity="warning")
             return
-        if self.engine_worker is None:
-            self.notify("This app cannot load models (it was started without them).",
-                        severity="warning")
+        if self.host.engine_worker is None:
+            self.host.notify("This app cannot load models (it was started without them).",
+                             severity="warning")
             return
-        if self.worker is not None:
-            self.worker.stop()
-        self.state.info = None  # the status line shows loading progress until ModelsReady
+        if self.host.worker is not None:
+            self.host.worker.stop()
+        self.host.state.info = None  # the status line shows loading progress until ModelsReady
         # The session's models, layer and fve variance; this run's device/placement/cache flags.
-        self.worker = self.engine_worker(from_model_info(info, self.options.engine), self._emit)
-        self.worker.start()
-        self.submit(ev.SetConversation(list(session.messages)))
+        self.host.worker = self.host.engine_worker(from_model_info(info, self.host.options.engine), self.host.emit)
+        self.host.worker.start()
+        self.host.submit(ev.SetConversation(list(session.messages)))
         # Re-applied when the engine's capture of these same tokens arrives (an engine
         # may first report another conversation, which would drop them from the UI).
         self._restore = ([t.token_id for t in session.tokens], list(session.explanations))
         self.keeper.read_only = False
-        self.notify(f"Loading {info.preset or info.subject} (subject, AV, AR)…", timeout=5)
+        self.host.notify(f"Loading {info.preset or info.subject} (subject, AV, AR)…", timeout=5)
 
     # ------------------------------------------------------------ export
 
     def default_export_path(self, fmt: str) -> Path:
         return data_root() / "exports" / f"{slugify(self.keeper.name)}.{fmt}"
 
-    def action_export(self) -> None:
+    def export_dialog(self) -> None:
         if self.keeper.snapshot() is None:
-            self.notify("Nothing to export yet: chat first (i) or open a session (ctrl+o).",
-                        severity="warning")
+            self.host.notify("Nothing to export yet: chat first (i) or open a session (ctrl+o).",
+                             severity="warning")
             return
 
         def done(path: str | None) -> None:
             if path:
                 self.export_to(Path(path).expanduser())
 
-        self.push_screen(ValueDialog("Export to (.md, .html or .json)",
-                                     str(self.default_export_path("html")),
-                                     validate=check_export_path), done)
+        self.host.push_screen(ValueDialog("Export to (.md, .html or .json)",
+                                          str(self.default_export_path("html")),
+                                          validate=check_export_path), done)
 
     def export_to(self, out: Path) -> Path | None:
         """Save first (the export then matches a session on disk), then write `out`."""
         session = self.keeper.snapshot()
         if session is None:
-            self.notify("Nothing to export yet.", severity="warning")
+            self.host.notify("Nothing to export yet.", severity="warning")
             return None
         if not self.keeper.read_only:
             self._report_save(self.keeper.save_now())
@@ -290,7 +286,7 @@ class SessionActions(CorpusActions):  # C: a sweep's hits open as sessions
         try:
             written = export_session(session, export_format(str(out)) or "md", out)
         except (NlaError, OSError) as e:
-            self.notify(str(e), title="Export failed", severity="error", timeout=10)
+            self.host.notify(str(e), title="Export failed", severity="error", timeout=10)
             return None
-        self.notify(f"Exported to {written}", timeout=6)
+        self.host.notify(f"Exported to {written}", timeout=6)
         return Path(written)

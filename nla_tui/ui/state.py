@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from ..core import events as ev
 from ..core.fallbacks import is_near_duplicate_warning, near_duplicate_warning, near_duplicates
-from ..core.steer_jobs import SteerDone
-from ..core.steer_results import SteerResult
+from ..core.steer_jobs import CompareDone, SteerDone, SteerProgress
+from ..core.steer_results import Comparison, SteerResult
 from ..core.caveats import SPECIAL_ROLES, Caveat, is_outlier, median_norm, position_caveats, verdict
 from ..core.types import Candidate, CardMemory, Explanation, Message, ModelInfo, TokenInfo, group_by_index
 
@@ -38,6 +38,8 @@ class Change:
     cancelled: bool = False
     models: bool = False  # models ready
     steered: SteerResult | None = None  # a steered continuation arrived (worth saving)
+    comparison: Comparison | None = None  # a comparison of two tokens arrived (shown, not saved)
+    steer_progress: SteerProgress | None = None  # how far a steer / compare has got
 
 
 @dataclass
@@ -141,6 +143,10 @@ class UiState:
         elif isinstance(event, SteerDone):
             self.steered.append(event.result)
             c.steered = event.result
+        elif isinstance(event, CompareDone):
+            c.comparison = event.comparison
+        elif isinstance(event, SteerProgress):
+            c.steer_progress = event
         elif isinstance(event, ev.QueueDepth):
             self.queue_depth = event.depth
         return c

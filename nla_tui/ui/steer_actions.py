@@ -1,80 +1,82 @@
-"""Steer (w) and compare (c) in the app: the keys, the jobs, and the result screens.
+"""Steer (w) and compare (c): the jobs the keys submit and the screens their results open.
 
-Kept out of app.py like session_actions.py; the app calls `steer_event(e)` for every
-core event and `clear_compare_mark()` on Esc.
+A controller of NlaApp (ui/host.py): the app binds the keys and hands every folded
+`Change` to `changed`; the results arrive as data in the Change (UiState.apply unpacked
+the event), never as raw events here.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..core import events as ev
-from ..core.steer_jobs import DEFAULT_ALPHA, Compare, CompareDone, SteerProgress, Steer, SteerDone
+from ..core.steer_jobs import DEFAULT_ALPHA, Compare, Steer
 from ..core.types import CONTINUATION_TOKENS
-from .screens.steer import CompareScreen, SteeredScreen, SteerDialog
+from .host import AppHost
+from .screens.steer import CompareScreen, SteerDialog, SteeredScreen
+from .state import Change
 
 
+class Steering:
+    def __init__(self, host: AppHost) -> None:
+        self.host = host
+        self.compare_mark: int | None = None  # token A of a comparison, until c on B
+        # The dialog opens with the strength and span used last.
+        self.alpha = DEFAULT_ALPHA
+        self.span = "here"
 
-class SteerActions:
-    compare_mark: int | None = None
-    steer_alpha: float = DEFAULT_ALPHA
-    steer_span: str = "here"
-
-    def action_steer(self) -> None:
-        app: Any = self
-        index = app._cursor()
+    def steer(self) -> None:
+        host = self.host
+        index = host.cursor_index()
         if index is None:
             return
-        if app.needs_models("steering (it steers the subject model)"):
+        if host.needs_models("steering (it steers the subject model)"):
             return
-        best = app.state.best(index)
+        best = host.state.best(index)
         if best is None:
-            app.notify("Explain this token first (e): steering edits its explanation.", severity="warning")
+            host.notify("Explain this token first (e): steering edits its explanation.", severity="warning")
             return
-        token = app.state.tokens[index].text
+        token = host.state.tokens[index].text
 
         def done(result: tuple[str, float, str] | None) -> None:
             if result is None:
                 return
-            edited, self.steer_alpha, self.steer_span = result
-            app.submit(Steer(index, edited, original=best.text, alpha=self.steer_alpha, span=self.steer_span,
-                              max_new_tokens=CONTINUATION_TOKENS,
-                              sampling=app._sampling(False)))
-            app.notify(f"Steering from token {index}: regenerating with and without the edit…", timeout=4)
+            edited, self.alpha, self.span = result
+            host.submit(Steer(index, edited, original=best.text, alpha=self.alpha, span=self.span,
+                              max_new_tokens=CONTINUATION_TOKENS, sampling=host.sampling(False)))
+            host.notify(f"Steering from token {index}: regenerating with and without the edit…", timeout=4)
 
-        app.push_screen(SteerDialog(index, token, best.text, self.steer_alpha, self.steer_span), done)
+        host.push_screen(SteerDialog(index, token, best.text, self.alpha, self.span), done)
 
-    def action_compare(self) -> None:
-        app: Any = self
-        index = app._cursor()
+    def compare(self) -> None:
+        host = self.host
+        index = host.cursor_index()
         if index is None:
             return
         if self.compare_mark is None:
             self.compare_mark = index
-            app.notify(f"A = token {index} {app.state.tokens[index].text!r}. Move to B and press c "
-                       "(Esc clears A).", timeout=5)
+            host.notify(f"A = token {index} {host.state.tokens[index].text!r}. Move to B and press c "
+                        "(Esc clears A).", timeout=5)
             return
         a, self.compare_mark = self.compare_mark, None
-        app.submit(Compare(a, index, app._sampling(False)))
-        app.notify(f"Comparing token {a} with token {index}: explaining a − b and b − a…", timeout=4)
+        host.submit(Compare(a, index, host.sampling(False)))
+        host.notify(f"Comparing token {a} with token {index}: explaining a − b and b − a…", timeout=4)
 
     def clear_compare_mark(self) -> None:
         self.compare_mark = None
 
-    def steer_event(self, e: ev.Event) -> None:
-        app: Any = self
-        st = app.state
-        if isinstance(e, SteerProgress):
+    def changed(self, change: Change) -> None:
+        host, st = self.host, self.host.state
+        progress = change.steer_progress
+        if progress is not None:
             # The explain-all bar shows what the job does and how far it got (an upper
             # bound on the tokens left: explanations usually close early).
-            bar = app.query_one("#allbar")
+            bar = host.allbar
             bar.display = True
-            bar.show_progress(e.done, e.total, e.eta_s, e.what, " tokens")
-        elif isinstance(e, ev.JobFinished | ev.JobFailed) and e.kind is ev.JobKind.COMPARE:
-            app.query_one("#allbar").display = app.state.all_progress is not None
-        if isinstance(e, SteerDone):
-            app.push_screen(SteeredScreen(e.result, st.untrained_av))
-        elif isinstance(e, CompareDone):
-            c = e.comparison
+            bar.show_progress(progress.done, progress.total, progress.eta_s, progress.what, " tokens")
+        elif change.ended is ev.JobKind.COMPARE:
+            host.allbar.display = st.all_progress is not None
+        if change.steered is not None:
+            host.push_screen(SteeredScreen(change.steered, st.untrained_av))
+        elif change.comparison is not None:
+            c = change.comparison
             text = lambda i: st.tokens[i].text if 0 <= i < len(st.tokens) else "?"  # noqa: E731
-            app.push_screen(CompareScreen(c, text(c.i), text(c.j), st.untrained_av))
+            host.push_screen(CompareScreen(c, text(c.i), text(c.j), st.untrained_av))

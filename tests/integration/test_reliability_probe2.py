@@ -174,7 +174,7 @@ def test_7_the_tui_stays_up_after_opening_a_transcript_with_a_list_role(tmp_path
         app = replay_app(preload=True)
         async with app.run_test(size=(120, 36)) as pilot:
             await settle_replay(pilot, app)
-            app.open_transcript(f)
+            app.inputs.open_transcript(f)
             await pilot.pause()
             assert app.is_running and any("unknown role" in n.message for n in app._notifications)
     asyncio.run(body())

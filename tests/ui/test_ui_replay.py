@@ -138,7 +138,7 @@ async def test_failures_and_bad_input_are_shown_and_the_app_keeps_running(tmp_pa
                                             for n in app._notifications), "the failure notice")
         bad = tmp_path / "bad.json"
         bad.write_text("{not json")
-        app.open_transcript(bad)
+        app.inputs.open_transcript(bad)
         await pilot.pause()
         assert any("not valid JSON" in n.message for n in app._notifications)
         await pilot.press("right")  # still alive and answering keys

@@ -105,7 +105,7 @@ async def test_sigterm_and_sighup_save_then_exit(data_dir, signame):
         await wait_until(pilot, lambda: app.state.explained_count() == 4, "four results")
         shown = shown_explanations(app)
         # Without the handler the signal would kill the test run: check it is there.
-        assert app._signals_installed
+        assert app.sessions._signals_installed
         os.kill(os.getpid(), getattr(signal, signame))
         await wait_until(pilot, lambda: not app.is_running or app._exit_renderables is not None
                          or app.return_code is not None, "the app to exit")
@@ -201,7 +201,7 @@ async def test_export_writes_the_format_of_the_file_name(data_dir, tmp_path):
         text = (tmp_path / "out.md").read_text()
         assert text.startswith("# session-") and " Eiffel" in text
         assert _saved(data_dir)  # saved first
-        html_out = app.export_to(tmp_path / "page.html")
+        html_out = app.sessions.export_to(tmp_path / "page.html")
         assert html_out.read_text().startswith("<!DOCTYPE html>")
 
 

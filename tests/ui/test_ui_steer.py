@@ -64,15 +64,15 @@ async def test_compare_marks_a_then_b():
         a, b = COMPARE_PAIR
         app.strip.set_cursor(a)
         await pilot.press("c")
-        assert app.compare_mark == a
+        assert app.steering.compare_mark == a
         await pilot.press("escape")  # Esc clears A
-        assert app.compare_mark is None
+        assert app.steering.compare_mark is None
         await pilot.press("c")
         app.strip.set_cursor(b)
         await pilot.press("c")
         await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen), "the comparison")
         job = [j for j in holder.worker.jobs_seen if isinstance(j, Compare)][-1]
-        assert (job.i, job.j) == (a, b) and app.compare_mark is None
+        assert (job.i, job.j) == (a, b) and app.steering.compare_mark is None
         c = app.screen.c
         assert c.a_minus_b.text and c.b_minus_a.text and c.a_minus_b.score is not None
         await pilot.press("escape")

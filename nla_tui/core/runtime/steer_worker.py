@@ -27,15 +27,12 @@ class SteerJobs:
         from .steer import compare
 
         what = f"compare {job.i}↔{job.j}: explaining a − b, b − a"
-        start, shown = time.monotonic(), [-1.0]
+        start = time.monotonic()
         self.emit(SteerProgress(what, 0, 2 * job.sampling.max_new_tokens))
 
         def progress(done: int, total: int) -> None:
-            now = time.monotonic()
-            if now - shown[0] < 0.25 and done < total:
-                return  # a few updates a second: the AV calls this per token
-            shown[0] = now
-            elapsed = now - start
+            # Per token written; a receiver keeps only the newest (the TUI: ui/messages.py).
+            elapsed = time.monotonic() - start
             self.emit(SteerProgress(what, done, total, elapsed / done * (total - done) if done else None))
 
         self.emit(CompareDone(compare(self._engine(), job.i, job.j, job.sampling, self.cancel, progress)))

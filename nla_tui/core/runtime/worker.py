@@ -21,7 +21,7 @@ from .progress import RowProgress
 from .scheduler import JobThread
 from .steer_worker import SteerJobs
 
-STREAM_INTERVAL_S = 0.04  # batch streamed text: the UI re-renders at most ~25 times a second
+STREAM_INTERVAL_S = 0.04  # batch streamed chat text: its deltas are increments, none may be dropped
 
 
 class _Throttle:
@@ -128,10 +128,10 @@ class EngineWorker(SteerJobs, JobThread):
         if job.samples > 1:
             exps = eng.explain_samples(job.index, job.samples, job.sampling, job.prompt, self.cancel)
         else:
-            thr = _Throttle()
+            # Every step's text so far goes out; a receiver that cannot keep up drops the
+            # older ones (the TUI: Textual's can_replace, ui/messages.py).
             exps = eng.explain([job.index], job.sampling, job.prompt,
-                               lambda i, t: thr.ready() and self.emit(ev.ExplainDelta(i, streaming_text(t))),
-                               self.cancel)
+                               lambda i, t: self.emit(ev.ExplainDelta(i, streaming_text(t))), self.cancel)
         if exps and not self.cancel.is_set():
             # The cursor's explanation gets its per-sentence fidelity (one more AR pass).
             self.emit(ev.ExplainDone(job.index, [eng.with_sentence_fidelity(exps[0])] + exps[1:]))

@@ -45,6 +45,8 @@ class TokenStrip(ScrollView, can_focus=True):
         # Set by the app: where an unbound printable key goes while there is no token
         # yet (the start of a message, not a command). Bound keys keep their meaning
         # (o opens a transcript); the app focuses the message box while empty anyway.
+        # A call, not a message: the key's character must reach the box before the next
+        # key, which the box (focused by this call) receives directly.
         self.type_target: Callable[[str], None] | None = None
         # Set by the app: told of every cursor move, synchronously.
         self.on_cursor: Callable[[int], None] | None = None
