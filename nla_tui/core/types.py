@@ -275,6 +275,9 @@ class Capture:
     # (core/models/lens.py); None when the conversation is over the lens's memory budget
     # or the capture came from a cache entry without them.
     residuals: Any = None
+    # The first position the subject ran: rows before it were copied from the capture an
+    # edited conversation branched from (Subject.capture's `parent`); 0 for a whole capture.
+    start: int = 0
 
 
 @dataclass

@@ -17,6 +17,11 @@ block a query cannot see adds an exact zero. Every other op (projections, MLP, n
 is row-wise already, and chunks are at least MIN_CHUNK rows so BLAS keeps one kernel.
 On CUDA the model's own attention (sdpa) runs with a sliding-window cache for the
 sliding layers (the same values up to kernel rounding, far less memory).
+
+A capture may start at position `start > 0` over a cache already holding the keys and
+values of positions 0..start-1 (`KvPrefix.seeded`): an edited conversation (a branch,
+core/branch_tree.py) re-runs only from its first changed token. The caller keeps the
+rows before `start` from the capture it branched from (Subject.capture splices them).
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -39,6 +45,7 @@ KEY_BLOCK = 128  # rowexact_attention's key block
 MIN_CHUNK = 64  # a shorter tail chunk joins the one before it (BLAS picks other kernels for a few rows)
 CPU_CHUNK = 512
 LENS_MAX_BYTES = 512 << 20  # every layer's residual kept for the logit lens up to this
+KV_KEEP_BYTES = 512 << 20  # the last capture's keys/values kept for an edit's re-capture up to this
 ROWEXACT = "nla_rowexact"
 
 CaptureProgress = Callable[[int, int], None]  # (tokens done, total)
@@ -131,22 +138,79 @@ def default_chunk(subject, n_tokens: int) -> int:
     return chunk_for_budget(text_config(subject.model), n_tokens, gpu_budget(subject.device))
 
 
-@torch.inference_mode()
-def capture_chunked(subject, ids: list[int], chunk: int | None = None, progress: CaptureProgress | None = None,
-                    cancel: threading.Event | None = None) -> Capture:
-    """Layer-K activations [T, d] (float32) and top-k candidates [T, k] at every position,
-    and every layer's residual [T, L, d] for the logit lens while it fits LENS_MAX_BYTES."""
+def new_cache(subject):
+    """An empty KV cache for a capture. CPU: a full cache on every layer (rowexact_attention
+    indexes keys by position). CUDA: the config's cache keeps only a window for the
+    sliding-attention layers."""
     from transformers import DynamicCache
 
+    return DynamicCache() if subject.device.type == "cpu" else DynamicCache(config=text_config(subject.model))
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading ids `a` and `b` share."""
+    n = min(len(a), len(b))
+    return next((k for k in range(n) if a[k] != b[k]), n)
+
+
+@dataclass
+class KvPrefix:
+    """The subject's keys and values for `ids` (positions 0..len(ids)-1), kept after a
+    capture so the capture of an edited conversation re-runs only its changed suffix."""
+
+    ids: list[int]
+    cache: Any  # transformers DynamicCache
+
+    def reusable(self, ids: list[int]) -> int:
+        """How many leading positions of `ids` this cache can seed: the prefix the two share,
+        when every layer still holds every position (a sliding-window layer that dropped
+        its oldest keys on CUDA cannot be rolled back, so then none)."""
+        return common_prefix(self.ids, ids) if self.complete else 0
+
+    @property
+    def complete(self) -> bool:
+        n = len(self.ids)
+        return all(layer.keys.shape[-2] == n for layer in self.cache.layers if getattr(layer, "is_initialized", False))
+
+    def seeded(self, subject, start: int):
+        """A new cache holding positions 0..start-1 (a copy: this one stays as it is)."""
+        cache = new_cache(subject)
+        for k, layer in enumerate(self.cache.layers):
+            if getattr(layer, "is_initialized", False):
+                cache.update(layer.keys[..., :start, :], layer.values[..., :start, :], k)
+        return cache
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for layer in self.cache.layers if getattr(layer, "is_initialized", False)
+                   for t in (layer.keys, layer.values))
+
+
+def kv_keep_budget() -> int:
+    """Bytes of keys/values a capture may leave behind for the next edit's re-capture (env
+    NLA_TUI_KV_KEEP_BYTES, default 512 MiB: ~14,500 demo tokens on CPU; 0 keeps none)."""
+    try:
+        return int(os.environ.get("NLA_TUI_KV_KEEP_BYTES", KV_KEEP_BYTES))
+    except ValueError:  # not a number: the default, rather than failing every capture
+        return KV_KEEP_BYTES
+
+
+@torch.inference_mode()
+def capture_chunked(subject, ids: list[int], chunk: int | None = None, progress: CaptureProgress | None = None,
+                    cancel: threading.Event | None = None, start: int = 0, cache=None) -> tuple[Capture, Any]:
+    """Layer-K activations (float32) and top-k candidates at positions start..T-1 (rows
+    0..T-start-1 of the result), and every layer's residual for the logit lens while the
+    whole conversation's fits LENS_MAX_BYTES; with the KV cache it filled (all T positions).
+    `cache` must hold the keys/values of positions 0..start-1 (KvPrefix.seeded)."""
     exact = subject.device.type == "cpu"
     if exact:
         _register()
     cfg = text_config(subject.model)
-    chunk = chunk or default_chunk(subject, len(ids))
-    bounds = chunk_bounds(len(ids), chunk)
-    # CPU: a full cache on every layer (rowexact_attention indexes keys by position).
-    # CUDA: the config's cache keeps only a window for the sliding-attention layers.
-    cache = DynamicCache() if exact else DynamicCache(config=cfg)
+    chunk = chunk or default_chunk(subject, len(ids) - start)
+    bounds = [(s + start, e + start) for s, e in chunk_bounds(len(ids) - start, chunk)]
+    if cache is None:
+        assert start == 0, "a capture from a later position needs the prefix's cache"
+        cache = new_cache(subject)
     acts: list[np.ndarray] = []
     hidden: list[torch.Tensor] = []
     store: dict[int, torch.Tensor] = {}
@@ -183,10 +247,9 @@ def capture_chunked(subject, ids: list[int], chunk: int | None = None, progress:
     finally:
         for handle in handles:
             handle.remove()
-    del cache
     top_ids, top_probs = top_candidates(subject, cfg, torch.cat(hidden))
     return Capture(np.concatenate(acts), top_ids, top_probs,
-                   np.concatenate(residuals) if keep_all else None)
+                   np.concatenate(residuals) if keep_all else None), cache
 
 
 def lens_fits(n_tokens: int, n_layers: int, d_model: int) -> bool:

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .capture import TOP_K, capture_chunked
+from .capture import MIN_CHUNK, TOP_K, KvPrefix, capture_chunked, common_prefix, kv_keep_budget
 from .context import check_context, context_limit
 from .conversation import render as render_conversation
 from .conversation import tag_tokens
@@ -57,6 +57,8 @@ class Subject:
         self.decoder, self.lm_head = text_parts(model)
         self.device = model_device(model)
         self.forward_calls = 0
+        self.forward_tokens = 0  # positions captures have run through the decoder (an edit's re-capture: its suffix)
+        self.kept: KvPrefix | None = None  # the last capture's keys/values (within kv_keep_budget())
 
     # ------------------------------------------------------------ tokenization
 
@@ -75,13 +77,37 @@ class Subject:
     # ------------------------------------------------------------ capture
 
     def capture(self, ids: list[int], chunk: int | None = None, progress=None,
-                cancel: threading.Event | None = None) -> Capture:
+                cancel: threading.Event | None = None,
+                parent: tuple[list[int], Capture] | None = None) -> Capture:
         """Layer-K residual and top-k next-token candidates everywhere, in chunks over a
-        KV cache (core.capture: bit-for-bit the one-pass result on CPU)."""
+        KV cache (core.capture: bit-for-bit the one-pass result on CPU).
+
+        `parent` (its ids and their capture): `ids` is an edit of it. Positions before the
+        first token that differs are the parent's rows, copied (bit for bit); the decoder
+        runs only from there on, over the keys/values this subject kept from its last
+        capture where they cover that prefix (`Capture.start` says where it ran from)."""
         # The engine checked already (with the subject's name); this guards direct callers.
         check_context(len(ids), self.context_limit, "the subject")
         self.forward_calls += 1
-        return capture_chunked(self, ids, chunk, progress, cancel)
+        same = common_prefix(parent[0], ids) if parent is not None else 0
+        start = min(same, self.kept.reusable(ids)) if self.kept is not None and same else 0
+        if start and self.device.type == "cpu":
+            # BLAS takes another kernel for a few rows, whose last bits differ from a whole
+            # capture's: at least MIN_CHUNK positions re-run, so every row is bit for bit
+            # what capturing the edited conversation from scratch gives.
+            start = max(0, min(start, len(ids) - MIN_CHUNK))
+        if start == len(ids):  # nothing new (a prefix of what was kept): one position re-runs for its logits
+            start -= 1
+        seed = self.kept.seeded(self, start) if start else None
+        self.kept = None  # released before the new cache grows (its memory is the budget's)
+        cap, cache = capture_chunked(self, ids, chunk, progress, cancel, start, seed)
+        self.forward_tokens += len(ids) - start
+        kept = KvPrefix(list(ids), cache)
+        self.kept = kept if kept.complete and kept.nbytes <= kv_keep_budget() else None
+        if parent is not None and same:
+            cap = splice(parent[1], same, cap, start)
+        cap.start = start
+        return cap
 
     def token_infos(self, ids: list[int], roles: list[str], turns: list[int], cap: Capture) -> list[TokenInfo]:
         norms = np.linalg.norm(cap.activations, axis=-1)
@@ -136,3 +162,18 @@ class Subject:
                                   on_step=step, max_batch=1)
         out = [t for t in rows[0] if t not in stops]
         return self.tok.decode(out, skip_special_tokens=True).strip()
+
+
+def splice(parent: Capture, same: int, suffix: Capture, start: int) -> Capture:
+    """The parent's rows 0..same-1 followed by `suffix`'s rows for positions same.. (the
+    suffix capture began at position `start` <= same). Residuals only where both have them."""
+    cut = same - start
+
+    def join(a, b):
+        return np.concatenate([np.asarray(a)[:same], np.asarray(b)[cut:]])
+
+    residuals = None
+    if parent.residuals is not None and suffix.residuals is not None and len(parent.residuals) >= same:
+        residuals = join(parent.residuals, suffix.residuals)
+    return Capture(join(parent.activations, suffix.activations), join(parent.top_ids, suffix.top_ids),
+                   join(parent.top_probs, suffix.top_probs), residuals)

@@ -30,6 +30,7 @@ from ..nla.sidecar import read_sidecar
 from ..options import EngineOptions
 from ..types import (REPLY_TOKENS, Candidate, CardMemory, Explanation, Message, ModelInfo, Sampling, Score, TokenInfo,
                      group_by_index)
+from .engine_branches import EngineBranches
 from .engine_caches import EngineCaches
 
 
@@ -48,7 +49,7 @@ def describe_placement(placement, models) -> str:
 Progress = Callable[[str, float, str], None]  # (model, fraction, message)
 
 
-class Engine:
+class Engine(EngineBranches):
     def __init__(self, options: EngineOptions):
         self.options = options
         self.info: ModelInfo | None = None
@@ -61,6 +62,8 @@ class Engine:
         self.residuals = None  # every layer's residual [T, L, d] for the logit lens, or None
         self._lens: dict[int, list[list[Candidate]]] = {}  # the lens per token index, computed once
         self.explanations: dict[int, list[Explanation]] = {}
+        self.branches = None  # the conversation's branch tree (engine_branches.py); None before a capture
+        self.last_recapture: dict = {}  # the last edit's re-capture: tokens, where the subject ran from
         self.steered: list = []  # steered continuations (runtime/steer.py); the conversation itself never changes
         self.placement_text = ""
         self.cards: list[int] = []  # CUDA devices holding a model (for gpu_memory)
@@ -169,20 +172,19 @@ class Engine:
     def counters(self) -> dict[str, int]:
         return {"subject_forward": self.subject.forward_calls if self.subject else 0,
                 "av_generate": self.av.generate_calls if self.av else 0,
-                "ar_forward": self.ar.forward_calls if self.ar else 0}
+                "ar_forward": self.ar.forward_calls if self.ar else 0,
+                "subject_tokens": self.subject.forward_tokens if self.subject else 0}
 
     # ------------------------------------------------------------ conversation
 
     def _capture(self, messages: list[Message], progress: Callable[[int, int], None] | None = None,
-                 cancel: threading.Event | None = None) -> None:
+                 cancel: threading.Event | None = None, new_tree: bool = True) -> None:
+        """Capture `messages` as the shown conversation: the root of a new branch tree, or
+        (`new_tree=False`, a chat turn) the shown branch grown by a turn."""
         ids, roles, turns = self.subject.tokenize(messages)
         check_context(len(ids), self.subject.context_limit, self.info.subject)
         cap = self.caches.capture(self.info, ids, lambda i: self.subject.capture(i, progress=progress, cancel=cancel))
-        self.tokens = self.subject.token_infos(ids, roles, turns, cap)
-        self.activations = cap.activations
-        self.residuals, self._lens = cap.residuals, {}
-        self.messages = list(messages)
-        self.explanations = {}
+        self._record(list(messages), self.subject.token_infos(ids, roles, turns, cap), cap, new_tree)
 
     def set_conversation(self, messages: list[Message], progress: Callable[[int, int], None] | None = None,
                          cancel: threading.Event | None = None) -> None:
@@ -222,7 +224,7 @@ class Engine:
         prompt_ids, _, _ = self.subject.tokenize(msgs, add_generation_prompt=True)
         check_context(len(prompt_ids), self.subject.context_limit, self.info.subject, max_new_tokens)
         reply = self.subject.generate(msgs, max_new_tokens, on_delta, cancel)
-        self._capture(msgs + [Message("assistant", reply)], progress)
+        self._capture(msgs + [Message("assistant", reply)], progress, new_tree=False)
         return reply
 
     # ------------------------------------------------------------ explain
