@@ -62,3 +62,78 @@ def test_bad_edits_are_refused_before_any_model_work(example_engine):
     with pytest.raises(InputError, match="no branch 7"):
         eng.edit_message(0, "Hello?", parent=7)
     assert eng.counters == calls and len(eng.branch_tree().branches) == 1
+
+
+def test_edit_a_tool_result_of_an_agent_transcript(demo_engine):
+    """Edit what the tool returned and see what the model makes of it: the branch's tool
+    result tokens change, the assistant's answer after it is read again (kept, teacher-forced)."""
+    eng = demo_engine
+    before = list(eng.messages)
+    try:
+        eng.set_conversation(load_transcript("tests/data/agent_transcript.json"))
+        tool = next(i for i, m in enumerate(eng.messages) if m.role == "tool")
+        parent = eng.branch_tree().root
+        branch = eng.edit_message(tool, '{"city": "Paris", "forecast": "sunny", "chance": 0.0}', label="sunny")
+        assert branch.messages[tool].role == "tool" and branch.messages[tool].tool_call_id == "call_1"
+        assert branch.messages[tool + 1:] == parent.messages[tool + 1:]
+        d = eng.branch_diff()
+        changed_roles = {branch.tokens[i].role for i in d.changed}
+        assert changed_roles <= {"tool_result", "special"} and "tool_result" in changed_roles
+        # The answer after the tool result is the same text, read after another result:
+        # aligned to the parent's tokens, with activations that moved.
+        answer = [i for i, t in enumerate(branch.tokens) if t.turn == tool + 1 and t.role == "model"]
+        assert answer and all(i in d.aligned for i in answer)
+        assert min(d.cos[i] for i in answer) < 1.0
+        assert [t.token_id for t in branch.tokens[:branch.first_changed]] == \
+            [t.token_id for t in parent.tokens[:branch.first_changed]]
+    finally:
+        eng.set_conversation(before)
+
+
+def test_branch_jobs_through_the_worker(example_engine):
+    """EditMessage, ExplainOnBranch (the parent's side and the shown one), SwitchBranch and
+    ListBranches through the scheduler and EngineWorker the TUI and `serve` use."""
+    from nla_tui.core import events as ev
+    from nla_tui.core.branch_jobs import (BranchExplainDone, BranchList, BranchShown, EditMessage, ExplainOnBranch,
+                                          ListBranches, SwitchBranch)
+    from nla_tui.core.runtime.worker import EngineWorker
+
+    got: list = []
+    worker = EngineWorker(example_engine, got.append, autoload=False).start()
+    try:
+        worker.submit(EditMessage(0, 'What does "anchor" mean?', label="anchor"))
+        assert worker.wait_idle(300)
+        shown = next(e for e in got if isinstance(e, BranchShown))
+        updated = [e for e in got if isinstance(e, ev.ConversationUpdated)]
+        assert shown.created and shown.branch.id == 1 and shown.branch.label == "anchor"
+        assert updated and updated[-1].messages[0].content == 'What does "anchor" mean?'
+        assert got.index(updated[-1]) < got.index(shown)  # the conversation first, then the branch
+        index = next(i for i in shown.diff.aligned if i > shown.diff.changed[-1] and i in shown.diff.aligned)
+        fast = Sampling(max_new_tokens=8)
+        got.clear()
+        worker.submit(ExplainOnBranch(0, shown.diff.aligned[index], fast))  # the parent's side, not shown
+        worker.submit(ExplainOnBranch(1, index, fast))  # the shown branch: the usual Explain events
+        assert worker.wait_idle(300)
+        other = next(e for e in got if isinstance(e, BranchExplainDone))
+        done = next(e for e in got if isinstance(e, ev.ExplainDone))
+        assert other.branch == 0 and other.index == shown.diff.aligned[index] and done.index == index
+        assert not [e for e in got if isinstance(e, ev.JobFailed)]
+        side = example_engine.branch_tree().side_by_side(1, index)
+        assert side.explanation is not None and side.parent_explanation is not None
+        assert side.text == side.parent_text
+        got.clear()
+        worker.submit(SwitchBranch(0))
+        worker.submit(ListBranches())
+        assert worker.wait_idle(300)
+        back = next(e for e in got if isinstance(e, BranchShown))
+        listed = next(e for e in got if isinstance(e, BranchList))
+        assert back.branch.is_root and back.diff is None and not back.created
+        assert sorted(listed.tree.branches) == [0, 1] and listed.tree.current == 0
+        assert list(back.branch.explanations) == [shown.diff.aligned[index]]  # what was explained on it
+        got.clear()
+        worker.submit(SwitchBranch(9))
+        assert worker.wait_idle(60)
+        failed = next(e for e in got if isinstance(e, ev.JobFailed))
+        assert failed.kind is ev.JobKind.SWITCH_BRANCH and "no branch 9" in failed.message
+    finally:
+        worker.stop()

@@ -23,6 +23,7 @@ import numpy as np
 
 from . import events as ev
 from .steer_results import Comparison, SteerResult
+from .branch_tree import Branch, BranchDiff, diff_branches, edited_messages
 from .api_call import Call, as_messages, check_sampling
 from .captured import Conversation, Messages, StreamItem
 from .errors import Cancelled, InputError, NlaError
@@ -325,6 +326,40 @@ class Nla:
             after = call.outcome()
             return Conversation(self._hold(after), after.messages, after.tokens)
         return call, conversation_after
+
+    def edit_call(self, conversation: Conversation | str, message: int, text: str) -> tuple[Call, Callable[[], Conversation]]:
+        """edit() as a Call, and how to turn its result into the Conversation (for the server)."""
+        held = self.held(conversation)
+        edited_messages(held.messages, message, text)  # refused here, before the job is queued
+
+        def work(engine: Any, cancel: threading.Event) -> _Held:
+            if engine.messages != held.messages or len(engine.tokens) != len(held.tokens):
+                engine.set_conversation(held.messages, None, cancel)
+            engine.edit_message(message, text, cancel=cancel)
+            return _Held(list(engine.messages), list(engine.tokens), engine.activations)
+
+        call = self.submit(work, ev.JobKind.EDIT_MESSAGE, ev.PRIORITY_CHAT)
+
+        def conversation_after() -> Conversation:
+            after = call.outcome()
+            return Conversation(self._hold(after), after.messages, after.tokens)
+        return call, conversation_after
+
+    def edit(self, conversation: Conversation | str, message: int, text: str) -> Conversation:
+        """The conversation with message `message` replaced by `text`, captured from its first
+        changed token (the unchanged prefix's activations are the original's, bit for bit),
+        under a new handle; the original stays as it was. `diff(original, edited)` compares them."""
+        call, conversation_after = self.edit_call(conversation, message, text)
+        call.wait()
+        return conversation_after()
+
+    def diff(self, parent: Conversation | str, child: Conversation | str) -> BranchDiff:
+        """Which token positions of `child` differ from `parent` (difflib on token ids), every
+        other position paired with its parent counterpart, and cos(child, parent) of the
+        activations there. No model runs."""
+        a, b = self.held(parent), self.held(child)
+        return diff_branches(Branch(0, None, None, a.messages, a.tokens, activations=a.activations),
+                             Branch(1, 0, None, b.messages, b.tokens, activations=b.activations))
 
     def compare_call(self, conversation: Conversation | str, i: int, j: int, sampling: Sampling = Sampling()) -> Call:
         from .runtime.steer import compare

@@ -32,6 +32,10 @@ class JobKind(Enum):
     EXPLAIN_ALL = "ExplainAll"
     STEER = "Steer"
     COMPARE = "Compare"
+    EDIT_MESSAGE = "EditMessage"  # the branch jobs (core/branch_jobs.py)
+    SWITCH_BRANCH = "SwitchBranch"
+    LIST_BRANCHES = "ListBranches"
+    EXPLAIN_ON_BRANCH = "ExplainOnBranch"
 
     @property
     def words(self) -> str:
@@ -40,7 +44,7 @@ class JobKind(Enum):
     @property
     def changes_conversation(self) -> bool:
         """Its end may change what a saved session holds (a steered continuation is saved)."""
-        return self not in (JobKind.LOAD, JobKind.COMPARE)
+        return self not in (JobKind.LOAD, JobKind.COMPARE, JobKind.LIST_BRANCHES)
 
     @property
     def is_chat(self) -> bool:
@@ -48,12 +52,14 @@ class JobKind(Enum):
 
     @property
     def is_explain(self) -> bool:
-        return self in (JobKind.EXPLAIN, JobKind.EXPLAIN_ALL)
+        return self in (JobKind.EXPLAIN, JobKind.EXPLAIN_ALL, JobKind.EXPLAIN_ON_BRANCH)
 
 
 _JOB_WORDS = {JobKind.LOAD: "Loading the models", JobKind.CHAT: "Chat",
               JobKind.SET_CONVERSATION: "Opening the conversation", JobKind.EXPLAIN: "Explain",
-              JobKind.EXPLAIN_ALL: "Explain all", JobKind.STEER: "Steer", JobKind.COMPARE: "Compare"}
+              JobKind.EXPLAIN_ALL: "Explain all", JobKind.STEER: "Steer", JobKind.COMPARE: "Compare",
+              JobKind.EDIT_MESSAGE: "Editing the message", JobKind.SWITCH_BRANCH: "Switching branch",
+              JobKind.LIST_BRANCHES: "Listing branches", JobKind.EXPLAIN_ON_BRANCH: "Explain on a branch"}
 
 
 @dataclass

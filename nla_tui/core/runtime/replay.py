@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 from .. import events as ev
+from ..branch_jobs import BranchExplainDone, BranchList, BranchShown, EditMessage, ExplainOnBranch, ListBranches, \
+    SwitchBranch
 from ..steer_results import Comparison, compare_activations
 from ..errors import NlaError
 from ..steer_jobs import Compare, CompareDone, Steer, SteerDone
@@ -44,7 +46,12 @@ class ReplayWorker(JobThread):
                          ev.SetConversation: self._set_conversation,
                          ev.Explain: lambda job: self._explain(job.index),
                          ev.ExplainAll: lambda job: self._explain_all(job.indices),
-                         Steer: self._steer, Compare: self._compare}
+                         Steer: self._steer, Compare: self._compare,
+                         EditMessage: self._edit, SwitchBranch: self._switch_branch,
+                         ListBranches: lambda job: self.emit(BranchList(self.tree.snapshot())),
+                         ExplainOnBranch: self._explain_on_branch}
+        self.tree = self.session.branch_tree()
+        self.tree.current = 0  # the replay starts on the conversation as captured
         self.submit(ev.LoadModels())  # like EngineWorker(autoload=True)
 
     # ------------------------------------------------------------ jobs
@@ -66,6 +73,8 @@ class ReplayWorker(JobThread):
             self.emit(ev.ConversationUpdated(list(s.messages), list(s.tokens), s.activations))
             for index, exps in sorted(self._by_index.items()):
                 self.emit(ev.ExplainDone(index, exps, cached=True))
+            if s.branches:
+                self.emit(BranchList(self.tree.snapshot()))
 
     def _set_conversation(self, job: ev.SetConversation) -> None:
         self._turn = len(job.messages)
@@ -100,7 +109,8 @@ class ReplayWorker(JobThread):
         self.emit(self._updated(reply_turn + 1))
 
     def _explain(self, index: int) -> None:
-        exps = self._by_index.get(index)
+        shown = self._by_index if self.tree.current == 0 else self.tree.shown.explanations
+        exps = shown.get(index)
         if not exps:
             raise NlaError(READ_ONLY_NOTE if self.preload else
                            f"The recorded session has no explanation for token {index}.")
@@ -133,6 +143,31 @@ class ReplayWorker(JobThread):
             rec = compare_activations(self.session.activations, job.i, job.j,
                                       "Explaining a − b and b − a needs the models: press L to load them.")
         self.emit(CompareDone(rec))
+
+    def _edit(self, job: EditMessage) -> None:
+        raise NlaError("Editing a message re-runs the subject: " + (READ_ONLY_NOTE if self.preload else
+                       "the recorded session cannot make new branches."))
+
+    def _switch_branch(self, job: SwitchBranch) -> None:
+        """A recorded branch: its conversation, tokens and explanations (its activations
+        are the root's only: the others live in the activation cache of the machine that
+        made them)."""
+        branch = self.tree.get(job.branch)
+        self.tree.current = branch.id
+        self.emit(ev.ConversationUpdated(list(branch.messages), list(branch.tokens), branch.activations))
+        snap = self.tree.snapshot()
+        self.emit(BranchShown(snap.shown, snap, snap.diff(branch.id), created=False))
+
+    def _explain_on_branch(self, job: ExplainOnBranch) -> None:
+        branch = self.tree.get(job.branch)
+        if branch.id == self.tree.current:
+            self._explain(job.index)
+            return
+        exps = branch.explanations.get(job.index)
+        if not exps:
+            raise NlaError(READ_ONLY_NOTE if self.preload else
+                           f"The recorded session has no explanation for token {job.index} of branch {branch.id}.")
+        self.emit(BranchExplainDone(branch.id, job.index, exps, cached=True))
 
     def _explain_all(self, indices: list[int]) -> None:
         if self.preload:  # everything recorded is already shown; new tokens need models

@@ -16,7 +16,9 @@ from typing import Callable
 from .. import events as ev
 from ..errors import NlaError
 from ..types import Explanation
+from ..branch_jobs import EditMessage, ExplainOnBranch, ListBranches, SwitchBranch
 from ..steer_jobs import Compare, Steer
+from .branch_worker import BranchJobs
 from .progress import RowProgress
 from .scheduler import JobThread
 from .steer_worker import SteerJobs
@@ -36,7 +38,7 @@ class _Throttle:
         return False
 
 
-class EngineWorker(SteerJobs, JobThread):
+class EngineWorker(SteerJobs, BranchJobs, JobThread):
     thread_name = "nla-engine"
 
     def __init__(self, engine_or_factory, emit: Callable[[ev.Event], None], autoload: bool = True):
@@ -46,7 +48,9 @@ class EngineWorker(SteerJobs, JobThread):
         self.ready = threading.Event()
         self.handlers = {ev.LoadModels: self._load, ev.Chat: self._chat,
                          ev.SetConversation: self._set_conversation, ev.Explain: self._explain,
-                         ev.ExplainAll: self._explain_all, Steer: self._do_Steer, Compare: self._do_Compare}
+                         ev.ExplainAll: self._explain_all, Steer: self._do_Steer, Compare: self._do_Compare,
+                         EditMessage: self._do_EditMessage, SwitchBranch: self._do_SwitchBranch,
+                         ListBranches: self._do_ListBranches, ExplainOnBranch: self._do_ExplainOnBranch}
         if autoload:
             self.submit(ev.LoadModels())
 

@@ -39,9 +39,13 @@ def _migrate_v1(doc: dict[str, Any], directory: Path) -> dict[str, Any]:
 
 
 def _migrate_v2(doc: dict[str, Any], directory: Path) -> dict[str, Any]:
-    """v2 -> v3: sessions gained `notes`, a researcher's notes on tokens (issue 26)."""
+    """v2 -> v3: sessions gained `notes`, a researcher's notes on tokens, `branches`, the
+    edited versions of the conversation, and `current_branch`, the one shown (issue 26); an
+    older session has none of them and shows its root."""
     doc = dict(doc)
     doc.setdefault("notes", [])
+    doc.setdefault("branches", [])
+    doc.setdefault("current_branch", 0)
     doc["schema_version"] = 3
     return doc
 

@@ -32,10 +32,11 @@ import numpy as np
 from safetensors.numpy import load_file as st_load_file
 from safetensors.numpy import save as st_save
 
+from ..branch_tree import ROOT, Branch, BranchTree
 from ..steer_results import SteerResult
 from ..errors import InputError, NlaError
 from ..notes import Note
-from ..types import Explanation, Message, ModelInfo, TokenInfo
+from ..types import Explanation, Message, ModelInfo, TokenInfo, group_by_index
 from .jsonsafe import dumps_finite
 from .migrations import MIGRATIONS
 from .session_guard import SCHEMA_VERSION, check_generation, check_overwritable, holds
@@ -62,6 +63,10 @@ class Session:
     activations: np.ndarray | None = None  # float32 [len(tokens), info.d_model]
     steered: list[SteerResult] = field(default_factory=list)  # steered continuations; the conversation is unchanged
     notes: list[Note] = field(default_factory=list)  # a researcher's notes on tokens (core/notes.py)
+    # Edited versions of the conversation (core/branch_tree.py): every branch but the root,
+    # which is the conversation above; their activations live in the activation cache.
+    branches: list[Branch] = field(default_factory=list)
+    current_branch: int = ROOT  # the branch shown when the session was saved
     created: str = field(default_factory=now_iso)
     updated: str = field(default_factory=now_iso)
     # The `generation` of the session.json this was loaded from or last saved as (each
@@ -82,6 +87,19 @@ class Session:
     def explanations_for(self, index: int) -> list[Explanation]:
         return [e for e in self.explanations if e.index == index]
 
+    def branch_tree(self) -> BranchTree:
+        """The branch tree: this conversation as the root (with the saved activations), the
+        saved branches below it, the one shown when it was saved as current."""
+        root = Branch(ROOT, None, None, list(self.messages), list(self.tokens), group_by_index(self.explanations),
+                      created=self.created, activations=self.activations)
+        return BranchTree(root, list(self.branches), self.current_branch)
+
+    def set_branches(self, tree: BranchTree) -> None:
+        """Keep `tree`'s branches below the root and which one is shown (the root's
+        conversation and explanations stay this session's own fields)."""
+        self.branches = [b for b in tree.ordered() if not b.is_root]
+        self.current_branch = tree.current
+
     def to_json(self) -> dict[str, Any]:
         """session.json without the activations fields (save_session adds those)."""
         return {
@@ -93,6 +111,8 @@ class Session:
             "explanations": [e.to_json() for e in self.explanations],
             "steered": [b.to_json() for b in self.steered],
             "notes": [n.to_json() for n in self.notes],
+            "branches": [b.to_json() for b in self.branches],
+            "current_branch": self.current_branch,
         }
 
 
@@ -214,6 +234,9 @@ def _validate(session: Session, directory: Path) -> None:
                                  f"token {e.index}, outside 0..{len(session.tokens) - 1}.")
     if bad := _note_out_of_range(session.notes, len(session.tokens)):
         raise InputError(f"Cannot save session to {directory}: {bad}.")
+    problem = branches_problem(session)
+    if problem:
+        raise InputError(f"Cannot save session to {directory}: {problem}.")
 
 
 def _note_out_of_range(notes: list[Note], n_tokens: int) -> str | None:
@@ -223,6 +246,28 @@ def _note_out_of_range(notes: list[Note], n_tokens: int) -> str | None:
         if n.end < n.start or (n.branch is None and not 0 <= n.start <= n.end < n_tokens):
             return (f"note {k} ({n.span_label()}) is not a span inside the conversation's {n_tokens} tokens "
                     f"(0..{n_tokens - 1})")
+    return None
+
+
+def branches_problem(session: Session) -> str | None:
+    """What is inconsistent in the session's branch tree, or None: ids unique and above
+    the root's, each parent an earlier branch (so the tree has no cycle), the edited
+    message one of the parent's, every explanation on one of the branch's tokens, the
+    current branch one that exists."""
+    seen = {ROOT: len(session.messages)}
+    for b in session.branches:
+        if b.id in seen:
+            return f"branch {b.id} appears twice (or is the root's id)"
+        if b.parent not in seen or b.parent >= b.id:
+            return f"branch {b.id}'s parent {b.parent} is not an earlier branch"
+        if b.edited is None or not 0 <= b.edited < seen[b.parent]:
+            return f"branch {b.id} edits message {b.edited}, which its parent does not have"
+        for i in b.explanations:
+            if not 0 <= i < len(b.tokens):
+                return f"branch {b.id} has an explanation for token {i}, but it has {len(b.tokens)} tokens"
+        seen[b.id] = len(b.messages)
+    if session.current_branch not in seen:
+        return f"the shown branch {session.current_branch} does not exist"
     return None
 
 
@@ -297,8 +342,10 @@ def load_session(path: str | os.PathLike) -> Session:
         explanations = [Explanation.from_json(e) for e in doc.get("explanations", [])]
         steered = [SteerResult.from_json(b) for b in doc.get("steered", [])]
         notes = [Note.from_json(n) for n in doc.get("notes", [])]
+        branches = [Branch.from_json(b) for b in doc.get("branches", [])]
         session = Session(name=str(doc["name"]), info=info, messages=messages, tokens=tokens,
-                          explanations=explanations, steered=steered, notes=notes, created=str(doc["created"]),
+                          explanations=explanations, steered=steered, notes=notes, branches=branches,
+                          current_branch=int(doc.get("current_branch", ROOT)), created=str(doc["created"]),
                           updated=str(doc["updated"]), generation=doc.get("generation", 0),
                           origin=directory.resolve())
     except _MALFORMED as e:
@@ -312,6 +359,9 @@ def load_session(path: str | os.PathLike) -> Session:
                                  f"but the session has {len(tokens)} tokens.")
     if bad := _note_out_of_range(session.notes, len(tokens)):
         raise InputError(f"Session file {jpath} has a {bad}; it was left untouched.")
+    problem = branches_problem(session)
+    if problem:
+        raise InputError(f"Session file {jpath} has a malformed branch tree: {problem}. It was left untouched.")
     return session
 
 

@@ -146,10 +146,14 @@ STEERED = obj({"index": integer(0), "token_text": string, "layer": integer(0), "
                "steered_ids": list_of(integer()), "created": string})
 NOTE = obj({"start": integer(0), "end": integer(0), "text": string, "created": string},
             {"branch": optional(either("a branch id (a string or a whole number)", string, integer(0)))})
+BRANCH = obj({"id": integer(1), "parent": integer(0), "edited": integer(0)},
+             {"created": string, "label": string, "first_changed": optional(integer(0)),
+              "conversation": list_of(MESSAGE), "tokens": list_of(TOKEN), "explanations": list_of(EXPLANATION)})
 SESSION = obj({"schema_version": integer(0), "name": string, "created": string, "updated": string,
                "models": MODELS},
               {"conversation": list_of(MESSAGE), "tokens": list_of(TOKEN), "explanations": list_of(EXPLANATION),
-               "steered": list_of(STEERED), "notes": list_of(NOTE), "activations_file": optional(string),
+               "steered": list_of(STEERED), "notes": list_of(NOTE), "branches": list_of(BRANCH),
+               "current_branch": integer(0), "activations_file": optional(string),
                "activations_sha256": optional(string), "generation": integer(0)})
 
 

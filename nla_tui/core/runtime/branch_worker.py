@@ -1,0 +1,57 @@
+"""EngineWorker's handlers for the branch jobs (core/branch_jobs.py), registered in
+EngineWorker.handlers like the worker's own."""
+
+from __future__ import annotations
+
+from .. import events as ev
+from ..errors import InputError
+from ..branch_jobs import (BranchExplainDone, BranchList, BranchShown, EditMessage, ExplainOnBranch, ListBranches,
+                           SwitchBranch)
+
+
+def shown_event(eng, created: bool) -> BranchShown:
+    """The shown branch, the tree and its diff, copied for the UI thread."""
+    tree = eng.branch_tree().snapshot()
+    return BranchShown(tree.shown, tree, eng.branch_diff(), created)
+
+
+class BranchJobs:
+    """EngineWorker's handlers for the four jobs (registered by job type)."""
+
+    def _shown(self, eng, created: bool) -> None:
+        self.emit(ev.ConversationUpdated(list(eng.messages), list(eng.tokens), eng.activations))
+        self.emit(shown_event(eng, created))
+
+    def _do_EditMessage(self, job: EditMessage) -> None:
+        eng = self._engine()
+        eng.edit_message(job.message, job.text, job.parent, job.label, self._capture_progress(), self.cancel)
+        self._shown(eng, created=True)
+
+    def _do_SwitchBranch(self, job: SwitchBranch) -> None:
+        eng = self._engine()
+        eng.switch_branch(job.branch, self._capture_progress(), self.cancel)
+        self._shown(eng, created=False)
+
+    def _do_ListBranches(self, job: ListBranches) -> None:
+        self.emit(BranchList(self._engine().branch_tree().snapshot()))
+
+    def _do_ExplainOnBranch(self, job: ExplainOnBranch) -> None:
+        eng = self._engine()
+        tree = eng.branch_tree()
+        branch = tree.get(job.branch)
+        if branch.id == tree.current:
+            self._explain(ev.Explain(job.index, job.sampling, job.prompt, force=job.force))
+            return
+        if not 0 <= job.index < len(branch.tokens):
+            n = len(branch.tokens)
+            raise InputError(f"Token {job.index} is out of range: branch {job.branch} has {n} tokens (0..{n - 1}).")
+        if not job.force:
+            have = [e for e in branch.explanations.get(job.index, [])
+                    if e.sampling == job.sampling and e.prompt == job.prompt]
+            if have:
+                self.emit(BranchExplainDone(branch.id, job.index, have, cached=True))
+                return
+        exps = eng.explain_on_branch(branch.id, [job.index], job.sampling, job.prompt, None, self.cancel)
+        if exps and not self.cancel.is_set():
+            self.emit(BranchExplainDone(branch.id, job.index, exps))
+
