@@ -154,3 +154,33 @@ def record_real_session(out: str = REAL_SESSION) -> None:
     session = session_from_engine(engine, "Why is the sky blue? (demo)", explanations)
     session.created = "2026-01-01T00:00:00+00:00"
     save_session(session, out)
+
+
+BRANCH_SESSION = "tests/data/branch_session"
+
+
+def record_branch_session(out: str = BRANCH_SESSION) -> None:
+    """Re-record the real demo-preset session with a branch tree (issue 26): the agent
+    transcript as captured (branch 0) and its tool result edited to a sunny forecast
+    (branch 1), a few tokens explained on each side, branch 1 shown when saved:
+    python -c "from tests._support_session import record_branch_session as r; r()"
+    """
+    from nla_tui.core.runtime.engine import Engine
+    from nla_tui.core.store.session import save_session, session_from_engine
+    from nla_tui.core.store.transcript import load_transcript
+    from nla_tui.core.types import Sampling
+
+    engine = Engine.from_options(preset="demo", device="cpu", quant="fp32", cache=False)
+    engine.load()
+    engine.set_conversation(load_transcript("tests/data/agent_transcript.json"))
+    tool = next(i for i, m in enumerate(engine.messages) if m.role == "tool")
+    fast = Sampling(max_new_tokens=24)
+    branch = engine.edit_message(tool, '{"city": "Paris", "forecast": "sunny", "chance": 0.0}', label="sunny forecast")
+    diff = engine.branch_diff()
+    answer = [i for i, t in enumerate(branch.tokens) if t.turn == tool + 1 and t.role == "model"][:3]
+    picks = [diff.changed[0], diff.changed[-1]] + answer
+    engine.explain(picks, fast)
+    root_exps = engine.explain_on_branch(0, [diff.aligned[i] for i in answer if i in diff.aligned], fast)
+    session = session_from_engine(engine, "Umbrella? (demo, edited tool result)", root_exps)
+    session.created = "2026-01-01T00:00:00+00:00"
+    save_session(session, out)

@@ -27,17 +27,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nla_tui import cli
-from tests._support_session import REAL_SESSION
+from tests._support_session import BRANCH_SESSION, REAL_SESSION
 from tests._support_paths import REPO
 
 SESSION_CASES = 240
 SIDECAR_CASES = 40
 TRANSCRIPT_CASES = 120
 VECTOR_CASES = 60
-# Three real sessions, so every field of the schema has a node to damage: the demo
-# chat, the recorded session with a steered continuation (`steered`) and an agent transcript
-# with `tool_calls`, a tool result and a system prompt.
-SESSIONS = (REAL_SESSION, "tests/data/recorded_session", "tests/data/agent_session")
+# Four real sessions, so every field of the schema has a node to damage: the demo
+# chat, the recorded session with a steered continuation (`steered`), an agent transcript
+# with `tool_calls`, a tool result and a system prompt, and that transcript with its tool
+# result edited (`branches`, `current_branch`).
+SESSIONS = (REAL_SESSION, "tests/data/recorded_session", "tests/data/agent_session", BRANCH_SESSION)
 OUTCOMES: Counter = Counter()  # read by docs/RELIABILITY.md's numbers (printed with -s)
 
 leaf = st.one_of(st.none(), st.booleans(), st.integers(-2 ** 70, 2 ** 70),

@@ -30,6 +30,7 @@ from ..caveats import Caveat, median_norm, position_caveats, verdict
 from ..errors import InputError
 from ..fallbacks import with_near_duplicates
 from .steer_export import steered_html, steered_markdown
+from .branch_export import BRANCHES_CSS, branch_changes_json, branches_html, branches_markdown
 from .note_export import NOTES_CSS, inline_notes, note_marker, notes_html, notes_markdown
 from .transcript import message_display_text
 from ..types import Explanation, Score, group_by_index
@@ -122,6 +123,7 @@ def to_markdown(session: Session) -> str:
             f"{_md_cell('; '.join(warned)) if warned else ''} |")
     lines += [""] + steered_markdown(session.steered) if session.steered else []
     lines += [""] + notes_markdown(session.notes, {t.index: t.text for t in session.tokens}) if session.notes else []
+    lines += [""] + branches_markdown(session.branch_tree()) if session.branches else []
     return "\n".join(lines) + "\n"
 
 
@@ -144,6 +146,9 @@ def to_json(session: Session, include_activations: bool = False) -> str:
         e["verdict"] = verdict(score, caveats.get(e["index"], [])) if score else ""
     acts = session.activations
     doc["activations"] = (acts.tolist() if include_activations and acts is not None else None)
+    changes = branch_changes_json(session.branch_tree()) if session.branches else {}
+    for b in doc.get("branches", []):
+        b.update(changes.get(b["id"], {}))  # which positions the edit changed (the export's, as Markdown marks them)
     # json escapes C0 controls itself; C1 controls, DEL and bidi overrides would reach a
     # terminal raw when the export goes to stdout, so they are \\u-escaped too.
     return _ESCAPE_RAW.sub(lambda m: f"\\u{ord(m.group()):04x}", dumps_finite(doc, "JSON export", indent=1)) + "\n"
@@ -316,7 +321,7 @@ def to_html(session: Session) -> str:
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title} · nla-tui</title><style>{_CSS}{NOTES_CSS}</style></head>
+<title>{title} · nla-tui</title><style>{_CSS}{NOTES_CSS}{BRANCHES_CSS}</style></head>
 <body><header><h1>{title}</h1>
 <div class="meta">{_h(_models_line(session))} · {len(session.tokens)} tokens, {session.n_explained} explained · updated {_h(session.updated)}</div>
 {warn}{legend}</header>
@@ -324,6 +329,7 @@ def to_html(session: Session) -> str:
 <aside id="detail"><p class="none">Click a token to see its explanation.</p></aside></div>
 {steered_html(session.steered)}
 {notes_html(session.notes)}
+{branches_html(session.branch_tree()) if session.branches else ""}
 <script id="nla-data" type="application/json">{_script_json(data)}</script>
 <script>{_JS}</script>
 </body></html>

@@ -132,12 +132,19 @@ class SessionSummary:
 
 def session_from_engine(engine: Any, name: str, explanations: list[Explanation] | None = None,
                         created: str | None = None) -> Session:
-    """Snapshot a loaded Engine (duck-typed: info, messages, tokens, activations)."""
-    acts = getattr(engine, "activations", None)
-    return Session(name=name, info=engine.info, messages=list(engine.messages),
-                   tokens=list(engine.tokens), explanations=list(explanations or []),
-                   activations=None if acts is None else np.array(acts, dtype=np.float32),
-                   steered=list(getattr(engine, "steered", [])), created=created or now_iso())
+    """Snapshot a loaded Engine (duck-typed: info, messages, tokens, activations, and its
+    `branches` tree when it has one: the root's conversation is the session's own, the
+    other branches are kept with it). `explanations` are the root conversation's."""
+    tree = getattr(engine, "branches", None)
+    messages, tokens, acts = (tree.root.messages, tree.root.tokens, tree.root.activations) if tree is not None \
+        else (engine.messages, engine.tokens, getattr(engine, "activations", None))
+    session = Session(name=name, info=engine.info, messages=list(messages),
+                      tokens=list(tokens), explanations=list(explanations or []),
+                      activations=None if acts is None else np.array(acts, dtype=np.float32),
+                      steered=list(getattr(engine, "steered", [])), created=created or now_iso())
+    if tree is not None:
+        session.set_branches(tree)
+    return session
 
 
 def slugify(name: str) -> str:
