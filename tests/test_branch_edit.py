@@ -4,6 +4,8 @@ bit for bit, and every row equals capturing the edited conversation from scratch
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -137,3 +139,56 @@ def test_branch_jobs_through_the_worker(example_engine):
         assert failed.kind is ev.JobKind.SWITCH_BRANCH and "no branch 9" in failed.message
     finally:
         worker.stop()
+
+
+def test_cli_branch_makes_a_branch_in_a_saved_session(tmp_path, demo_engine, demo_paths, demo_tokenizer):
+    """`nla-tui branch` on a copy of the recorded branch session: edits the root's user turn,
+    explains the changed tokens beside the parent's and keeps the branch (next id, shown)."""
+    import shutil
+
+    from nla_tui import cli
+    from nla_tui.core.store.session import load_session
+    from tests._support_engine import reusing_demo_loads
+    from tests._support_session import BRANCH_SESSION
+
+    d = tmp_path / "s"
+    shutil.copytree(BRANCH_SESSION, d)
+    with reusing_demo_loads(demo_tokenizer, demo_paths, demo_engine, models=("subject", "av", "ar")):
+        code = cli.main(["branch", str(d), "--message", "1", "--text", "Should I take sunglasses in Paris today?",
+                         "--from", "0", "--label", "sunglasses", "--explain", "changed", "--max-explain-tokens", "8",
+                         "--preset", "demo", "--device", "cpu", "--quant", "fp32", "--no-cache"])
+    assert code == 0
+    s = load_session(d)
+    tree = s.branch_tree()
+    new = tree.get(2)
+    assert s.current_branch == 2 and new.parent == 0 and new.label == "sunglasses" and new.edited == 1
+    assert "sunglasses" in new.messages[1].content and tree.get(1).label == "sunny forecast"  # the old one kept
+    d2 = tree.diff(2)
+    assert d2.changed and set(new.explanations) == set(d2.changed)
+
+
+def test_cli_branch_refuses_bad_edits_before_loading_models(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from nla_tui import cli
+    from nla_tui.core.runtime import engine as engine_mod
+    from tests._support_session import BRANCH_SESSION
+
+    def no_models(*a, **k):
+        raise AssertionError("a model was loaded")
+    monkeypatch.setattr(engine_mod.Engine, "load", no_models)
+    d = tmp_path / "s"
+    shutil.copytree(BRANCH_SESSION, d)
+    cases = [(["--message", "5", "--text", "x"], "out of range: the conversation has 5 messages"),
+             (["--message", "1", "--text", " "], "is empty"),
+             (["--message", "3", "--text", "x", "--from", "3"], "no branch 3"),
+             (["--message", "1", "--text", "x", "--label", "y" * 300], "at most 200 characters"),
+             (["--message", "1", "--text", "x", "--explain", "all"], "would explain every token"),
+             (["--message", "1"], "needs --message M")]
+    for extra, words in cases:
+        assert cli.main(["branch", str(d), *extra]) == 2
+        assert words in capsys.readouterr().err
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **k: False if str(p).startswith(str(d)) else real_access(p, mode))
+    assert cli.main(["branch", str(d), "--message", "1", "--text", "x"]) == 2
+    assert "is read-only" in capsys.readouterr().err

@@ -6,6 +6,7 @@
     nla-tui check [--preset P | ...]                         sidecars + tokenizers only (check.py)
     nla-tui open PATH | export SESSION                       saved sessions     (open.py, export.py)
     nla-tui note SESSION --token I --text T | --list          notes on tokens    (note.py)
+    nla-tui branch SESSION --message M --text T              edit a message, re-run from the first changed token (branch.py)
     nla-tui steer | compare SESSION …                       steer from an edited explanation, difference of two tokens (steer.py, compare.py)
     nla-tui explain-vectors FILE                             explain any vectors (explain_vectors.py)
     nla-tui sweep DATASET --out DIR | search DIR Q | report DIR   corpora (sweep.py, search.py, report.py)
@@ -26,13 +27,13 @@ import importlib.util
 import sys
 
 from ..core.errors import NlaError
-from . import cache, check, compare, explain_vectors, export, note, open, report, run, search, serve, steer, sweep, tui
+from . import branch, cache, check, compare, explain_vectors, export, note, open, report, run, search, serve, steer, sweep, tui
 from ..terminal_text import visible
 from .common import EXIT_USER_ERROR, add_display_args, add_model_args
 from .validate import check_out_flags, fix_negative_values
 from .output import say
 
-SUBCOMMANDS = (run, check, open, export, note, steer, compare, explain_vectors, cache, sweep, search, report, serve)
+SUBCOMMANDS = (run, check, open, export, note, branch, steer, compare, explain_vectors, cache, sweep, search, report, serve)
 
 
 def _add_bench(sub) -> None:
