@@ -67,12 +67,14 @@ def reusing_demo_loads(demo_tokenizer, demo_paths, engine=None, models=()):
 # conversation, explanations, branches, lens, parking choices and on-disk caches (a test
 # points them at its tmp_path). The loaded models and the options are never swapped.
 ENGINE_STATE = ("messages", "tokens", "activations", "residuals", "_lens", "explanations", "steered",
-                "park_policy", "park_state", "last_explain_plan", "caches")
+                "park_policy", "park_state", "last_explain_plan", "caches", "branches", "last_recapture")
 
 
 def _saved(value):
     """Lists and dicts copied two levels deep (a dict of explanation lists is appended to in
     place); anything else (arrays, the caches object) is replaced, never edited, so kept as is."""
+    if hasattr(value, "snapshot"):  # the branch tree: branches are added and shown in place
+        return value.snapshot()
     if isinstance(value, dict):
         return {k: copy.copy(v) if isinstance(v, (list, dict)) else v for k, v in value.items()}
     if isinstance(value, list):
@@ -89,3 +91,7 @@ def kept_engine_state(engine):
     finally:
         for name, value in saved.items():
             setattr(engine, name, value)
+        if engine.branches is not None:  # the engine's conversation is its shown branch's own lists and dict
+            shown = engine.branches.shown
+            shown.messages, shown.tokens, shown.activations = engine.messages, engine.tokens, engine.activations
+            shown.explanations = engine.explanations

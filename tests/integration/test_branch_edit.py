@@ -17,12 +17,10 @@ from nla_tui.core.types import Message, Sampling
 
 @pytest.fixture
 def example_engine(demo_engine):
-    """The shared demo engine holding the shipped example conversation (4 messages),
-    given back with its own conversation afterwards."""
-    before = list(demo_engine.messages)
+    """The shared demo engine holding the shipped example conversation (4 messages);
+    conftest's keep_demo_engine_state gives it back as it was."""
     demo_engine.set_conversation(load_transcript(DEMO_EXAMPLE))
-    yield demo_engine
-    demo_engine.set_conversation(before)
+    return demo_engine
 
 
 def test_edit_recaptures_only_the_suffix_and_keeps_the_prefix_bit_for_bit(example_engine):
@@ -70,26 +68,22 @@ def test_edit_a_tool_result_of_an_agent_transcript(demo_engine):
     """Edit what the tool returned and see what the model makes of it: the branch's tool
     result tokens change, the assistant's answer after it is read again (kept, teacher-forced)."""
     eng = demo_engine
-    before = list(eng.messages)
-    try:
-        eng.set_conversation(load_transcript("tests/data/agent_transcript.json"))
-        tool = next(i for i, m in enumerate(eng.messages) if m.role == "tool")
-        parent = eng.branch_tree().root
-        branch = eng.edit_message(tool, '{"city": "Paris", "forecast": "sunny", "chance": 0.0}', label="sunny")
-        assert branch.messages[tool].role == "tool" and branch.messages[tool].tool_call_id == "call_1"
-        assert branch.messages[tool + 1:] == parent.messages[tool + 1:]
-        d = eng.branch_diff()
-        changed_roles = {branch.tokens[i].role for i in d.changed}
-        assert changed_roles <= {"tool_result", "special"} and "tool_result" in changed_roles
-        # The answer after the tool result is the same text, read after another result:
-        # aligned to the parent's tokens, with activations that moved.
-        answer = [i for i, t in enumerate(branch.tokens) if t.turn == tool + 1 and t.role == "model"]
-        assert answer and all(i in d.aligned for i in answer)
-        assert min(d.cos[i] for i in answer) < 1.0
-        assert [t.token_id for t in branch.tokens[:branch.first_changed]] == \
-            [t.token_id for t in parent.tokens[:branch.first_changed]]
-    finally:
-        eng.set_conversation(before)
+    eng.set_conversation(load_transcript("tests/data/agent_transcript.json"))
+    tool = next(i for i, m in enumerate(eng.messages) if m.role == "tool")
+    parent = eng.branch_tree().root
+    branch = eng.edit_message(tool, '{"city": "Paris", "forecast": "sunny", "chance": 0.0}', label="sunny")
+    assert branch.messages[tool].role == "tool" and branch.messages[tool].tool_call_id == "call_1"
+    assert branch.messages[tool + 1:] == parent.messages[tool + 1:]
+    d = eng.branch_diff()
+    changed_roles = {branch.tokens[i].role for i in d.changed}
+    assert changed_roles <= {"tool_result", "special"} and "tool_result" in changed_roles
+    # The answer after the tool result is the same text, read after another result:
+    # aligned to the parent's tokens, with activations that moved.
+    answer = [i for i, t in enumerate(branch.tokens) if t.turn == tool + 1 and t.role == "model"]
+    assert answer and all(i in d.aligned for i in answer)
+    assert min(d.cos[i] for i in answer) < 1.0
+    assert [t.token_id for t in branch.tokens[:branch.first_changed]] == \
+        [t.token_id for t in parent.tokens[:branch.first_changed]]
 
 
 def test_branch_jobs_through_the_worker(example_engine):
