@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 import httpx
 import numpy as np
 
+from ..core.branch_tree import BranchDiff, diff_conversations
 from ..core.captured import Conversation, Messages, StreamItem
 from ..core.steer_results import Comparison, SteerResult
 from ..core.errors import Cancelled, InputError, NlaError
@@ -145,6 +146,17 @@ class NlaClient:
                                                           "positions": positions[k:k + ACTIVATIONS_PER_REQUEST]})
             chunks.append(np.asarray(d["vectors"], np.float32).reshape(-1, self.info.d_model))
         return np.concatenate(chunks) if chunks else np.zeros((0, self.info.d_model), np.float32)
+
+    def edit(self, conversation: Conversation | str, message: int, text: str) -> Conversation:
+        """The conversation with message `message` replaced by `text`, captured on the server
+        from its first changed token, under a new handle (Nla.edit)."""
+        return Conversation.from_json(self._request("POST", "/v1/edit", {
+            "handle": _handle(conversation), "message": message, "text": text}))
+
+    def diff(self, parent: Conversation, child: Conversation) -> BranchDiff:
+        """Nla.diff over HTTP: the token diff of two captured conversations and cos of their
+        aligned activations (fetched)."""
+        return diff_conversations(parent.tokens, child.tokens, self.activations(parent), self.activations(child))
 
     def forget(self, conversation: Conversation | str) -> None:
         self._request("DELETE", f"/v1/conversations/{_handle(conversation)}")

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import events as ev
 from .steer_results import Comparison, SteerResult
-from .branch_tree import Branch, BranchDiff, diff_branches, edited_messages
+from .branch_tree import BranchDiff, diff_conversations, edited_messages
 from .api_call import Call, as_messages, check_sampling
 from .captured import Conversation, Messages, StreamItem
 from .errors import Cancelled, InputError, NlaError
@@ -167,17 +167,29 @@ class Nla:
     def capture_call(self, messages: Messages) -> tuple[Call, Callable[[], Conversation]]:
         """capture() as a Call, and how to turn its result into the Conversation (for the server)."""
         msgs = as_messages(messages)
+        return self._conversation_call(lambda engine, cancel: engine.set_conversation(msgs, None, cancel),
+                                       ev.JobKind.SET_CONVERSATION)
 
-        def work(engine: Any, cancel: threading.Event) -> _Held:
-            engine.set_conversation(msgs, None, cancel)
+    def _conversation_call(self, work: Callable[[Any, threading.Event], Any],
+                           kind: ev.JobKind) -> tuple[Call, Callable[[], Conversation]]:
+        """`work(engine, cancel)` leaves the engine holding a conversation: as a Call, and how
+        to turn its result into that Conversation under a new handle."""
+        def run(engine: Any, cancel: threading.Event) -> _Held:
+            work(engine, cancel)
             return _Held(list(engine.messages), list(engine.tokens), engine.activations)
 
-        call = self.submit(work, ev.JobKind.SET_CONVERSATION, ev.PRIORITY_CHAT)
+        call = self.submit(run, kind, ev.PRIORITY_CHAT)
 
         def conversation() -> Conversation:
             held = call.outcome()
             return Conversation(self._hold(held), held.messages, held.tokens)
         return call, conversation
+
+    @staticmethod
+    def _give(engine: Any, held: _Held, cancel: threading.Event) -> None:
+        """The engine holds `held`'s conversation (captured again unless it is the one held)."""
+        if engine.messages != held.messages or len(engine.tokens) != len(held.tokens):
+            engine.set_conversation(held.messages, None, cancel)
 
     def capture(self, messages: Messages) -> Conversation:
         """Teacher-force the messages through the subject and keep every token's layer-K
@@ -284,8 +296,7 @@ class Nla:
     def _on_conversation(self, held: _Held, work: Callable[[Any, threading.Event], Any]):
         """Run `work` with the engine holding this conversation (steer and compare read it)."""
         def run(engine: Any, cancel: threading.Event) -> Any:
-            if engine.messages != held.messages or len(engine.tokens) != len(held.tokens):
-                engine.set_conversation(held.messages, None, cancel)
+            self._give(engine, held, cancel)
             return work(engine, cancel)
         return run
 
@@ -302,11 +313,11 @@ class Nla:
             raise InputError(f"max_new_tokens {max_new_tokens} must be between 1 and 4096.")
         held = None if conversation is None else self.held(conversation)
 
-        def work(engine: Any, cancel: threading.Event) -> _Held:
+        def work(engine: Any, cancel: threading.Event) -> None:
             if held is None:  # a new conversation: the engine's own is not continued
                 engine.messages, engine.tokens = [], []
-            elif engine.messages != held.messages or len(engine.tokens) != len(held.tokens):
-                engine.set_conversation(held.messages, None, cancel)
+            else:
+                self._give(engine, held, cancel)
             sink(ev.ChatStarted(engine.prompt_tokens(text)))
             pending, throttle = [], _Throttle()
 
@@ -318,32 +329,19 @@ class Nla:
             engine.chat(text, max_new_tokens, on_delta, cancel)
             if pending:
                 sink(ev.ChatDelta("".join(pending)))
-            return _Held(list(engine.messages), list(engine.tokens), engine.activations)
 
-        call = self.submit(work, ev.JobKind.CHAT, ev.PRIORITY_CHAT)
-
-        def conversation_after() -> Conversation:
-            after = call.outcome()
-            return Conversation(self._hold(after), after.messages, after.tokens)
-        return call, conversation_after
+        return self._conversation_call(work, ev.JobKind.CHAT)
 
     def edit_call(self, conversation: Conversation | str, message: int, text: str) -> tuple[Call, Callable[[], Conversation]]:
         """edit() as a Call, and how to turn its result into the Conversation (for the server)."""
         held = self.held(conversation)
         edited_messages(held.messages, message, text)  # refused here, before the job is queued
 
-        def work(engine: Any, cancel: threading.Event) -> _Held:
-            if engine.messages != held.messages or len(engine.tokens) != len(held.tokens):
-                engine.set_conversation(held.messages, None, cancel)
+        def work(engine: Any, cancel: threading.Event) -> None:
+            self._give(engine, held, cancel)
             engine.edit_message(message, text, cancel=cancel)
-            return _Held(list(engine.messages), list(engine.tokens), engine.activations)
 
-        call = self.submit(work, ev.JobKind.EDIT_MESSAGE, ev.PRIORITY_CHAT)
-
-        def conversation_after() -> Conversation:
-            after = call.outcome()
-            return Conversation(self._hold(after), after.messages, after.tokens)
-        return call, conversation_after
+        return self._conversation_call(work, ev.JobKind.EDIT_MESSAGE)
 
     def edit(self, conversation: Conversation | str, message: int, text: str) -> Conversation:
         """The conversation with message `message` replaced by `text`, captured from its first
@@ -358,8 +356,7 @@ class Nla:
         other position paired with its parent counterpart, and cos(child, parent) of the
         activations there. No model runs."""
         a, b = self.held(parent), self.held(child)
-        return diff_branches(Branch(0, None, None, a.messages, a.tokens, activations=a.activations),
-                             Branch(1, 0, None, b.messages, b.tokens, activations=b.activations))
+        return diff_conversations(a.tokens, b.tokens, a.activations, b.activations)
 
     def compare_call(self, conversation: Conversation | str, i: int, j: int, sampling: Sampling = Sampling()) -> Call:
         from .runtime.steer import compare

@@ -257,6 +257,13 @@ def diff_branches(parent: Branch, child: Branch) -> BranchDiff:
     return d
 
 
+def diff_conversations(parent_tokens: list[TokenInfo], child_tokens: list[TokenInfo], parent_activations: Any = None,
+                       child_activations: Any = None) -> BranchDiff:
+    """diff_branches for two captured conversations that are not in one tree (the API's handles)."""
+    return diff_branches(Branch(ROOT, None, None, [], parent_tokens, activations=parent_activations),
+                         Branch(1, ROOT, None, [], child_tokens, activations=child_activations))
+
+
 @dataclass
 class TokenSide:
     """One token of a branch and its parent counterpart, with each side's best explanation

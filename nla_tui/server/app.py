@@ -116,6 +116,12 @@ class ChatIn(BaseModel):
     max_new_tokens: int = Field(256, ge=1, le=4096)
 
 
+class EditIn(BaseModel):
+    handle: str = Field(..., max_length=64, description="the captured conversation to edit (it stays as it was)")
+    message: int = Field(..., ge=0, description="the message to replace (0 = the first)")
+    text: str = Field(..., min_length=1, max_length=MAX_TEXT, description="its new text")
+
+
 class CompareIn(BaseModel):
     handle: str = Field(..., max_length=64)
     i: int
@@ -337,6 +343,16 @@ def build_app(nla: Nla, token: str, token_file: Path | None = None, mcp: Any = N
                 return sse("started", {"tokens": [t.to_json() for t in item.tokens]})
             return sse("delta", {"text": item.text})
         return streamed(request, start, encode, lambda call: after[0]().to_json())
+
+    @app.post("/v1/edit")
+    async def edit(body: EditIn, request: Request) -> JSONResponse:
+        """The conversation with one message replaced, captured from its first changed token,
+        under a new handle; with which positions changed against the original."""
+        call, conversation = nla.edit_call(body.handle, body.message, body.text)
+        await finished(request, call)
+        edited = conversation()
+        d = nla.diff(body.handle, edited.handle)
+        return ok({**edited.to_json(), "changed": d.changed, "first_changed": d.first_changed})
 
     @app.post("/v1/score")
     async def score(body: ScoreIn, request: Request) -> JSONResponse:

@@ -119,6 +119,23 @@ def test_compare_and_steer(client, conv):
     assert b.after != b.before  # the push changed the next-token distribution
 
 
+def test_edit_a_message_over_http(client, conv):
+    """/v1/edit (Nla.edit): a new handle, captured from the first changed token; the
+    original's prefix activations, bit for bit; a bad edit is a one-line 4xx."""
+    from nla_tui.client.http import ServerError
+
+    user = next(k for k, m in enumerate(conv.messages) if m.role == "user")
+    edited = client.edit(conv, user, "What is the capital of Italy?")
+    assert edited.handle != conv.handle and edited.messages[user].content.endswith("Italy?")
+    d = client.diff(conv, edited)
+    assert " Italy" in [edited.tokens[i].text for i in d.changed]
+    before, after = client.activations(conv), client.activations(edited)
+    assert np.array_equal(after[:d.first_changed], before[:d.first_changed])
+    with pytest.raises(ServerError, match="out of range") as e:
+        client.edit(conv, 40, "x")
+    assert e.value.status == 400 and "\n" not in str(e.value)
+
+
 def test_a_client_that_disconnects_cancels_its_job(served, conv):
     url, nla = served
     before = nla.jobs["cancelled"]
