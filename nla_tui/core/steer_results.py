@@ -31,6 +31,9 @@ class SteerResult:
     original_ids: list[int] = field(default_factory=list)
     steered_ids: list[int] = field(default_factory=list)
     created: str = ""
+    # The branch (core/branch_tree.py) whose token `index` is, when the steer was made on an
+    # edited version of the conversation; None: the conversation as captured (then not written).
+    branch: int | None = None
 
     @property
     def original_text(self) -> str:
@@ -41,7 +44,10 @@ class SteerResult:
         return "".join(self.steered_tokens)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.branch is None:
+            del d["branch"]
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "SteerResult":

@@ -186,3 +186,16 @@ def test_cli_branch_refuses_bad_edits_before_loading_models(tmp_path, monkeypatc
     monkeypatch.setattr(os, "access", lambda p, mode, **k: False if str(p).startswith(str(d)) else real_access(p, mode))
     assert cli.main(["branch", str(d), "--message", "1", "--text", "x"]) == 2
     assert "is read-only" in capsys.readouterr().err
+
+
+def test_a_steer_on_a_shown_branch_records_the_branch(example_engine):
+    from nla_tui.core.runtime.steer import steer
+
+    eng = example_engine
+    branch = eng.edit_message(0, 'What does "anchor" mean?')
+    i = branch.first_changed
+    result = steer(eng, i, 'Token " ship" after "does". Next: "?"', 0.5, "here", 2,
+                   original=f'Token "{branch.tokens[i].text}" after "does". Next: "?"')
+    assert result.branch == branch.id and result.token_text == branch.tokens[i].text
+    eng.switch_branch(0)
+    assert steer(eng, i, "x", 0.5, "here", 2, original="y").branch is None

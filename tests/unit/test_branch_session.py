@@ -173,3 +173,24 @@ def test_replay_switches_to_a_recorded_branch():
         assert failed.kind is ev.JobKind.EDIT_MESSAGE and "models" in failed.message
     finally:
         worker.stop()
+
+
+def test_a_steer_made_on_a_branch_counts_that_branchs_tokens(tmp_path):
+    """A steered continuation made while a branch was shown points at the branch's tokens,
+    which may lie past the end of the conversation as captured."""
+    from nla_tui.core.steer_results import SteerResult
+
+    s, _ = _hostile_session()
+    longer = s.branches[0]
+    longer.tokens = longer.tokens + [TokenInfo(15, 7, "!", "user", 0, 1.0, [])]
+    s.steered = [SteerResult(15, "!", 6, "a", "b", 0.5, "here", 1.0, branch=1)]
+    save_session(s, tmp_path / "a")
+    again = load_session(tmp_path / "a")
+    assert again.steered[0].branch == 1 and again.steered[0].index == 15
+    assert "of branch 1" in to_markdown(again)
+    s.steered[0].branch = None  # the same index on the conversation itself is out of range
+    with pytest.raises(InputError, match=r"steered continuation for token 15, but the session has 15 tokens \(0..14\)"):
+        save_session(s, tmp_path / "b")
+    s.steered[0].branch = 9
+    with pytest.raises(InputError, match="branch 9, which the session does not have"):
+        save_session(s, tmp_path / "c")

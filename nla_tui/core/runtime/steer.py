@@ -107,7 +107,8 @@ def steer(engine, index: int, edited: str, alpha: float = DEFAULT_ALPHA, span: s
         index=index, token_text=engine.tokens[index].text, layer=subject.layer, original_explanation=original,
         edited_explanation=edited, alpha=float(alpha), span=span, vector_norm=float(np.linalg.norm(vector)),
         before=list(engine.tokens[index].top), after=after, original_tokens=[piece(t) for t in plain],
-        steered_tokens=[piece(t) for t in steered], original_ids=plain, steered_ids=steered, created=now_iso())
+        steered_tokens=[piece(t) for t in steered], original_ids=plain, steered_ids=steered, created=now_iso(),
+        branch=engine.branches.current if getattr(engine, "branches", None) and engine.branches.current else None)
     if keep:
         engine.steered.append(result)
     return result

@@ -234,16 +234,29 @@ def _validate(session: Session, directory: Path) -> None:
     if acts is not None and (acts.ndim != 2 or acts.shape[0] != len(session.tokens)):
         raise InputError(f"Cannot save session to {directory}: activations have shape "
                          f"{tuple(acts.shape)} but there are {len(session.tokens)} tokens.")
-    for what, items in (("an explanation", session.explanations), ("a steered continuation", session.steered)):
-        for e in items:
-            if not 0 <= e.index < len(session.tokens):
-                raise InputError(f"Cannot save session to {directory}: {what} points at "
-                                 f"token {e.index}, outside 0..{len(session.tokens) - 1}.")
+    if bad := _index_out_of_range(session):
+        raise InputError(f"Cannot save session to {directory}: it has {bad}.")
     if bad := _note_out_of_range(session.notes, len(session.tokens)):
         raise InputError(f"Cannot save session to {directory}: {bad}.")
     problem = branches_problem(session)
     if problem:
         raise InputError(f"Cannot save session to {directory}: {problem}.")
+
+
+def _index_out_of_range(session: Session) -> str | None:
+    """What is wrong with the first explanation or steered continuation whose token is not
+    in the conversation it belongs to (a steer made on a branch counts that branch's tokens)."""
+    sizes = {ROOT: len(session.tokens), **{b.id: len(b.tokens) for b in session.branches}}
+    for what, items in (("an explanation", session.explanations), ("a steered continuation", session.steered)):
+        for e in items:
+            where = getattr(e, "branch", None)
+            n = sizes.get(ROOT if where is None else where)
+            if n is None:
+                return f"{what} for token {e.index} of branch {where}, which the session does not have"
+            if not 0 <= e.index < n:
+                whose = "the session" if where is None else f"its branch {where}"
+                return f"{what} for token {e.index}, but {whose} has {n} tokens (0..{n - 1})"
+    return None
 
 
 def _note_out_of_range(notes: list[Note], n_tokens: int) -> str | None:
@@ -359,11 +372,8 @@ def load_session(path: str | os.PathLike) -> Session:
         raise InputError(f"Session file {jpath} is missing or has a malformed field ({e!r}); "
                          "it was left untouched.") from e
     session.activations = _load_activations(directory, doc, len(tokens), info.d_model, session.warnings)
-    for what, items in (("an explanation", session.explanations), ("a steered continuation", session.steered)):
-        for e in items:
-            if not 0 <= e.index < len(tokens):
-                raise InputError(f"Session file {jpath} has {what} for token {e.index}, "
-                                 f"but the session has {len(tokens)} tokens.")
+    if bad := _index_out_of_range(session):
+        raise InputError(f"Session file {jpath} has {bad}; it was left untouched.")
     if bad := _note_out_of_range(session.notes, len(tokens)):
         raise InputError(f"Session file {jpath} has a {bad}; it was left untouched.")
     problem = branches_problem(session)

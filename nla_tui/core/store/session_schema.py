@@ -143,7 +143,7 @@ STEERED = obj({"index": integer(0), "token_text": string, "layer": integer(0), "
                "vector_norm": number},
               {"before": list_of(candidate), "after": list_of(candidate), "original_tokens": list_of(string),
                "steered_tokens": list_of(string), "original_ids": list_of(integer()),
-               "steered_ids": list_of(integer()), "created": string})
+               "steered_ids": list_of(integer()), "created": string, "branch": optional(integer(0))})
 NOTE = obj({"start": integer(0), "end": integer(0), "text": string, "created": string},
             {"branch": optional(either("a branch id (a string or a whole number)", string, integer(0)))})
 BRANCH = obj({"id": integer(1), "parent": integer(0), "edited": integer(0)},

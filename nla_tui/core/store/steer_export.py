@@ -34,7 +34,8 @@ def steered_markdown(results: list[SteerResult]) -> list[str]:
              "Changed words in **bold**.", ""]
     for n, b in enumerate(results, 1):
         left, right = token_diff(b.original_tokens, b.steered_tokens)
-        lines += [f"### {n}. token {b.index} {_md(repr(b.token_text))}, α = {b.alpha:g}, span {b.span}", "",
+        on = f" of branch {b.branch}" if b.branch is not None else ""
+        lines += [f"### {n}. token {b.index}{on} {_md(repr(b.token_text))}, α = {b.alpha:g}, span {b.span}", "",
                   f"- original explanation: {_md(b.original_explanation)}",
                   f"- edited explanation: {_md(b.edited_explanation)}",
                   f"- next-token top-5 before: {_md(_top(b.before))}",
@@ -55,7 +56,8 @@ def steered_html(results: list[SteerResult]) -> str:
     for b in results:
         left, right = token_diff(b.original_tokens, b.steered_tokens)
         rows.append(
-            f"<tr><td>{b.index} {html.escape(repr(b.token_text))}<br>α {b.alpha:g} · {html.escape(b.span)}</td>"
+            f"<tr><td>{b.index}{'' if b.branch is None else f' (branch {b.branch})'} "
+            f"{html.escape(repr(b.token_text))}<br>α {b.alpha:g} · {html.escape(b.span)}</td>"
             f"<td>{html.escape(b.original_explanation)}<hr>{html.escape(b.edited_explanation)}</td>"
             f"<td>{html.escape(_top(b.before))}<hr>{html.escape(_top(b.after))}</td>"
             f"<td>{_marked_html(left)}<hr>{_marked_html(right)}</td></tr>")
