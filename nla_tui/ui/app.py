@@ -34,6 +34,7 @@ from .host import EngineWorkerFactory, WorkerFactory, WorkerLike
 from .input_actions import Inputs
 from .keys import bindings_for
 from .literal import ShowControls
+from .note_actions import Notes
 from .messages import EngineEvent, ExplainTextArrived, ProgressArrived, engine_message
 from .options import UiOptions
 from .screens.help import HelpScreen
@@ -76,6 +77,7 @@ class NlaApp(App[None]):
         self.steering = Steering(self)
         self.inputs = Inputs(self)
         self.sessions = Sessions(self)
+        self.notes = Notes(self, self.sessions.keeper, self.sessions.autosave)
 
     # ------------------------------------------------------------ layout
 
@@ -181,6 +183,7 @@ class NlaApp(App[None]):
             strip.follow = following or strip.cursor < 0
         if change.tokens:
             strip.refresh_tokens()
+            strip.set_noted(st.noted_indices())
         if change.captured:
             self.chat.set_messages(st.messages)
         if change.reply:
@@ -387,6 +390,12 @@ class NlaApp(App[None]):
 
     def action_open_transcript(self) -> None:
         self.inputs.open_transcript_dialog()
+
+    def action_note(self) -> None:
+        self.notes.write_dialog()
+
+    def action_notes(self) -> None:
+        self.notes.panel()
 
     def action_save_session(self) -> None:
         self.sessions.save_dialog()

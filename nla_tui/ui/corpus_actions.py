@@ -73,6 +73,7 @@ class Corpus:
             self.host.notify(f"The sweep holds no messages for {hit.conversation_id!r}.", severity="error")
             return
         self.host.chat.show_note(None)
+        self.host.state.notes = []  # they were on the conversation this one replaces
         self.host.strip.follow = False
         self._target = hit
         self.host.submit(ev.SetConversation([Message.from_json(m) for m in raw]))

@@ -61,7 +61,7 @@ class Finder:
 
         # Opens empty (typing starts a new search); the last one is shown as the hint.
         hint = f"last: {self.search_text}" if self.search_text else "e.g. umbrella|rain  or  get_\\w+"
-        app.push_screen(ValueDialog("Search token and explanation text (regex; smart case)", "",
+        app.push_screen(ValueDialog("Search token, explanation and note text (regex; smart case)", "",
                                     placeholder=hint, validate=check_pattern), done)
 
     def _run_search(self, quiet: bool = False) -> None:

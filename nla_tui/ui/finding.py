@@ -42,7 +42,7 @@ def check_pattern(text: str) -> str | None:
 def search(state: UiState, pattern: re.Pattern[str], indices: Sequence[int]) -> list[tuple[int, int]]:
     """Matches as (first token, last token), in order. Token text is searched as the
     conversation reads (a match may span tokens: `capital of France`); explanation text
-    per token (a match there marks that token)."""
+    per token (a match there marks that token); note text (a match marks the note's span)."""
     toks = state.tokens
     starts, parts, pos = [], [], 0
     for i in indices:
@@ -61,6 +61,10 @@ def search(state: UiState, pattern: re.Pattern[str], indices: Sequence[int]) -> 
         best = state.best(i)
         if best is not None and pattern.search(best.text):
             spans.add((i, i))
+    shown = set(indices)
+    for n in state.notes:  # a note's text marks the tokens it is on
+        if n.branch is None and pattern.search(n.text) and (n.start in shown or n.end in shown):
+            spans.add((n.start, n.end))
     return sorted(spans)
 
 

@@ -68,6 +68,7 @@ class Inputs:
             host.notify(str(e), title="Cannot open transcript", severity="error", timeout=10)
             return
         self.warn_control_markers(messages)
+        host.state.notes = []  # they were on the conversation this one replaces
         host.chat.show_note(None)
         host.strip.follow = False
         host.submit(ev.SetConversation(messages))

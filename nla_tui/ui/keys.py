@@ -21,6 +21,7 @@ STRIP = "Token strip"
 FIND = "Finding tokens"
 EXPLAIN = "Explanations"
 STEER = "Steer / compare"
+NOTES = "Notes"
 CHAT = "Chat"
 SESSIONS = "Sessions"
 APP = "App"
@@ -69,7 +70,7 @@ KEYMAP: list[Key | Unbound] = [
        palette="Toggle special tokens"),
     Unbound("click", "put the cursor on a token", STRIP),
 
-    _k("slash", "search", "search", "search token and explanation text (regex; smart case)", FIND,
+    _k("slash", "search", "search", "search token, explanation and note text (regex; smart case)", FIND,
        display="/", palette="Search"),
     _k("right_square_bracket", "match(1)", "next match", "next / previous match", FIND, display="] / ["),
     _k("left_square_bracket", "match(-1)", "previous match", "next / previous match", FIND),
@@ -97,7 +98,7 @@ KEYMAP: list[Key | Unbound] = [
        palette="Explain token"),
     _k("r", "resample", "resample", "resample (new seed; temperature ≥ 0.7 if greedy)", EXPLAIN, show=True,
        palette="Resample explanation"),
-    _k("n", "samples", "4 samples", "draw 4 samples, ranked by AR score", EXPLAIN, show=True,
+    _k("R", "samples", "4 samples", "draw 4 samples, ranked by AR score", EXPLAIN, show=True,
        palette="Rank 4 samples"),
     _k("t", "temperature", "temp", "set the AV sampling temperature (0 = greedy)", EXPLAIN,
        palette="Set temperature"),
@@ -108,7 +109,7 @@ KEYMAP: list[Key | Unbound] = [
        show=True, palette="Explain all"),
     _k("A,shift+a", "explain_all(True)", "explain turn", "explain every token of the current turn", EXPLAIN,
        display="A", palette="Explain current turn"),
-    _k("E", "explain_scope", "explain…",
+    _k("ctrl+e", "explain_scope", "explain…",
        "explain the cursor's role, turn or span, or the 200 most surprising tokens", EXPLAIN,
        palette="Explain a role, turn, span or the most surprising"),
     _k("y", "copy", "copy", "copy the explanation (OSC 52, works over SSH)", EXPLAIN, palette="Copy explanation"),
@@ -118,6 +119,11 @@ KEYMAP: list[Key | Unbound] = [
        palette="Steer…"),
     _k("c", "compare", "compare", "compare: c marks token A, c on token B explains a − b and b − a (Esc clears A)",
        STEER, palette="Compare tokens"),
+
+    _k("n", "note", "note", "note on the token under the cursor (or a span from it; saved, exported, found by /)",
+       NOTES, palette="Add a note"),
+    _k("N", "notes", "notes", "the notes panel: every note, Enter jumps to its tokens, d deletes", NOTES,
+       palette="Notes panel"),
 
     _k("i", "focus_input", "chat", "focus the message box", CHAT, display="i / Tab"),
     Unbound("Enter", "send the message (the reply streams in)", CHAT),

@@ -77,6 +77,10 @@ class SessionKeeper:
         # Save once per finished job, not per ExplainDone of an explain-all batch.
         return change.ended is not None and change.ended.changes_conversation and self.dirty
 
+    def changed_here(self) -> None:
+        """A change made in the UI itself (a note), not by a job: worth saving."""
+        self._changes += 1
+
     def adopt(self, session: Session, directory: Path | None) -> None:
         """The app now shows `session` (opened from disk): later saves go back there."""
         self.named, self.created = True, session.created
@@ -101,7 +105,9 @@ class SessionKeeper:
                         for e in st.explanations[i]]
         return Session(name=self.name, info=st.info, messages=list(self.messages),
                        tokens=list(tokens), explanations=explanations, activations=acts,
-                       steered=[b for b in st.steered if b.index < len(tokens)], created=self.created)
+                       steered=[b for b in st.steered if b.index < len(tokens)],
+                       notes=[n for n in st.notes if n.branch is not None or n.end < len(tokens)],
+                       created=self.created)
 
     # ------------------------------------------------------------ saving
 

@@ -68,6 +68,9 @@ class Sessions:
         if isinstance(opened, Session):  # nla-tui open PATH
             self.keeper.adopt(opened, self.host.options.session_dir)
             self.keeper.read_only = True
+            # What the replayed events do not carry; kept so a save after L keeps them too.
+            self.host.state.steered = list(opened.steered)
+            self.host.state.notes = list(opened.notes)
             self.host.notify(READ_ONLY_MESSAGE, title=opened.name, timeout=10)
             self._notify_load_warnings(opened)
         if self.autosave:
@@ -191,6 +194,7 @@ class Sessions:
         st.explanations.clear()
         st.partial.clear()
         st.steered = list(session.steered)
+        st.notes = list(session.notes)
         if self.keeper.read_only or st.info is None:
             from ..core.runtime.replay import ReplayWorker
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..core import events as ev
+from ..core.notes import Note
 from ..core.fallbacks import is_near_duplicate_warning, near_duplicate_warning, near_duplicates
 from ..core.steer_jobs import CompareDone, SteerDone, SteerProgress
 from ..core.steer_results import Comparison, SteerResult
@@ -69,6 +70,7 @@ class UiState:
     # typed loosely so this module needs no numpy import.
     activations: object | None = None
     steered: list[SteerResult] = field(default_factory=list)  # steered continuations
+    notes: list[Note] = field(default_factory=list)  # the researcher's notes on tokens (core/notes.py)
     gpu_memory: list[CardMemory] = field(default_factory=list)  # per card, from the worker
     # A session opened without models (nla-tui open): only what was recorded can be shown,
     # so keys that need the models are refused up front and the pane offers L instead of e.
@@ -184,6 +186,14 @@ class UiState:
     def pair_note(self) -> str:
         """What the loaded pair is (nla-tui's trained demo pair), or "" (hub pairs)."""
         return (self.info.pair_note if self.info else "") or ""
+
+    def notes_at(self, index: int) -> list[Note]:
+        """The notes on this conversation covering token `index`."""
+        return [n for n in self.notes if n.branch is None and n.covers(index)]
+
+    def noted_indices(self) -> set[int]:
+        n_tokens = len(self.tokens)
+        return {i for n in self.notes if n.branch is None for i in range(n.start, min(n.end, n_tokens - 1) + 1)}
 
     def best(self, index: int) -> Explanation | None:
         found = self.explanations.get(index)

@@ -50,8 +50,8 @@ async def test_9_first_keys_typed_into_an_empty_app_are_a_message():
         app.chat.input.value = ""
         await pilot.press("escape")
         assert app.focused is app.strip
-        await pilot.press("N", "z")
-        assert app.chat.input.value == "Nz" and app.focused is app.chat.input
+        await pilot.press("Q", "z")  # Q: unbound (N is the notes panel now)
+        assert app.chat.input.value == "Qz" and app.focused is app.chat.input
         assert [type(j) for j in holder.worker.jobs_seen] == [ev.LoadModels]
 
 

@@ -161,13 +161,13 @@ async def test_explain_scopes_span_and_most_surprising(monkeypatch):
         await wait_until(pilot, lambda: app.state.tokens and app.state.queue_depth == 0, "the session")
         call = next(t.index for t in s.tokens if t.role == "tool_result")
         app.strip.set_cursor(call + 2)
-        await pilot.press("E", "3")  # this span: the whole tool result
+        await pilot.press("ctrl+e", "3")  # this span: the whole tool result
         await wait_until(pilot, lambda: any(isinstance(j, ev.ExplainAll) for j in holder.worker.jobs_seen), "job")
         job = [j for j in holder.worker.jobs_seen if isinstance(j, ev.ExplainAll)][-1]
         assert job.indices == [t.index for t in s.tokens if t.role == "tool_result"]
         assert job.indices == span_around(s.tokens, call + 2)
         app.action_cancel()
-        await pilot.press("E", "4")  # the N most surprising
+        await pilot.press("ctrl+e", "4")  # the N most surprising
         await wait_until(pilot, lambda: len([j for j in holder.worker.jobs_seen
                                              if isinstance(j, ev.ExplainAll)]) == 2, "second job")
         job = [j for j in holder.worker.jobs_seen if isinstance(j, ev.ExplainAll)][-1]

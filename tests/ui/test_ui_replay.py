@@ -96,7 +96,7 @@ async def test_explain_resample_samples_and_copy_submit_the_right_jobs():
         body = str(app.pane.render())
         best = app.state.best(index)
         assert best.text.strip()[:20] in body and app.state.verdict(best) in body
-        await pilot.press("r", "n")
+        await pilot.press("r", "R")
         explains = [j for j in holder.worker.jobs_seen if isinstance(j, ev.Explain)]
         assert [j.index for j in explains] == [index] * 3
         assert not explains[0].force and explains[1].force and explains[1].sampling.temperature > 0

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import NlaError, SessionConflict
-from .session import Session, default_sessions_root, delete_session, free_directory, \
+from .session import Session, default_sessions_root, delete_session, free_directory, load_session, \
     rename_session, save_session, slugify
 from .session_guard import current_generation
 
@@ -116,6 +116,26 @@ class Autosaver:
         except Exception as e:  # a failed autosave must not take the app down
             self.last_error = e
             return False
+
+    def amend_saved(self, amend: Callable[[Session], None]) -> Path | None:
+        """Apply `amend` to the session as it is on disk in `directory` and write it back,
+        under the same lock as every save: how a session shown read-only (no models, so no
+        full snapshot is written from the UI) still keeps a note. Whatever else the file
+        holds, including another process's additions, stays as it is. Returns the
+        directory, or None (the error in last_error)."""
+        with self._write:
+            try:
+                if self.directory is None:
+                    raise NlaError("This session has no folder yet; save it first (ctrl+s).")
+                session = load_session(self.directory)
+                amend(session)
+                save_session(session, self.directory)
+                self.generation = session.generation
+                self.last_error = None
+                return self.directory
+            except Exception as e:  # the app stays up: the caller reports it
+                self.last_error = e
+                return None
 
     def wait(self) -> None:
         """Until the background saves queued so far are written."""

@@ -113,6 +113,9 @@ def render_token(state: UiState, index: int) -> Text:
     out.append(f" · norm {tok.norm:.1f}{ratio}\n", style="dim")
     for caveat in state.caveats(index):
         out.append(f"⚠ {caveat.text}\n", style="yellow")
+    for note in state.notes_at(index):
+        out.append(f"✎ {note.span_label()}: ", style="bold green")
+        out.append(visible(note.text.strip()) + "\n", style="green")
     exps = state.explanations.get(index, [])
     untrained = state.untrained_av or any(e.untrained_av for e in exps)
     out.append("explanation", style="bold underline")
@@ -131,7 +134,7 @@ def render_token(state: UiState, index: int) -> Text:
         if state.read_only:
             out.append("not explained in this session: press L to load the models, then e\n", style="dim")
         else:
-            out.append("not explained yet: press e (n for 4 ranked samples, a for all)\n", style="dim")
+            out.append("not explained yet: press e (R for 4 ranked samples, a for all)\n", style="dim")
     if exps:
         best = exps[0]
         # Score and warnings first: an untrained or failed AV can write pages.

@@ -25,6 +25,7 @@ from .colors import ROLE_COLORS, fidelity_q, norm_q, token_style
 from .strip_layout import GUTTER, Layout, Row, layout_pending, layout_tokens
 
 _GUTTER_BAR = Style(color="#555555")
+_UNDERLINE = Style(underline=True)  # a token under a note
 
 
 class TokenStrip(ScrollView, can_focus=True):
@@ -51,6 +52,7 @@ class TokenStrip(ScrollView, can_focus=True):
         # Set by the app: told of every cursor move, synchronously.
         self.on_cursor: Callable[[int], None] | None = None
         self.hits: set[int] = set()  # tokens inside a search match (finding.py)
+        self.noted: set[int] = set()  # tokens under a note: underlined
         self.role_filter: str | None = None  # show only this role's tokens
 
     def on_key(self, event: events.Key) -> None:
@@ -122,6 +124,12 @@ class TokenStrip(ScrollView, can_focus=True):
         self.hits = hits
         self.refresh()
 
+    def set_noted(self, noted: set[int]) -> None:
+        """Underline the tokens notes cover (repaints the visible rows only)."""
+        if noted != self.noted:
+            self.noted = noted
+            self.refresh()
+
     def row_of(self, index: int) -> int:
         row_of = self._layout.row_of
         return row_of[index] if 0 <= index < len(row_of) else -1
@@ -143,7 +151,8 @@ class TokenStrip(ScrollView, can_focus=True):
             kind, q = "fid", fidelity_q(best.score)
         else:
             kind, q = "norm", norm_q(tok.norm - self._norm_lo, self._norm_scale)
-        return token_style(kind, q, index % 2 == 1, index == self.cursor, noisy, special, index in self.hits)
+        style = token_style(kind, q, index % 2 == 1, index == self.cursor, noisy, special, index in self.hits)
+        return style + _UNDERLINE if index in self.noted else style
 
     def render_line(self, y: int) -> Strip:
         scroll_x, scroll_y = self.scroll_offset
