@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from .steer_results import Comparison, SteerResult
+from .steer_sources import TextReading, VectorSource
 from .events import PRIORITY_EXPLAIN, Event, Job, JobKind
 from .types import CONTINUATION_TOKENS, Sampling
 
@@ -22,17 +23,23 @@ MAX_CONTINUATION = 4096  # tokens regenerated per side: bounds the KV memory bef
 
 @dataclass
 class Steer(Job):
-    """Regenerate from token `index` steered toward `edited` (runtime/steer.py: steer)."""
+    """Regenerate from token `index` steered by `source` (a file, a − b, an SAE feature;
+    steer_sources.py) or, without one, toward the edited explanation `edited`
+    (runtime/steer.py: steer)."""
 
     kind: ClassVar[JobKind] = JobKind.STEER
 
     index: int
-    edited: str
+    edited: str = ""
     original: str | None = None
     alpha: float = DEFAULT_ALPHA
     span: str = "here"
     max_new_tokens: int = CONTINUATION_TOKENS
     sampling: Sampling = field(default_factory=Sampling)
+    source: VectorSource | None = None
+
+    def steering_source(self) -> VectorSource:
+        return self.source if self.source is not None else TextReading(self.index, self.edited, self.original)
 
     @property
     def key(self) -> str:

@@ -12,9 +12,11 @@ from .types import Candidate, Explanation
 
 @dataclass
 class SteerResult:
-    """One steer: the subject regenerated from token `index` with a steering vector
-    (AR(edited) − AR(original), scaled to the activation's norm × alpha) added at
-    layer K, beside the unsteered continuation. The conversation itself is never changed."""
+    """One steer: the subject regenerated from token `index` with a steering vector added at
+    layer K (from `source`: a file, a − b of two tokens, an SAE feature, or AR(edited) −
+    AR(original); its direction × alpha × its unit's norm), beside the unsteered
+    continuation. The conversation itself is never changed. original/edited_explanation
+    are empty for a source other than an edited explanation."""
 
     index: int
     token_text: str
@@ -23,7 +25,7 @@ class SteerResult:
     edited_explanation: str
     alpha: float
     span: str  # "here" | "onward"
-    vector_norm: float  # ‖steering vector‖ = ‖activation‖ × |alpha|
+    vector_norm: float  # ‖vector added‖ = unit norm × |alpha|
     before: list[Candidate] = field(default_factory=list)  # next-token top-5 at index, unsteered
     after: list[Candidate] = field(default_factory=list)  # … steered
     original_tokens: list[str] = field(default_factory=list)  # unsteered greedy continuation (pieces)
@@ -34,6 +36,24 @@ class SteerResult:
     # The branch (core/branch_tree.py) whose token `index` is, when the steer was made on an
     # edited version of the conversation; None: the conversation as captured (then not written).
     branch: int | None = None
+    # Where the steering vector came from and what it was (steer_sources.source_record: kind,
+    # the source's fields, describe, norm, unit, unit_norm, layer, warnings); None: a steer saved
+    # before sources existed, an edited explanation's (then not written).
+    source: dict[str, Any] | None = None
+
+    @property
+    def source_kind(self) -> str:
+        return (self.source or {}).get("kind", "text")
+
+    @property
+    def source_text(self) -> str:
+        """The source in words ("file v.npy", "token 3 − token 9", ...)."""
+        return str((self.source or {}).get("describe") or f"AR reading of an edited explanation of token {self.index}")
+
+    @property
+    def unit(self) -> str:
+        """What alpha multiplies (recorded; a steer saved before sources existed: the token's norm)."""
+        return str((self.source or {}).get("unit") or "the token's activation norm")
 
     @property
     def original_text(self) -> str:
@@ -45,8 +65,9 @@ class SteerResult:
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        if self.branch is None:
-            del d["branch"]
+        for optional in ("branch", "source"):
+            if d[optional] is None:
+                del d[optional]
         return d
 
     @classmethod

@@ -80,7 +80,8 @@ VectorSource = Union[FileVector, TokenDifference, TextReading, SaeFeature]
 
 @dataclass
 class ResolvedVector:
-    """A validated steering direction: finite float32 [d_model], non-zero.
+    """A validated steering direction: finite [d_model] (float32 from a file, an SAE or the
+    session's activations; the AR's float64 difference for a text reading), non-zero.
 
     `vector` is the raw vector as given (its norm is `norm`); steering adds
     vector / norm × alpha × `unit_norm`. `layer` is the layer the source says it belongs
@@ -106,6 +107,64 @@ class ResolvedVector:
         """What a steered continuation records about its vector (session, exports)."""
         return {"source": self.source, "norm": self.norm, "unit": self.unit, "unit_norm": self.unit_norm,
                 "layer": self.layer, "warnings": list(self.warnings)}
+
+
+# A source as JSON (SteerResult.source, session.json's steered[].source): "kind" names the
+# class, the other keys are its fields; what the resolved vector was (norm, unit…) sits beside.
+KINDS: dict[str, type] = {"file": FileVector, "difference": TokenDifference, "text": TextReading, "sae": SaeFeature}
+
+
+def source_spec(source: VectorSource) -> dict[str, Any]:
+    """The source's own fields with its kind (a text reading's texts are the result's
+    original/edited explanations, so they are not repeated here)."""
+    kind = next(k for k, cls in KINDS.items() if isinstance(source, cls))
+    if isinstance(source, TextReading):
+        return {"kind": kind, "index": source.index}
+    spec = {"kind": kind, **{k: getattr(source, k) for k in source.__dataclass_fields__}}
+    if isinstance(source, SaeFeature) and not source.any_layer:
+        del spec["any_layer"]
+    if isinstance(source, FileVector) and source.name is None:
+        del spec["name"]
+    return spec
+
+
+def source_record(source: VectorSource, resolved: ResolvedVector) -> dict[str, Any]:
+    """What a steered continuation records about where its vector came from and what it was:
+    the source (source_spec), its description, the raw vector's norm, alpha's unit and that
+    unit's value, the layer the source names (an SAE's hook) and any warnings."""
+    rec = {**source_spec(source), "describe": source.describe(), "norm": resolved.norm, "unit": resolved.unit,
+           "unit_norm": resolved.unit_norm}
+    if resolved.layer is not None:
+        rec["layer"] = resolved.layer
+    if resolved.warnings:
+        rec["warnings"] = list(resolved.warnings)
+    return rec
+
+
+def source_from_record(record: dict[str, Any] | None, index: int, edited: str, original: str) -> VectorSource:
+    """The source a recorded steer used (a record without one is an edited explanation's)."""
+    if not record or record.get("kind", "text") == "text":
+        return TextReading(index, edited, original)
+    cls = KINDS[record["kind"]]
+    return cls(**{k: record[k] for k in cls.__dataclass_fields__ if k in record})
+
+
+def token_difference(activations: Any, source: TokenDifference) -> ResolvedVector:
+    """activation[a] − activation[b] of the session (numpy: the TUI's dialog shows its norm
+    before anything runs), float32 like the activations; a zero difference is refused."""
+    acts = np.asarray(activations)
+    n = len(acts)
+    for what, i in (("a", source.a), ("b", source.b)):
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n:
+            raise InputError(f"Token {what} = {i} of the difference is out of range: the conversation has {n} "
+                             f"tokens (0..{n - 1}).")
+    diff = (acts[source.a].astype(np.float64) - acts[source.b].astype(np.float64)).astype(np.float32)
+    if not np.isfinite(diff).all():
+        raise InputError(f"{source.describe()} is not finite: the session's activations hold NaN or Inf there.")
+    if not np.any(diff):
+        same = "a token with itself" if source.a == source.b else "two tokens with identical activations"
+        raise InputError(f"{source.describe()} is the zero vector ({same}): pick two different tokens.")
+    return ResolvedVector(diff, source.describe(), MEDIAN_NORM, median_norm(acts))
 
 
 def median_norm(activations: Any) -> float:

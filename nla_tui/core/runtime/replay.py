@@ -22,6 +22,7 @@ from ..branch_jobs import BranchExplainDone, BranchList, BranchShown, EditMessag
 from ..steer_results import Comparison, compare_activations
 from ..errors import NlaError
 from ..steer_jobs import Compare, CompareDone, Steer, SteerDone
+from ..steer_sources import TextReading, VectorSource, source_from_record
 from ..store.session import Session, load_session
 from ..types import Explanation, TokenInfo, group_by_index
 from .progress import RowProgress
@@ -29,6 +30,12 @@ from .scheduler import JobThread
 
 READ_ONLY_NOTE = ("Read-only session: models are not loaded, so only the recorded explanations "
                   "can be shown. Press L to load this session's models and explain new tokens.")
+
+
+def _steer_key(source: VectorSource) -> VectorSource:
+    """A source as a recorded steer matches it: a text reading by its edit alone (the job may
+    leave the original to the worker)."""
+    return TextReading(source.index, source.edited) if isinstance(source, TextReading) else source
 
 
 class ReplayWorker(JobThread):
@@ -123,11 +130,13 @@ class ReplayWorker(JobThread):
         self.emit(ev.ExplainDone(index, exps))
 
     def _steer(self, job: Steer) -> None:
-        """The recorded steered continuation of exactly this request (tests, screenshots);
-        anything else needs the models."""
+        """The recorded steered continuation of exactly this request (tests, screenshots): the
+        same token, source, alpha and span; anything else needs the models."""
+        want = _steer_key(job.steering_source())
         result = next((b for b in reversed(self.session.steered)
-                       if (b.index, b.edited_explanation, b.alpha, b.span) == (job.index, job.edited, job.alpha, job.span)),
-                      None)
+                       if (b.index, b.alpha, b.span) == (job.index, job.alpha, job.span)
+                       and _steer_key(source_from_record(b.source, b.index, b.edited_explanation,
+                                                         b.original_explanation)) == want), None)
         if result is None:
             raise NlaError(READ_ONLY_NOTE if self.preload else
                            f"The recorded session has no steered continuation for token {job.index}.")

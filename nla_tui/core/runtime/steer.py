@@ -1,10 +1,11 @@
-"""Steer: what if the model had thought otherwise? Steer from an edited explanation, and
-compare two tokens. Engine-level operations (duck-typed on a loaded Engine: subject,
-ar, tokens, activations, explanations), kept out of engine.py.
+"""Steer: what if the model had thought otherwise? Steer with a vector from any source
+(an edited explanation, a file, a − b of two tokens, an SAE feature), and compare two
+tokens. Engine-level operations (duck-typed on a loaded Engine: subject, ar, tokens,
+activations, explanations), kept out of engine.py.
 
-Steering vector (the NLA authors' recipe): the AR reconstructs the original and the
-edited explanation; their difference, rescaled to the activation's own L2 norm times
-alpha, is added to layer K's residual stream at the token (span "here") or at the token
+Steering vector: runtime/steer_vectors.py resolves the source (for an edited explanation,
+the NLA authors' recipe: AR(edited) − AR(original)); its direction, times alpha times its
+unit's norm, is added to layer K's residual stream at the token (span "here") or at the token
 and every later position (span "onward"), and the subject regenerates from there.
 """
 
@@ -21,7 +22,11 @@ from ..errors import Cancelled, InputError
 from ..models.steering import continue_from, last_logits, positions, top_candidates
 from ..models.steering import steer as added_to_residual
 from ..steer_jobs import DEFAULT_ALPHA, MAX_ALPHA, MAX_CONTINUATION
+from ..steer_sources import TextReading, VectorSource, source_record
 from ..types import CONTINUATION_TOKENS, Sampling
+from .steer_vectors import original_explanation, resolve, text_reading
+
+__all__ = ["original_explanation", "steer", "steering_vector", "compare", "check_arguments"]
 
 
 def _check_index(engine, index: int, what: str = "--token") -> None:
@@ -30,19 +35,31 @@ def _check_index(engine, index: int, what: str = "--token") -> None:
         raise InputError(f"{what} {index} is out of range: the conversation has {n} tokens (0..{n - 1}).")
 
 
-def check_request(engine, index: int, edited: str, alpha: float, span: str, max_new_tokens: int) -> None:
+def as_source(index: int, edited: str | VectorSource, original: str | None = None) -> VectorSource:
+    """A steer's source: an edited explanation (a str: a text reading of token `index`) or any source."""
+    return TextReading(index, edited, original) if isinstance(edited, str) else edited
+
+
+def check_request(engine, index: int, source: str | VectorSource, alpha: float, span: str,
+                  max_new_tokens: int) -> None:
     """Everything about a steer request that can be wrong, checked before any model runs."""
     engine._need_models()
     _check_index(engine, index)
-    check_arguments(index, edited, alpha, span, max_new_tokens)
+    check_arguments(index, source, alpha, span, max_new_tokens)
 
 
-def check_arguments(index: int, edited: str, alpha: float, span: str, max_new_tokens: int) -> None:
-    """The checks that need no model (`nla-tui steer` runs them before loading any)."""
+def check_arguments(index: int, source: str | VectorSource, alpha: float, span: str, max_new_tokens: int) -> None:
+    """The checks that need no model and no file (`nla-tui steer` runs them before loading
+    any; vector_files.check_source then reads the source's files)."""
     positions(index, span)  # raises on an unknown span
-    if not edited or not edited.strip():
-        raise InputError("The edited explanation is empty: write what the model should have thought "
-                         "(e.g. the original explanation with one concept changed).")
+    source = as_source(index, source)
+    if isinstance(source, TextReading):
+        if not source.edited or not source.edited.strip():
+            raise InputError("The edited explanation is empty: write what the model should have thought "
+                             "(e.g. the original explanation with one concept changed).")
+        if source.index != index:
+            raise InputError(f"The edited explanation is of token {source.index}, but the steer is at token "
+                             f"{index}: a text reading steers the token it explains.")
     if not math.isfinite(alpha):
         raise InputError(f"--alpha {alpha} is not a finite number: give a strength such as {DEFAULT_ALPHA:g}.")
     if abs(alpha) > MAX_ALPHA:
@@ -52,45 +69,25 @@ def check_arguments(index: int, edited: str, alpha: float, span: str, max_new_to
         raise InputError(f"--max-new-tokens {max_new_tokens} must be at least 1 and at most {MAX_CONTINUATION}.")
 
 
-def original_explanation(engine, index: int, sampling: Sampling = Sampling(),
-                         cancel: threading.Event | None = None) -> str:
-    """The token's latest explanation; explained now if it has none."""
-    have = engine.explanations.get(index)
-    if have:
-        return have[0].text
-    exps = engine.explain([index], sampling, cancel=cancel)
-    if not exps:
-        raise Cancelled()
-    return exps[0].text
-
-
 def steering_vector(engine, index: int, original: str, edited: str, alpha: float) -> np.ndarray:
     """AR(edited) − AR(original), rescaled to ‖activation[index]‖ × alpha."""
-    if original.strip() == edited.strip():
-        raise InputError("The edited explanation is the same as the original, so there is no direction to "
-                         "steer in: change what it says (a concept, an entity, a sentiment).")
-    recon = engine.ar.reconstruct([original, edited]).astype(np.float64)
-    diff = recon[1] - recon[0]
-    n = float(np.linalg.norm(diff))
-    if not np.isfinite(diff).all() or n == 0.0:
-        raise InputError("The AR reconstructs the original and the edited explanation to the same vector, so "
-                         "there is no direction to steer in: change the explanation more.")
-    act_norm = float(np.linalg.norm(engine.activations[index]))
-    return (diff / n * act_norm * alpha).astype(np.float32)
+    return text_reading(engine, TextReading(index, edited, original)).scaled(alpha)
 
 
-def steer(engine, index: int, edited: str, alpha: float = DEFAULT_ALPHA, span: str = "here",
+def steer(engine, index: int, edited: str | VectorSource = "", alpha: float = DEFAULT_ALPHA, span: str = "here",
           max_new_tokens: int = CONTINUATION_TOKENS, original: str | None = None,
           sampling: Sampling = Sampling(), cancel: threading.Event | None = None,
-          keep: bool = True) -> SteerResult:
-    """Regenerate from token `index` with the steering vector in place; the unsteered
+          keep: bool = True, source: VectorSource | None = None) -> SteerResult:
+    """Regenerate from token `index` with a steering vector in place: `source` (a file, a − b,
+    an SAE feature, a text reading; runtime/steer_vectors.py), or, without one, the text reading
+    of `edited` against `original` (None: the token's latest explanation). The unsteered
     continuation is decoded the same way in the same call, so the two compare like for
     like. The result is appended to engine.steered (keep=True); the conversation is
     not changed."""
-    check_request(engine, index, edited, alpha, span, max_new_tokens)
-    if original is None:
-        original = original_explanation(engine, index, sampling, cancel)
-    vector = steering_vector(engine, index, original, edited, alpha)
+    source = source if source is not None else as_source(index, edited, original)
+    check_request(engine, index, source, alpha, span, max_new_tokens)
+    source, resolved = resolve(engine, source, sampling, cancel)
+    vector = resolved.scaled(alpha)
     lo, hi = positions(index, span)
     subject = engine.subject
     ids = [t.token_id for t in engine.tokens[:index + 1]]
@@ -103,12 +100,15 @@ def steer(engine, index: int, edited: str, alpha: float = DEFAULT_ALPHA, span: s
     from ..store.session import now_iso
 
     piece = lambda t: subject.tok.decode([t])  # noqa: E731
+    original, edited = (source.original or "", source.edited) if isinstance(source, TextReading) else ("", "")
     result = SteerResult(
-        index=index, token_text=engine.tokens[index].text, layer=subject.layer, original_explanation=original,
-        edited_explanation=edited, alpha=float(alpha), span=span, vector_norm=float(np.linalg.norm(vector)),
+        index=index, token_text=engine.tokens[index].text, layer=subject.layer,
+        original_explanation=original, edited_explanation=edited,
+        alpha=float(alpha), span=span, vector_norm=float(np.linalg.norm(vector)),
         before=list(engine.tokens[index].top), after=after, original_tokens=[piece(t) for t in plain],
         steered_tokens=[piece(t) for t in steered], original_ids=plain, steered_ids=steered, created=now_iso(),
-        branch=engine.branches.current if getattr(engine, "branches", None) and engine.branches.current else None)
+        branch=engine.branches.current if getattr(engine, "branches", None) and engine.branches.current else None,
+        source=source_record(source, resolved))
     if keep:
         engine.steered.append(result)
     return result

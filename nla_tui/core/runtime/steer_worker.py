@@ -18,7 +18,7 @@ class SteerJobs:
         eng = self._engine()
         had = set(eng.explanations)
         result = steer(eng, job.index, job.edited, job.alpha, job.span, job.max_new_tokens, job.original,
-                       job.sampling, self.cancel)
+                       job.sampling, self.cancel, source=job.source)
         if job.index not in had and job.index in eng.explanations:  # explained on the way: show it too
             self.emit(ExplainDone(job.index, eng.explanations[job.index]))
         self.emit(SteerDone(result))

@@ -138,12 +138,20 @@ TOKEN = obj({"index": integer(0), "token_id": integer(), "text": string, "role":
 EXPLANATION = obj({"index": integer(0), "text": string},
                   {"raw": string, "sampling": sampling, "prompt": optional(string), "score": optional(score),
                    "truncated": boolean, "warnings": list_of(string), "untrained_av": boolean})
+# Where a steer's vector came from (steer_sources.source_record); optional: older steers are
+# an edited explanation's. Each kind's own fields are checked when present.
+STEER_SOURCE = obj({"kind": one_of("text", "file", "difference", "sae"), "describe": string, "norm": number,
+                    "unit": string, "unit_norm": number},
+                   {"index": integer(0), "path": string, "name": optional(string), "a": integer(0), "b": integer(0),
+                    "directory": string, "feature": integer(0), "any_layer": boolean, "layer": optional(integer()),
+                    "warnings": list_of(string)})
 STEERED = obj({"index": integer(0), "token_text": string, "layer": integer(0), "original_explanation": string,
                "edited_explanation": string, "alpha": number, "span": one_of("here", "onward"),
                "vector_norm": number},
               {"before": list_of(candidate), "after": list_of(candidate), "original_tokens": list_of(string),
                "steered_tokens": list_of(string), "original_ids": list_of(integer()),
-               "steered_ids": list_of(integer()), "created": string, "branch": optional(integer(0))})
+               "steered_ids": list_of(integer()), "created": string, "branch": optional(integer(0)),
+               "source": optional(STEER_SOURCE)})
 NOTE = obj({"start": integer(0), "end": integer(0), "text": string, "created": string},
             {"branch": optional(either("a branch id (a string or a whole number)", string, integer(0)))})
 BRANCH = obj({"id": integer(1), "parent": integer(0), "edited": integer(0)},

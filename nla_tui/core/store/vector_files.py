@@ -6,6 +6,7 @@ a path the moment it is typed; the CLI before any model loads). Nothing is unpic
     read_array(path, name)                      # any numeric array (explain-vectors)
     steering_file(path, name, d_model)          # one finite float vector [d_model]
     sae_feature(directory, feature, d_model, layer)  # W_dec[feature], layer checked
+    check_source(source, d_model, layer, n_tokens)   # any steering source, before a model loads
 
 Every refusal is an InputError saying what is wrong and how to fix it.
 """
@@ -20,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, brief
-from ..steer_sources import FileVector, ResolvedVector, SaeFeature
+from ..steer_sources import (MEDIAN_NORM, FileVector, ResolvedVector, SaeFeature, TextReading, TokenDifference,
+                             VectorSource, median_norm, token_difference)
 
 SUFFIXES = (".npy", ".safetensors")
 SAE_CONFIG, SAE_WEIGHTS = "cfg.json", "sae_weights.safetensors"
@@ -42,6 +44,14 @@ def read_array(path: str | os.PathLike, name: str | None = None) -> np.ndarray:
     if p.suffix == ".npy":
         if name is not None:
             raise InputError(f"--name picks a tensor in a .safetensors file; {p} is a .npy file with one array.")
+        try:
+            with open(p, "rb") as fh:
+                magic = fh.read(6)
+        except OSError as e:
+            raise InputError(f"{p} is not readable ({e.strerror or e}).") from None
+        if magic != b"\x93NUMPY":  # numpy would try it as a pickle; say what it is instead
+            raise InputError(f"{p} is not a .npy file (no NumPy header): save the vector with "
+                             f"numpy.save(path, array.astype('float32')).")
         try:
             return np.load(p, allow_pickle=False)
         except ValueError as e:  # object arrays need pickle, which nla-tui never unpickles
@@ -203,3 +213,39 @@ def sae_feature(source: SaeFeature, d_model: int, layer: int) -> ResolvedVector:
         raise InputError(f"{wpath}: W_dec holds {row.dtype} data; an SAE decoder is floating point.")
     vec = check_direction(row, d_model, f"{what} feature {feature}")
     return ResolvedVector(vec, source.describe(), "", 0.0, layer=sae_k, warnings=warnings)
+
+
+def check_source(source: VectorSource, d_model: int, layer: int, n_tokens: int,
+                 activations: np.ndarray | None = None) -> ResolvedVector | None:
+    """Everything about a steering source that can be checked without a model, before any
+    loads (the CLI, the TUI's dialog, the API): a file or SAE row is read and validated
+    against d_model (and an SAE's layer against `layer`); a − b's tokens are in range (and,
+    given the activations, not the same vector). Returns the vector when it is known now,
+    alpha's unit (the layer's median norm) filled in when the activations are given; a
+    text reading needs the AR, so it returns None."""
+    if isinstance(source, TextReading):
+        if not source.edited or not source.edited.strip():
+            raise InputError("The edited explanation is empty: write what the model should have thought "
+                             "(e.g. the original explanation with one concept changed).")
+        if not 0 <= source.index < n_tokens:
+            raise InputError(f"--token {source.index} is out of range: the conversation has {n_tokens} tokens "
+                             f"(0..{n_tokens - 1}).")
+        return None
+    if isinstance(source, TokenDifference):
+        for what, i in (("a", source.a), ("b", source.b)):
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n_tokens:
+                raise InputError(f"--diff: token {what} = {i} is out of range: the conversation has {n_tokens} "
+                                 f"tokens (0..{n_tokens - 1}).")
+        if source.a == source.b:
+            raise InputError(f"--diff {source.a},{source.b}: a − b of a token with itself is the zero vector; "
+                             f"pick two different tokens.")
+        return None if activations is None else token_difference(activations, source)
+    if isinstance(source, FileVector):
+        resolved = steering_file(source, d_model)
+    elif isinstance(source, SaeFeature):
+        resolved = sae_feature(source, d_model, layer)
+    else:
+        raise InputError(f"Unknown steering source {type(source).__name__}.")
+    if activations is not None:
+        resolved.unit, resolved.unit_norm = MEDIAN_NORM, median_norm(activations)
+    return resolved
