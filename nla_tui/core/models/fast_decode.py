@@ -248,6 +248,13 @@ def warmup(model, batch_sizes: Iterable[int] = (1,), max_len: int = 256, use_gra
     return time.perf_counter() - t
 
 
+def captured_runner(model, batch: int, max_len: int, tag: str = "") -> "_Runner | None":
+    """The runner `warmup(model, [batch], max_len)` made (None if there is none): its `graph`
+    is the captured step, `graph_error` why capture failed."""
+    key = (bucket_for(batch), _round_len(max_len), _use_graphs(model, None), tag)
+    return _RUNNERS.get(model, {}).get(key)
+
+
 def _use_graphs(model, use_graphs):
     dev = model.get_input_embeddings().weight.device
     return dev.type == "cuda" if use_graphs is None else (use_graphs and dev.type == "cuda")

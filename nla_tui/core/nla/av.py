@@ -101,6 +101,14 @@ class Verbalizer:
         finally:
             self._row_done_hooks.remove(on_row_done)
 
+    def start_precapture(self, max_new_tokens: int = Sampling().max_new_tokens):
+        """Capture, on a thread, the decode graph a default single explanation uses (the
+        canonical prompt + `max_new_tokens`); join() the result before the first explanation.
+        None off CUDA (models/precapture.py)."""
+        from ..models import precapture
+
+        return precapture.start(self.model, len(self.canonical_ids) + max_new_tokens)
+
     def stop_ids(self) -> list[int]:
         ids = {self.tok.eos_token_id}
         i = self.tok.convert_tokens_to_ids("<end_of_turn>")

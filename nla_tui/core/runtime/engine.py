@@ -72,6 +72,7 @@ class Engine(EngineBranches):
         self.park_policy = options.park or "auto"
         self.park_state: dict = {"parked": []}
         self.last_explain_plan: dict = {}
+        self.start_capture_s: float | None = None  # the AV's decode graph captured during load (CUDA)
 
     @classmethod
     def from_options(cls, **kw) -> "Engine":
@@ -98,23 +99,34 @@ class Engine(EngineBranches):
         models = {}
         report("subject", 0.0, "loading tokenizers")
         tokenizers = load_tokenizers(ckpts)
-        for key in ("subject", "av", "ar"):
-            kw = placement_kwargs(placement, key) if placement else {}
-            where = placement.label(key) if placement else device
-            report(key, 0.0, f"loading {ckpts[key].name} ({quant}, {where})")
-            models[key] = (load_model(ckpts[key], quant, device, kw.get("device_map"), kw.get("max_memory"),
-                                      self.caches.quantised, lambda f, m, k=key: report(k, f, m)),
-                           tokenizers[key])
-            report(key, 1.0, "loaded")
+        precapture = None
+        try:
+            for key in ("subject", "av", "ar"):
+                kw = placement_kwargs(placement, key) if placement else {}
+                where = placement.label(key) if placement else device
+                report(key, 0.0, f"loading {ckpts[key].name} ({quant}, {where})")
+                models[key] = (load_model(ckpts[key], quant, device, kw.get("device_map"), kw.get("max_memory"),
+                                          self.caches.quantised, lambda f, m, k=key: report(k, f, m)),
+                               tokenizers[key])
+                report(key, 1.0, "loaded")
+                if key == "av":
+                    d = text_config(models["subject"][0]).hidden_size
+                    if d != av_meta.d_model:
+                        raise CheckpointError(f"The subject's hidden size is {d} but the AV expects "
+                                              f"d_model={av_meta.d_model}: this AV/AR pair was trained on another model.")
+                    av = Verbalizer(*models["av"], av_meta)
+                    # The first explanation's decode graph is captured while the AR loads (on CUDA;
+                    # models/precapture.py), not after it: the start is the reads, not reads + capture.
+                    precapture = av.start_precapture()
+        finally:
+            if precapture is not None:
+                precapture.join()
         self.placement_text = describe_placement(placement, models) if placement else device
         self.cards = sorted({p.device.index or 0 for m, _ in models.values() for p in m.parameters()
                              if p.device.type == "cuda"})
         self.subject = Subject(*models["subject"], layer=layer)
-        d = text_config(models["subject"][0]).hidden_size
-        if d != av_meta.d_model:
-            raise CheckpointError(f"The subject's hidden size is {d} but the AV expects d_model={av_meta.d_model}: "
-                                  f"this AV/AR pair was trained on another model.")
-        self.av = Verbalizer(*models["av"], av_meta)
+        self.av = av
+        self.start_capture_s = precapture.seconds if precapture is not None else None
         variance = o.fve_variance if o.fve_variance is not None else (
             ar_meta.fve_variance if ar_meta.fve_variance is not None else (preset.fve_variance if preset else None))
         self.ar = Reconstructor(*models["ar"], ar_meta, ckpts["ar"].path, variance)
