@@ -11,11 +11,12 @@ Each call captures the messages it is given, so a tool call stands alone.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import anyio
-from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
+
+if TYPE_CHECKING:
+    from mcp.server.mcpserver import MCPServer
 
 from ..core.errors import InputError, NlaError
 from ..core.steer_jobs import DEFAULT_ALPHA
@@ -70,6 +71,10 @@ def search_corpus(corpus: Path, query: str, role: str | None, min_fve: float | N
 
 def build_mcp(backend: Any, corpus: Path | None = None) -> MCPServer:
     """The tools over `backend`; `search` too when a corpus sweep folder is given."""
+    # The SDK only here: the HTTP server (and search_corpus) import this module without MCP.
+    from mcp.server.mcpserver import MCPServer
+    from mcp.server.mcpserver.exceptions import ToolError
+
     mcp = MCPServer(name="nla-tui", instructions=INSTRUCTIONS)
 
     async def run(fn, *args):
