@@ -147,7 +147,10 @@ def run(rep: Report, out: Path, new_tokens: int = 200, n_explain: int = 150, mem
         d[f"explain_all_{label}"] = {"rows": rows_n, "max_batch": max_batch, "bucket": bucket, "wall_s": round(wall, 2),
                                      "tokens": toks, "tok_s": round(toks / wall), "capture_s": round(cap, 2),
                                      "peak_gib": _gib(_peak()[0]), "reserved_gib": _gib(_peak()[1]),
-                                     "graphs": fd.last_stats["graphs"], "graph_error": fd.last_stats["graph_error"]}
+                                     "graphs": fd.last_stats["graphs"], "graph_error": fd.last_stats["graph_error"],
+                                     # where the wall goes: prefill (the prompt, outside the graph) vs steps
+                                     "prefill_s": round(fd.last_stats["prefill_s"], 2),
+                                     "steps": fd.last_stats["steps"], "step_s": round(fd.last_stats["step_s"], 2)}
         return wall, toks, cap
 
     def explain_all_capped():
@@ -287,6 +290,12 @@ def run(rep: Report, out: Path, new_tokens: int = 200, n_explain: int = 150, mem
     if dev == "cuda":
         section("denest_experiment", denest)
 
+    try:  # graphs torch.compile made in this process (fusion.py compiles decode shapes only)
+        from torch._dynamo.utils import counters
+
+        d["dynamo_unique_graphs"] = int(counters["stats"]["unique_graphs"])
+    except Exception:
+        pass
     start_ready = sum(d.get(k, 0) for k in ("build_av_s", "build_subject_s", "build_ar_s"))
     cap = d.get("explain_all_capped", {}).get("capture_s", 0) + d.get("capture_b1_s", 0)
     rep.add("start_to_ready_s", start_ready + cap, "s",
