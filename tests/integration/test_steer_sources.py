@@ -162,3 +162,43 @@ def test_the_text_reading_keeps_the_tokens_own_norm(engine):
     src, v = resolve(engine, TextReading(i, "The capital of Germany is Berlin.", original))
     assert v.unit == TOKEN_NORM and v.unit_norm == pytest.approx(float(np.linalg.norm(engine.activations[i])))
     np.testing.assert_array_equal(v.scaled(0.25), steer_ops.steering_vector(engine, i, original, src.edited, 0.25))
+
+
+def test_cli_steers_with_a_file_like_with_the_same_a_minus_b_and_keeps_the_source(
+        demo_paths, demo_tokenizer, demo_engine, tmp_path, capsys):
+    """`nla-tui steer --vector FILE` and `--diff A,B` of the same vector on a saved session
+    (models from memory): the same steered continuation printed and kept, each with its
+    source, in the session and its Markdown export. (Bit-for-bit equality of the two sources
+    is the first test's: here the file comes from the saved activations, --diff from the
+    ones the CLI recaptures.)"""
+    import shutil
+
+    from nla_tui.core.store.export import to_markdown
+    from nla_tui.core.store.session import load_session
+    from tests._support_engine import reusing_demo_loads
+    from tests._support_paths import DATA
+    from tests._support_reliability import main
+
+    d = tmp_path / "s"
+    shutil.copytree(DATA / "recorded_session", d)
+    session = load_session(d)
+    a, b, at = 5, 9, len(session.tokens) - 3
+    save_file({"v": session.activations[a] - session.activations[b]}, str(tmp_path / "v.safetensors"))
+    runs = []
+    with reusing_demo_loads(demo_tokenizer, demo_paths, demo_engine, models=("subject", "av", "ar")):
+        for flags in (["--vector", str(tmp_path / "v.safetensors")], ["--diff", f"{a},{b}"]):
+            code, out, err = main(capsys, "steer", str(d), "--token", str(at), *flags, "--alpha", "1",
+                                  "--max-new-tokens", "6")
+            assert code == 0, err
+            runs.append(out)
+    assert "vector: file" in runs[0] and f"vector: token {a} − token {b}" in runs[1]
+    assert "median activation norm of the layer" in runs[0]
+    steered = [line for line in runs[0].splitlines() if line.startswith("steered continuation")]
+    assert steered and steered == [line for line in runs[1].splitlines() if line.startswith("steered continuation")]
+    kept = load_session(d).steered[-2:]
+    assert [k.source_kind for k in kept] == ["file", "difference"]
+    # The file holds the saved activations' a − b, --diff the recaptured ones' (equal to ~1e-7)
+    assert kept[0].steered_ids == kept[1].steered_ids
+    assert kept[0].vector_norm == pytest.approx(kept[1].vector_norm, rel=1e-5)
+    md = to_markdown(load_session(d))
+    assert "vector: file" in md and f"token {a} − token {b} · layer {session.info.layer}" in md
