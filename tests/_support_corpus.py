@@ -17,7 +17,7 @@ def row(**kw) -> dict:
     base.update(conversation_id="c", conversation=0, message_index=1, turn=0, token_index=0, token_id=1,
                 token_text="x", role="model", context_before="", context_after="", surprise=1.0,
                 activation_norm=10.0, explanation="", closed=True, truncated=False, warnings=[], cos=0.9,
-                mse_nrm=0.2, fve_nrm=0.5, label="mediocre", specificity=0.1, fve_others_mean=0.4, others=3,
+                mse_nrm=0.2, fve_nrm=0.5, label="mediocre", verdict="mediocre", caveats=[], specificity=0.1, fve_others_mean=0.4, others=3,
                 prior_fve=0.05, prior_cos=0.3, subject="demo:subject", av="demo:av", ar="demo:ar",
                 precision="fp32", layer=12, temperature=0.0, top_p=1.0, max_new_tokens=16, seed=0, av_prompt=None,
                 shard=0)

@@ -40,11 +40,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     hits = index.search(out, args.query, roles, args.min_fve, args.sort, args.limit)
     ms = (time.perf_counter() - t0) * 1000
-    say(f"{'conversation':<18} {'tok':>5} {'role':<11} {'fve':>6} {'spec':>6}  context → explanation")
+    say(f"{'conversation':<18} {'tok':>5} {'role':<11} {'fve':>6} {'verdict':<10} {'spec':>6}  context → explanation")
     for h in hits:
         context = f"{h.context_before}[{h.token_text}]{h.context_after}"
         say(visible(f"{h.conversation_id[:18]:<18} {h.token_index:>5} {h.role:<11} {_num(h.fve_nrm)} "
-                      f"{_num(h.specificity)}  {context[-40:]!r} → {h.explanation[:90]}", keep_layout=False))
+                    f"{h.shown_verdict:<10} {_num(h.specificity)}  {context[-40:]!r} → {h.explanation[:90]}",
+                    keep_layout=False))
     say(f"{len(hits)} hit(s) in {ms:.1f} ms" + (f" (first {args.limit}; --limit for more)"
                                                   if len(hits) == args.limit else "") + (f"; {hits.note}" if hits.note else ""))
     return 0

@@ -54,7 +54,8 @@ def hit_json(h: Any) -> dict[str, Any]:
     """One search hit of a corpus sweep (core/corpus/index.py), as the tools and /v1/search return it."""
     return {"conversation_id": h.conversation_id, "token_index": h.token_index, "role": h.role,
             "token": h.token_text, "context_before": h.context_before, "context_after": h.context_after,
-            "explanation": h.explanation, "fve_nrm": h.fve_nrm, "specificity": h.specificity, "surprise": h.surprise}
+            "explanation": h.explanation, "fve_nrm": h.fve_nrm, "verdict": h.shown_verdict, "specificity": h.specificity,
+            "surprise": h.surprise}
 
 
 def search_corpus(corpus: Path, query: str, role: str | None, min_fve: float | None, sort: str,

@@ -13,27 +13,13 @@ import pytest
 
 from nla_tui.core import events as ev
 from nla_tui.core.types import Sampling
+from tests._support_cli import cli_main as _main
 from tests._support_engine import reusing_demo_loads
 
 
 def _run(*args, env=None, timeout=900):
     return subprocess.run([sys.executable, "-m", "nla_tui.cli", *args], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=timeout)
-
-
-def _main(capsys, *args) -> tuple[int, str, str]:
-    """`cli.main` in-process: exit code, stdout, stderr. argparse's own refusals exit
-    through SystemExit; any other exception escapes with its traceback and fails the
-    test, so "no traceback" holds whenever this returns. The command's own process is
-    test_run_writes_a_valid_session's."""
-    from nla_tui import cli
-
-    try:
-        code = cli.main(list(args))
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_run_writes_a_valid_session(demo_paths, tmp_path):

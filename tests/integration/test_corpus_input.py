@@ -9,20 +9,10 @@ import pytest
 from nla_tui.core.corpus.reader import read_corpus
 from nla_tui.core.corpus.selection import make_selection, select_positions
 from nla_tui.core.errors import InputError
+from tests._support_cli import cli_main as _main
 
 CONV = [{"role": "user", "content": "What is the capital of France?"},
         {"role": "assistant", "content": "Paris is the capital of France."}]
-
-
-def _main(capsys, *args):
-    from nla_tui import cli
-
-    try:
-        code = cli.main(list(args))
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import pytest
 
 from nla_tui.core.corpus import index
 from nla_tui.core.corpus.shards import read_rows, shard_path
+from tests._support_cli import cli_main as _main
 from tests._support_engine import reusing_demo_loads
 
 pytest.importorskip("pyarrow")  # the [corpus] extra; [test] installs it
@@ -28,17 +29,6 @@ CONVS = [
 ]
 FLAGS = ["--preset", "demo", "--role", "assistant", "--max-per-conversation", "2", "--max-explain-tokens", "12",
          "--shard-positions", "2", "--others", "3"]
-
-
-def _main(capsys, *args):
-    from nla_tui import cli
-
-    try:
-        code = cli.main(list(args))
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +73,39 @@ def test_rows_match_nla_tui_run(swept, tmp_path, capsys, demo_paths, demo_tokeni
         assert r["others"] == 3 and r["specificity"] == pytest.approx(r["fve_nrm"] - r["fve_others_mean"])
         assert r["prior_fve"] is not None and r["prior_fve"] < 1
         assert r["subject"] == "demo:subject" and r["precision"] == "fp32" and r["layer"] == 12
+
+
+def test_rows_carry_the_panes_verdict(tmp_path, capsys, demo_paths, demo_tokenizer, demo_engine):
+    """--role all reaches <bos>, turn markers and the first tokens: each row's verdict is
+    core.caveats' for its position (never "good" where flagged), the one `nla-tui run`'s
+    JSON export and the TUI's pane give, and search hits carry it."""
+    from nla_tui.core.store.export import to_json
+    from nla_tui.core.store.session import load_session
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps(CONVS[0]) + "\n")
+    out = tmp_path / "out"
+    with reusing_demo_loads(demo_tokenizer, demo_paths, demo_engine, models=("subject", "av", "ar")):
+        code, _, err = _main(capsys, "sweep", str(corpus), "--out", str(out), "--preset", "demo", "--role", "all",
+                             "--max-per-conversation", "6", "--max-explain-tokens", "8", "--others", "0",
+                             "--no-prior")
+        assert code == 0, err[-2000:]
+        rows = read_rows(out)
+        msgs = tmp_path / "france.json"
+        msgs.write_text(json.dumps(CONVS[0]["messages"]))
+        code, _, err = _main(capsys, "run", "--preset", "demo", "--messages", str(msgs), "--explain",
+                             ",".join(str(r["token_index"]) for r in rows), "--max-explain-tokens", "8",
+                             "--out", str(tmp_path / "s"))
+    assert code == 0, err[-2000:]
+    doc = json.loads(to_json(load_session(tmp_path / "s")))
+    verdicts = {e["index"]: e["verdict"] for e in doc["explanations"]}
+    for r in rows:
+        assert r["verdict"] == verdicts[r["token_index"]], r["token_index"]
+        assert bool(r["caveats"]) == (str(r["token_index"]) in doc["position_warnings"])
+        assert r["verdict"] == (r["label"] if not r["caveats"] or r["label"] != "good" else "unreliable")
+    assert {"special", "early"} <= {k for r in rows for k in r["caveats"]}
+    hits = index.search(out, "", sort="corpus", limit=50)
+    assert [(h.token_index, h.verdict) for h in hits] == [(r["token_index"], r["verdict"]) for r in rows]
 
 
 def test_activations_are_saved_beside_their_rows(swept):

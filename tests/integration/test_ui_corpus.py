@@ -6,6 +6,7 @@ from __future__ import annotations
 from nla_tui.ui.options import UiOptions
 
 import pytest
+from textual.widgets import DataTable
 
 from nla_tui.core.runtime.worker import EngineWorker
 from nla_tui.ui.app import create_app
@@ -45,6 +46,9 @@ async def test_search_sort_and_open_a_hit_on_its_token(demo_engine, sweep):
         await wait_until(pilot, lambda: isinstance(app.screen, CorpusScreen), "the corpus screen")
         screen = app.screen
         assert [h.token_index for h in screen.hits] == [rows[1]["token_index"], rows[0]["token_index"]]  # by fve
+        table = screen.query_one(DataTable)  # the verdict column: core.caveats' verdict the sweep stored
+        assert [str(c.label) for c in table.columns.values()][3:5] == ["fve", "verdict"]
+        assert table.get_row_at(0)[4] == rows[1]["verdict"] == "mediocre"
         await pilot.press(*"capital", "enter")  # both match; Enter moves to the table
         await pilot.press("s")  # by specificity
         assert [h.token_index for h in screen.hits] == [rows[0]["token_index"], rows[1]["token_index"]]

@@ -82,3 +82,47 @@ def test_a_word_in_most_rows_is_still_sorted_by_its_column(tmp_path, monkeypatch
     ranked = index.search(out, "common")
     assert [h.token_index for h in ranked] == [0, 1, 2, 3, 4] and "corpus order" in ranked.note
     assert index.search(out, "words AND 3", sort="specificity")[0].token_index == 3  # few matches: sorted outright
+
+
+def test_the_verdict_travels_to_search_report_and_tools(tmp_path, capsys):
+    # A high score in the first tokens: label "good", but core.caveats' verdict "unreliable",
+    # as the TUI's pane shows it; every listing shows the verdict, not the plain label.
+    from nla_tui.server.mcp_tools import hit_json
+    from tests._support_cli import cli_main
+
+    flagged = row(conversation_id="a", token_index=2, token_text=" the", explanation="An early capital token",
+                  fve_nrm=0.95, label="good", verdict="unreliable", caveats=["early"])
+    plain = row(conversation_id="a", token_index=30, token_text=" Paris", explanation="A later capital token",
+                fve_nrm=0.9, label="good", verdict="good")
+    out = write_sweep(tmp_path / "s", [[flagged, plain]])
+    hits = index.search(out, "capital", sort="corpus")
+    assert [(h.label, h.verdict, h.shown_verdict) for h in hits] == [("good", "unreliable", "unreliable"),
+                                                                      ("good", "good", "good")]
+    assert [hit_json(h)["verdict"] for h in hits] == ["unreliable", "good"]
+    code, printed, _ = cli_main(capsys, "search", str(out), "capital", "--sort", "corpus")
+    assert code == 0 and "verdict" in printed.splitlines()[0]
+    assert " unreliable " in printed.splitlines()[1] and " good " in printed.splitlines()[2]
+    page = to_report_html(out)
+    assert "<th>verdict</th>" in page and "<td>unreliable</td>" in page
+    assert "unreliable (a high score where core.caveats flags the position) <b>1</b>" in page
+
+
+def test_an_older_sweep_without_verdicts_shows_its_labels(tmp_path):
+    # Shards and an index written before rows had `verdict` / `caveats`: both still read;
+    # the index gains the columns and refills them from the shards (the label; no verdict).
+    import pyarrow.parquet as pq
+
+    from nla_tui.core.corpus.shards import shard_path
+
+    out = write_sweep(tmp_path / "s", ROWS)
+    db = index.connect(out)
+    for column in ("verdict", "label"):
+        db.execute(f"ALTER TABLE rows DROP COLUMN {column}")
+    db.close()
+    for k in range(len(ROWS)):
+        path = shard_path(out, k)
+        pq.write_table(pq.read_table(path).drop_columns(["verdict", "caveats"]), path)
+    assert index.sync(out) == 2  # the index re-reads every shard to fill the columns it gained
+    hits = index.search(out, "capital OR decei*", sort="corpus")
+    assert [(h.verdict, h.shown_verdict) for h in hits] == [(None, "mediocre")] * 3
+    assert "<td>mediocre</td>" in to_report_html(out)

@@ -19,18 +19,24 @@ from .shards import INDEX, finished_shards, iter_shard_rows, shard_number
 COLUMNS = ("conversation_id", "conversation", "message_index", "token_index", "role", "token_text",
            "context_before", "context_after", "explanation", "fve_nrm", "cos", "specificity", "surprise",
            "prior_fve", "activation_norm", "mse_nrm", "truncated", "others", "temperature", "max_new_tokens",
-           "seed")
+           "seed", "label", "verdict")
 _INDEXES = {"r.fve_nrm": "rows_fve", "r.specificity": "rows_specificity", "r.surprise": "rows_surprise",
             "r.activation_norm": "rows_norm"}
 REALS = {"fve_nrm", "cos", "specificity", "surprise", "prior_fve", "activation_norm", "mse_nrm", "temperature"}
 INTEGERS = {"conversation", "message_index", "token_index", "truncated", "others", "max_new_tokens", "seed"}
+
+
+def _sql_type(column: str) -> str:
+    return "REAL" if column in REALS else "INTEGER" if column in INTEGERS else "TEXT"
+
+
 SMALL = 5000  # matches sorted outright; beyond, see search()
 SORTS = {"rank": "rank", "corpus": "fts.rowid", "fve": "r.fve_nrm DESC", "-fve": "r.fve_nrm ASC", "specificity": "r.specificity DESC",
          "surprise": "r.surprise DESC", "norm": "r.activation_norm DESC"}  # rank: FTS5's bm25 (best first)
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS rows (id INTEGER PRIMARY KEY, shard INTEGER NOT NULL,
-  {", ".join(c + (" REAL" if c in REALS else " INTEGER" if c in INTEGERS else " TEXT") for c in COLUMNS)});
+  {", ".join(c + " " + _sql_type(c) for c in COLUMNS)});
 CREATE INDEX IF NOT EXISTS rows_shard ON rows(shard);
 CREATE INDEX IF NOT EXISTS rows_fve ON rows(fve_nrm);
 CREATE INDEX IF NOT EXISTS rows_specificity ON rows(specificity);
@@ -65,6 +71,13 @@ class Hit:
     temperature: float
     max_new_tokens: int
     seed: int
+    label: str | None  # the score's plain label
+    verdict: str | None  # core.caveats' verdict, as the TUI's pane shows it (None: a sweep older than it)
+
+    @property
+    def shown_verdict(self) -> str:
+        """What a listing prints: the verdict, else (an older sweep) the plain label."""
+        return self.verdict or self.label or ""
 
     @property
     def controls(self) -> dict[str, float]:
@@ -80,6 +93,14 @@ def connect(out: Path) -> sqlite3.Connection:
     db = sqlite3.connect(str(Path(out) / INDEX))
     db.execute("PRAGMA journal_mode=WAL")
     db.executescript(_SCHEMA)
+    # An index an older nla-tui wrote lacks the newer columns: add them (their rows read None).
+    have = {r[1] for r in db.execute("PRAGMA table_info(rows)")}
+    added = [c for c in COLUMNS if c not in have]
+    for c in added:
+        db.execute(f"ALTER TABLE rows ADD COLUMN {c} {_sql_type(c)}")
+    if added:  # refill them from the shards on the next sync (what those shards hold of them)
+        with db:
+            db.execute("DELETE FROM shards")
     return db
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any, Sequence
 
+from ..caveats import UNRELIABLE
 from ..store.export import _CSS, _h, fidelity_colour
 from .shards import read_manifest, read_rows
 
@@ -28,7 +29,13 @@ table.rows td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:n
 TOP = 12
 MAX_CONVERSATIONS = 1000  # rows of the per-conversation table (the least faithful first beyond that)
 REPORT_COLUMNS = ["conversation_id", "conversation", "token_index", "token_text", "role", "context_before",
-                  "context_after", "explanation", "closed", "fve_nrm", "specificity", "prior_fve", "surprise"]
+                  "context_after", "explanation", "closed", "fve_nrm", "label", "verdict", "specificity", "prior_fve",
+                  "surprise"]
+
+
+def _verdict(r: dict[str, Any]) -> str:
+    """core.caveats' verdict as the sweep stored it (an older sweep's rows: the plain label)."""
+    return r.get("verdict") or r.get("label") or ""
 
 
 def _f(v: float | None, nd: int = 2) -> str:
@@ -85,9 +92,9 @@ def _row_table(rows: list[dict[str, Any]]) -> str:
         body.append(f'<tr><td>{_h(r["conversation_id"])}</td><td class="n">{r["token_index"]}</td>'
                     f'<td>{_h(r["role"])}</td><td class="ctx">{ctx}</td><td>{_h(r["explanation"])}</td>'
                     f'<td class="n" style="background:{colour}">{_f(r["fve_nrm"])}</td>'
-                    f'<td class="n">{_f(r["specificity"])}</td></tr>')
+                    f'<td>{_h(_verdict(r))}</td><td class="n">{_f(r["specificity"])}</td></tr>')
     return ('<table class="rows"><tr><th>conversation</th><th>token</th><th>role</th><th>context</th>'
-            '<th>explanation</th><th>fve</th><th>specificity</th></tr>' + "".join(body) + "</table>")
+            '<th>explanation</th><th>fve</th><th>verdict</th><th>specificity</th></tr>' + "".join(body) + "</table>")
 
 
 def _table_conversations(convs: dict[str, list[dict]]) -> list[tuple[str, list[dict]]]:
@@ -136,7 +143,9 @@ def to_report_html(out: Path) -> str:
     stats += (f'<span>mean fve_nrm <b>{_f(_mean([r["fve_nrm"] for r in rows]))}</b></span>'
               f'<span>mean specificity <b>{_f(_mean([r["specificity"] for r in rows]))}</b></span>'
               f'<span>mean prior fve <b>{_f(_mean([r["prior_fve"] for r in rows]))}</b></span>'
-              f'<span>closed <b>{sum(r["closed"] for r in rows) / max(1, len(rows)):.0%}</b></span>')
+              f'<span>closed <b>{sum(r["closed"] for r in rows) / max(1, len(rows)):.0%}</b></span>'
+              f'<span>unreliable (a high score where core.caveats flags the position) '
+              f'<b>{sum(_verdict(r) == UNRELIABLE for r in rows):,}</b></span>')
     models = (f'subject {info.get("subject", "?")}, layer {info.get("layer", "?")}; AV {info.get("av", "?")}; '
               f'AR {info.get("ar", "?")}; {info.get("quant", "?")} on {info.get("device", "?")}')
     note = f'<div class="meta pair">About the pair: {_h(info["pair_note"])}.</div>' if info.get("pair_note") else ""

@@ -27,6 +27,9 @@ SHARD_DIR = "shards"
 INDEX = "index.sqlite"
 SHARD_NAME = re.compile(r"part-(\d{5})\.(parquet|safetensors)$")
 FORMAT = "nla-tui-sweep/1"
+# The row schema's version, part of a sweep's identity: rows of another schema must not
+# mix into one output (2: + verdict, caveats).
+ROW_SCHEMA = 2
 
 # (name, pyarrow type name): the Parquet schema, in column order. docs/CORPUS.md explains each.
 ROW_FIELDS: list[tuple[str, str]] = [
@@ -36,6 +39,7 @@ ROW_FIELDS: list[tuple[str, str]] = [
     ("surprise", "float64"), ("activation_norm", "float64"),
     ("explanation", "string"), ("closed", "bool"), ("truncated", "bool"), ("warnings", "list<string>"),
     ("cos", "float64"), ("mse_nrm", "float64"), ("fve_nrm", "float64"), ("label", "string"),
+    ("verdict", "string"), ("caveats", "list<string>"),
     ("specificity", "float64"), ("fve_others_mean", "float64"), ("others", "int64"),
     ("prior_fve", "float64"), ("prior_cos", "float64"),
     ("subject", "string"), ("av", "string"), ("ar", "string"), ("precision", "string"), ("layer", "int64"),
@@ -108,10 +112,17 @@ def shard_number(path: Path) -> int:
 
 def iter_shard_rows(out: Path, columns: list[str] | None = None, only: set[int] | None = None
                     ) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    """Rows of each finished shard; a column an older sweep did not write reads as None."""
     _, pq = pyarrow()
     for p in finished_shards(out):
         if only is None or shard_number(p) in only:
-            yield shard_number(p), pq.read_table(p, columns=columns).to_pylist()
+            if columns is None:
+                yield shard_number(p), pq.read_table(p).to_pylist()
+                continue
+            present = set(pq.read_schema(p).names)
+            rows = pq.read_table(p, columns=[c for c in columns if c in present]).to_pylist()
+            missing = [c for c in columns if c not in present]
+            yield shard_number(p), [dict(r, **dict.fromkeys(missing)) for r in rows] if missing else rows
 
 
 # ------------------------------------------------------------------ manifest

@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..caveats import median_norm, position_caveats, verdict
 from ..errors import InputError
 from ..fallbacks import with_near_duplicates
 from ..types import Explanation, Sampling, TokenInfo
@@ -42,7 +43,7 @@ class SweepOptions:
         """The options a resumed run must share with the output it adds to."""
         return {"selection": self.selection.to_json(), "sampling": self.sampling.to_json(),
                 "av_prompt": self.av_prompt, "controls": {"others": self.others, "prior_text": self.prior_text},
-                "save_activations": self.save_activations}
+                "save_activations": self.save_activations, "row_schema": shards.ROW_SCHEMA}
 
 
 @dataclass
@@ -192,6 +193,7 @@ def explain_shard(engine, plan: Plan, k: int, target: int, opts: SweepOptions, p
     recons = engine.ar.reconstruct([e.text for e in exps]) if opts.others else None
     info, ar = engine.info, engine.ar
     rows = []
+    medians: dict[int, float] = {}  # per conversation, for the outlier caveat
     for j, ((c, pc, toks, i, s, _), e) in enumerate(zip(picked, exps)):
         own = e.score.fidelity if e.score else None
         spec, mean_others = (controls.specificity(recons[j], own, others[j], ar.meta.mse_scale, ar.variance)
@@ -200,6 +202,9 @@ def explain_shard(engine, plan: Plan, k: int, target: int, opts: SweepOptions, p
                                 if prior_recon is not None else (None, None))
         t = toks[i]
         msgs = pc.conversation.messages
+        # The verdict the TUI's pane and `nla-tui run` give this position (core/caveats.py):
+        # never "good" at a special token, in the first tokens or at an outlier norm.
+        caveats = position_caveats(toks, i, medians.setdefault(c, median_norm(toks)))
         rows.append({
             "conversation_id": pc.conversation.id, "conversation": c, "message_index": t.turn,
             "turn": max(0, sum(m.role == "user" for m in msgs[:t.turn + 1]) - 1),
@@ -210,6 +215,7 @@ def explain_shard(engine, plan: Plan, k: int, target: int, opts: SweepOptions, p
             "explanation": e.text, "closed": not e.truncated, "truncated": e.truncated, "warnings": e.warnings,
             "cos": e.score.cos if e.score else None, "mse_nrm": e.score.mse_nrm if e.score else None,
             "fve_nrm": e.score.fve_nrm if e.score else None, "label": e.score.label if e.score else "",
+            "verdict": verdict(e.score, caveats) if e.score else "", "caveats": [cv.kind for cv in caveats],
             "specificity": spec, "fve_others_mean": mean_others, "others": len(others[j]),
             "prior_fve": prior_fve, "prior_cos": prior_cos,
             "subject": info.subject, "av": info.av, "ar": info.ar, "precision": info.quant, "layer": info.layer,

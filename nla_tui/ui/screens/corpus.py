@@ -60,7 +60,7 @@ class CorpusScreen(ModalScreen["index.Hit | None"]):
             yield Static(HINT, id="corpus-hint")
 
     def on_mount(self) -> None:
-        self.query_one(DataTable).add_columns("conversation", "token", "role", "fve", "spec", "surprise",
+        self.query_one(DataTable).add_columns("conversation", "token", "role", "fve", "verdict", "spec", "surprise",
                                               "context", "explanation")
         self.reload()
 
@@ -76,7 +76,7 @@ class CorpusScreen(ModalScreen["index.Hit | None"]):
         for h in self.hits:
             ctx = f"{h.context_before[-18:]}[{h.token_text}]{h.context_after[:10]}"
             table.add_row(visible(h.conversation_id[-24:], keep_layout=False), str(h.token_index), h.role,
-                          _num(h.fve_nrm), _num(h.specificity), _num(h.surprise),
+                          _num(h.fve_nrm), h.shown_verdict, _num(h.specificity), _num(h.surprise),
                           visible(ctx, keep_layout=False), visible(h.explanation[:90], keep_layout=False))
         browse = not self.search_text.strip()
         shown = "every row" if browse else repr(self.search_text)
