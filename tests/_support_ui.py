@@ -18,6 +18,9 @@ RECORDED = DATA / "recorded_session"
 # A real tool-using agent transcript (tests/data/agent_transcript.json) captured and
 # explained once by the demo engine: system prompt, tool call, tool result.
 AGENT = DATA / "agent_session"
+# The same transcript with its tool result edited (branch 1, "sunny forecast"), recorded
+# from the demo engine (tests/_support_session.record_branch_session).
+BRANCHES = DATA / "branch_session"
 # The prompt the recorded session was made with (tests type it into the chat box).
 RECORDED_PROMPT = "The Eiffel Tower is in"
 

@@ -9,6 +9,7 @@ Events, in the order the worker sends them:
   explanations, the whole tree, the diff against its parent). A UI replaces the explanations
   it shows with BranchShown.branch.explanations: positions after an edit keep their token
   ids but not their activations, so a kept explanation would belong to the other branch.
+- AdoptBranches: like SwitchBranch (the saved branches join the tree, then one is shown).
 - ListBranches: BranchList.
 - ExplainOnBranch: on the shown branch, exactly what Explain sends (ExplainStarted,
   ExplainDelta, ExplainDone); on another branch one BranchExplainDone (nothing streams).
@@ -93,6 +94,26 @@ class ExplainOnBranch(Job):
     @property
     def priority(self) -> int:
         return PRIORITY_EXPLAIN
+
+
+@dataclass
+class AdoptBranches(Job):
+    """A saved session's branches (Session.branches) join the tree over the conversation the
+    worker holds (its root, from SetConversation); then branch `current` is shown.
+    `root_tokens`: the root's token ids when saved (refused if the held conversation differs);
+    `root_explanations`: the root's saved explanations, kept in the root so switching back
+    to it shows them."""
+
+    kind: ClassVar[JobKind] = JobKind.ADOPT_BRANCHES
+
+    branches: list[Branch]
+    current: int
+    root_tokens: list[int]
+    root_explanations: list[Explanation] = field(default_factory=list)
+
+    @property
+    def priority(self) -> int:
+        return PRIORITY_CHAT
 
 
 @dataclass

@@ -36,6 +36,7 @@ class JobKind(Enum):
     SWITCH_BRANCH = "SwitchBranch"
     LIST_BRANCHES = "ListBranches"
     EXPLAIN_ON_BRANCH = "ExplainOnBranch"
+    ADOPT_BRANCHES = "AdoptBranches"
 
     @property
     def words(self) -> str:
@@ -59,7 +60,8 @@ _JOB_WORDS = {JobKind.LOAD: "Loading the models", JobKind.CHAT: "Chat",
               JobKind.SET_CONVERSATION: "Opening the conversation", JobKind.EXPLAIN: "Explain",
               JobKind.EXPLAIN_ALL: "Explain all", JobKind.STEER: "Steer", JobKind.COMPARE: "Compare",
               JobKind.EDIT_MESSAGE: "Editing the message", JobKind.SWITCH_BRANCH: "Switching branch",
-              JobKind.LIST_BRANCHES: "Listing branches", JobKind.EXPLAIN_ON_BRANCH: "Explain on a branch"}
+              JobKind.LIST_BRANCHES: "Listing branches", JobKind.EXPLAIN_ON_BRANCH: "Explain on a branch",
+              JobKind.ADOPT_BRANCHES: "Opening the saved branches"}
 
 
 @dataclass

@@ -28,6 +28,7 @@ from textual.widgets import Footer, Input
 from ..core import events as ev
 from ..core.types import Sampling
 from ..terminal_text import visible
+from .branch_actions import Branching
 from .commands import palette_commands
 from .find_actions import Finder
 from .host import EngineWorkerFactory, WorkerFactory, WorkerLike
@@ -78,6 +79,7 @@ class NlaApp(App[None]):
         self.inputs = Inputs(self)
         self.sessions = Sessions(self)
         self.notes = Notes(self, self.sessions.keeper, self.sessions.autosave)
+        self.branching = Branching(self)
 
     # ------------------------------------------------------------ layout
 
@@ -120,7 +122,7 @@ class NlaApp(App[None]):
     def find_changed(self) -> None:
         """Shown tokens, matches or the role filter changed: legend and overview follow."""
         strip = self.strip
-        self.query_one(Legend).update(legend_text(strip.show_special, self.finder.status()))
+        self.query_one(Legend).update(legend_text(strip.show_special, self.finder.status(), bool(self.state.changed)))
         self.minimap.update_map(strip.shown_indices, strip.hits)
         self.minimap.set_cursor(strip.cursor)
 
@@ -212,6 +214,7 @@ class NlaApp(App[None]):
         if change.models:
             self.inputs.open_example()
         self.update_status()
+        self.branching.changed(change)
         self.steering.changed(change)
         self.sessions.changed(change)
         if change.captured and self.inputs.example_capturing:
@@ -297,10 +300,11 @@ class NlaApp(App[None]):
         sampling = self.sampling(False)
         if any(e.sampling == sampling and e.prompt == self.av_prompt for e in self.state.explanations.get(index, [])):
             # Already on screen with these settings: the UI's copy is the one in-memory cache.
-            self.notify("Already explained with these settings: r draws a new sample, n four ranked ones.",
+            self.notify("Already explained with these settings: r draws a new sample, R four ranked ones.",
                         timeout=3, markup=False)
-            return
-        self.submit(ev.Explain(index, sampling, self.av_prompt))
+        else:
+            self.submit(ev.Explain(index, sampling, self.av_prompt))
+        self.branching.explain_parent_side(index)  # P shown: the parent's side too
 
     def action_resample(self) -> None:
         index = self.cursor_index()
@@ -396,6 +400,15 @@ class NlaApp(App[None]):
 
     def action_notes(self) -> None:
         self.notes.panel()
+
+    def action_edit_message(self) -> None:
+        self.branching.edit_dialog()
+
+    def action_branches(self) -> None:
+        self.branching.list_screen()
+
+    def action_compare_parent(self) -> None:
+        self.branching.toggle_parent()
 
     def action_save_session(self) -> None:
         self.sessions.save_dialog()

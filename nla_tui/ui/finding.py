@@ -62,8 +62,8 @@ def search(state: UiState, pattern: re.Pattern[str], indices: Sequence[int]) -> 
         if best is not None and pattern.search(best.text):
             spans.add((i, i))
     shown = set(indices)
-    for n in state.notes:  # a note's text marks the tokens it is on
-        if n.branch is None and pattern.search(n.text) and (n.start in shown or n.end in shown):
+    for n in state.notes:  # a note's text marks the tokens it is on (the shown branch's notes)
+        if n.branch == state.note_branch and pattern.search(n.text) and (n.start in shown or n.end in shown):
             spans.add((n.start, n.end))
     return sorted(spans)
 

@@ -22,6 +22,7 @@ FIND = "Finding tokens"
 EXPLAIN = "Explanations"
 STEER = "Steer / compare"
 NOTES = "Notes"
+BRANCHES = "Branches"
 CHAT = "Chat"
 SESSIONS = "Sessions"
 APP = "App"
@@ -124,6 +125,16 @@ KEYMAP: list[Key | Unbound] = [
        NOTES, palette="Add a note"),
     _k("N", "notes", "notes", "the notes panel: every note, Enter jumps to its tokens, d deletes", NOTES,
        palette="Notes panel"),
+
+    # E: edit (ctrl+e is explain-limited); B and P were free (b is next word, p the AV prompt).
+    _k("E", "edit_message", "edit",
+       "edit the message under the cursor (a turn, the system prompt, a tool result): it re-runs as a new branch",
+       BRANCHES, palette="Edit message (new branch)"),
+    _k("B", "branches", "branches", "the branch list: label, parent, the message changed; Enter shows a branch",
+       BRANCHES, palette="Branch list"),
+    _k("P", "compare_parent", "vs parent",
+       "on a branch: the parent's token, fve and explanation beside this one's (e then explains both)", BRANCHES,
+       palette="Compare with the parent branch"),
 
     _k("i", "focus_input", "chat", "focus the message box", CHAT, display="i / Tab"),
     Unbound("Enter", "send the message (the reply streams in)", CHAT),

@@ -34,7 +34,7 @@ class Notes:
                 return
             end, text = result
             try:
-                note = new_note(len(tokens), index, text, end)
+                note = new_note(len(tokens), index, text, end, host.state.note_branch)
             except NlaError as e:  # the dialog checked the same; the conversation may have changed since
                 host.notify(str(e), title="Note not kept", severity="error", timeout=8)
                 return
@@ -45,7 +45,7 @@ class Notes:
 
     def panel(self) -> None:
         host = self.host
-        mine = [n for n in host.state.notes if n.branch is None]
+        mine = [n for n in host.state.notes if n.branch == host.state.note_branch]
         if not mine:
             host.notify("No notes yet: n on a token writes one.", timeout=3)
             return

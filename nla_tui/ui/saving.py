@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..core.branch_tree import ROOT, BranchTree
 from ..core.store.autosave import Autosaver
 from ..core.store.session import SESSION_FILE, Session, now_iso
 from .state import Change, UiState
@@ -72,7 +73,7 @@ class SessionKeeper:
             st = self.state
             self.messages, self.tokens, self.activations = list(st.messages), list(st.tokens), st.activations
             self._changes += 1
-        if change.explained or change.steered is not None:
+        if change.explained or change.steered is not None or change.branch or change.branch_explained:
             self._changes += 1
         # Save once per finished job, not per ExplainDone of an explain-all batch.
         return change.ended is not None and change.ended.changes_conversation and self.dirty
@@ -93,10 +94,15 @@ class SessionKeeper:
         self.saver.saved_change = self._changes
 
     def snapshot(self) -> Session | None:
-        """The session as the UI shows it now (UI thread only); None with nothing to save."""
+        """The session as the UI shows it now (UI thread only); None with nothing to save.
+        With branches, the root is the session's own conversation and every other branch
+        is kept beside it (Session.set_branches), whichever branch is shown."""
         st, tokens = self.state, self.tokens
         if st.info is None or not tokens:
             return None
+        tree = st.tree_to_save()
+        if tree is not None:
+            return self._snapshot_tree(tree)
         acts = self.activations
         if acts is not None and getattr(acts, "shape", (0,))[0] != len(tokens):
             acts = None  # never pair tokens with another conversation's activations
@@ -108,6 +114,20 @@ class SessionKeeper:
                        steered=[b for b in st.steered if b.index < len(tokens)],
                        notes=[n for n in st.notes if n.branch is not None or n.end < len(tokens)],
                        created=self.created)
+
+    def _snapshot_tree(self, tree: BranchTree) -> Session:
+        st, root = self.state, tree.root
+        acts = root.activations
+        if acts is not None and getattr(acts, "shape", (0,))[0] != len(root.tokens):
+            acts = None
+        sizes = {b.id: len(b.tokens) for b in tree.branches.values()}
+        session = Session(name=self.name, info=st.info, messages=list(root.messages), tokens=list(root.tokens),
+                          explanations=root.explanation_list(), activations=acts,
+                          steered=[b for b in st.steered if b.index < sizes.get(b.branch or ROOT, 0)],
+                          notes=[n for n in st.notes if n.branch is not None or n.end < len(root.tokens)],
+                          created=self.created)
+        session.set_branches(tree)
+        return session
 
     # ------------------------------------------------------------ saving
 

@@ -18,6 +18,8 @@ from typing import Iterable
 from textual.app import SystemCommand
 
 from ..core import events as ev
+from ..core.branch_jobs import AdoptBranches
+from ..core.branch_tree import ROOT
 from ..core.errors import NlaError
 from ..core.options import from_model_info
 from ..core.store.autosave import SIGNALS
@@ -217,9 +219,17 @@ class Sessions:
             # The engine must hold the same conversation for e / a to explain it.
             self.host.submit(ev.SetConversation(list(session.messages)))
             self._restore = ([t.token_id for t in session.tokens], list(session.explanations))
+            self._adopt_branches(session)
         self.keeper.adopt(session, Path(path))
         self.host.notify(f"Opened {session.name}", timeout=3)
         self._notify_load_warnings(session)
+
+    def _adopt_branches(self, session: Session) -> None:
+        """The engine gets the session's branches over the conversation it now holds, and
+        shows the one shown when the session was saved (none to give: nothing sent)."""
+        if session.branches:
+            self.host.submit(AdoptBranches(list(session.branches), session.current_branch,
+                                           [t.token_id for t in session.tokens], list(session.explanations)))
 
     def _notify_load_warnings(self, session: Session) -> None:
         """What loading noticed but did not refuse (e.g. activations without a checksum)."""
@@ -252,10 +262,19 @@ class Sessions:
         # The session's models, layer and fve variance; this run's device/placement/cache flags.
         self.host.worker = self.host.engine_worker(from_model_info(info, self.host.options.engine), self.host.emit)
         self.host.worker.start()
+        st, tree = self.host.state, self.host.state.branches
+        if tree is not None and tree.current != ROOT:
+            # The engine starts on the root (AdoptBranches then shows the saved branch): the
+            # UI follows, so a save in between pairs the root with the root's explanations.
+            tree.shown.explanations = {i: list(v) for i, v in st.explanations.items()}
+            tree.current = ROOT
+            st.explanations = {i: list(v) for i, v in tree.root.explanations.items()}
+            st.diff, st.changed = None, frozenset()
         self.host.submit(ev.SetConversation(list(session.messages)))
         # Re-applied when the engine's capture of these same tokens arrives (an engine
         # may first report another conversation, which would drop them from the UI).
         self._restore = ([t.token_id for t in session.tokens], list(session.explanations))
+        self._adopt_branches(session)
         self.keeper.read_only = False
         self.host.notify(f"Loading {info.preset or info.subject} (subject, AV, AR)…", timeout=5)
 

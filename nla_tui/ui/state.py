@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..core import events as ev
+from ..core.branch_jobs import BranchExplainDone, BranchList, BranchShown
+from ..core.branch_tree import ROOT, Branch, BranchDiff, BranchTree
 from ..core.notes import Note
 from ..core.fallbacks import is_near_duplicate_warning, near_duplicate_warning, near_duplicates
 from ..core.steer_jobs import CompareDone, SteerDone, SteerProgress
@@ -41,6 +43,10 @@ class Change:
     steered: SteerResult | None = None  # a steered continuation arrived (worth saving)
     comparison: Comparison | None = None  # a comparison of two tokens arrived (shown, not saved)
     steer_progress: SteerProgress | None = None  # how far a steer / compare has got
+    branch: bool = False  # another branch is shown (an edit made it, or a switch)
+    branch_created: bool = False  # ...and an edit made it just now
+    branches: bool = False  # the branch tree arrived (the list to switch between)
+    branch_explained: tuple[int, int] | None = None  # (branch, index) of a branch not shown, explained
 
 
 @dataclass
@@ -72,6 +78,13 @@ class UiState:
     steered: list[SteerResult] = field(default_factory=list)  # steered continuations
     notes: list[Note] = field(default_factory=list)  # the researcher's notes on tokens (core/notes.py)
     gpu_memory: list[CardMemory] = field(default_factory=list)  # per card, from the worker
+    # The conversation's branch tree (core/branch_tree.py), as the worker last sent it; None
+    # until a branch exists (or a saved session brings one). Its shown branch's explanations
+    # are `explanations` above (the UI's copy is the current one); the others' are the tree's.
+    branches: BranchTree | None = None
+    diff: BranchDiff | None = None  # the shown branch against its parent (None: the root)
+    changed: frozenset[int] = frozenset()  # the shown branch's tokens an edit changed (diff marks)
+    compare_parent: bool = False  # P: the pane sets the parent's side of each token beside this one
     # A session opened without models (nla-tui open): only what was recorded can be shown,
     # so keys that need the models are refused up front and the pane offers L instead of e.
     read_only: bool = False
@@ -104,6 +117,7 @@ class UiState:
             self.set_tokens(event.tokens)
             self.activations = event.activations
             self.reply = None
+            self._follow_branch(event)
             c.tokens = c.captured = True
         elif isinstance(event, ev.ExplainStarted):
             self.explaining = event.index
@@ -149,9 +163,39 @@ class UiState:
             c.comparison = event.comparison
         elif isinstance(event, SteerProgress):
             c.steer_progress = event
+        elif isinstance(event, BranchShown):
+            self.branches, self.diff = event.tree, event.diff
+            self.changed = frozenset(event.diff.changed) if event.diff is not None else frozenset()
+            # The branch's own explanations, not the ones held: after an edit the later
+            # tokens keep their ids but not their activations (core/branch_jobs.py).
+            self.explanations = {i: list(v) for i, v in event.branch.explanations.items()}
+            self.partial.clear()
+            self.explaining = None
+            c.branch, c.branch_created, c.branches = True, event.created, True
+        elif isinstance(event, BranchList):
+            self.branches = event.tree
+            c.branches = True
+        elif isinstance(event, BranchExplainDone):
+            if self.branches is not None and event.branch in self.branches.branches:
+                self.branches.branches[event.branch].explanations[event.index] = list(event.explanations)
+                c.branch_explained = (event.branch, event.index)
         elif isinstance(event, ev.QueueDepth):
             self.queue_depth = event.depth
         return c
+
+    def _follow_branch(self, event: ev.ConversationUpdated) -> None:
+        """A captured conversation: a chat turn grows the shown branch (as the engine's does);
+        any other conversation is not in the tree, which a BranchShown that follows (an edit,
+        a switch) brings back, and a new conversation leaves empty."""
+        tree = self.branches
+        if tree is None:
+            return
+        shown = tree.shown
+        messages = list(event.messages)
+        if shown.messages == messages[:len(shown.messages)]:
+            shown.messages, shown.tokens, shown.activations = messages, list(event.tokens), event.activations
+        else:
+            self.branches, self.diff, self.changed = None, None, frozenset()
 
     def show_session(self, session) -> None:
         """Show a saved session (ctrl+o with live models): its conversation, capture and
@@ -161,6 +205,11 @@ class UiState:
         self.activations = session.activations
         self.reply = None
         self.explanations, self.partial = group_by_index(session.explanations), {}
+        # Its branches (shown from the root, as the engine holds it until AdoptBranches).
+        tree = session.branch_tree() if session.branches else None
+        if tree is not None:
+            tree.current = ROOT
+        self.branches, self.diff, self.changed = tree, None, frozenset()
 
     def set_tokens(self, tokens: list[TokenInfo]) -> None:
         # A changed prefix invalidates explanations: keep only those whose token
@@ -187,13 +236,48 @@ class UiState:
         """What the loaded pair is (nla-tui's trained demo pair), or "" (hub pairs)."""
         return (self.info.pair_note if self.info else "") or ""
 
+    # ------------------------------------------------------------ branches
+
+    @property
+    def current_branch(self) -> int:
+        """The id of the branch shown (0, the root, without a tree)."""
+        return self.branches.current if self.branches is not None else ROOT
+
+    @property
+    def shown_branch(self) -> Branch | None:
+        return self.branches.shown if self.branches is not None else None
+
+    @property
+    def note_branch(self) -> int | None:
+        """What a note on the shown tokens records as its branch (None: the root)."""
+        return None if self.current_branch == ROOT else self.current_branch
+
+    def tree_to_save(self) -> BranchTree | None:
+        """The tree with the shown branch as the UI holds it now (its newest explanations);
+        None while there is no branch besides the root."""
+        tree = self.branches
+        if tree is None or len(tree.branches) < 2:
+            return None
+        out = tree.snapshot()
+        out.shown.explanations = {i: list(v) for i, v in self.explanations.items()}
+        return out
+
+    def parent_side(self, index: int) -> tuple[Branch, int | None] | None:
+        """The parent branch of the shown one and token `index`'s counterpart there (None:
+        an edited token with none); None on the root. A dict lookup: cheap per key."""
+        tree, diff = self.branches, self.diff
+        if tree is None or diff is None or diff.parent not in tree.branches or diff.child != tree.current:
+            return None
+        return tree.branches[diff.parent], diff.aligned.get(index)
+
     def notes_at(self, index: int) -> list[Note]:
-        """The notes on this conversation covering token `index`."""
-        return [n for n in self.notes if n.branch is None and n.covers(index)]
+        """The notes on the shown branch covering token `index`."""
+        mine = self.note_branch
+        return [n for n in self.notes if n.branch == mine and n.covers(index)]
 
     def noted_indices(self) -> set[int]:
-        n_tokens = len(self.tokens)
-        return {i for n in self.notes if n.branch is None for i in range(n.start, min(n.end, n_tokens - 1) + 1)}
+        n_tokens, mine = len(self.tokens), self.note_branch
+        return {i for n in self.notes if n.branch == mine for i in range(n.start, min(n.end, n_tokens - 1) + 1)}
 
     def best(self, index: int) -> Explanation | None:
         found = self.explanations.get(index)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from .. import events as ev
 from ..errors import InputError
-from ..branch_jobs import (BranchExplainDone, BranchList, BranchShown, EditMessage, ExplainOnBranch, ListBranches,
-                           SwitchBranch)
+from ..branch_jobs import (AdoptBranches, BranchExplainDone, BranchList, BranchShown, EditMessage, ExplainOnBranch,
+                           ListBranches, SwitchBranch)
+from ..types import group_by_index
 
 
 def shown_event(eng, created: bool) -> BranchShown:
@@ -30,6 +31,17 @@ class BranchJobs:
     def _do_SwitchBranch(self, job: SwitchBranch) -> None:
         eng = self._engine()
         eng.switch_branch(job.branch, self._capture_progress(), self.cancel)
+        self._shown(eng, created=False)
+
+    def _do_AdoptBranches(self, job: AdoptBranches) -> None:
+        eng = self._engine()
+        tree = eng.branch_tree()
+        if [t.token_id for t in tree.root.tokens] != list(job.root_tokens):
+            raise InputError("The saved branches belong to another conversation than the one held now "
+                             "(its tokens differ), so they were not added. Open the session again.")
+        have = tree.root.explanations
+        group_by_index([e for e in job.root_explanations if e not in have.get(e.index, [])], into=have)
+        eng.adopt_branches(job.branches, job.current, self.cancel)
         self._shown(eng, created=False)
 
     def _do_ListBranches(self, job: ListBranches) -> None:

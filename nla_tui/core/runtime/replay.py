@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 from .. import events as ev
-from ..branch_jobs import BranchExplainDone, BranchList, BranchShown, EditMessage, ExplainOnBranch, ListBranches, \
-    SwitchBranch
+from ..branch_jobs import AdoptBranches, BranchExplainDone, BranchList, BranchShown, EditMessage, ExplainOnBranch, \
+    ListBranches, SwitchBranch
 from ..steer_results import Comparison, compare_activations
 from ..errors import NlaError
 from ..steer_jobs import Compare, CompareDone, Steer, SteerDone
@@ -56,7 +56,7 @@ class ReplayWorker(JobThread):
                          Steer: self._steer, Compare: self._compare,
                          EditMessage: self._edit, SwitchBranch: self._switch_branch,
                          ListBranches: lambda job: self.emit(BranchList(self.tree.snapshot())),
-                         ExplainOnBranch: self._explain_on_branch}
+                         ExplainOnBranch: self._explain_on_branch, AdoptBranches: self._adopt}
         self.tree = self.session.branch_tree()
         self.tree.current = 0  # the replay starts on the conversation as captured
         self.submit(ev.LoadModels())  # like EngineWorker(autoload=True)
@@ -166,6 +166,10 @@ class ReplayWorker(JobThread):
         self.emit(ev.ConversationUpdated(list(branch.messages), list(branch.tokens), branch.activations))
         snap = self.tree.snapshot()
         self.emit(BranchShown(snap.shown, snap, snap.diff(branch.id), created=False))
+
+    def _adopt(self, job: AdoptBranches) -> None:
+        """The recorded tree is the replay's own: show the branch asked for."""
+        self._switch_branch(SwitchBranch(job.current))
 
     def _explain_on_branch(self, job: ExplainOnBranch) -> None:
         branch = self.tree.get(job.branch)

@@ -16,7 +16,7 @@ from typing import Callable
 from .. import events as ev
 from ..errors import NlaError
 from ..types import Explanation
-from ..branch_jobs import EditMessage, ExplainOnBranch, ListBranches, SwitchBranch
+from ..branch_jobs import AdoptBranches, EditMessage, ExplainOnBranch, ListBranches, SwitchBranch
 from ..steer_jobs import Compare, Steer
 from .branch_worker import BranchJobs
 from .progress import RowProgress
@@ -50,7 +50,8 @@ class EngineWorker(SteerJobs, BranchJobs, JobThread):
                          ev.SetConversation: self._set_conversation, ev.Explain: self._explain,
                          ev.ExplainAll: self._explain_all, Steer: self._do_Steer, Compare: self._do_Compare,
                          EditMessage: self._do_EditMessage, SwitchBranch: self._do_SwitchBranch,
-                         ListBranches: self._do_ListBranches, ExplainOnBranch: self._do_ExplainOnBranch}
+                         ListBranches: self._do_ListBranches, ExplainOnBranch: self._do_ExplainOnBranch,
+                         AdoptBranches: self._do_AdoptBranches}
         if autoload:
             self.submit(ev.LoadModels())
 

@@ -13,6 +13,7 @@ from textual.strip import Strip
 from ...core.types import Candidate, Explanation, Sampling
 from ...terminal_text import visible
 from ..state import UiState
+from .branch_view import branch_lines
 from .colors import fidelity_t, legend_swatch
 from .strip_layout import display_text
 from .textual_private import start_scrollbar, update_scroll
@@ -113,6 +114,7 @@ def render_token(state: UiState, index: int) -> Text:
     out.append(f" · norm {tok.norm:.1f}{ratio}\n", style="dim")
     for caveat in state.caveats(index):
         out.append(f"⚠ {caveat.text}\n", style="yellow")
+    out.append_text(branch_lines(state, index))  # on a branch: the diff against the parent (P: beside it)
     for note in state.notes_at(index):
         out.append(f"✎ {note.span_label()}: ", style="bold green")
         out.append(visible(note.text.strip()) + "\n", style="green")

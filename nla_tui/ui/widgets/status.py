@@ -50,6 +50,8 @@ def status_text(state: UiState, temperature: float, auto_explain: bool) -> Text:
             t.append(visible(f" · {info.pair_label}"), style="cyan")
     t.append(f" · queue {state.queue_depth}")
     t.append(f" · {len(state.tokens)} tok, {state.explained_count()} explained")
+    if state.branches is not None and len(state.branches.branches) > 1:
+        t.append(f" · branch {state.current_branch} of {len(state.branches.branches)}", style="bold #5fffff")
     t.append(f" · t={temperature:g}")
     if auto_explain:
         t.append(" · auto", style="green")
@@ -92,7 +94,7 @@ class ExplainAllBar(Horizontal):
         self.query_one("#all-eta", Label).update(f"{pct}% · {done:,}/{total:,}{unit}{eta} · Esc cancels")
 
 
-def legend_text(show_special: bool, finding: str = "") -> Text:
+def legend_text(show_special: bool, finding: str = "", changed: bool = False) -> Text:
     t = Text()
     if finding:  # first: the legend is cut at the pane's width, the search state must show
         t.append(f"{finding}  ", style="bold #d070d0")
@@ -102,6 +104,9 @@ def legend_text(show_special: bool, finding: str = "") -> Text:
     for v in (0.0, 0.33, 0.66, 1.0):
         t.append(" ", style=legend_swatch("norm", v))
     t.append(" norm low→high  ")
+    if changed:  # a branch is shown: its edited tokens are marked (token_strip._CHANGED)
+        t.append("edited", style="bold #5fffff")
+        t.append("  ")
     t.append("noisy", style="underline")
     t.append(f"  s:specials {'on' if show_special else 'off'}")
     return t

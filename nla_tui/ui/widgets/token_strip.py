@@ -26,6 +26,9 @@ from .strip_layout import GUTTER, Layout, Row, layout_pending, layout_tokens
 
 _GUTTER_BAR = Style(color="#555555")
 _UNDERLINE = Style(underline=True)  # a token under a note
+# A token the shown branch's edit changed (the diff against its parent): bold bright cyan
+# text, a colour no heat-map background uses, so the score's colour stays readable.
+_CHANGED = Style(color="#5fffff", bold=True)
 
 
 class TokenStrip(ScrollView, can_focus=True):
@@ -53,6 +56,7 @@ class TokenStrip(ScrollView, can_focus=True):
         self.on_cursor: Callable[[int], None] | None = None
         self.hits: set[int] = set()  # tokens inside a search match (finding.py)
         self.noted: set[int] = set()  # tokens under a note: underlined
+        self.changed: frozenset[int] = frozenset()  # tokens the shown branch's edit changed
         self.role_filter: str | None = None  # show only this role's tokens
 
     def on_key(self, event: events.Key) -> None:
@@ -130,6 +134,12 @@ class TokenStrip(ScrollView, can_focus=True):
             self.noted = noted
             self.refresh()
 
+    def set_changed(self, changed: frozenset[int]) -> None:
+        """Mark the tokens the shown branch's edit changed (repaints the visible rows only)."""
+        if changed != self.changed:
+            self.changed = changed
+            self.refresh()
+
     def row_of(self, index: int) -> int:
         row_of = self._layout.row_of
         return row_of[index] if 0 <= index < len(row_of) else -1
@@ -152,6 +162,8 @@ class TokenStrip(ScrollView, can_focus=True):
         else:
             kind, q = "norm", norm_q(tok.norm - self._norm_lo, self._norm_scale)
         style = token_style(kind, q, index % 2 == 1, index == self.cursor, noisy, special, index in self.hits)
+        if index in self.changed and index != self.cursor and index not in self.hits:
+            style += _CHANGED
         return style + _UNDERLINE if index in self.noted else style
 
     def render_line(self, y: int) -> Strip:
