@@ -238,6 +238,31 @@ async def _agent_search(pilot) -> None:
     await pilot.pause()
 
 
+BRANCH_TOKEN = 86  # the answer after the edited tool result: explained on branch 1 and on branch 0
+
+
+async def _branch(pilot) -> None:
+    """The recorded branch session on branch 1 (its tool result edited): B, the branch,
+    Enter; the edited tokens marked; the cursor on the answer with P (the parent beside it)."""
+    from textual.widgets import OptionList
+
+    from nla_tui.ui.screens.branches import BranchesScreen
+
+    app = pilot.app
+    await settle_replay(pilot, app)
+    app.strip.focus()
+    await wait_until(pilot, lambda: app.state.branches is not None, "the branch tree")
+    await pilot.press("B")
+    await wait_until(pilot, lambda: isinstance(app.screen, BranchesScreen), "the branch list")
+    app.screen.query_one(OptionList).highlighted = 1
+    await pilot.press("enter")
+    await wait_until(pilot, lambda: app.state.current_branch == 1 and app.state.queue_depth == 0
+                     and not app.screen.is_modal, "branch 1 shown")
+    app.strip.set_cursor(BRANCH_TOKEN)
+    await pilot.press("P")
+    await pilot.pause()
+
+
 # name -> (app kwargs, size, run_before)
 SCENARIOS = {
     "main_80x24": (dict(), (80, 24), _after_chat),
@@ -251,6 +276,7 @@ SCENARIOS = {
     "steer_result_120x36": (dict(preload=True), (120, 36), _steer_result),
     "compare_120x36": (dict(preload=True), (120, 36), _compare),
     "agent_search_120x36": (dict(preload=True, session=AGENT), (120, 36), _agent_search),
+    "branch_120x36": (dict(preload=True, session=BRANCHES), (120, 36), _branch),
 }
 
 
