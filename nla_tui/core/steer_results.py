@@ -56,6 +56,12 @@ class SteerResult:
         return str((self.source or {}).get("unit") or "the token's activation norm")
 
     @property
+    def unit_text(self) -> str:
+        """alpha's unit and, when recorded, its value: "median activation norm of the layer (= 12545.4)"."""
+        value = (self.source or {}).get("unit_norm")
+        return self.unit + ("" if value is None else f" (= {number_text(value)})")
+
+    @property
     def original_text(self) -> str:
         return "".join(self.original_tokens)
 
@@ -77,6 +83,11 @@ class SteerResult:
         kw["before"] = [Candidate(**c) for c in d.get("before", [])]
         kw["after"] = [Candidate(**c) for c in d.get("after", [])]
         return cls(**kw)
+
+
+def number_text(x: float) -> str:
+    """A norm for people: 12545.4, 3.2, 0.0123."""
+    return f"{x:.1f}" if abs(x) >= 1 else f"{x:.3g}"
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Steer (w) and compare (c): the jobs the keys submit and the screens their results open.
+"""Steer (w: with an edited explanation, a vector file, a − b or an SAE feature) and compare (c): the jobs the keys submit and the screens their results open.
 
 A controller of NlaApp (ui/host.py): the app binds the keys and hands every folded
 `Change` to `changed`; the results arrive as data in the Change (UiState.apply unpacked
@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from ..core import events as ev
 from ..core.steer_jobs import DEFAULT_ALPHA, Compare, Steer
+from ..core.steer_sources import TextReading, VectorSource
 from ..core.types import CONTINUATION_TOKENS
 from .host import AppHost
-from .screens.steer import CompareScreen, SteerDialog, SteeredScreen
+from .screens.steer import CompareScreen, SteerContext, SteerDialog, SteeredScreen
 from .state import Change
 
 
@@ -22,6 +23,7 @@ class Steering:
         # The dialog opens with the strength and span used last.
         self.alpha = DEFAULT_ALPHA
         self.span = "here"
+        self.last_source: VectorSource | None = None  # and the source (a file path, an SAE…)
 
     def steer(self) -> None:
         host = self.host
@@ -30,21 +32,29 @@ class Steering:
             return
         if host.needs_models("steering (it steers the subject model)"):
             return
-        best = host.state.best(index)
-        if best is None:
-            host.notify("Explain this token first (e): steering edits its explanation.", severity="warning")
-            return
-        token = host.state.tokens[index].text
+        st = host.state
+        best = st.best(index)
+        info = st.info
+        context = SteerContext(d_model=info.d_model if info else None, layer=info.layer if info else None,
+                               activations=st.activations, marked=self.compare_mark, last=self.last_source)
 
-        def done(result: tuple[str, float, str] | None) -> None:
+        def done(result: tuple[VectorSource, float, str] | None) -> None:
             if result is None:
                 return
-            edited, self.alpha, self.span = result
-            host.submit(Steer(index, edited, original=best.text, alpha=self.alpha, span=self.span,
-                              max_new_tokens=CONTINUATION_TOKENS, sampling=host.sampling(False)))
-            host.notify(f"Steering from token {index}: regenerating with and without the edit…", timeout=4)
+            source, self.alpha, self.span = result
+            self.last_source = source
+            if isinstance(source, TextReading):  # the job as before: the edit and its original
+                job = Steer(index, source.edited, original=source.original, alpha=self.alpha, span=self.span,
+                            max_new_tokens=CONTINUATION_TOKENS, sampling=host.sampling(False))
+            else:
+                job = Steer(index, alpha=self.alpha, span=self.span, max_new_tokens=CONTINUATION_TOKENS,
+                            sampling=host.sampling(False), source=source)
+            host.submit(job)
+            host.notify(f"Steering from token {index} with {source.describe()}: regenerating with and without "
+                        "it…", timeout=4, markup=False)
 
-        host.push_screen(SteerDialog(index, token, best.text, self.alpha, self.span), done)
+        host.push_screen(SteerDialog(index, st.tokens[index].text, best.text if best else None, self.alpha,
+                                     self.span, context), done)
 
     def compare(self) -> None:
         host = self.host

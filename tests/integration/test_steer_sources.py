@@ -202,3 +202,52 @@ def test_cli_steers_with_a_file_like_with_the_same_a_minus_b_and_keeps_the_sourc
     assert kept[0].vector_norm == pytest.approx(kept[1].vector_norm, rel=1e-5)
     md = to_markdown(load_session(d))
     assert "vector: file" in md and f"token {a} − token {b} · layer {session.info.layer}" in md
+
+
+def test_the_dialogs_file_source_steers_the_real_engine(demo_engine, tmp_path):
+    """w, 'vector file', a path: the dialog shows the file's norm, layer K and alpha's unit;
+    ctrl+s steers the real engine through the worker, and the result (its source named on
+    the screen) is the continuation steering with the same vector as a − b gives."""
+    from textual.widgets import Input, Label, RadioButton
+
+    from nla_tui.core.runtime.worker import EngineWorker
+    from nla_tui.core.steer_jobs import DEFAULT_ALPHA
+    from nla_tui.core.types import CONTINUATION_TOKENS
+    from nla_tui.ui.app import create_app
+    from nla_tui.ui.options import UiOptions
+    from nla_tui.ui.screens.steer import SteerDialog, SteeredScreen
+    from tests._support_ui import async_test, wait_until
+
+    guard = 900.0  # a hang guard on a loaded 2-core box, not a speed check
+    n = len(demo_engine.tokens)
+    i, a = n - 2, n - 4
+    np.save(tmp_path / "v.npy", demo_engine.activations[a] - demo_engine.activations[i])
+    want = steer_ops.steer(demo_engine, i, max_new_tokens=CONTINUATION_TOKENS, keep=False,
+                           source=TokenDifference(a, i))
+    app = create_app(lambda emit: EngineWorker(demo_engine, emit), UiOptions())
+
+    @async_test
+    async def body():
+        async with app.run_test(size=(120, 36)) as pilot:
+            await wait_until(pilot, lambda: len(app.state.tokens) == n and app.state.queue_depth == 0,
+                             "models ready", guard)
+            app.strip.set_cursor(i)
+            await pilot.press("w")
+            await wait_until(pilot, lambda: isinstance(app.screen, SteerDialog), "the dialog")
+            dialog = app.screen
+            dialog.query_one("#source-file", RadioButton).value = True
+            dialog.query_one("#steer-file", Input).value = str(tmp_path / "v.npy")
+            await pilot.pause()
+            shown = str(dialog.query_one("#steer-vector", Label).render())
+            norm = np.linalg.norm((demo_engine.activations[a] - demo_engine.activations[i]).astype(np.float64))
+            assert f"‖v‖ {norm:.1f}" in shown and f"layer {demo_engine.info.layer}" in shown
+            assert "α × median activation norm of the layer" in shown
+            await pilot.press("ctrl+s")
+            await wait_until(pilot, lambda: isinstance(app.screen, SteeredScreen), "the steered continuation", guard)
+            got = app.screen.result
+            assert got.source_kind == "file" and got.alpha == DEFAULT_ALPHA
+            assert got.steered_ids == want.steered_ids and got.vector_norm == want.vector_norm
+            head = str(app.screen.query_one("#steer-head").render())
+            assert "file " in head and "median activation norm of the layer" in head
+            assert app.keeper.snapshot().steered[-1] is got  # saved with the session
+    body()

@@ -99,3 +99,103 @@ async def test_compare_progress_shows_what_runs_and_how_far_then_goes():
         app.post_message(EngineEvent(ev.JobFinished(ev.JobKind.COMPARE)))
         await pilot.pause()
         assert not bar.display
+
+
+async def _open_dialog(pilot, app, kind: str):
+    from textual.widgets import RadioButton
+
+    await settle_replay(pilot, app)
+    app.strip.set_cursor(STEER_TOKEN)
+    await pilot.press("w")
+    await wait_until(pilot, lambda: isinstance(app.screen, SteerDialog), "the steer dialog")
+    dialog = app.screen
+    dialog.query_one(f"#source-{kind}", RadioButton).value = True
+    await pilot.pause()
+    assert dialog.kind == kind
+    return dialog
+
+
+def _label(dialog, selector: str) -> str:
+    return str(dialog.query_one(selector, Label).render())
+
+
+@async_test
+async def test_the_dialog_refuses_a_malformed_vector_file_before_anything_runs(tmp_path):
+    """Each bad file is named in the dialog as its path is typed and refused on ctrl+s: no
+    Steer job reaches the worker. A good one shows its norm, the layer and alpha's unit."""
+    import numpy as np
+
+    d = 640  # the recorded session's d_model (Gemma 3 270M); its layer is 12
+    np.save(tmp_path / "short.npy", np.ones(d - 3, np.float32))
+    nan = np.ones(d, np.float32)
+    nan[1] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    np.save(tmp_path / "ints.npy", np.ones(d, np.int16))
+    np.save(tmp_path / "pickle.npy", np.array([object()], dtype=object), allow_pickle=True)
+    (tmp_path / "text.safetensors").write_text("hello")
+    good = np.zeros(d, np.float32)
+    good[:4] = [3, 4, 0, 0]
+    np.save(tmp_path / "good.npy", good)
+    holder = Holder()
+    app = replay_app(preload=True, holder=holder)
+    async with app.run_test(size=(120, 36)) as pilot:
+        dialog = await _open_dialog(pilot, app, "file")
+        path = dialog.query_one("#steer-file", Input)
+        for name, message in [("short.npy", "d_model=640"), ("nan.npy", "NaN or infinite"),
+                              ("ints.npy", "floating point"), ("pickle.npy", "unpickling"),
+                              ("text.safetensors", "not a readable safetensors"), ("missing.npy", "does not exist")]:
+            path.value = str(tmp_path / name)
+            await pilot.pause()
+            assert message in _label(dialog, "#steer-vector"), name
+            await pilot.press("ctrl+s")
+            assert message in _label(dialog, "#dialog-error") and app.screen is dialog, name
+        path.value = str(tmp_path / "good.npy")
+        await pilot.pause()
+        shown = _label(dialog, "#steer-vector")
+        assert "‖v‖ 5" in shown and "layer 12" in shown and "median activation norm of the layer" in shown
+        assert not any(isinstance(j, Steer) for j in holder.worker.jobs_seen)
+
+
+@async_test
+async def test_the_dialog_offers_a_minus_b_of_the_marked_token_and_the_cursor_and_an_sae(tmp_path):
+    import json
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    holder = Holder()
+    app = replay_app(preload=True, holder=holder)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle_replay(pilot, app)
+        app.strip.set_cursor(COMPARE_PAIR[1])
+        await pilot.press("c")  # marks token A
+        dialog = await _open_dialog(pilot, app, "difference")
+        assert (dialog.query_one("#steer-a", Input).value, dialog.query_one("#steer-b", Input).value) == (
+            str(COMPARE_PAIR[1]), str(STEER_TOKEN))
+        acts = app.state.activations
+        norm = np.linalg.norm(acts[COMPARE_PAIR[1]].astype(np.float64) - acts[STEER_TOKEN].astype(np.float64))
+        assert f"‖v‖ {norm:.1f}" in _label(dialog, "#steer-vector")
+        dialog.query_one("#steer-b", Input).value = str(COMPARE_PAIR[1])
+        await pilot.pause()
+        assert "zero vector" in _label(dialog, "#steer-vector")
+
+        sae = tmp_path / "sae"
+        sae.mkdir()
+        (sae / "cfg.json").write_text(json.dumps({"d_in": 640, "d_sae": 3, "hook_name": "blocks.7.hook_resid_post"}))
+        save_file({"W_dec": np.ones((3, 640), np.float32)}, str(sae / "sae_weights.safetensors"))
+        from textual.widgets import Checkbox, RadioButton
+
+        dialog.query_one("#source-sae", RadioButton).value = True
+        dialog.query_one("#steer-sae", Input).value = str(sae)
+        dialog.query_one("#steer-feature", Input).value = "2"
+        await pilot.pause()
+        assert "reads layer 7" in _label(dialog, "#steer-vector") and "act on layer 12" in _label(dialog, "#steer-vector")
+        dialog.query_one("#steer-any-layer", Checkbox).value = True
+        await pilot.pause()
+        assert "‖v‖ 25.3" in _label(dialog, "#steer-vector") and "steered at layer 12 anyway" in _label(
+            dialog, "#steer-vector")
+        await pilot.press("ctrl+s")  # the replay has no such recording: the job went, its failure is shown
+        await wait_until(pilot, lambda: any(isinstance(j, Steer) for j in holder.worker.jobs_seen), "the job")
+        job = [j for j in holder.worker.jobs_seen if isinstance(j, Steer)][-1]
+        assert job.source.directory == str(sae) and job.source.feature == 2 and job.source.any_layer
+        assert job.index == STEER_TOKEN and app.steering.last_source == job.source

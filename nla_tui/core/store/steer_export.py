@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 from itertools import groupby
 
-from ..steer_results import SteerResult, token_diff
+from ..steer_results import SteerResult, number_text, token_diff
 from .markdown_text import md_inline
 
 
@@ -27,8 +27,7 @@ def _marked_md(pieces: list[tuple[str, bool]]) -> str:
 
 def vector_line(b: SteerResult) -> str:
     """Where the vector came from, the layer, ‖v‖ added and what α multiplies (one line)."""
-    unit = f"{b.unit} ({b.source['unit_norm']:.3g})" if b.source else b.unit
-    return f"{b.source_text} · layer {b.layer} · ‖v‖ {b.vector_norm:.3g} · α × {unit}"
+    return f"{b.source_text} · layer {b.layer} · ‖v‖ {number_text(b.vector_norm)} · α × {b.unit_text}"
 
 
 def steered_markdown(results: list[SteerResult]) -> list[str]:
