@@ -20,6 +20,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quant", choices=["nf4", "int4"], default="nf4",
                    help="gpu: weight format of the 27B-shaped models (int4: nla_tui/core/models/int4.py)")
     p.add_argument("--preset", help="serve: models to load (default demo on CPU; e.g. gemma3-27b on a GPU box)")
+    p.add_argument("--pair", help="serve: a 27B-shaped pair in DIR (written once; bench/shaped_pair.py), random weights")
+    p.add_argument("--tokenizer-dir", help="serve --pair: Gemma 3 tokenizer files (tokenizer.json may be .xz)")
     p.add_argument("--workdir", help="gpu startup / multigpu: where to write the 27B-shaped checkpoint (default: TMPDIR)")
     p.set_defaults(func=run)
 
@@ -68,9 +70,11 @@ def run(args: argparse.Namespace) -> int:
     elif args.suite == "serve":
         from . import serve
 
-        rep = Report("serve: nla-tui serve over the in-process API", machine("cpu" if args.preset in (None, "demo")
-                                                                             else "cuda"), command, apply_targets=False)
-        serve.run(rep, out, {x.strip() for x in args.sections.split(",")} if args.sections else None, args.preset)
+        on_cpu = args.dry_run or (args.preset in (None, "demo") and not args.pair)
+        rep = Report("serve: nla-tui serve over the in-process API", machine("cpu" if on_cpu else "cuda"), command,
+                     apply_targets=False)
+        serve.run(rep, out, {x.strip() for x in args.sections.split(",")} if args.sections else None, args.preset,
+                  args.pair, args.tokenizer_dir, args.dry_run)
     else:
         from . import ui
 

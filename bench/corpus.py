@@ -13,6 +13,14 @@ AV generation, AR scoring, the controls' extra AR pass, shard write + index. On 
 point it at a 27B-shaped pair (see BENCHMARKS.md, "Corpus sweep") with --conversations /
 --per-conversation giving ~2,000 positions and --new-tokens 150.
 
+On a GPU box without the released weights: `--shaped-pair DIR --tokenizer-dir TOK` writes (or
+reuses) a 27B-shaped pair there (bench/shaped_pair.py: real layout, tokenizer and sidecars,
+random nf4 weights built on the card) and `--mem-cap-gib 44` caps the process as a 44 GiB card
+would (torch's per-process memory fraction; the engine sizes its AV batch from what is left).
+`--baseline-conversations N` times the per-conversation baseline on the first N conversations
+only (its rate is per position, comparable with the sweep's). `--dry-run`: the same on the CPU
+with a tiny shaped pair.
+
 `search` fills an index (core/corpus/index.py, the same schema and insert path as a sweep)
 with N synthetic rows and times `index.search` as `nla-tui search` calls it (connection
 opened per query) for several query shapes: median and p95 of 20 runs after one warm-up.
@@ -21,6 +29,7 @@ opened per query) for several query shapes: median and p95 of 20 runs after one 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -82,6 +91,15 @@ def bench_sweep(args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench_corpus_"))
     src = work / "corpus.jsonl"
     src.write_text("".join(json.dumps(c) + "\n" for c in synthetic_corpus(args.conversations)))
+    loading = contextlib.nullcontext()
+    if args.shaped_pair:
+        from . import shaped_pair
+
+        pair = shaped_pair.ensure_pair(Path(args.shaped_pair), Path(args.tokenizer_dir), tiny=args.dry_run)
+        args.subject, args.av, args.ar = (str(pair[r]) for r in ("subject", "av", "ar"))
+        args.preset = None
+        loading = shaped_pair.weights(args.quant or "nf4")
+    cap = mem_cap(args.mem_cap_gib, args.device)
     options = EngineOptions(preset=args.preset, subject=args.subject, av=args.av, ar=args.ar, quant=args.quant,
                             device=args.device)
     selection = make_selection(role="assistant", max_per_conversation=args.per_conversation)
@@ -89,26 +107,36 @@ def bench_sweep(args) -> dict:
     opts = sweep_mod.SweepOptions(selection, sampling)
     t = time.perf_counter()
     engine = Engine(options)
-    engine.load()
+    with loading:
+        engine.load()
     load_s = time.perf_counter() - t
     tok, limit, name = planning.subject_tokenizer(options)
     corpus = read_corpus(src)
-    plan = planning.make_plan(corpus, selection, tok, limit, name, shard_positions=args.per_conversation * 4)
+    plan = planning.make_plan(corpus, selection, tok, limit, name,
+                              shard_positions=args.shard_positions or args.per_conversation * 4)
     # one warm-up position (one-time costs: kernels, graph capture on CUDA)
     sweep_mod.explain_shard(engine, plan, 0, 1, opts, None)
     timers = {"capture": Timer(engine.subject, "capture"), "av": Timer(engine.av, "generate"),
               "ar_score": Timer(engine.ar, "score"), "ar_all": Timer(engine.ar, "reconstruct"),
               "write": Timer(shards, "write_shard"), "index": Timer(index, "add_shard")}
+    cuda = engine.info.device.startswith("cuda")
+    if cuda:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    batch = engine.explain_batch_size(args.new_tokens, rows=max(plan_shard_positions(plan) or [1]))  # per AV pass
     t = time.perf_counter()
     result = sweep_mod.run_sweep(engine, plan, work / "out", opts)
     sweep_s = time.perf_counter() - t
+    peak_gib = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     parts = {k: v.total for k, v in timers.items()}
     parts["controls_ar"] = parts.pop("ar_all") - parts["ar_score"]  # reconstruct outside score: the controls
     rows = shards.read_rows(work / "out", ["explanation"])
     # Baseline in the same run: Engine.explain per conversation, no cross-conversation batching, no controls.
     t = time.perf_counter()
     n_base = 0
-    for pc in plan.items if not args.no_baseline else ():
+    base_items = [] if args.no_baseline else plan.items[:args.baseline_conversations or len(plan.items)]
+    for pc in base_items:
         engine.set_conversation(pc.conversation.messages)
         pos = select_positions(selection, [x.text for x in engine.tokens], [x.role for x in engine.tokens])
         engine.explain(pos, sampling, batch_size=engine.explain_batch_size(args.new_tokens, rows=len(pos)))
@@ -141,10 +169,28 @@ def bench_sweep(args) -> dict:
             "new_tokens": args.new_tokens, "sweep_s": sweep_s, "positions_per_s": result.rows_done / sweep_s,
             "mean_explanation_chars": statistics.mean(len(r["explanation"]) for r in rows) if rows else 0,
             "parts_s": parts, "parts_share": {k: v / sweep_s for k, v in parts.items()},
-            "baseline": {"what": "Engine.explain per conversation (a script looping `nla-tui run`), same positions",
-                         "positions": n_base, "seconds": base_s,
+            "shaped_pair": bool(args.shaped_pair), "mem_cap_gib": cap, "peak_gib": peak_gib,
+            "av_batch_rows": batch, "shard_positions": plan_shard_positions(plan),
+            "baseline": {"what": "Engine.explain per conversation (a script looping `nla-tui run`), same positions"
+                                 + (f"; the first {len(base_items)} conversations" if len(base_items) < len(plan.items) else ""),
+                         "conversations": len(base_items), "positions": n_base, "seconds": base_s,
                          "positions_per_s": n_base / base_s if n_base else None},
             "controls": {"others": opts.others, "prior_text": controls.PRIOR_TEXT}, "ray": ray_figures}
+
+
+def mem_cap(gib: float | None, device: str | None) -> float | None:
+    """Cap this process on card 0 as a `gib` card would be (None: the whole card)."""
+    if not gib or not (device or "").startswith("cuda"):
+        return None
+    import torch
+
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total), 0)
+    return gib
+
+
+def plan_shard_positions(plan) -> list[int]:
+    return sorted({sum(plan.items[c].n_positions for c in shard) for shard in plan.shards})
 
 
 def bench_search(args) -> dict:
@@ -204,6 +250,12 @@ def main(argv=None) -> int:
     s.add_argument("--new-tokens", type=int, default=32)
     s.add_argument("--no-baseline", action="store_true", help="skip the per-conversation Engine.explain baseline")
     s.add_argument("--ray", action="store_true", help="also run it on a local Ray (one actor) and report the overhead")
+    s.add_argument("--shard-positions", type=int, default=None, help="positions per shard (default 4 conversations' worth)")
+    s.add_argument("--baseline-conversations", type=int, default=None, help="time the baseline on the first N only")
+    s.add_argument("--shaped-pair", help="write/reuse a 27B-shaped pair in DIR (random weights; bench/shaped_pair.py)")
+    s.add_argument("--tokenizer-dir", help="Gemma 3 tokenizer files for --shaped-pair (tokenizer.json may be .xz)")
+    s.add_argument("--mem-cap-gib", type=float, default=None, help="cap this process on the card (e.g. 44)")
+    s.add_argument("--dry-run", action="store_true", help="with --shaped-pair: a tiny pair on the CPU")
     s.add_argument("--out", default="bench/results/corpus_sweep.json")
     q = sub.add_parser("search")
     q.add_argument("--rows", type=int, default=1_000_000)

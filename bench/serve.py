@@ -108,15 +108,29 @@ def clients(rep: Report, nla, url: str, token: str, conv, n_clients: int = 8, ne
             note=f"{n_clients} clients at once, aggregate; > baseline only if requests are batched together")
 
 
-def run(rep: Report, out: Path, sections: set[str] | None = None, preset: str | None = None) -> None:
+def run(rep: Report, out: Path, sections: set[str] | None = None, preset: str | None = None,
+        pair: str | None = None, tokenizer_dir: str | None = None, dry_run: bool = False) -> None:
+    """`pair`: a 27B-shaped pair (bench/shaped_pair.py, written there once) instead of a preset;
+    random nf4 weights built on the card, loaded through Engine.load as shipped."""
     from nla_tui.client import NlaClient
     from nla_tui.core.api import Nla
     from tests._support_server import TOKEN, serving
 
-    sections = sections or ({"overhead"} if preset in (None, "demo") else set(SECTIONS))
     rep.details["loadavg_at_start"] = os.getloadavg()  # a shared machine: how busy it was
     t = time.perf_counter()
-    loaded = Nla.load(preset=preset or "demo", **({"device": "cpu", "quant": "fp32"} if preset in (None, "demo") else {}))
+    if pair:
+        from . import shaped_pair
+
+        paths = shaped_pair.ensure_pair(Path(pair), Path(tokenizer_dir), tiny=dry_run)
+        sections = sections or set(SECTIONS)
+        with shaped_pair.weights("nf4"):
+            loaded = Nla.load(**{r: str(paths[r]) for r in ("subject", "av", "ar")},
+                              **({"device": "cpu", "quant": "fp32"} if dry_run else {"device": "cuda", "quant": "nf4"}))
+        rep.details["shaped_pair"] = {"dir": str(pair), "tiny": dry_run, "weights": "random, built on the card"}
+    else:
+        sections = sections or ({"overhead"} if preset in (None, "demo") else set(SECTIONS))
+        loaded = Nla.load(preset=preset or "demo",
+                          **({"device": "cpu", "quant": "fp32"} if preset in (None, "demo") else {}))
     engine = loaded._worker.engine
     loaded.close()  # the server below wraps the same engine in its own Nla
     rep.details["load_s"] = time.perf_counter() - t
