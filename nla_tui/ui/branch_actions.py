@@ -41,7 +41,8 @@ class Branching:
                         "message's text, then E.", severity="warning", timeout=5)
             return
         message = st.messages[turn]
-        branch = st.current_branch
+        # The shown branch, named (None before any tree: the worker's shown conversation).
+        branch = st.current_branch if st.branches is not None else None
 
         def check(text: str, label: str) -> str | None:
             try:
@@ -58,7 +59,8 @@ class Branching:
             host.submit(EditMessage(turn, text, parent=branch, label=label))
             host.notify(f"Editing message {turn}: re-reading from its first changed token…", timeout=3)
 
-        host.push_screen(EditMessageDialog(turn, message_role(message), message.content, branch, check), done)
+        host.push_screen(EditMessageDialog(turn, message_role(message), message.content, st.current_branch, check),
+                         done)
 
     # ------------------------------------------------------------ B: the branch list
 

@@ -228,6 +228,7 @@ class Sessions:
         """The engine gets the session's branches over the conversation it now holds, and
         shows the one shown when the session was saved (none to give: nothing sent)."""
         if session.branches:
+            self.host.state.adopting = self.host.state.branches  # kept through the capture (state.py)
             self.host.submit(AdoptBranches(list(session.branches), session.current_branch,
                                            [t.token_id for t in session.tokens], list(session.explanations)))
 

@@ -85,6 +85,9 @@ class UiState:
     diff: BranchDiff | None = None  # the shown branch against its parent (None: the root)
     changed: frozenset[int] = frozenset()  # the shown branch's tokens an edit changed (diff marks)
     compare_parent: bool = False  # P: the pane sets the parent's side of each token beside this one
+    # A saved session's tree while the worker captures its conversation (before AdoptBranches
+    # shows a branch): kept when that capture arrives, so a failed adoption loses nothing.
+    adopting: BranchTree | None = None
     # A session opened without models (nla-tui open): only what was recorded can be shown,
     # so keys that need the models are refused up front and the pane offers L instead of e.
     read_only: bool = False
@@ -116,8 +119,8 @@ class UiState:
             self.messages = list(event.messages)
             self.set_tokens(event.tokens)
             self.activations = event.activations
-            self.reply = None
-            self._follow_branch(event)
+            chatting, self.reply = self.reply is not None, None
+            self._follow_branch(event, chatting)
             c.tokens = c.captured = True
         elif isinstance(event, ev.ExplainStarted):
             self.explaining = event.index
@@ -149,6 +152,8 @@ class UiState:
             ended_badly = c.failure is not None or c.cancelled
             if kind is ev.JobKind.EXPLAIN_ALL:
                 self.all_progress = None
+            if kind is ev.JobKind.ADOPT_BRANCHES:
+                self.adopting = None  # shown, or refused: the tree held stays either way
             if kind is ev.JobKind.LOAD and c.failure is not None:
                 self.load_failed = c.failure
             if kind.is_chat and ended_badly:
@@ -164,7 +169,7 @@ class UiState:
         elif isinstance(event, SteerProgress):
             c.steer_progress = event
         elif isinstance(event, BranchShown):
-            self.branches, self.diff = event.tree, event.diff
+            self.branches, self.diff, self.adopting = event.tree, event.diff, None
             self.changed = frozenset(event.diff.changed) if event.diff is not None else frozenset()
             # The branch's own explanations, not the ones held: after an edit the later
             # tokens keep their ids but not their activations (core/branch_jobs.py).
@@ -183,19 +188,24 @@ class UiState:
             self.queue_depth = event.depth
         return c
 
-    def _follow_branch(self, event: ev.ConversationUpdated) -> None:
-        """A captured conversation: a chat turn grows the shown branch (as the engine's does);
-        any other conversation is not in the tree, which a BranchShown that follows (an edit,
-        a switch) brings back, and a new conversation leaves empty."""
-        tree = self.branches
-        if tree is None:
-            return
-        shown = tree.shown
-        messages = list(event.messages)
-        if shown.messages == messages[:len(shown.messages)]:
+    def _follow_branch(self, event: ev.ConversationUpdated, chatting: bool) -> None:
+        """A captured conversation. A chat turn grows the shown branch (as the engine's
+        does). A saved session's conversation being captured keeps its tree (`adopting`:
+        AdoptBranches gives the engine the branches next). Anything else (an edit, a switch,
+        another transcript) is no branch of the tree held: the BranchShown that follows an
+        edit or a switch brings the engine's tree back, a new conversation has none."""
+        tree, messages = self.branches, list(event.messages)
+        if tree is not None and chatting and tree.shown.messages == messages[:len(tree.shown.messages)]:
+            shown = tree.shown
             shown.messages, shown.tokens, shown.activations = messages, list(event.tokens), event.activations
-        else:
-            self.branches, self.diff, self.changed = None, None, frozenset()
+            return
+        adopting = self.adopting
+        if adopting is not None and adopting.root.messages == messages:
+            adopting.current = ROOT
+            adopting.root.activations = event.activations
+            self.branches, self.diff, self.changed = adopting, None, frozenset()
+            return
+        self.branches, self.diff, self.changed = None, None, frozenset()
 
     def show_session(self, session) -> None:
         """Show a saved session (ctrl+o with live models): its conversation, capture and

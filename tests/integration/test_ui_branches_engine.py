@@ -108,3 +108,42 @@ async def test_edit_a_tool_result_then_switch_back_then_save_and_reopen_keep_the
         await _show(pilot, app, 1)
         assert app.state.messages[tool].content == SUNNY and app.strip.changed == frozenset(diff.changed)
         assert app.state.best(answer).text == mine.text
+
+
+@async_test
+async def test_open_read_only_on_a_branch_then_L_gives_the_engine_the_tree(demo_engine, data_dir, tmp_path):
+    """nla-tui open on the recorded branch session, B to branch 1, then L: the engine
+    captures the root, adopts the saved branches and shows branch 1 again (re-captured from
+    the root's activations), with its recorded explanations; a new explanation there is
+    saved into that branch of the opened session; the root keeps its own."""
+    import shutil
+
+    from nla_tui.cli.open import open_options, replay_worker
+    from nla_tui.core.runtime.worker import EngineWorker
+    from nla_tui.ui.app import create_app
+
+    engine = demo_engine
+    path = shutil.copytree(DATA / "branch_session", tmp_path / "s")
+    recorded = load_session(path)
+    options = open_options(path, autosave=True)
+    app = create_app(replay_worker(options), options, engine_worker=lambda opts, emit: EngineWorker(engine, emit))
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_until(pilot, lambda: app.state.branches is not None and app.state.queue_depth == 0, "the session")
+        app.strip.focus()
+        await _show(pilot, app, 1)
+        await pilot.press("L")
+        await wait_until(pilot, lambda: app.state.info is not None and app.state.queue_depth == 0
+                         and app.state.current_branch == 1 and engine.branch_tree().current == 1,
+                         "the models, the root captured, branch 1 adopted and shown", HANG_GUARD)
+        branch = recorded.branches[0]
+        assert [t.token_id for t in engine.tokens] == [t.token_id for t in branch.tokens]
+        assert app.strip.changed == frozenset({69, 77}) and app.state.best(69).text == branch.best(69).text
+        index = next(i for i in range(70, len(branch.tokens)) if i not in branch.explanations)
+        app.strip.set_cursor(index)
+        await pilot.press("e")
+        await wait_until(pilot, lambda: app.state.best(index) is not None and app.state.queue_depth == 0
+                         and not app.keeper.dirty, "the new explanation, autosaved", HANG_GUARD)
+        await _show(pilot, app, 0)
+        assert {i for i in app.state.explanations} == {e.index for e in recorded.explanations}
+    saved = load_session(path)
+    assert index in saved.branches[0].explanations and index not in {e.index for e in saved.explanations}

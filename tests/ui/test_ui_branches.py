@@ -133,7 +133,8 @@ async def test_e_opens_the_message_under_the_cursor_and_checks_the_edit_before_a
         from nla_tui.core.branch_jobs import EditMessage
 
         [job] = [j for j in holder.worker.jobs_seen if isinstance(j, EditMessage)]
-        assert (job.message, job.text, job.parent) == (3, '{"city": "Paris", "forecast": "snow"}', 0)
+        # No tree known yet: the worker's shown conversation is the parent.
+        assert (job.message, job.text, job.parent) == (3, '{"city": "Paris", "forecast": "snow"}', None)
 
 
 def test_branch_keys_are_in_help():
