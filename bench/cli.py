@@ -16,7 +16,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--explain", type=int, default=None, help="explanations in explain-all (gpu 150, cpu 32)")
     p.add_argument("--mem-budget-gib", type=float, default=44.0, help="GPU memory target for explain-all")
     p.add_argument("--dry-run", action="store_true", help="gpu/multigpu suite on CPU with a tiny config (checks the script)")
-    p.add_argument("--sections", help="gpu / ui: comma list of sections to run (ui: ui, ui_many_turns, ui_agent_500) (default all; see bench/gpu.py SECTIONS)")
+    p.add_argument("--sections", help="gpu / ui: comma list of sections to run (ui: ui, ui_many_turns, ui_agent_500, ui_branch) (default all; see bench/gpu.py SECTIONS)")
     p.add_argument("--quant", choices=["nf4", "int4"], default="nf4",
                    help="gpu: weight format of the 27B-shaped models (int4: nla_tui/core/models/int4.py)")
     p.add_argument("--preset", help="serve: models to load (default demo on CPU; e.g. gemma3-27b on a GPU box)")

@@ -88,6 +88,42 @@ async def _measure(session, keys: list[str], size=(120, 36)) -> dict[str, list[f
     return times
 
 
+BRANCHES = RECORDED.parent / "branch_session"  # the agent transcript with its tool result edited (branch 1)
+
+
+async def _measure_branch(on_branch: bool, keys: list[str]) -> list[float]:
+    """CPU time per key on the recorded branch session: on branch 0 (the baseline), or on
+    branch 1 with the diff marks and P's parent comparison in the pane (issue 26)."""
+    from nla_tui.core.branch_jobs import SwitchBranch
+    from nla_tui.core.runtime.replay import ReplayWorker
+    from nla_tui.core.store.session import load_session
+    from nla_tui.ui.app import create_app
+
+    session = load_session(BRANCHES)
+    app = create_app(lambda emit: ReplayWorker(session, emit, preload=True))
+    out: list[float] = []
+    async with app.run_test(size=(120, 36)) as pilot:
+        end = time.perf_counter() + 120
+        while app.state.branches is None or app.state.queue_depth:
+            if time.perf_counter() > end:
+                raise RuntimeError("the branch session never finished loading into the app")
+            await pilot.pause(0.05)
+        app.strip.focus()
+        if on_branch:
+            app.submit(SwitchBranch(1))
+            while app.state.current_branch != 1 or app.state.queue_depth:
+                await pilot.pause(0.05)
+            await pilot.press("P")
+            assert app.state.compare_parent
+        await pilot.press("home")
+        for k in keys:
+            c = time.process_time()
+            await pilot.press(k)
+            await pilot.pause()
+            out.append(1000 * (time.process_time() - c))
+    return out
+
+
 KEYS = ["right"] * 150 + ["left"] * 50 + ["w"] * 50 + ["pagedown"] * 20 + ["end", "home"] * 10
 
 
@@ -132,6 +168,20 @@ def run(rep: Report, out: Path, only: set[str] | None = None) -> None:
         rep.add("ui_keypress_median_ms_500_messages", statistics.median(allt), "ms", note="CPU time per key")
         if null:
             rep.add("ui_null_key_p95_ms_500_messages", percentile(null, 95), "ms", note="unbound key (f24)")
-    for name, fn in (("ui", measure), ("ui_many_turns", stress), ("ui_agent_500", agent)):
+    def branch():
+        # Issue 26: a cursor move on a branch (diff marks, the pane's parent comparison) against
+        # the same moves on the root of the same session, measured in the same run.
+        keys = ["right"] * 100 + ["left"] * 40
+        root = asyncio.run(_measure_branch(False, keys))
+        shown = asyncio.run(_measure_branch(True, keys))
+        rep.add("ui_branch_key_p95_ms_root", percentile(root, 95), "ms",
+                note=f"CPU time per arrow key, recorded branch session ({len(keys)} keys), branch 0: the baseline")
+        rep.add("ui_branch_key_p95_ms_branch_P", percentile(shown, 95), "ms", baseline=percentile(root, 95),
+                note="the same keys on branch 1 with the edited tokens marked and P on")
+        rep.add("ui_branch_key_median_ms_root", statistics.median(root), "ms", note="CPU time per key")
+        rep.add("ui_branch_key_median_ms_branch_P", statistics.median(shown), "ms", baseline=statistics.median(root),
+                note="CPU time per key")
+
+    for name, fn in (("ui", measure), ("ui_many_turns", stress), ("ui_agent_500", agent), ("ui_branch", branch)):
         if only is None or name in only:
             rep.section(name, fn, out)
