@@ -22,6 +22,7 @@ from ..core.steer_results import Comparison, SteerResult
 from ..core.errors import Cancelled, InputError, NlaError
 from ..core.events import ChatDelta, ChatStarted, ExplainDelta
 from ..core.steer_jobs import DEFAULT_ALPHA
+from ..core.steer_sources import TokenDifference
 from ..core.types import Explanation, Message, ModelInfo, Sampling, Score, TokenInfo
 from ..paths import server_token_path
 
@@ -228,12 +229,18 @@ class NlaClient:
         return Comparison.from_json(self._request("POST", "/v1/compare", {
             "handle": _handle(conversation), "i": i, "j": j, "sampling": _sampling(sampling)}))
 
-    def steer(self, conversation: Conversation | str, index: int, edited: str, alpha: float = DEFAULT_ALPHA,
+    def steer(self, conversation: Conversation | str, index: int, edited: str = "", alpha: float = DEFAULT_ALPHA,
               span: str = "here", max_new_tokens: int = 32, original: str | None = None,
-              sampling: Sampling = Sampling()) -> SteerResult:
-        return SteerResult.from_json(self._request("POST", "/v1/steer", {
-            "handle": _handle(conversation), "index": index, "edited": edited, "alpha": alpha, "span": span,
-            "max_new_tokens": max_new_tokens, "original": original, "sampling": _sampling(sampling)}))
+              sampling: Sampling = Sampling(), source: TokenDifference | None = None) -> SteerResult:
+        """Nla.steer over HTTP; of the vector sources only a − b (TokenDifference) travels: the
+        server reads no vector file or SAE directory for a client."""
+        if source is not None and not isinstance(source, TokenDifference):
+            raise InputError(f"Over HTTP a steer takes an edited explanation or a − b of two tokens; "
+                             f"{source.describe()} is read on this machine: use Nla.steer or nla-tui steer.")
+        body = {"handle": _handle(conversation), "index": index, "alpha": alpha, "span": span,
+                "max_new_tokens": max_new_tokens, "original": original, "sampling": _sampling(sampling)}
+        body.update({"edited": edited} if source is None else {"diff": [source.a, source.b]})
+        return SteerResult.from_json(self._request("POST", "/v1/steer", body))
 
 
 __all__ = ["NlaClient", "ServerError", "default_token"]

@@ -29,6 +29,7 @@ from .captured import Conversation, Messages, StreamItem
 from .errors import Cancelled, InputError, NlaError
 from .options import EngineOptions
 from .steer_jobs import DEFAULT_ALPHA
+from .steer_sources import VectorSource
 from .types import Explanation, Message, ModelInfo, Sampling, Score, TokenInfo
 
 MAX_POSITIONS = 64  # positions (or raw vectors) one explain call may name
@@ -371,28 +372,35 @@ class Nla:
         """cos(a, b) of tokens i and j, and the explanations of a − b and b − a."""
         return self.compare_call(conversation, i, j, sampling).wait()
 
-    def steer_call(self, conversation: Conversation | str, index: int, edited: str, alpha: float = DEFAULT_ALPHA,
+    def steer_call(self, conversation: Conversation | str, index: int, edited: str = "", alpha: float = DEFAULT_ALPHA,
                    span: str = "here", max_new_tokens: int = DEFAULT_STEER_TOKENS, original: str | None = None,
-                   sampling: Sampling = Sampling()) -> Call:
+                   sampling: Sampling = Sampling(), source: VectorSource | None = None) -> Call:
         from .runtime import steer as steering
+        from .store.vector_files import check_source
 
         held = self.held(conversation)
         self._positions(held, [index])
-        steering.check_arguments(index, edited, alpha, span, max_new_tokens)
+        steering.check_arguments(index, source if source is not None else edited, alpha, span, max_new_tokens)
+        if source is not None:  # a file / SAE row read and checked, a − b's tokens, before the job is queued
+            check_source(source, self.info.d_model, self.info.layer, len(held.tokens), held.activations)
         if max_new_tokens > 512:
             raise InputError(f"max_new_tokens {max_new_tokens} is over 512: ask for a shorter continuation.")
         check_sampling(sampling)
         return self.submit(self._on_conversation(held, lambda e, c: steering.steer(
-            e, index, edited, alpha, span, max_new_tokens, original, sampling, c, keep=False)),
+            e, index, edited, alpha, span, max_new_tokens, original, sampling, c, keep=False, source=source)),
             ev.JobKind.STEER, ev.PRIORITY_BACKGROUND)
 
-    def steer(self, conversation: Conversation | str, index: int, edited: str, alpha: float = DEFAULT_ALPHA,
+    def steer(self, conversation: Conversation | str, index: int, edited: str = "", alpha: float = DEFAULT_ALPHA,
               span: str = "here", max_new_tokens: int = DEFAULT_STEER_TOKENS, original: str | None = None,
-              sampling: Sampling = Sampling()) -> SteerResult:
+              sampling: Sampling = Sampling(), source: VectorSource | None = None) -> SteerResult:
         """Steer: what if the model had thought `edited` at token `index`? Steers the subject's layer-K
         residual by AR(edited) − AR(original) (× the activation's norm × alpha) and returns
-        the top-5 before/after and the plain and steered continuations."""
-        return self.steer_call(conversation, index, edited, alpha, span, max_new_tokens, original, sampling).wait()
+        the top-5 before/after and the plain and steered continuations. With `source`
+        (core.steer_sources: FileVector, TokenDifference, SaeFeature) the vector comes from
+        there instead, its direction × alpha × the layer's median activation norm over the
+        conversation; `result.source` records it."""
+        return self.steer_call(conversation, index, edited, alpha, span, max_new_tokens, original, sampling,
+                               source).wait()
 
 
 __all__ = ["Call", "Conversation", "MAX_POSITIONS", "Nla", "NlaError", "UnknownHandle", "as_messages"]

@@ -13,7 +13,7 @@ Routes (JSON in, JSON out; explain streams server-sent events), schema at /opena
   POST /v1/chat                 {handle?, text} → SSE: started (prompt tokens), delta, done (the new conversation)
   POST /v1/score                {text, vector} or {text, handle, position} → cos, mse_nrm, fve_nrm, label
   POST /v1/compare              {handle, i, j} → cos, explanations of a − b and b − a
-  POST /v1/steer                {handle, index, edited, alpha, span} → top-5 before/after, continuations
+  POST /v1/steer                {handle, index, edited | diff [a, b], alpha, span} → top-5 before/after, continuations
   DELETE /v1/requests/{id}      cancel the request sent with header X-Request-Id: id
   GET  /v1/sweep, POST /v1/search   with --corpus DIR: the sweep's manifest; search its explanations
 Every refusal is a 4xx with {"error": one line}; nothing here reads or writes a path.
@@ -40,6 +40,7 @@ from ..core.api import MAX_POSITIONS, Call, Nla, UnknownHandle
 from ..core.errors import Cancelled, NlaError
 from ..core.events import ChatStarted, ExplainDelta
 from ..core.steer_jobs import DEFAULT_ALPHA
+from ..core.steer_sources import TokenDifference
 from ..core.store.jsonsafe import finite
 from ..core.types import Sampling
 from .guard import MAX_BODY_BYTES, RATE_PER_MINUTE, Guard
@@ -132,12 +133,23 @@ class CompareIn(BaseModel):
 class SteerIn(BaseModel):
     handle: str = Field(..., max_length=64)
     index: int
-    edited: str = Field(..., min_length=1, max_length=MAX_TEXT, description="the explanation as it should have been")
-    alpha: float = Field(DEFAULT_ALPHA, ge=-100, le=100, description="× the activation's own norm")
+    edited: str | None = Field(None, min_length=1, max_length=MAX_TEXT,
+                               description="the explanation as it should have been")
+    diff: tuple[int, int] | None = Field(None, description="[a, b]: steer by activation[a] − activation[b] instead")
+    alpha: float = Field(DEFAULT_ALPHA, ge=-100, le=100,
+                         description="× the activation's own norm (edited), × the layer's median norm (diff)")
     span: Literal["here", "onward"] = "here"
     max_new_tokens: int = Field(32, ge=1, le=512)
     original: str | None = Field(None, max_length=MAX_TEXT, description="default: the token's explanation")
     sampling: SamplingIn = Field(default_factory=SamplingIn)
+
+    @model_validator(mode="after")
+    def one_source(self) -> "SteerIn":
+        # Vector files and SAE directories are not read over HTTP: the server would be reading
+        # its own disk for a client (nla-tui steer and Nla.steer read the caller's).
+        if (self.edited is None) == (self.diff is None):
+            raise ValueError("give either edited (an edited explanation) or diff ([a, b], two token indices)")
+        return self
 
 
 def one_line(text: Any) -> str:
@@ -367,8 +379,10 @@ def build_app(nla: Nla, token: str, token_file: Path | None = None, mcp: Any = N
 
     @app.post("/v1/steer")
     async def steer(body: SteerIn, request: Request) -> JSONResponse:
-        b = await finished(request, nla.steer_call(body.handle, body.index, body.edited, body.alpha, body.span,
-                                                   body.max_new_tokens, body.original, body.sampling.to_sampling()))
+        source = None if body.diff is None else TokenDifference(*body.diff)
+        b = await finished(request, nla.steer_call(body.handle, body.index, body.edited or "", body.alpha, body.span,
+                                                   body.max_new_tokens, body.original, body.sampling.to_sampling(),
+                                                   source))
         return ok({**b.to_json(), "original_text": b.original_text, "steered_text": b.steered_text})
 
     if corpus is not None:

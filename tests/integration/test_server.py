@@ -263,3 +263,31 @@ def test_serve_command_starts_a_guarded_server(demo_engine, demo_tokenizer, demo
     assert f"ssh -N -L {port}:127.0.0.1:{port}" in err and str(tmp_path / "server-token") in err
     assert stat.S_IMODE(os.stat(tmp_path / "server-token").st_mode) == 0o600
     assert answers["info"].json()["models"]["layer"] == 12 and answers["refused"].status_code == 401
+
+
+def test_steer_by_a_minus_b_over_http_equals_the_same_vector_from_a_file_in_process(served, client, conv, tmp_path):
+    """POST /v1/steer {diff: [a, b]} (NlaClient.steer(source=TokenDifference)) and Nla.steer with
+    that difference saved to a file: the same vector added, the same continuation; the sources
+    that read a file are refused over HTTP, a bad diff with one line."""
+    from nla_tui.core.errors import InputError
+    from nla_tui.core.steer_sources import FileVector, TokenDifference
+
+    url, nla = served
+    france = next(t.index for t in conv.tokens if t.text == " France")
+    acts = nla.activations(conv.handle, [france, france - 2])
+    np.save(tmp_path / "d.npy", acts[0] - acts[1])
+    over_http = client.steer(conv, france, source=TokenDifference(france, france - 2), alpha=1.0, max_new_tokens=4)
+    local = nla.steer(conv.handle, france, source=FileVector(str(tmp_path / "d.npy")), alpha=1.0, max_new_tokens=4)
+    assert over_http.steered_ids == local.steered_ids and over_http.vector_norm == local.vector_norm
+    assert [c.token_id for c in over_http.after] == [c.token_id for c in local.after]
+    assert over_http.source["kind"] == "difference" and local.source["kind"] == "file"
+    with pytest.raises(InputError, match="read on this machine"):
+        client.steer(conv, france, source=FileVector(str(tmp_path / "d.npy")))
+    post = lambda **body: httpx.post(url + "/v1/steer", headers=AUTH, json={"handle": conv.handle, "index": 3,  # noqa: E731
+                                                                              **body})
+    assert "either edited" in refusal(post(edited="x", diff=[1, 2]), 422)
+    assert "either edited" in refusal(post(), 422)
+    assert "out of range" in refusal(post(diff=[1, 10_000]), 400)
+    with pytest.raises(InputError, match="d_model="):
+        np.save(tmp_path / "short.npy", np.ones(3, np.float32))
+        nla.steer(conv.handle, france, source=FileVector(str(tmp_path / "short.npy")))
