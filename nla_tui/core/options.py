@@ -10,7 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .errors import InputError
 from .types import ModelInfo
+
+QUANTS = ("nf4", "int4", "int8", "bf16", "fp32")  # what each model can run in (core/models/loading.py)
+QUANT_CHOICES = QUANTS + ("auto",)  # --quant auto: the highest precision that fits (core/models/quant_choice.py)
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,14 @@ class EngineOptions:
     cache: bool | None = None  # on-disk activation/explanation caches; None = on unless NLA_TUI_NO_CACHE=1
     cache_dir: str | None = None  # default: NLA_TUI_CACHE or the user cache dir
     park: str | None = None  # explain-all: "auto" (default), "always" or "never" park the subject + AR
+    subject_quant: str | None = None  # --subject-quant: the subject's precision alone (overrides --quant for it)
+
+    def check_quants(self) -> None:
+        """Refuse an unknown precision before anything loads (scripts build EngineOptions by hand)."""
+        if self.quant is not None and self.quant not in QUANT_CHOICES:
+            raise InputError(f"Unknown --quant {self.quant!r}: use one of {', '.join(QUANT_CHOICES)}.")
+        if self.subject_quant is not None and self.subject_quant not in QUANTS:
+            raise InputError(f"Unknown --subject-quant {self.subject_quant!r}: use one of {', '.join(QUANTS)}.")
 
 
 def from_args(args: Any) -> EngineOptions:
@@ -37,7 +49,7 @@ def from_args(args: Any) -> EngineOptions:
                          layer=get("layer"), quant=get("quant"), device=get("device"),
                          fve_variance=get("fve_variance"), devices=get("devices"),
                          cache=False if get("no_cache") else None, cache_dir=get("cache_dir"),
-                         park=get("park"))
+                         park=get("park"), subject_quant=get("subject_quant"))
 
 
 def from_model_info(info: ModelInfo, base: EngineOptions | None = None) -> EngineOptions:

@@ -228,6 +228,13 @@ class ModelInfo:
     # saved before these fields existed (readers treat a missing field as "").
     pair_label: str = ""
     pair_note: str = ""
+    # The precision each model ran in ({"subject": "bf16", "av": "nf4", "ar": "nf4"}); `quant` is
+    # its label ("nf4" when all three agree). Empty in sessions saved before per-model precisions.
+    quants: dict[str, str] = field(default_factory=dict)
+    # The fidelity self-check's verdict for these models and precisions (core/fidelity_report.py),
+    # "" when the check has not run; fidelity_drifts: the verdict says the running precision drifts.
+    fidelity: str = ""
+    fidelity_drifts: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -250,6 +257,11 @@ class ModelInfo:
                 setattr(info, name, float(v))
         if not isinstance(info.revision, dict):
             raise TypeError("models.revision must be a mapping")
+        if not isinstance(info.quants, dict) or not all(isinstance(v, str) for v in info.quants.values()):
+            raise TypeError("models.quants must map models to precisions")
+        if not isinstance(info.fidelity, str):
+            raise TypeError("models.fidelity must be a string")
+        info.fidelity_drifts = bool(info.fidelity_drifts)
         info.untrained_av = bool(info.untrained_av)
         return info
 

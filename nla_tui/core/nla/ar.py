@@ -65,7 +65,10 @@ def read_value_head(root: Path, d: int) -> torch.Tensor:
 
 
 class Reconstructor:
-    def __init__(self, model, tokenizer, meta: NlaMeta, checkpoint_dir: Path, fve_variance: float | None):
+    def __init__(self, model, tokenizer, meta: NlaMeta, checkpoint_dir: Path, fve_variance: float | None,
+                 device: str | None = None):
+        """`device`: where inputs and the value head go; default the embedding's device (give it
+        for a model accelerate offloaded, whose embedding may sit on the meta device)."""
         if meta.role != "ar":
             raise InputError(f"{meta.path} is an {meta.role.upper()} sidecar; --ar needs the AR checkpoint.")
         self.tok, self.meta = tokenizer, meta
@@ -77,7 +80,7 @@ class Reconstructor:
         d = text_config(model).hidden_size
         if d != meta.d_model:
             raise CheckpointError(f"The AR's hidden size is {d} but its sidecar says d_model={meta.d_model}.")
-        self.device = model_device(model)
+        self.device = torch.device(device) if device is not None else model_device(model)
         self.value_head = self._load_value_head(Path(checkpoint_dir), d)
         self.variance = fve_variance if fve_variance is not None else meta.fve_variance
         self.model = model

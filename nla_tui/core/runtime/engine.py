@@ -27,6 +27,7 @@ from ..nla.explain import OnText
 from ..nla.presets import Preset, resolve_sources
 from ..nla.sentences import with_sentence_scores
 from ..nla.sidecar import read_sidecar
+from ..fidelity_report import quant_label
 from ..options import EngineOptions
 from ..types import (REPLY_TOKENS, Candidate, CardMemory, Explanation, Message, ModelInfo, Sampling, Score, TokenInfo,
                      group_by_index)
@@ -66,6 +67,7 @@ class Engine(EngineBranches):
         self.last_recapture: dict = {}  # the last edit's re-capture: tokens, where the subject ran from
         self.steered: list = []  # steered continuations (runtime/steer.py); the conversation itself never changes
         self.placement_text = ""
+        self.checkpoints: dict[str, Checkpoint] = {}  # what load() read, by role (the fidelity check reloads from here)
         self.cards: list[int] = []  # CUDA devices holding a model (for gpu_memory)
         self.caches = EngineCaches(options.cache_dir, options.cache)
         # Explain-all: "auto" parks the subject and AR off the AV's card when that saves AV passes.
@@ -83,6 +85,7 @@ class Engine(EngineBranches):
     def load(self, progress: Progress | None = None) -> ModelInfo:
         report = progress or (lambda m, f, s: None)
         o = self.options
+        o.check_quants()
         preset, sources = resolve_sources(o, report)
         ckpts: dict[str, Checkpoint] = {k: resolve_checkpoint(v) for k, v in sources.items()}
         # Only the parts that really come from the demo are labelled demo:…; a directory
@@ -93,9 +96,8 @@ class Engine(EngineBranches):
         av_meta, ar_meta = read_sidecar(ckpts["av"].path), read_sidecar(ckpts["ar"].path)
         layer = self._layer(preset, av_meta.extraction_layer, ar_meta.extraction_layer)
         device = o.device or default_device()
-        quant = o.quant or (preset.cuda_quant if preset and preset.cuda_quant and device.startswith("cuda") else None) \
-            or default_quant(device)
-        placement = self._place(ckpts, quant, device)
+        quants = self._quants(preset, ckpts, device)
+        placement = self._place(ckpts, quants, device)
         models = {}
         report("subject", 0.0, "loading tokenizers")
         tokenizers = load_tokenizers(ckpts)
@@ -104,8 +106,8 @@ class Engine(EngineBranches):
             for key in ("subject", "av", "ar"):
                 kw = placement_kwargs(placement, key) if placement else {}
                 where = placement.label(key) if placement else device
-                report(key, 0.0, f"loading {ckpts[key].name} ({quant}, {where})")
-                models[key] = (load_model(ckpts[key], quant, device, kw.get("device_map"), kw.get("max_memory"),
+                report(key, 0.0, f"loading {ckpts[key].name} ({quants[key]}, {where})")
+                models[key] = (load_model(ckpts[key], quants[key], device, kw.get("device_map"), kw.get("max_memory"),
                                           self.caches.quantised, lambda f, m, k=key: report(k, f, m)),
                                tokenizers[key])
                 report(key, 1.0, "loaded")
@@ -132,25 +134,46 @@ class Engine(EngineBranches):
         self.ar = Reconstructor(*models["ar"], ar_meta, ckpts["ar"].path, variance)
         self.info = ModelInfo(
             preset=preset.name if preset else None, subject=ckpts["subject"].name, av=ckpts["av"].name,
-            ar=ckpts["ar"].name, layer=layer, quant=quant, device=device, d_model=d,
+            ar=ckpts["ar"].name, layer=layer, quant=quant_label(quants), device=device, d_model=d,
             revision={k: c.revision for k, c in ckpts.items()}, injection_scale=av_meta.injection_scale,
             mse_scale=ar_meta.mse_scale, fve_variance=variance, untrained_av=av_meta.untrained,
-            placement=self.placement_text, pair_label=av_meta.pair_label, pair_note=av_meta.pair_note)
+            placement=self.placement_text, pair_label=av_meta.pair_label, pair_note=av_meta.pair_note,
+            quants=dict(quants))
+        self.checkpoints = ckpts
         self.activations = np.zeros((0, d), np.float32)
+        from .fidelity_check import note_cached_verdict
+
+        note_cached_verdict(self)  # the self-check's verdict for these models and precisions, if it ran before
         return self.info
 
-    def _place(self, ckpts: dict[str, Checkpoint], quant: str, device: str):
+    def _quants(self, preset: Preset | None, ckpts: dict[str, Checkpoint], device: str) -> dict[str, str]:
+        """The precision of each model: --quant (one for all, or auto: the highest that fits,
+        subject first), then --subject-quant for the subject alone."""
+        o = self.options
+        fixed = {"subject": o.subject_quant} if o.subject_quant else {}
+        if o.quant == "auto":
+            from ..models.quant_choice import choose_quants
+
+            return choose_quants(self._configs(ckpts), device, fixed, self.options.devices)
+        quant = o.quant or (preset.cuda_quant if preset and preset.cuda_quant and device.startswith("cuda") else None) \
+            or default_quant(device)
+        return {**{r: quant for r in ("subject", "av", "ar")}, **fixed}
+
+    @staticmethod
+    def _configs(ckpts: dict[str, Checkpoint]) -> dict:
+        from transformers import AutoConfig
+
+        return {r: AutoConfig.from_pretrained(str(c.path)) for r, c in ckpts.items()}
+
+    def _place(self, ckpts: dict[str, Checkpoint], quants: dict[str, str], device: str):
         """On CUDA, decide which card(s) each model goes to, from configs alone."""
         if not device.startswith("cuda") or (device != "cuda" and not self.options.devices):
             return None  # one named card, or CPU: everything goes there
-        from transformers import AutoConfig
-
         from ..models import placement as pl
 
         explicit = pl.parse_devices(self.options.devices or "")
-        sizes = {r: pl.model_size(AutoConfig.from_pretrained(str(c.path)), quant,
-                                  context_tokens=pl.ROLE_CONTEXT_TOKENS[r]) for r, c in ckpts.items()}
-        return pl.plan_placement(sizes, pl.gpu_free_memory(), explicit, quant)
+        sizes = pl.role_sizes(self._configs(ckpts), quants)
+        return pl.plan_placement(sizes, pl.gpu_free_memory(), explicit, quants["subject"])
 
     def _layer(self, preset: Preset | None, av_layer: int | None, ar_layer: int | None) -> int:
         known = {v for v in (av_layer, ar_layer) if v is not None}

@@ -128,7 +128,8 @@ MODELS = obj(
      "d_model": integer(0)},
     {"preset": optional(string), "revision": mapping(optional(string)), "injection_scale": optional(number),
      "mse_scale": optional(number), "fve_variance": optional(number), "untrained_av": boolean,
-     "placement": string, "pair_label": string, "pair_note": string})
+     "placement": string, "pair_label": string, "pair_note": string, "quants": mapping(string),
+     "fidelity": string, "fidelity_drifts": boolean})
 MESSAGE = obj({"role": string},
               {"content": optional(string), "name": optional(string), "tool_calls": optional(list_of(tool_call)),
                "tool_call_id": optional(string)})
