@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..core.options import EngineOptions, from_args
+from ..core.options import QUANT_CHOICES, QUANTS, EngineOptions, from_args
 from ..terminal_text import visible
 from ..ui.terminal import COLOR_SYSTEMS
 from .output import say
@@ -21,9 +21,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--av", help="NLA activation verbalizer checkpoint (hub id or directory)")
     g.add_argument("--ar", help="NLA activation reconstructor checkpoint (hub id or directory)")
     g.add_argument("--layer", type=int, help="extraction layer K (default: from the sidecars)")
-    g.add_argument("--quant", choices=["nf4", "int4", "int8", "bf16", "fp32"],
+    g.add_argument("--quant", choices=list(QUANT_CHOICES),
                    help="weights precision (default: nf4 on CUDA, fp32 on CPU; int4: gemlite's faster "
-                        "4-bit kernels where Triton runs)")
+                        "4-bit kernels where Triton runs; auto: the highest precision that fits the free GPU "
+                        "memory, subject first, then AR, then AV)")
+    g.add_argument("--subject-quant", choices=list(QUANTS),
+                   help="the subject's precision alone (its activations are what the AV reads; "
+                        "`nla-tui check --fidelity` says whether the running one drifts)")
     g.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda if available)")
     g.add_argument("--devices", help="place models on GPUs, e.g. subject=0,av=1,ar=1 (default: by free memory)")
     g.add_argument("--cache-dir", help="activation/explanation cache (default: NLA_TUI_CACHE or the user cache dir)")

@@ -116,6 +116,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 "models": {k: getattr(options, k) for k in ("preset", "subject", "av", "ar", "layer", "quant",
                                                              "fve_variance")},
                 **opts.identity()}
+    if options.subject_quant:  # only when given, so sweeps started before the flag existed still resume
+        identity["models"]["subject_quant"] = options.subject_quant
     old = shards.prepare_out(out, identity, args.force) if not args.dry_run else None
     tokenizer, limit_tokens, subject = planning.subject_tokenizer(options)
     plan = planning.make_plan(corpus, selection, tokenizer, limit_tokens, subject, args.shard_positions)

@@ -35,7 +35,8 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--token", help="that server's token (default: NLA_TUI_TOKEN, or this user's token file)")
 
 
-MODEL_FLAGS = ("preset", "subject", "av", "ar", "layer", "quant", "device", "devices", "fve_variance", "park")
+MODEL_FLAGS = ("preset", "subject", "av", "ar", "layer", "quant", "subject_quant", "device", "devices", "fve_variance",
+               "park")
 
 
 def remote_worker(args: argparse.Namespace, emit: Callable[[Any], None]) -> Any:

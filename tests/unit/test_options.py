@@ -19,11 +19,11 @@ def test_every_model_flag_reaches_engine_options():
     args = build_parser().parse_args([
         "run", "--prompt", "x", "--preset", "demo", "--subject", "s", "--av", "a", "--ar", "r",
         "--layer", "3", "--quant", "bf16", "--device", "cpu", "--devices", "subject=0",
-        "--cache-dir", "/c", "--no-cache", "--fve-variance", "0.5", "--park", "never"])
+        "--cache-dir", "/c", "--no-cache", "--fve-variance", "0.5", "--park", "never", "--subject-quant", "fp32"])
     opts = from_args(args)
     assert opts == EngineOptions(preset="demo", subject="s", av="a", ar="r", layer=3, quant="bf16",
                                  device="cpu", fve_variance=0.5, devices="subject=0", cache=False,
-                                 cache_dir="/c", park="never")
+                                 cache_dir="/c", park="never", subject_quant="fp32")
     # and nothing is left at its default by accident: every field was set from a flag
     assert all(getattr(opts, f.name) is not None for f in fields(EngineOptions))
 

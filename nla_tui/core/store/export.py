@@ -66,8 +66,11 @@ def _caveats(session: Session) -> dict[int, list[Caveat]]:
 def _models_line(session: Session) -> str:
     i = session.info
     preset = f"preset {i.preset}, " if i.preset else ""
+    # Which precision ran per model (quant is "nf4" when all three agree, else each named) and
+    # the fidelity self-check's verdict for them where it ran.
+    check = f"; self-check: {i.fidelity}" if i.fidelity else ""
     return (f"{preset}subject {i.subject}, layer {i.layer}; AV {i.av}; AR {i.ar}; "
-            f"{i.quant} on {i.device}")
+            f"{i.quant} on {i.device}{check}")
 
 
 UNTRAINED_NOTE = ("The AV of this session is untrained (demo pair): its explanations are "

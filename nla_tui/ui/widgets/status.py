@@ -6,6 +6,7 @@ from rich.text import Text
 from textual.containers import Horizontal
 from textual.widgets import Label, Static
 
+from ...core.fidelity_report import reference_precision
 from ...core.types import CardMemory
 from ...terminal_text import visible
 from ..state import UiState
@@ -41,6 +42,11 @@ def status_text(state: UiState, temperature: float, auto_explain: bool) -> Text:
         # On CUDA the placement says which card holds each model and its memory.
         where = info.placement if info.placement and info.device.startswith("cuda") else info.device
         t.append(visible(f" · L{info.layer} · {info.quant} · {where}"))
+        if info.fidelity_drifts:  # the self-check found the running precision moves the readouts
+            ref = reference_precision(info.device)
+            t.append(f" · readouts drift from {ref}: try --quant auto or --subject-quant {ref}", style="bold red")
+        elif info.fidelity:
+            t.append(" · self-check ok", style="green")
         mem = gpu_memory_text(state.gpu_memory)
         if mem:
             t.append(f" · GPU {mem}")
