@@ -25,7 +25,7 @@ def add_subparser(sub) -> None:
                    help="address to bind (default 127.0.0.1: reach it through `ssh -L`); anything else "
                         "exposes the models to the network, behind the token only")
     s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    s.add_argument("--rate-limit", type=int, default=600, help="requests a minute, all clients together (default 600)")
+    s.add_argument("--rate-limit", type=int, default=600, help="requests a minute per client (default 600)")
     s.add_argument("--max-body-mb", type=float, default=8.0, help="largest request body in MiB (default 8)")
     s.add_argument("--no-mcp", action="store_true", help="do not serve the MCP tools at /mcp")
     add_corpus_arg(s)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from typing import Any, Callable, Iterator, Sequence
 
 import httpx
 import numpy as np
 
+from ..core.api_call import current_scope
 from ..core.branch_tree import BranchDiff, diff_conversations
 from ..core.captured import Conversation, Messages, StreamItem
 from ..core.steer_results import Comparison, SteerResult
@@ -69,10 +71,13 @@ def _sampling(s: Sampling) -> dict[str, Any]:
 class NlaClient:
     """`NlaClient("http://127.0.0.1:8765")`: the Nla API of a running `nla-tui serve`."""
 
-    def __init__(self, url: str, token: str | None = None, timeout: float = 600.0, request_id: str | None = None):
-        """`request_id`: sent as X-Request-Id, so another client can cancel_request(it)."""
+    def __init__(self, url: str, token: str | None = None, timeout: float = 600.0, request_id: str | None = None,
+                 client_id: str | None = None):
+        """`request_id`: sent as X-Request-Id, so another client can cancel_request(it).
+        `client_id`: X-Client-Id, what the server's rate limit counts by (default: one per instance)."""
         self.url = url.rstrip("/")
-        headers = {"authorization": f"Bearer {token or default_token()}"}
+        # X-Client-Id: the server's rate limit counts each client apart (server/guard.py).
+        headers = {"authorization": f"Bearer {token or default_token()}", "x-client-id": client_id or secrets.token_hex(8)}
         if request_id:
             headers["x-request-id"] = request_id
         self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=10.0), headers=headers)
@@ -99,9 +104,19 @@ class NlaClient:
             reason = r.text[:300] or r.reason_phrase
         raise ServerError(f"The server refused ({r.status_code}): {reason}", r.status_code)
 
+    def _scoped(self) -> dict[str, str]:
+        """Headers of a request made inside a CallScope (core/api_call.py): its own request id,
+        so cancelling the scope cancels this request's job on the server."""
+        scope = current_scope()
+        if scope is None:
+            return {}
+        rid = secrets.token_hex(8)
+        scope.add(lambda: self.cancel_request(rid))
+        return {"x-request-id": rid}
+
     def _request(self, method: str, path: str, body: Any = None) -> Any:
         try:
-            r = self._http.request(method, path, json=body)
+            r = self._http.request(method, path, json=body, headers=self._scoped() if method == "POST" else None)
         except httpx.HTTPError as e:
             raise ServerError(f"Cannot reach the nla-tui server at {self.url} ({type(e).__name__}: {e}); is "
                               f"`nla-tui serve` running, and the SSH tunnel up?") from None
@@ -196,7 +211,7 @@ class NlaClient:
         """(event, data) of a server-sent event stream; an `error` event raises. Closing the
         generator closes the connection, and the server cancels the job."""
         try:
-            with self._http.stream("POST", path, json=body) as r:
+            with self._http.stream("POST", path, json=body, headers=self._scoped()) as r:
                 if r.status_code >= 400:
                     r.read()
                     self._raise_for(r)

@@ -35,7 +35,8 @@ class RemoteWorker(JobThread):
     def __init__(self, url: str, token: str | None, emit: Callable[[ev.Event], None], autoload: bool = True):
         super().__init__(emit)
         self.url, self.token = url, token
-        self.client = NlaClient(url, token)  # used by the worker thread only
+        self.client_id = uuid.uuid4().hex  # every request of this TUI counts as one client's (rate limit)
+        self.client = NlaClient(url, token, client_id=self.client_id)  # used by the worker thread only
         self.conversation: Conversation | None = None
         self.explanations: dict[int, list[Explanation]] = {}
         self.ready = threading.Event()
@@ -54,7 +55,7 @@ class RemoteWorker(JobThread):
         worker's own connection: the server cancels the job even when nothing is streaming
         yet (queued behind other clients), and the request then ends with Cancelled."""
         rid = uuid.uuid4().hex
-        own = NlaClient(self.url, self.token, request_id=rid)
+        own = NlaClient(self.url, self.token, request_id=rid, client_id=self.client_id)
         cancel, over = self.cancel, threading.Event()
 
         def watch() -> None:

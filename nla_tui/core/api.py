@@ -24,7 +24,7 @@ import numpy as np
 from . import events as ev
 from .steer_results import Comparison, SteerResult
 from .branch_tree import BranchDiff, diff_conversations, edited_messages
-from .api_call import Call, as_messages, check_sampling
+from .api_call import Call, as_messages, check_sampling, current_scope
 from .captured import Conversation, Messages, StreamItem
 from .errors import Cancelled, InputError, NlaError
 from .options import EngineOptions
@@ -113,6 +113,9 @@ class Nla:
     def _enqueue(self, call: Call) -> Call:
         call._scheduler = self._worker.scheduler
         self._worker.submit(call)
+        scope = current_scope()  # a caller that may be cancelled from another thread (the MCP tools)
+        if scope is not None:
+            scope.add(lambda: None if call.done.is_set() else call.cancel())
         return call
 
     def status(self) -> dict[str, Any]:

@@ -3,11 +3,12 @@ request passes before it is queued."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import events as ev
 from .captured import Messages
@@ -16,6 +17,52 @@ from .store.transcript import parse_message
 from .types import Message, Sampling
 
 log = logging.getLogger(__name__)
+_scope = threading.local()  # the CallScope active on this thread, if any
+
+
+class CallScope:
+    """What the blocking API calls made on one thread started, so that another thread can
+    stop it all: the MCP tools run blocking Nla / NlaClient methods in a worker thread, and
+    when the agent cancels the tool call the event loop cancels this scope, which cancels
+    the server's jobs (a queued one is dropped, a running one stops at its next step)
+    instead of leaving them to run for nobody."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stops: list[Callable[[], None]] = []
+        self.cancelled = False
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Within this block, calls made on this thread register with the scope."""
+        previous = getattr(_scope, "current", None)
+        _scope.current = self
+        try:
+            yield
+        finally:
+            _scope.current = previous
+
+    def add(self, stop: Callable[[], None]) -> None:
+        """Run `stop` when the scope is cancelled (now, if it already is)."""
+        with self._lock:
+            if not self.cancelled:
+                self._stops.append(stop)
+                return
+        stop()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            stops, self._stops = self._stops, []
+        for stop in stops:
+            try:
+                stop()
+            except Exception:  # one failed stop (a server gone) does not keep the others running
+                log.exception("stopping a cancelled API call failed")
+
+
+def current_scope() -> CallScope | None:
+    return getattr(_scope, "current", None)
 
 
 @dataclass(eq=False)

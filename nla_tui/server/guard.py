@@ -63,37 +63,71 @@ async def send_refusal(send, status: int, reason: str, headers: list[tuple[bytes
     await send({"type": "http.response.body", "body": body})
 
 
+# Client ids the limit tells apart: beyond this many, the longest-idle are forgotten.
+MAX_TRACKED_CLIENTS = 1024
+CLIENT_ID_HEADERS = (b"x-client-id", b"mcp-session-id")  # NlaClient (one per instance); an MCP session
+
+
 class Guard:
-    """ASGI middleware: rate limit (all requests, refused ones too, so guessing tokens is
-    slow), then the bearer token (compared in constant time), then the declared body size."""
+    """ASGI middleware: rate limit (refused requests too, so guessing tokens is slow), the
+    bearer token (compared in constant time), then the declared body size.
+
+    The rate limit is per client, so one busy client (a TUI explaining everything, an agent
+    in a loop) cannot lock the others out: a client with the token is told apart by its
+    address and the id it sends (X-Client-Id: NlaClient and the attached TUI send one per
+    instance; an MCP session's Mcp-Session-Id), one without an id by its address alone.
+    Requests without the right token count against their address, whatever id they claim."""
 
     def __init__(self, app, token: str, token_file: Path | None = None, rate_per_minute: int = RATE_PER_MINUTE,
                  max_body_bytes: int = MAX_BODY_BYTES):
         self.app, self.token = app, token.encode()
         self.where = f" (on the server: {token_file})" if token_file else ""
         self.rate_per_minute, self.max_body_bytes = rate_per_minute, max_body_bytes
-        self.recent: collections.deque[float] = collections.deque()
+        self.recent: dict[tuple, collections.deque[float]] = {}
 
-    def _over_rate(self) -> float | None:
+    @staticmethod
+    def client_key(scope, headers: dict[bytes, bytes], authorised: bool) -> tuple:
+        host = (scope.get("client") or ("?",))[0]
+        if not authorised:
+            return (host, "unauthorised")
+        cid = next((headers[h] for h in CLIENT_ID_HEADERS if headers.get(h)), b"")
+        return (host, cid[:64])
+
+    def _over_rate(self, key: tuple) -> float | None:
         now = time.monotonic()
-        while self.recent and now - self.recent[0] > 60:
-            self.recent.popleft()
-        if len(self.recent) >= self.rate_per_minute:
-            return 60 - (now - self.recent[0])
-        self.recent.append(now)
+        recent = self.recent.get(key)
+        if recent is None:
+            if len(self.recent) >= MAX_TRACKED_CLIENTS:
+                self._forget_idle(now)
+            recent = self.recent[key] = collections.deque()
+        while recent and now - recent[0] > 60:
+            recent.popleft()
+        if len(recent) >= self.rate_per_minute:
+            return 60 - (now - recent[0])
+        recent.append(now)
         return None
+
+    def _forget_idle(self, now: float) -> None:
+        """Clients quiet for a minute have nothing left to count; if all are busy, the quietest go."""
+        self.recent = {k: q for k, q in self.recent.items() if q and now - q[-1] <= 60}
+        if len(self.recent) >= MAX_TRACKED_CLIENTS:
+            by_last = sorted(self.recent, key=lambda k: self.recent[k][-1])
+            for k in by_last[:len(by_last) - MAX_TRACKED_CLIENTS // 2]:
+                del self.recent[k]
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)  # lifespan
-        wait = self._over_rate()
-        if wait is not None:
-            return await send_refusal(send, 429, f"Too many requests: at most {self.rate_per_minute} a minute; "
-                                                 f"retry in {wait:.0f} s.", [(b"retry-after", b"%d" % (wait + 1))])
         headers = dict(scope["headers"])
         auth = headers.get(b"authorization", b"")
         scheme, _, given = auth.partition(b" ")
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.token):
+        authorised = scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.token)
+        wait = self._over_rate(self.client_key(scope, headers, authorised))
+        if wait is not None:
+            return await send_refusal(send, 429, f"Too many requests: at most {self.rate_per_minute} a minute "
+                                                 f"per client; retry in {wait:.0f} s.",
+                                      [(b"retry-after", b"%d" % (wait + 1))])
+        if not authorised:
             what = "Wrong bearer token" if auth else "No bearer token"
             return await send_refusal(send, 401, f"{what}: send the header 'Authorization: Bearer <token>' with "
                                                  f"the server's token{self.where}.", [(b"www-authenticate", b"Bearer")])

@@ -18,6 +18,7 @@ import anyio
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
 
+from ..core.api_call import CallScope
 from ..core.errors import InputError, NlaError
 from ..core.steer_jobs import DEFAULT_ALPHA
 from ..core.types import NOISY_PREFIX, Sampling
@@ -79,8 +80,17 @@ def build_mcp(backend: Any, corpus: Path | None = None) -> MCPServer:
     mcp = MCPServer(name="nla-tui", instructions=INSTRUCTIONS)
 
     async def run(fn, *args):
+        scope = CallScope()  # the jobs fn starts, stopped if the agent cancels the tool call
+
+        def in_scope():
+            with scope.active():
+                return fn(*args)
         try:
-            return await anyio.to_thread.run_sync(fn, *args)
+            return await anyio.to_thread.run_sync(in_scope, abandon_on_cancel=True)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):  # stopping may itself be a request (NlaClient)
+                await anyio.to_thread.run_sync(scope.cancel)
+            raise
         except NlaError as e:  # the agent reads what to change; anything else stays a logged crash
             raise ToolError(str(e)) from None
 

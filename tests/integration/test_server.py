@@ -205,6 +205,30 @@ def test_rate_limit_answers_429(demo_engine):
         assert "a minute" in refusal(r, 429) and int(r.headers["retry-after"]) >= 1
 
 
+def test_the_rate_limit_counts_each_client_apart(demo_engine):
+    """One client over its limit does not lock out another (each NlaClient, like each
+    attached TUI, sends its own X-Client-Id); requests without the token count against their
+    address whatever id they claim, so guessing stays slow."""
+    from nla_tui.client import NlaClient, ServerError
+
+    with serving(demo_engine, mcp=False, rate_per_minute=3) as (url, _):
+        busy, quiet = NlaClient(url, token=TOKEN), NlaClient(url, token=TOKEN)
+        try:
+            for _ in range(3):
+                busy.status()
+            with pytest.raises(ServerError, match="per client") as refused:
+                busy.status()
+            assert refused.value.status == 429
+            assert quiet.status()["queue_depth"] == 0  # the other client still gets through
+            guesses = [httpx.get(url + "/v1/info", headers={"authorization": "Bearer wrong", "x-client-id": str(k)})
+                       .status_code for k in range(4)]
+            assert guesses == [401, 401, 401, 429]
+            assert quiet.status() and NlaClient(url, token=TOKEN).status()  # a third client: its own budget
+        finally:
+            busy.close()
+            quiet.close()
+
+
 def test_token_file_is_private_and_kept(tmp_path):
     from nla_tui.core.errors import InputError
     from nla_tui.server.guard import load_or_create_token

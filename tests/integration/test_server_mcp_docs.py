@@ -93,6 +93,50 @@ def test_mcp_over_http_needs_the_token(served):
     assert httpx.post(url + "/mcp", json={}).status_code == 401
 
 
+@pytest.mark.parametrize("transport", ["http", "stdio"])
+def test_a_cancelled_mcp_tool_call_stops_its_job_on_the_server(served, transport, tmp_path):
+    """The agent cancels a long explain_conversation (the SDK client; over the server's
+    streamable HTTP, or over stdio to `nla-tui mcp --server URL`, whose NlaClient then
+    cancels the request by its id): the server's explain job ends cancelled, not finished."""
+    import sys
+
+    from mcp import Client, StdioServerParameters
+    from mcp.client.streamable_http import streamable_http_client
+
+    from nla_tui.core import events as ev
+
+    url, nla = served
+    scheduler = nla._worker.scheduler
+    before = dict(nla.jobs)
+
+    def explaining() -> bool:
+        job = scheduler.current
+        return job is not None and job.kind == ev.JobKind.EXPLAIN
+
+    async def session():
+        http = httpx.AsyncClient(headers=AUTH, timeout=600)
+        target = (streamable_http_client(url + "/mcp", http_client=http) if transport == "http" else
+                  StdioServerParameters(command=sys.executable, args=["-m", "nla_tui.cli", "mcp", "--server", url,
+                                                                      "--token", TOKEN], cwd=str(REPO),
+                                        env={"PATH": "/usr/bin:/bin", "NLA_TUI_CONFIG": str(tmp_path)}))
+        async with http, Client(target) as client:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client.call_tool, "explain_conversation",
+                              {"messages": LONGER, "role": None, "limit": 16, "max_new_tokens": 1000})
+                with anyio.fail_after(600):
+                    while not explaining():  # the AV is generating on the server
+                        await anyio.sleep(0.02)
+                tg.cancel_scope.cancel()  # what an agent's cancel does: notifications/cancelled
+            with anyio.fail_after(600):
+                while nla.jobs["cancelled"] == before["cancelled"] or scheduler.depth:
+                    await anyio.sleep(0.02)
+
+    anyio.run(session)
+    assert nla.jobs["cancelled"] == before["cancelled"] + 1  # the explain job: stopped
+    assert nla.jobs["finished"] == before["finished"] + 1  # only the capture ran to its end
+    assert nla.jobs["failed"] == before["failed"]
+
+
 def test_api_md_examples_run(served, demo_engine, demo_tokenizer, demo_paths, monkeypatch, capsys):
     """Every ```python block of docs/API.md, in order; Nla.load reuses the session's demo
     weights and tokenizer, and the client's URL is this test's server."""
