@@ -217,6 +217,23 @@ async def _steer_result(pilot) -> None:
     await wait_until(pilot, lambda: isinstance(pilot.app.screen, SteeredScreen), "the steered continuation")
 
 
+async def _steer_vector(pilot) -> None:
+    """The steer dialog on a − b: the token marked with c minus the cursor's, its norm shown."""
+    from textual.widgets import RadioButton
+
+    from nla_tui.ui.screens.steer import SteerDialog
+
+    app = pilot.app
+    await settle_replay(pilot, app)
+    app.strip.set_cursor(COMPARE_PAIR[1])
+    await pilot.press("c")
+    app.strip.set_cursor(STEER_TOKEN)
+    await pilot.press("w")
+    await wait_until(pilot, lambda: isinstance(app.screen, SteerDialog), "the steer dialog")
+    app.screen.query_one("#source-difference", RadioButton).value = True
+    await pilot.pause()
+
+
 async def _compare(pilot) -> None:
     from nla_tui.ui.screens.steer import CompareScreen
 
@@ -274,6 +291,7 @@ SCENARIOS = {
     "explain_all_120x36": (dict(), (120, 36), _explain_all),
     "steer_edit_120x36": (dict(preload=True), (120, 36), _steer_edit),
     "steer_result_120x36": (dict(preload=True), (120, 36), _steer_result),
+    "steer_vector_120x36": (dict(preload=True), (120, 36), _steer_vector),
     "compare_120x36": (dict(preload=True), (120, 36), _compare),
     "agent_search_120x36": (dict(preload=True, session=AGENT), (120, 36), _agent_search),
     "branch_120x36": (dict(preload=True, session=BRANCHES), (120, 36), _branch),

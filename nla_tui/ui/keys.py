@@ -116,7 +116,8 @@ KEYMAP: list[Key | Unbound] = [
     _k("y", "copy", "copy", "copy the explanation (OSC 52, works over SSH)", EXPLAIN, palette="Copy explanation"),
 
     _k("w", "steer", "steer",
-       "steer: edit the explanation, regenerate steered from here (before/after side by side)", STEER,
+       "steer: add a vector (edited explanation, vector file, a − b, SAE feature), regenerate from here "
+       "(before/after side by side)", STEER,
        palette="Steer…"),
     _k("c", "compare", "compare", "compare: c marks token A, c on token B explains a − b and b − a (Esc clears A)",
        STEER, palette="Compare tokens"),

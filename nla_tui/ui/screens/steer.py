@@ -103,13 +103,13 @@ class SteerDialog(ModalScreen[tuple[VectorSource, float, str] | None]):
                     yield TextArea(self.original or "", id="steer-area", disabled=self.original is None)
                 with Vertical(id="src-file"):
                     yield Label(literal("a .safetensors or .npy file holding one vector [d_model]; the tensor's name "
-                                        "if it holds several"), classes="dim")
+                                        "if it holds several"), classes="dim steer-hint")
                     with Horizontal(classes="steer-row"):
                         yield Input(value=file.path, placeholder="path/to/vector.npy", id="steer-file")
                         yield Input(value=file.name or "", placeholder="tensor (optional)", id="steer-name")
                 with Vertical(id="src-difference"):
                     yield Label(literal("activation[a] − activation[b] of two tokens of this conversation (a: the "
-                                        "token marked with c, b: the cursor)"), classes="dim")
+                                        "token marked with c, b: the cursor)"), classes="dim steer-hint")
                     with Horizontal(classes="steer-row"):
                         yield Label("a", classes="steer-label")
                         yield Input(value="" if a is None else str(a), id="steer-a", type="integer")
@@ -118,7 +118,7 @@ class SteerDialog(ModalScreen[tuple[VectorSource, float, str] | None]):
                 with Vertical(id="src-sae"):
                     yield Label(literal("decoder row W_dec[feature] of a local sae-lens SAE (cfg.json + "
                                         "sae_weights.safetensors); any layer: steer with an SAE of another layer"),
-                                classes="dim")
+                                classes="dim steer-hint")
                     with Horizontal(classes="steer-row"):
                         yield Input(value=sae.directory, placeholder="path/to/sae-directory", id="steer-sae")
                         yield Input(value=str(sae.feature) if sae.directory else "", placeholder="feature",
