@@ -192,7 +192,7 @@ class RemoteWorker(JobThread):
     def _steer(self, job: Steer) -> None:
         result = self._recaptured(lambda: self._blocking(lambda c: c.steer(
             self._handle(), job.index, job.edited, job.alpha, job.span, job.max_new_tokens, job.original,
-            job.sampling)))
+            job.sampling, job.source)))  # a file / SAE source is refused there: the server reads no client file
         self.emit(SteerDone(result))
 
     def _compare(self, job: Compare) -> None:
