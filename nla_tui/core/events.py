@@ -37,6 +37,7 @@ class JobKind(Enum):
     LIST_BRANCHES = "ListBranches"
     EXPLAIN_ON_BRANCH = "ExplainOnBranch"
     ADOPT_BRANCHES = "AdoptBranches"
+    EXPLAIN_PAIR = "ExplainWithPair"  # the extra pair (core/pair_jobs.py)
 
     @property
     def words(self) -> str:
@@ -53,7 +54,7 @@ class JobKind(Enum):
 
     @property
     def is_explain(self) -> bool:
-        return self in (JobKind.EXPLAIN, JobKind.EXPLAIN_ALL, JobKind.EXPLAIN_ON_BRANCH)
+        return self in (JobKind.EXPLAIN, JobKind.EXPLAIN_ALL, JobKind.EXPLAIN_ON_BRANCH, JobKind.EXPLAIN_PAIR)
 
 
 _JOB_WORDS = {JobKind.LOAD: "Loading the models", JobKind.CHAT: "Chat",
@@ -61,7 +62,8 @@ _JOB_WORDS = {JobKind.LOAD: "Loading the models", JobKind.CHAT: "Chat",
               JobKind.EXPLAIN_ALL: "Explain all", JobKind.STEER: "Steer", JobKind.COMPARE: "Compare",
               JobKind.EDIT_MESSAGE: "Editing the message", JobKind.SWITCH_BRANCH: "Switching branch",
               JobKind.LIST_BRANCHES: "Listing branches", JobKind.EXPLAIN_ON_BRANCH: "Explain on a branch",
-              JobKind.ADOPT_BRANCHES: "Opening the saved branches"}
+              JobKind.ADOPT_BRANCHES: "Opening the saved branches",
+              JobKind.EXPLAIN_PAIR: "Explain with the extra pair"}
 
 
 @dataclass
@@ -77,6 +79,12 @@ class Job:
     @property
     def priority(self) -> int:
         return PRIORITY_BACKGROUND
+
+    @property
+    def cursor_index(self) -> int | None:
+        """The token under the cursor this job explains (None: not a cursor job): a cursor
+        job for another token makes a running one stale (scheduler.py cancels it)."""
+        return None
 
 
 @dataclass
@@ -141,6 +149,10 @@ class Explain(Job):
     @property
     def priority(self) -> int:
         return PRIORITY_EXPLAIN
+
+    @property
+    def cursor_index(self) -> int | None:
+        return self.index
 
 
 @dataclass

@@ -16,6 +16,40 @@ from .types import ModelInfo
 QUANTS = ("nf4", "int4", "int8", "bf16", "fp32")  # what each model can run in (core/models/loading.py)
 QUANT_CHOICES = QUANTS + ("auto",)  # --quant auto: the highest precision that fits (core/models/quant_choice.py)
 
+PAIR_FLAG = "--extra-pair"
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """A second AV/AR pair over the same subject (`--extra-pair av=DIR,ar=DIR[,label=NAME]`):
+    two local checkpoint directories; its layer comes from their sidecars."""
+
+    av: str
+    ar: str
+    label: str = ""
+
+
+def parse_pair_spec(text: str) -> PairSpec:
+    """`av=DIR,ar=DIR[,label=NAME]`, syntax only (the directories are checked against the
+    subject by core.runtime.precheck.check_extra_pair, still before any model loads)."""
+    usage = f"write {PAIR_FLAG} av=DIR,ar=DIR (optionally ,label=NAME)"
+    fields: dict[str, str] = {}
+    for part in str(text).split(","):
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not eq or key not in ("av", "ar", "label"):
+            raise InputError(f"{PAIR_FLAG} part {part.strip()[:40]!r} is not av=…, ar=… or label=…: {usage}.")
+        if key in fields:
+            raise InputError(f"{PAIR_FLAG} names {key}= twice: {usage}.")
+        fields[key] = value.strip()
+    missing = [k for k in ("av", "ar") if not fields.get(k)]
+    if missing:
+        raise InputError(f"{PAIR_FLAG} has no {' or '.join(k + '=DIR' for k in missing)}: {usage}.")
+    label = fields.get("label", "")
+    if len(label) > 40 or any(not ch.isprintable() for ch in label):
+        raise InputError(f"{PAIR_FLAG} label= must be at most 40 printable characters.")
+    return PairSpec(fields["av"], fields["ar"], label)
+
 
 @dataclass(frozen=True)
 class EngineOptions:
@@ -32,6 +66,7 @@ class EngineOptions:
     cache_dir: str | None = None  # default: NLA_TUI_CACHE or the user cache dir
     park: str | None = None  # explain-all: "auto" (default), "always" or "never" park the subject + AR
     subject_quant: str | None = None  # --subject-quant: the subject's precision alone (overrides --quant for it)
+    extra_pair: PairSpec | None = None  # a second AV/AR over the same subject (--extra-pair)
 
     def check_quants(self) -> None:
         """Refuse an unknown precision before anything loads (scripts build EngineOptions by hand)."""
@@ -49,7 +84,8 @@ def from_args(args: Any) -> EngineOptions:
                          layer=get("layer"), quant=get("quant"), device=get("device"),
                          fve_variance=get("fve_variance"), devices=get("devices"),
                          cache=False if get("no_cache") else None, cache_dir=get("cache_dir"),
-                         park=get("park"), subject_quant=get("subject_quant"))
+                         park=get("park"), subject_quant=get("subject_quant"),
+                         extra_pair=parse_pair_spec(get("extra_pair")) if get("extra_pair") else None)
 
 
 def from_model_info(info: ModelInfo, base: EngineOptions | None = None) -> EngineOptions:

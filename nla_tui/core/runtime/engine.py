@@ -33,6 +33,7 @@ from ..types import (REPLY_TOKENS, Candidate, CardMemory, Explanation, Message, 
                      group_by_index)
 from .engine_branches import EngineBranches
 from .engine_caches import EngineCaches
+from .engine_pair import EnginePair
 
 
 def placement_kwargs(placement, role: str) -> dict:
@@ -50,7 +51,7 @@ def describe_placement(placement, models) -> str:
 Progress = Callable[[str, float, str], None]  # (model, fraction, message)
 
 
-class Engine(EngineBranches):
+class Engine(EngineBranches, EnginePair):
     def __init__(self, options: EngineOptions):
         self.options = options
         self.info: ModelInfo | None = None
@@ -75,6 +76,9 @@ class Engine(EngineBranches):
         self.park_state: dict = {"parked": []}
         self.last_explain_plan: dict = {}
         self.start_capture_s: float | None = None  # the AV's decode graph captured during load (CUDA)
+        self.subject_dir = None  # the subject's checkpoint directory (the extra pair is checked against it)
+        self.pair = None  # the extra AV/AR (--extra-pair; engine_pair.py), None when there is none
+        self._pair_store: list = []
 
     @classmethod
     def from_options(cls, **kw) -> "Engine":
@@ -95,6 +99,11 @@ class Engine(EngineBranches):
                  for k, c in ckpts.items()}
         av_meta, ar_meta = read_sidecar(ckpts["av"].path), read_sidecar(ckpts["ar"].path)
         layer = self._layer(preset, av_meta.extraction_layer, ar_meta.extraction_layer)
+        self.subject_dir = ckpts["subject"].path
+        if o.extra_pair is not None:  # judged from files before any model loads
+            from .precheck import check_extra_pair
+
+            check_extra_pair(o.extra_pair, self.subject_dir)
         device = o.device or default_device()
         quants = self._quants(preset, ckpts, device)
         placement = self._place(ckpts, quants, device)
@@ -141,6 +150,8 @@ class Engine(EngineBranches):
             quants=dict(quants))
         self.checkpoints = ckpts
         self.activations = np.zeros((0, d), np.float32)
+        if o.extra_pair is not None:
+            self.load_extra_pair(o.extra_pair, report)
         from .fidelity_check import note_cached_verdict
 
         note_cached_verdict(self)  # the self-check's verdict for these models and precisions, if it ran before

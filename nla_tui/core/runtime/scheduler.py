@@ -60,8 +60,9 @@ class Scheduler:
             self._queue = [q for q in self._queue if q[2].key != job.key]
             heapq.heapify(self._queue)
             cur = self.current
-            if isinstance(job, ev.Explain) and isinstance(cur, ev.Explain) and cur.index != job.index:
-                self.cancel.set()  # the cursor moved on: the running explain is stale
+            if job.cursor_index is not None and cur is not None and cur.cursor_index is not None \
+                    and cur.cursor_index != job.cursor_index:
+                self.cancel.set()  # the cursor moved on: the running explain (either pair's) is stale
             heapq.heappush(self._queue, (job.priority, next(self._seq), job))
             self.idle.clear()
             self._cv.notify()

@@ -17,8 +17,10 @@ from .. import events as ev
 from ..errors import NlaError
 from ..types import Explanation
 from ..branch_jobs import AdoptBranches, EditMessage, ExplainOnBranch, ListBranches, SwitchBranch
+from ..pair_jobs import ExplainWithPair
 from ..steer_jobs import Compare, Steer
 from .branch_worker import BranchJobs
+from .pair_worker import PairJobs
 from .progress import RowProgress
 from .scheduler import JobThread
 from .steer_worker import SteerJobs
@@ -38,7 +40,7 @@ class _Throttle:
         return False
 
 
-class EngineWorker(SteerJobs, BranchJobs, JobThread):
+class EngineWorker(SteerJobs, BranchJobs, PairJobs, JobThread):
     thread_name = "nla-engine"
 
     def __init__(self, engine_or_factory, emit: Callable[[ev.Event], None], autoload: bool = True):
@@ -51,7 +53,7 @@ class EngineWorker(SteerJobs, BranchJobs, JobThread):
                          ev.ExplainAll: self._explain_all, Steer: self._do_Steer, Compare: self._do_Compare,
                          EditMessage: self._do_EditMessage, SwitchBranch: self._do_SwitchBranch,
                          ListBranches: self._do_ListBranches, ExplainOnBranch: self._do_ExplainOnBranch,
-                         AdoptBranches: self._do_AdoptBranches}
+                         AdoptBranches: self._do_AdoptBranches, ExplainWithPair: self._do_ExplainWithPair}
         if autoload:
             self.submit(ev.LoadModels())
 
@@ -76,6 +78,7 @@ class EngineWorker(SteerJobs, BranchJobs, JobThread):
             info = self.engine.info
         self.ready.set()
         self.emit(ev.ModelsReady(info))
+        self._pair_ready(self.engine)
         if self.engine.tokens:
             self.emit(ev.ConversationUpdated(list(self.engine.messages), list(self.engine.tokens),
                                              self.engine.activations))
