@@ -67,7 +67,8 @@ def reusing_demo_loads(demo_tokenizer, demo_paths, engine=None, models=()):
 # conversation, explanations, branches, lens, parking choices and on-disk caches (a test
 # points them at its tmp_path). The loaded models and the options are never swapped.
 ENGINE_STATE = ("messages", "tokens", "activations", "residuals", "_lens", "explanations", "steered",
-                "park_policy", "park_state", "last_explain_plan", "caches", "branches", "last_recapture")
+                "park_policy", "park_state", "last_explain_plan", "caches", "branches", "last_recapture",
+                "pair", "_pair_store")
 
 
 def _saved(value):

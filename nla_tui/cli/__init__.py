@@ -29,7 +29,7 @@ import sys
 from ..core.errors import NlaError
 from . import branch, cache, check, compare, explain_vectors, export, note, open, report, run, search, serve, steer, sweep, tui
 from ..terminal_text import visible
-from .common import EXIT_USER_ERROR, add_display_args, add_model_args
+from .common import EXIT_USER_ERROR, add_display_args, add_extra_pair_arg, add_model_args
 from .validate import check_out_flags, fix_negative_values
 from .output import say
 
@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         "model flags below); the subcommands work headless.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     add_model_args(p)
+    add_extra_pair_arg(p)
     p.add_argument("--messages", help="open a transcript instead of chatting (OpenAI chat format: JSON list, "
                                       '{"messages": [...]} or JSONL; system/user/assistant/tool roles, tool_calls)')
     add_display_args(p)

@@ -38,6 +38,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "(auto: when that saves AV passes on the AV's card; default auto)")
 
 
+def add_extra_pair_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--extra-pair", metavar="av=DIR,ar=DIR[,label=NAME]",
+                   help="load a second AV/AR pair over the same subject (its layer from its sidecars) and "
+                        "explain tokens with it too: the TUI's P key, `run`'s second table")
+
+
 def add_display_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--color-system", choices=COLOR_SYSTEMS, default="auto",
                    help="force the colour depth (COLORTERM is often not forwarded over SSH)")
@@ -49,7 +55,12 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
     from .validate import check_model_args
 
     check_model_args(args)
-    return from_args(args)
+    opts = from_args(args)
+    if opts.extra_pair is not None:
+        from ..core.runtime.precheck import check_extra_pair_args
+
+        check_extra_pair_args(opts, progress)  # the pair's files against the subject's, before any model loads
+    return opts
 
 
 def progress(model: str, fraction: float, message: str) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..core.types import EXPLAIN_TOKENS
 from ..terminal_text import visible
-from .common import add_model_args, engine_options, progress
+from .common import add_extra_pair_arg, add_model_args, engine_options, progress
 from .validate import check_explain_range, check_run_args
 from .output import say
 
@@ -16,6 +16,7 @@ from .output import say
 def add_subparser(sub) -> None:
     r = sub.add_parser("run", help="headless: chat, capture, explain, score, print a table")
     add_model_args(r)
+    add_extra_pair_arg(r)
     r.add_argument("--prompt", help="user message to send")
     r.add_argument("--messages", help='transcript in the OpenAI chat format (JSON list, {"messages": [...]} or '
                                       "JSONL; tool calls and results included); assistant turns are teacher-forced")
@@ -69,6 +70,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     sampling = Sampling(temperature=args.temperature, max_new_tokens=args.max_explain_tokens, seed=args.seed)
     exps = explain_with_progress(engine, indices, sampling, args.av_prompt, args.batch_size)
     print_table(engine, {e.index: e for e in exps}, only_explained=isinstance(spec, list))
+    if engine.pair is not None and indices:
+        pair_exps = explain_with_pair(engine, indices, sampling, args.av_prompt)
+        say(f"\nextra pair {visible(engine.pair.info.label)!r} (layer {engine.pair.info.layer}):")
+        print_table(engine, {e.index: e for e in pair_exps}, only_explained=isinstance(spec, list))
     if engine.info.untrained_av:
         say("\nNote: the demo AV is untrained; its text is NOT a faithful explanation of the activation.")
     elif engine.info.pair_note:
@@ -99,6 +104,17 @@ def explain_with_progress(engine, indices: list[int], sampling, prompt: str | No
         with engine.counting_rows(progress.row_done):
             return engine.explain(indices, sampling, prompt, batch_size=batch_size,
                                   on_batch=lambda exps: progress.batch_done(len(exps)))
+
+
+def explain_with_pair(engine, indices: list[int], sampling, prompt: str | None):
+    """The same tokens with the extra pair, in AV batches sized as the main pair's (kept in the
+    engine, so the session saves them)."""
+    size = engine.explain_batch_size(sampling.max_new_tokens, rows=len(indices))
+    out = []
+    for b in range(0, len(indices), size):
+        say(f"[extra pair] explaining {min(b + size, len(indices))}/{len(indices)}", file=sys.stderr, flush=True)
+        out += engine.explain_with_pair(indices[b:b + size], sampling, prompt)
+    return out
 
 
 def print_conversation(engine) -> None:

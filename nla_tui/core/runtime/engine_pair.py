@@ -107,6 +107,10 @@ class EnginePair:
         store.append((self.activations, {}))
         return store[-1][1]
 
+    def pair_explanations_for(self, activations) -> dict[int, list[Explanation]]:
+        """The extra pair's explanations of the conversation captured as `activations` ({} if none)."""
+        return next((held for acts, held in getattr(self, "_pair_store", []) if acts is activations), {})
+
     def pair_vectors(self, indices: list[int]) -> np.ndarray:
         """The subject's residual at the extra pair's layer for these tokens (see the module doc)."""
         pair = self.pair_named(EXTRA)

@@ -32,6 +32,7 @@ from ..fallbacks import with_near_duplicates
 from .steer_export import steered_html, steered_markdown
 from .branch_export import BRANCHES_CSS, branch_changes_json, branches_html, branches_markdown
 from .note_export import NOTES_CSS, inline_notes, note_marker, notes_html, notes_markdown
+from .pair_export import PAIR_CSS, pair_html, pair_markdown
 from .transcript import message_display_text
 from ..types import Explanation, Score, group_by_index
 from .jsonsafe import dumps_finite
@@ -124,6 +125,7 @@ def to_markdown(session: Session) -> str:
             f"{_md_cell(explanation_with_support(e)) if e else ''} | {_fmt(s.cos) if s else ''} | "
             f"{_fmt(s.fve_nrm) if s else ''} | {verdict(s, caveats[t.index]) if s else ''} | "
             f"{_md_cell('; '.join(warned)) if warned else ''} |")
+    lines += [""] + pair_markdown(session) if session.extra_pair else []
     lines += [""] + steered_markdown(session.steered) if session.steered else []
     lines += [""] + notes_markdown(session.notes, {t.index: t.text for t in session.tokens}) if session.notes else []
     lines += [""] + branches_markdown(session.branch_tree()) if session.branches else []
@@ -324,13 +326,13 @@ def to_html(session: Session) -> str:
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title} · nla-tui</title><style>{_CSS}{NOTES_CSS}{BRANCHES_CSS}</style></head>
+<title>{title} · nla-tui</title><style>{_CSS}{NOTES_CSS}{BRANCHES_CSS}{PAIR_CSS if session.extra_pair else ""}</style></head>
 <body><header><h1>{title}</h1>
 <div class="meta">{_h(_models_line(session))} · {len(session.tokens)} tokens, {session.n_explained} explained · updated {_h(session.updated)}</div>
 {warn}{legend}</header>
 <div id="wrap"><section id="conv">{"".join(blocks)}</section>
 <aside id="detail"><p class="none">Click a token to see its explanation.</p></aside></div>
-{steered_html(session.steered)}
+{pair_html(session)}{steered_html(session.steered)}
 {notes_html(session.notes)}
 {branches_html(session.branch_tree()) if session.branches else ""}
 <script id="nla-data" type="application/json">{_script_json(data)}</script>

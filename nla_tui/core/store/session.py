@@ -36,6 +36,7 @@ from ..branch_tree import ROOT, Branch, BranchTree
 from ..steer_results import SteerResult
 from ..errors import InputError, NlaError
 from ..notes import Note
+from ..pair_jobs import PairInfo
 from ..types import Explanation, Message, ModelInfo, TokenInfo, group_by_index
 from .jsonsafe import dumps_finite
 from .migrations import MIGRATIONS
@@ -67,6 +68,10 @@ class Session:
     # which is the conversation above; their activations live in the activation cache.
     branches: list[Branch] = field(default_factory=list)
     current_branch: int = ROOT  # the branch shown when the session was saved
+    # The extra AV/AR pair (--extra-pair; core/pair_jobs.py) and its explanations of this
+    # conversation's tokens, kept apart from `explanations`; None / [] without one.
+    extra_pair: PairInfo | None = None
+    pair_explanations: list[Explanation] = field(default_factory=list)
     created: str = field(default_factory=now_iso)
     updated: str = field(default_factory=now_iso)
     # The `generation` of the session.json this was loaded from or last saved as (each
@@ -113,6 +118,8 @@ class Session:
             "notes": [n.to_json() for n in self.notes],
             "branches": [b.to_json() for b in self.branches],
             "current_branch": self.current_branch,
+            **({"extra_pair": self.extra_pair.to_json(),
+                "extra_explanations": [e.to_json() for e in self.pair_explanations]} if self.extra_pair else {}),
         }
 
 
@@ -144,6 +151,11 @@ def session_from_engine(engine: Any, name: str, explanations: list[Explanation] 
                       steered=list(getattr(engine, "steered", [])), created=created or now_iso())
     if tree is not None:
         session.set_branches(tree)
+    pair = getattr(engine, "pair", None)
+    if pair is not None:
+        session.extra_pair = pair.info
+        held = engine.pair_explanations_for(acts)
+        session.pair_explanations = [e for i in sorted(held) for e in held[i]]
     return session
 
 
@@ -247,7 +259,10 @@ def _index_out_of_range(session: Session) -> str | None:
     """What is wrong with the first explanation or steered continuation whose token is not
     in the conversation it belongs to (a steer made on a branch counts that branch's tokens)."""
     sizes = {ROOT: len(session.tokens), **{b.id: len(b.tokens) for b in session.branches}}
-    for what, items in (("an explanation", session.explanations), ("a steered continuation", session.steered)):
+    if session.pair_explanations and session.extra_pair is None:
+        return "extra-pair explanations but no extra_pair saying which pair made them"
+    for what, items in (("an explanation", session.explanations), ("a steered continuation", session.steered),
+                        ("an extra-pair explanation", session.pair_explanations)):
         for e in items:
             where = getattr(e, "branch", None)
             n = sizes.get(ROOT if where is None else where)
@@ -363,8 +378,11 @@ def load_session(path: str | os.PathLike) -> Session:
         steered = [SteerResult.from_json(b) for b in doc.get("steered", [])]
         notes = [Note.from_json(n) for n in doc.get("notes", [])]
         branches = [Branch.from_json(b) for b in doc.get("branches", [])]
+        pair = PairInfo.from_json(doc["extra_pair"]) if doc.get("extra_pair") is not None else None
+        pair_exps = [Explanation.from_json(e) for e in doc.get("extra_explanations", [])]
         session = Session(name=str(doc["name"]), info=info, messages=messages, tokens=tokens,
                           explanations=explanations, steered=steered, notes=notes, branches=branches,
+                          extra_pair=pair, pair_explanations=pair_exps,
                           current_branch=int(doc.get("current_branch", ROOT)), created=str(doc["created"]),
                           updated=str(doc["updated"]), generation=doc.get("generation", 0),
                           origin=directory.resolve())

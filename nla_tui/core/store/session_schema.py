@@ -158,12 +158,16 @@ NOTE = obj({"start": integer(0), "end": integer(0), "text": string, "created": s
 BRANCH = obj({"id": integer(1), "parent": integer(0), "edited": integer(0)},
              {"created": string, "label": string, "first_changed": optional(integer(0)),
               "conversation": list_of(MESSAGE), "tokens": list_of(TOKEN), "explanations": list_of(EXPLANATION)})
+# The extra AV/AR pair (--extra-pair) and its explanations, optional: sessions without one
+# (and every session saved before it existed) simply lack both fields.
+EXTRA_PAIR = obj({"name": string, "label": string, "models": MODELS})
 SESSION = obj({"schema_version": integer(0), "name": string, "created": string, "updated": string,
                "models": MODELS},
               {"conversation": list_of(MESSAGE), "tokens": list_of(TOKEN), "explanations": list_of(EXPLANATION),
                "steered": list_of(STEERED), "notes": list_of(NOTE), "branches": list_of(BRANCH),
                "current_branch": integer(0), "activations_file": optional(string),
-               "activations_sha256": optional(string), "generation": integer(0)})
+               "activations_sha256": optional(string), "generation": integer(0),
+               "extra_pair": optional(EXTRA_PAIR), "extra_explanations": list_of(EXPLANATION)})
 
 
 def check_session_doc(doc: Any) -> None:
