@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 from nla_tui.cli import build_parser
-from nla_tui.core.options import EngineOptions, from_args, from_model_info
+from nla_tui.core.options import EngineOptions, PairSpec, from_args, from_model_info
 from nla_tui.core.types import ModelInfo
 
 
@@ -19,11 +19,13 @@ def test_every_model_flag_reaches_engine_options():
     args = build_parser().parse_args([
         "run", "--prompt", "x", "--preset", "demo", "--subject", "s", "--av", "a", "--ar", "r",
         "--layer", "3", "--quant", "bf16", "--device", "cpu", "--devices", "subject=0",
-        "--cache-dir", "/c", "--no-cache", "--fve-variance", "0.5", "--park", "never", "--subject-quant", "fp32"])
+        "--cache-dir", "/c", "--no-cache", "--fve-variance", "0.5", "--park", "never", "--subject-quant", "fp32",
+        "--extra-pair", "av=/x/av,ar=/x/ar,label=L"])
     opts = from_args(args)
     assert opts == EngineOptions(preset="demo", subject="s", av="a", ar="r", layer=3, quant="bf16",
                                  device="cpu", fve_variance=0.5, devices="subject=0", cache=False,
-                                 cache_dir="/c", park="never", subject_quant="fp32")
+                                 cache_dir="/c", park="never", subject_quant="fp32",
+                                 extra_pair=PairSpec("/x/av", "/x/ar", "L"))
     # and nothing is left at its default by accident: every field was set from a flag
     assert all(getattr(opts, f.name) is not None for f in fields(EngineOptions))
 
