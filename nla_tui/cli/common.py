@@ -41,7 +41,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def add_extra_pair_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extra-pair", metavar="av=DIR,ar=DIR[,label=NAME]",
                    help="load a second AV/AR pair over the same subject (its layer from its sidecars) and "
-                        "explain tokens with it too: the TUI's P key, `run`'s second table")
+                        "explain tokens with it too: the TUI's 2 key, `run`'s second table")
 
 
 def add_display_args(p: argparse.ArgumentParser) -> None:

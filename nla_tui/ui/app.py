@@ -36,7 +36,8 @@ from .input_actions import Inputs
 from .keys import bindings_for
 from .literal import ShowControls
 from .note_actions import Notes
-from .messages import EngineEvent, ExplainTextArrived, ProgressArrived, engine_message
+from .pair_actions import PairView
+from .messages import EngineEvent, ExplainTextArrived, PairTextArrived, ProgressArrived, engine_message
 from .options import UiOptions
 from .screens.help import HelpScreen
 from .session_actions import Sessions
@@ -80,6 +81,7 @@ class NlaApp(App[None]):
         self.sessions = Sessions(self)
         self.notes = Notes(self, self.sessions.keeper, self.sessions.autosave)
         self.branching = Branching(self)
+        self.pair_view = PairView(self)
 
     # ------------------------------------------------------------ layout
 
@@ -174,6 +176,7 @@ class NlaApp(App[None]):
 
     @on(EngineEvent)
     @on(ExplainTextArrived)
+    @on(PairTextArrived)
     @on(ProgressArrived)
     def _engine_event(self, message: EngineEvent) -> None:
         """Fold the event into UiState (state.py unpacks it; nothing else does), then
@@ -409,6 +412,8 @@ class NlaApp(App[None]):
 
     def action_compare_parent(self) -> None:
         self.branching.toggle_parent()
+    def action_explain_pair(self) -> None:
+        self.pair_view.explain_or_toggle()
 
     def action_save_session(self) -> None:
         self.sessions.save_dialog()

@@ -113,6 +113,9 @@ KEYMAP: list[Key | Unbound] = [
     _k("ctrl+e", "explain_scope", "explain…",
        "explain the cursor's role, turn or span, or the 200 most surprising tokens", EXPLAIN,
        palette="Explain a role, turn, span or the most surprising"),
+    _k("2", "explain_pair", "2nd pair",
+       "explain the token with the second, extra pair (--extra-pair); on a token it explained: show / hide it",
+       EXPLAIN, palette="Explain with the extra pair"),
     _k("y", "copy", "copy", "copy the explanation (OSC 52, works over SSH)", EXPLAIN, palette="Copy explanation"),
 
     _k("w", "steer", "steer",

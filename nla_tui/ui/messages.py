@@ -14,6 +14,7 @@ from __future__ import annotations
 from textual.message import Message
 
 from ..core import events as ev
+from ..core.pair_jobs import PairExplainDelta
 from ..core.steer_jobs import SteerProgress
 
 
@@ -35,6 +36,17 @@ class ExplainTextArrived(EngineEvent):
         return isinstance(message, ExplainTextArrived) and message.event.index == self.event.index
 
 
+class PairTextArrived(EngineEvent):
+    """The extra pair's explanation text so far for one token (PairExplainDelta): a newer
+    one for the same pair and token replaces it."""
+
+    event: PairExplainDelta
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, PairTextArrived) and \
+            (message.event.pair, message.event.index) == (self.event.pair, self.event.index)
+
+
 class ProgressArrived(EngineEvent):
     """How far a job has got (load, capture, explain-all, steer / compare): only the
     newest count of the same job matters."""
@@ -54,9 +66,11 @@ def engine_message(event: ev.Event) -> EngineEvent:
     """The message that carries `event`: a replaceable one for streams of latest values."""
     if isinstance(event, ev.ExplainDelta):
         return ExplainTextArrived(event)
+    if isinstance(event, PairExplainDelta):
+        return PairTextArrived(event)
     if isinstance(event, _PROGRESS):
         return ProgressArrived(event)
     return EngineEvent(event)
 
 
-__all__ = ["EngineEvent", "ExplainTextArrived", "ProgressArrived", "engine_message"]
+__all__ = ["EngineEvent", "ExplainTextArrived", "PairTextArrived", "ProgressArrived", "engine_message"]

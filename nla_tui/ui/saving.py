@@ -106,13 +106,14 @@ class SessionKeeper:
         acts = self.activations
         if acts is not None and getattr(acts, "shape", (0,))[0] != len(tokens):
             acts = None  # never pair tokens with another conversation's activations
-        explanations = [e for i in sorted(st.explanations) if i < len(tokens)
-                        and st.tokens[i:i + 1] and st.tokens[i].token_id == tokens[i].token_id
-                        for e in st.explanations[i]]
+        def kept(by_index):  # a token still the same token at the same position
+            return [e for i in sorted(by_index) if i < len(tokens)
+                    and st.tokens[i:i + 1] and st.tokens[i].token_id == tokens[i].token_id for e in by_index[i]]
         return Session(name=self.name, info=st.info, messages=list(self.messages),
-                       tokens=list(tokens), explanations=explanations, activations=acts,
+                       tokens=list(tokens), explanations=kept(st.explanations), activations=acts,
                        steered=[b for b in st.steered if b.index < len(tokens)],
                        notes=[n for n in st.notes if n.branch is not None or n.end < len(tokens)],
+                       extra_pair=st.pair, pair_explanations=kept(st.pair_explanations) if st.pair else [],
                        created=self.created)
 
     def _snapshot_tree(self, tree: BranchTree) -> Session:

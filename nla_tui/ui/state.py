@@ -13,6 +13,7 @@ from ..core import events as ev
 from ..core.branch_jobs import BranchExplainDone, BranchList, BranchShown
 from ..core.branch_tree import ROOT, Branch, BranchDiff, BranchTree
 from ..core.notes import Note
+from ..core.pair_jobs import PairExplainDelta, PairExplainDone, PairInfo, PairReady
 from ..core.fallbacks import is_near_duplicate_warning, near_duplicate_warning, near_duplicates
 from ..core.steer_jobs import CompareDone, SteerDone, SteerProgress
 from ..core.steer_results import Comparison, SteerResult
@@ -88,6 +89,13 @@ class UiState:
     # A saved session's tree while the worker captures its conversation (before AdoptBranches
     # shows a branch): kept when that capture arrives, so a failed adoption loses nothing.
     adopting: BranchTree | None = None
+    # The extra AV/AR pair (--extra-pair; core/pair_jobs.py), its finished explanations and
+    # text streaming in, per token index; kept apart from the main pair's. `pair_shown`: the
+    # pane shows its section (2 on an explained token toggles it).
+    pair: PairInfo | None = None
+    pair_explanations: dict[int, list[Explanation]] = field(default_factory=dict)
+    pair_partial: dict[int, str] = field(default_factory=dict)
+    pair_shown: bool = True
     # A session opened without models (nla-tui open): only what was recorded can be shown,
     # so keys that need the models are refused up front and the pane offers L instead of e.
     read_only: bool = False
@@ -139,6 +147,17 @@ class UiState:
             if event.explanations:
                 self.explanations[event.index] = list(event.explanations)
             c.index, c.explained = event.index, True
+        elif isinstance(event, PairReady):
+            self.pair = event.pair
+            c.models = True
+        elif isinstance(event, PairExplainDelta):
+            self.pair_partial[event.index] = event.text
+            c.index = event.index
+        elif isinstance(event, PairExplainDone):
+            self.pair_partial.pop(event.index, None)
+            if event.explanations:
+                self.pair_explanations[event.index] = list(event.explanations)
+            c.index, c.explained = event.index, True
         elif isinstance(event, ev.CaptureProgress):
             self.capture_progress = None if event.done >= event.total else event
             c.capture = event
@@ -160,6 +179,7 @@ class UiState:
                 self.reply = None
             if kind.is_explain and ended_badly:
                 self.partial.clear()
+                self.pair_partial.clear()
                 self.explaining = None
         elif isinstance(event, SteerDone):
             self.steered.append(event.result)
@@ -220,6 +240,9 @@ class UiState:
         if tree is not None:
             tree.current = ROOT
         self.branches, self.diff, self.changed = tree, None, frozenset()
+        self.pair_explanations, self.pair_partial = group_by_index(session.pair_explanations), {}
+        if session.extra_pair is not None:
+            self.pair = session.extra_pair
 
     def set_tokens(self, tokens: list[TokenInfo]) -> None:
         # A changed prefix invalidates explanations: keep only those whose token
@@ -230,6 +253,7 @@ class UiState:
             if i < len(old) and i < len(tokens) and old[i].token_id == tokens[i].token_id
         }
         self.explanations = {i: v for i, v in self.explanations.items() if i in keep}
+        self.pair_explanations = {i: v for i, v in self.pair_explanations.items() if i in keep}
         same = next((i for i, (a, b) in enumerate(zip(old, tokens)) if a.token_id != b.token_id), min(len(old), len(tokens)))
         self.lens = {i: v for i, v in self.lens.items() if i < same}  # the lens reads the whole prefix
         self.tokens = list(tokens)

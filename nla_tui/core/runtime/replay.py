@@ -21,6 +21,7 @@ from ..branch_jobs import AdoptBranches, BranchExplainDone, BranchList, BranchSh
     ListBranches, SwitchBranch
 from ..steer_results import Comparison, compare_activations
 from ..errors import NlaError
+from ..pair_jobs import ExplainWithPair, PairExplainDelta, PairExplainDone, PairReady
 from ..steer_jobs import Compare, CompareDone, Steer, SteerDone
 from ..steer_sources import TextReading, VectorSource, source_from_record
 from ..store.session import Session, load_session
@@ -56,7 +57,8 @@ class ReplayWorker(JobThread):
                          Steer: self._steer, Compare: self._compare,
                          EditMessage: self._edit, SwitchBranch: self._switch_branch,
                          ListBranches: lambda job: self.emit(BranchList(self.tree.snapshot())),
-                         ExplainOnBranch: self._explain_on_branch, AdoptBranches: self._adopt}
+                         ExplainOnBranch: self._explain_on_branch, AdoptBranches: self._adopt,
+                         ExplainWithPair: self._explain_with_pair}
         self.tree = self.session.branch_tree()
         self.tree.current = 0  # the replay starts on the conversation as captured
         self.submit(ev.LoadModels())  # like EngineWorker(autoload=True)
@@ -75,11 +77,15 @@ class ReplayWorker(JobThread):
         for model in ("subject", "av", "ar"):
             self.emit(ev.LoadProgress(model, 1.0, f"{model}: replayed from {s.name}"))
         self.emit(ev.ModelsReady(s.info))
+        if s.extra_pair is not None:
+            self.emit(PairReady(s.extra_pair))
         if self.preload:
             self._turn = len(s.messages)
             self.emit(ev.ConversationUpdated(list(s.messages), list(s.tokens), s.activations))
             for index, exps in sorted(self._by_index.items()):
                 self.emit(ev.ExplainDone(index, exps, cached=True))
+            for index, exps in sorted(group_by_index(s.pair_explanations).items()):
+                self.emit(PairExplainDone(s.extra_pair.name, index, exps, cached=True))
             if s.branches:
                 self.emit(BranchList(self.tree.snapshot()))
 
@@ -128,6 +134,22 @@ class ReplayWorker(JobThread):
                 return
             self.emit(ev.ExplainDelta(index, text[:cut]))
         self.emit(ev.ExplainDone(index, exps))
+
+    def _explain_with_pair(self, job: ExplainWithPair) -> None:
+        """The extra pair's recorded explanation of the token (the root conversation's)."""
+        s = self.session
+        if s.extra_pair is None or s.extra_pair.name != job.pair:
+            raise NlaError(f"This session has no {job.pair!r} pair: it was recorded without --extra-pair.")
+        exps = [e for e in s.pair_explanations if e.index == job.index] if self.tree.current == 0 else []
+        if not exps:
+            raise NlaError(READ_ONLY_NOTE if self.preload else
+                           f"The recorded session has no extra-pair explanation for token {job.index}.")
+        self.emit(PairExplainDelta(job.pair, job.index, ""))
+        text = exps[0].text
+        if self._sleep():
+            return
+        self.emit(PairExplainDelta(job.pair, job.index, text[:len(text) // 2]))
+        self.emit(PairExplainDone(job.pair, job.index, exps))
 
     def _steer(self, job: Steer) -> None:
         """The recorded steered continuation of exactly this request (tests, screenshots): the

@@ -98,6 +98,34 @@ def lens_view(layers: list[list[Candidate]], av_layer: int | None) -> Text:
     return t
 
 
+def pair_section(state: UiState, index: int) -> Text:
+    """The extra pair's explanation of the token (--extra-pair), under its label and layer,
+    scored by its own AR: the same token read by a second pair, beside the main one."""
+    pair = state.pair
+    out = Text("\n")
+    out.append("extra pair", style="bold underline")
+    out.append(visible(f" [{pair.label} · layer {pair.layer}]"), style="cyan")
+    exps = state.pair_explanations.get(index, [])
+    partial = state.pair_partial.get(index)
+    if partial is not None:
+        out.append("  (writing…)\n", style="italic dim")
+        out.append(visible(partial) or "…", style="italic")
+        out.append("\n")
+    elif not exps:
+        out.append("\nnot explained with this pair yet: press 2\n", style="dim")
+    if exps:
+        best = exps[0]
+        out.append("\n" if partial is None else "previous: ", style="dim")
+        out.append_text(_score_line(best, state.verdict(best)))
+        out.append("\n")
+        for w in best.warnings:
+            out.append(f"⚠ {visible(str(w))}\n", style="yellow")
+        out.append(_sampling_note(best.sampling, best.prompt) + "\n", style="dim")
+        out.append(visible(best.text.strip()) or "(empty)", style="bold" if partial is None else "dim")
+        out.append("\n")
+    return out
+
+
 def render_token(state: UiState, index: int) -> Text:
     """The whole pane as Rich Text (kept pure so tests can read it)."""
     out = Text()
@@ -160,6 +188,8 @@ def render_token(state: UiState, index: int) -> Text:
                 fid = f"{ex.score.fidelity:.3f}" if ex.score else "-"
                 out.append(f"{rank}. [{label} {fid}] ", style=_LABEL_STYLE.get(label, "dim"))
                 out.append(visible(ex.text.strip()) + "\n")
+    if state.pair is not None and state.pair_shown:
+        out.append_text(pair_section(state, index))
     if tok.top:
         out.append("\nsubject's next-token candidates\n", style="bold")
         for cand in tok.top[:5]:
