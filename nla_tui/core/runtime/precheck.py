@@ -48,7 +48,10 @@ def check_extra_pair(spec, subject_dir) -> tuple:
         if not (path / "config.json").is_file():
             raise CheckpointError(f"{PAIR_FLAG} {role}={where} has no config.json: not a Hugging Face model "
                                   "directory.")
-        meta = read_sidecar(path)
+        try:
+            meta = read_sidecar(path)
+        except CheckpointError as e:  # said as the flag's problem, not --av/--ar's
+            raise CheckpointError(f"{PAIR_FLAG} {role}={where}: {e}") from None
         if meta.role != role:
             raise CheckpointError(f"{PAIR_FLAG} {role}={where} holds an {meta.role.upper()} checkpoint; "
                                   f"{role}= needs the pair's {role.upper()}.")
