@@ -179,7 +179,7 @@ def test_bad_extra_pair_arguments_are_refused_before_any_model_loads(bad_pairs, 
 
 @async_test
 async def test_the_pane_shows_both_pairs_on_the_real_engine(engine):
-    """P in the TUI over the real engine: the extra pair's explanation arrives and the pane
+    """2 in the TUI over the real engine: the extra pair's explanation arrives and the pane
     shows it under its label, below the main pair's explanation of the same token."""
     from nla_tui.core.runtime.worker import EngineWorker
     from nla_tui.ui.app import create_app
@@ -194,7 +194,7 @@ async def test_the_pane_shows_both_pairs_on_the_real_engine(engine):
         app.temperature = 0.0
         await pilot.press("e")
         await wait_until(pilot, lambda: app.state.best(index) is not None, "the main explanation", HANG_GUARD)
-        await pilot.press("P")
+        await pilot.press("2")
         await wait_until(pilot, lambda: index in app.state.pair_explanations, "the pair's explanation", HANG_GUARD)
         await pilot.pause()
         body = str(app.pane.render())
