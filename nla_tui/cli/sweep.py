@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..core.errors import InputError
 from ..terminal_text import visible
-from .common import add_model_args, engine_options, progress
+from .common import add_extra_pair_arg, add_model_args, engine_options, progress
 from .progress_line import ProgressLine, duration
 from .session_engine import add_sampling_args, sampling
 from .validate import INJECT, _positive
@@ -33,6 +33,11 @@ def add_subparser(sub) -> None:
                                    "Parquet shards with per-position controls. Resumable: run the same "
                                    "command again after a crash. docs/CORPUS.md.")
     add_model_args(s)
+    add_extra_pair_arg(s)
+    s.add_argument("--pair", choices=["main", "extra"], default="main",
+                   help="which pair explains the sweep: main (--preset / --av / --ar, default) or extra "
+                        "(--extra-pair's AV and AR over the same subject); a sweep runs one pair, its rows "
+                        "name it (av, ar, layer)")
     s.add_argument("dataset", help="a conversation file or a folder of them")
     s.add_argument("--out", required=True, help="output folder (new, or a sweep of the same job to resume)")
     g = s.add_argument_group("selection (combinable; applied in this order)")
@@ -93,6 +98,28 @@ def check_sweep_args(args: argparse.Namespace):
                           args.max_per_conversation)
 
 
+def use_extra_pair(args: argparse.Namespace) -> None:
+    """--pair extra: the sweep's AV and AR are --extra-pair's (checked against the subject from
+    files, before any model loads); a sweep runs one pair, so --extra-pair alone is refused."""
+    from ..core.options import PAIR_FLAG, from_args, parse_pair_spec
+
+    spec = getattr(args, "extra_pair", None)
+    if args.pair == "main":
+        if spec:
+            raise InputError(f"A sweep runs one pair: add --pair extra to sweep with {PAIR_FLAG}'s AV and AR, "
+                             f"or leave {PAIR_FLAG} out.")
+        return
+    if not spec:
+        raise InputError(f"--pair extra needs {PAIR_FLAG} av=DIR,ar=DIR (the pair to sweep with).")
+    if args.av or args.ar:
+        raise InputError(f"--pair extra takes its AV and AR from {PAIR_FLAG}: leave --av / --ar out.")
+    from ..core.runtime.precheck import check_extra_pair_args
+
+    pair = parse_pair_spec(spec)
+    check_extra_pair_args(from_args(args), progress)  # its layer and width against the subject
+    args.av, args.ar, args.extra_pair = pair.av, pair.ar, None
+
+
 def sweep_options(args, selection):
     from ..core.corpus import controls
     from ..core.corpus.sweep import SweepOptions
@@ -108,6 +135,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from ..core.corpus.reader import read_corpus
 
     selection = check_sweep_args(args)
+    use_extra_pair(args)
     options = engine_options(args)
     opts = sweep_options(args, selection)
     corpus = read_corpus(args.dataset)

@@ -208,3 +208,41 @@ async def test_the_pane_shows_both_pairs_on_the_real_engine(engine):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_a_sweep_runs_with_the_extra_pair_and_its_rows_name_it(engine, pair_dirs, demo_paths, demo_tokenizer,
+                                                               tmp_path, capsys):
+    """nla-tui sweep --pair extra --extra-pair av=…,ar=…: the sweep's AV and AR are the extra
+    pair's, its rows name them, and each row's explanation is what the pair gives in the engine."""
+    pytest.importorskip("pyarrow")
+    import json
+
+    import nla_tui.core.runtime.engine as engine_mod
+    from nla_tui.core.corpus.shards import read_rows
+    from nla_tui.core.types import Message
+    from tests._support_cli import cli_main
+
+    messages = [{"role": "user", "content": "What is the capital of France?"},
+                {"role": "assistant", "content": "Paris is the capital of France."}]
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"id": "france", "messages": messages}) + "\n")
+    spec = f"av={pair_dirs['av']},ar={pair_dirs['ar']},label=copy"
+    flags = ["--preset", "demo", "--role", "assistant", "--max-per-conversation", "2", "--max-explain-tokens",
+             "12", "--others", "0", "--no-prior"]
+    code, _, err = cli_main(capsys, "sweep", str(corpus), "--out", str(tmp_path / "x"), *flags, "--extra-pair", spec)
+    assert code == 2 and "add --pair extra" in err
+    code, _, err = cli_main(capsys, "sweep", str(corpus), "--out", str(tmp_path / "x"), *flags, "--pair", "extra")
+    assert code == 2 and "--pair extra needs --extra-pair" in err
+    modules = {str(pair_dirs["av"]): engine.pair.av.model, str(pair_dirs["ar"]): engine.pair.ar.model}
+    with reusing_demo_loads(demo_tokenizer, demo_paths), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine_mod, "load_model", lambda ckpt, *a, **k: modules.get(str(ckpt.path)) or engine.subject.model)
+        code, _, err = cli_main(capsys, "sweep", str(corpus), "--out", str(tmp_path / "out"), *flags,
+                                "--pair", "extra", "--extra-pair", spec)
+    assert code == 0, err[-2000:]
+    rows = read_rows(tmp_path / "out")
+    assert len(rows) == 2 and {(r["av"], r["ar"], r["layer"]) for r in rows} == \
+        {(str(pair_dirs["av"]), str(pair_dirs["ar"]), 12)}
+    engine.set_conversation([Message(m["role"], m["content"]) for m in messages])
+    mine = engine.explain_with_pair([r["token_index"] for r in rows], Sampling(max_new_tokens=12))
+    for r, e in zip(rows, mine):
+        assert r["explanation"] == e.text and r["cos"] == pytest.approx(e.score.cos, abs=1e-5)
