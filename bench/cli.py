@@ -21,7 +21,10 @@ def _configure(p: argparse.ArgumentParser) -> None:
                    help="gpu: weight format of the 27B-shaped models (int4: nla_tui/core/models/int4.py)")
     p.add_argument("--preset", help="serve: models to load (default demo on CPU; e.g. gemma3-27b on a GPU box)")
     p.add_argument("--pair", help="serve: a 27B-shaped pair in DIR (written once; bench/shaped_pair.py), random weights")
-    p.add_argument("--tokenizer-dir", help="serve --pair: Gemma 3 tokenizer files (tokenizer.json may be .xz)")
+    p.add_argument("--tokenizer-dir", help="serve --pair, gpu quant_auto / fidelity_check: Gemma 3 tokenizer files "
+                                           "(tokenizer.json may be .xz; default for gpu: the demo pair's)")
+    p.add_argument("--fidelity-cap-gib", type=float, default=48.0,
+                   help="gpu fidelity_check: cap the card at this many GiB (a 48 GB card by default)")
     p.add_argument("--workdir", help="gpu startup / multigpu: where to write the 27B-shaped checkpoint (default: TMPDIR)")
     p.set_defaults(func=run)
 
@@ -52,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"Unknown --sections {', '.join(unknown)}; choose from {', '.join(gpu.SECTIONS)}.")
         gpu.run(rep, out, new_tokens=args.new_tokens or (200 if not args.dry_run else 16),
                 n_explain=args.explain or (150 if not args.dry_run else 12), mem_budget_gib=args.mem_budget_gib,
-                sections=sections, workdir=args.workdir)
+                sections=sections, workdir=args.workdir, tokenizer_dir=args.tokenizer_dir,
+                fidelity_cap_gib=args.fidelity_cap_gib)
     elif args.suite == "multigpu":
         from . import gpu, multigpu
 

@@ -24,20 +24,23 @@ from .shapes import build, value_head
 # Sections `--sections` can pick; the builds they need run with them.
 SECTIONS = ("startup", "start_three", "eager_b1", "fast_b1", "sweep", "eager_batch", "explain_all_capped", "explain_all_parked",
             "explain_all_one_batch", "subject_chat", "steered_continuation", "capture", "ar_score",
-            "denest_experiment", "int4_compare", "int4_b1", "compile_probe")
+            "denest_experiment", "int4_compare", "int4_b1", "compile_probe", "quant_auto", "fidelity_check")
+# Run only when named: each loads its own three 27B-shaped models through Engine.load (minutes).
+_OPT_IN = {"quant_auto", "fidelity_check"}
 _NEEDS_THREE = {"explain_all_capped", "explain_all_parked", "explain_all_one_batch", "subject_chat",
                 "steered_continuation", "capture", "ar_score"}
 
 
 def run(rep: Report, out: Path, new_tokens: int = 200, n_explain: int = 150, mem_budget_gib: float = 44.0,
-        sections: set[str] | None = None, workdir: str | None = None) -> None:
+        sections: set[str] | None = None, workdir: str | None = None, tokenizer_dir: str | None = None,
+        fidelity_cap_gib: float | None = 48.0) -> None:
     cfg62, cfg42 = _cfg(62), _cfg(42)
     dev, mode = DEV["device"], DEV["mode"]
     layer_k = min(LAYER_K, cfg62.num_hidden_layers - 1)
     m: dict = {}
     d = rep.details
     max_len = AV_PROMPT + new_tokens
-    want = set(SECTIONS) if not sections else set(sections)
+    want = set(SECTIONS) - _OPT_IN if not sections else set(sections)
     if "explain_all_parked" in want:
         want.add("explain_all_capped")  # its baseline: today's path, same run
     d["sections"] = sorted(want)
@@ -58,7 +61,20 @@ def run(rep: Report, out: Path, new_tokens: int = 200, n_explain: int = 150, mem
 
         s3.run(rep, _cfg, dev, "nf4" if mode == "bf16" else mode, workdir, max_len)
     section("start_three", start_three)
-    if not want - {"startup", "start_three"}:
+
+    # Issue 23, each on its own 27B-shaped pair through Engine.load (bench/gpu_fidelity.py).
+    def quant_auto():
+        from . import gpu_fidelity
+
+        gpu_fidelity.quant_auto(rep, workdir, tokenizer_dir)
+    section("quant_auto", quant_auto)
+
+    def fidelity_check():
+        from . import gpu_fidelity
+
+        gpu_fidelity.fidelity_check(rep, workdir, tokenizer_dir, fidelity_cap_gib)
+    section("fidelity_check", fidelity_check)
+    if not want - {"startup", "start_three", "quant_auto", "fidelity_check"}:
         return
 
     def build_av():

@@ -23,6 +23,9 @@ from typing import Any
 
 CHECK_VERSION = 1  # bump when what the check computes changes: cached verdicts of older versions are ignored
 FVE_TOLERANCE = 0.02  # a precision whose readouts move by more than this fve (mean) "drifts"
+# Activations this far apart (median cos) are another computation, whatever the readouts' fve says
+# (a broken subject's explanations can score as well as the reference's: they describe garbage well).
+COS_FLOOR = 0.95
 ROLES = ("subject", "av", "ar")
 
 
@@ -73,8 +76,12 @@ class FidelityReport:
         return max(self.fve_reference - self.fve_running, self.fve_reference - self.fve_running_vs_reference)
 
     @property
+    def activations_differ(self) -> bool:
+        return self.cos_median < COS_FLOOR
+
+    @property
     def subject_drifts(self) -> bool:
-        return self.subject_drop > self.tolerance
+        return self.subject_drop > self.tolerance or self.activations_differ
 
     @property
     def ar_drifts(self) -> bool:
@@ -86,6 +93,8 @@ class FidelityReport:
 
     def subject_verdict(self) -> str:
         p, ref = self.running.get("subject", "?"), self.reference
+        if self.activations_differ:
+            return f"{p} subject: activations differ from {ref} (median cos {self.cos_median:.3f} < {COS_FLOOR:g})"
         if self.subject_drifts:
             return f"{p} subject: readouts drift {self.subject_drop:.3f} fve from {ref} (tolerance {self.tolerance:g})"
         return f"{p} subject: readouts within {self.tolerance:g} fve of {ref}"
@@ -113,6 +122,8 @@ class FidelityReport:
 
     def short(self) -> str:
         """The status line's words: "fidelity ok (subject nf4 vs bf16)" / "nf4 subject drifts 0.07 fve"."""
+        if self.activations_differ:
+            return f"{self.running.get('subject')} subject's activations differ from {self.reference}"
         if self.subject_drifts:
             return f"{self.running.get('subject')} subject drifts {self.subject_drop:.2f} fve vs {self.reference}"
         if self.ar_drifts:

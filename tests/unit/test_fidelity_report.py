@@ -35,6 +35,9 @@ def test_verdict_within_and_drifting():
     assert "--subject-quant bf16" in bad.advice() and "--quant auto" in bad.advice()
     # Explanations that read well on their own but describe other activations drift too.
     assert report(fve_running_vs_reference=0.70).subject_drifts
+    # Activations that are another computation drift whatever the fve says.
+    broken = report(cos_median=0.4, fve_running=0.9)
+    assert broken.subject_drifts and "activations differ from bf16 (median cos 0.400" in broken.verdict()
     ar = report(ar_abs_delta=0.05)
     assert ar.ar_drifts and not ar.subject_drifts and "AR: scores drift 0.050" in ar.verdict()
     assert report(ar_reference=None, ar_abs_delta=0.0).ar_verdict() == "nf4 AR: runs in the reference precision"
