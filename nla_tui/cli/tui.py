@@ -36,7 +36,7 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
 
 
 MODEL_FLAGS = ("preset", "subject", "av", "ar", "layer", "quant", "subject_quant", "device", "devices", "fve_variance",
-               "park")
+               "park", "extra_pair")
 
 
 def remote_worker(args: argparse.Namespace, emit: Callable[[Any], None]) -> Any:
