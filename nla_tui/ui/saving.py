@@ -127,6 +127,10 @@ class SessionKeeper:
                           steered=[b for b in st.steered if b.index < sizes.get(b.branch or ROOT, 0)],
                           notes=[n for n in st.notes if n.branch is not None or n.end < len(root.tokens)],
                           created=self.created)
+        if st.pair is not None:  # the extra pair's explanations of the root (branch 0)
+            held = st.pair_explanations_of(root.tokens)
+            session.extra_pair = st.pair
+            session.pair_explanations = [e for i in sorted(held) if i < len(root.tokens) for e in held[i]]
         session.set_branches(tree)
         return session
 

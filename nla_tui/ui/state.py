@@ -20,7 +20,12 @@ from ..core.steer_results import Comparison, SteerResult
 from ..core.caveats import SPECIAL_ROLES, Caveat, is_outlier, median_norm, position_caveats, verdict
 from ..core.types import Candidate, CardMemory, Explanation, Message, ModelInfo, TokenInfo, group_by_index
 
-__all__ = ["SPECIAL_ROLES", "Change", "UiState"]
+__all__ = ["SPECIAL_ROLES", "Change", "UiState", "token_key"]
+
+
+def token_key(tokens: list[TokenInfo]) -> tuple[int, ...]:
+    """A conversation as the subject saw it: its token ids (the same ids, the same activations)."""
+    return tuple(t.token_id for t in tokens)
 
 
 @dataclass
@@ -96,6 +101,10 @@ class UiState:
     pair_explanations: dict[int, list[Explanation]] = field(default_factory=dict)
     pair_partial: dict[int, str] = field(default_factory=dict)
     pair_shown: bool = True
+    # The extra pair's explanations of conversations not shown now (another branch), by the
+    # exact token ids they were made on (the same ids, the same activations): a branch shown
+    # again gets its own back, never another's.
+    pair_stash: dict[tuple[int, ...], dict[int, list[Explanation]]] = field(default_factory=dict)
     # A session opened without models (nla-tui open): only what was recorded can be shown,
     # so keys that need the models are refused up front and the pane offers L instead of e.
     read_only: bool = False
@@ -125,6 +134,7 @@ class UiState:
         elif isinstance(event, ev.ConversationUpdated):
             self.capture_progress = None
             self.messages = list(event.messages)
+            self.stash_pair_explanations()
             self.set_tokens(event.tokens)
             self.activations = event.activations
             chatting, self.reply = self.reply is not None, None
@@ -189,6 +199,8 @@ class UiState:
         elif isinstance(event, SteerProgress):
             c.steer_progress = event
         elif isinstance(event, BranchShown):
+            self.pair_explanations = dict(self.pair_stash.get(token_key(event.branch.tokens), {}))
+            self.pair_partial = {}
             self.branches, self.diff, self.adopting = event.tree, event.diff, None
             self.changed = frozenset(event.diff.changed) if event.diff is not None else frozenset()
             # The branch's own explanations, not the ones held: after an edit the later
@@ -241,8 +253,25 @@ class UiState:
             tree.current = ROOT
         self.branches, self.diff, self.changed = tree, None, frozenset()
         self.pair_explanations, self.pair_partial = group_by_index(session.pair_explanations), {}
+        self.pair_stash = {}
         if session.extra_pair is not None:
             self.pair = session.extra_pair
+
+    PAIR_STASH_MAX = 32  # conversations whose extra-pair explanations are kept aside
+
+    def stash_pair_explanations(self) -> None:
+        """Keep the extra pair's explanations of the conversation shown now, before another
+        replaces it (a branch switch sends the new conversation first, BranchShown second)."""
+        if self.pair is None or not self.pair_explanations:
+            return
+        self.pair_stash[token_key(self.tokens)] = dict(self.pair_explanations)
+        while len(self.pair_stash) > self.PAIR_STASH_MAX:
+            self.pair_stash.pop(next(iter(self.pair_stash)))
+
+    def pair_explanations_of(self, tokens: list[TokenInfo]) -> dict[int, list[Explanation]]:
+        """The extra pair's explanations of a conversation with exactly these tokens."""
+        return self.pair_explanations if token_key(tokens) == token_key(self.tokens) else \
+            self.pair_stash.get(token_key(tokens), {})
 
     def set_tokens(self, tokens: list[TokenInfo]) -> None:
         # A changed prefix invalidates explanations: keep only those whose token

@@ -125,3 +125,42 @@ def test_pair_text_is_escaped_in_exports():
     md = to_markdown(s)
     section = md[md.index("## Extra pair"):]
     assert "\\|" in section and "\x1b" not in section
+
+
+def test_each_branch_keeps_its_own_extra_pair_explanations_and_the_save_keeps_the_roots():
+    """The UI's copy follows the engine's: a branch shows the extra pair's explanations made on
+    it, never the root's (after an edit the later tokens keep their ids, not their
+    activations); switching back brings the root's back; a save on the branch keeps the root's."""
+    from nla_tui.core.branch_jobs import BranchShown
+    from nla_tui.core.pair_jobs import PairExplainDone, PairReady
+    from nla_tui.ui.saving import SessionKeeper
+    from nla_tui.ui.state import UiState
+
+    pair = load_session(PAIR_SESSION).extra_pair
+    session = load_session(DATA / "branch_session")
+    tree = session.branch_tree()
+    st = UiState(info=session.info)
+    st.apply(PairReady(pair))
+    st.apply(ev.ConversationUpdated(list(session.messages), list(session.tokens), session.activations))
+    root_exp = session.explanations[0]
+    st.apply(PairExplainDone(EXTRA, root_exp.index, [root_exp]))
+
+    def show(branch_id):
+        snap = tree.snapshot()
+        snap.current = branch_id
+        b = snap.shown
+        st.apply(ev.ConversationUpdated(list(b.messages), list(b.tokens), b.activations))
+        st.apply(BranchShown(b, snap, snap.diff(branch_id), False))
+
+    show(1)
+    assert st.pair_explanations == {}
+    branch_exp = session.branches[0].explanations[69][0]
+    st.apply(PairExplainDone(EXTRA, 69, [branch_exp]))
+    keeper = SessionKeeper(st)
+    keeper.tokens, keeper.messages = st.tokens, st.messages
+    saved = keeper.snapshot()
+    assert saved.extra_pair is pair and saved.pair_explanations == [root_exp]
+    show(0)
+    assert st.pair_explanations == {root_exp.index: [root_exp]}
+    show(1)
+    assert st.pair_explanations == {69: [branch_exp]}
