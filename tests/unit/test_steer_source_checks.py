@@ -93,3 +93,21 @@ def test_a_recorded_source_round_trips_and_an_old_steer_still_opens(tmp_path):
 def test_a_source_spec_names_the_source_again(source):
     spec = source_spec(source)
     assert source_from_record({**spec, "describe": source.describe()}, 0, "", "") == source
+
+
+def test_exports_name_the_vector_and_escape_its_path():
+    from nla_tui.core.store.export import to_html, to_markdown
+
+    session = make_session()
+    path = "<script>alert(1)</script>.npy"
+    session.steered = [SteerResult(index=4, token_text="y", layer=6, original_explanation="", edited_explanation="",
+                                   alpha=0.5, span="here", vector_norm=6.0,
+                                   source={**source_spec(FileVector(path)), "describe": f"file {path}", "norm": 7.0,
+                                           "unit": "median activation norm of the layer", "unit_norm": 12.0,
+                                           "warnings": ["made <b>elsewhere</b>"]})]
+    md = to_markdown(session)
+    assert "vector: file" in md and "α × median activation norm of the layer (= 12.0)" in md
+    assert "original explanation" not in md  # only an edited explanation's steer has one
+    page = to_html(session)
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;.npy" in page
+    assert "made &lt;b&gt;elsewhere&lt;/b&gt;" in page
