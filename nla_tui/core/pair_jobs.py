@@ -15,9 +15,11 @@ Events, in the order the worker sends them:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from .events import PRIORITY_EXPLAIN, Event, Job, JobKind
+from .options import PairSpec
 from .types import Explanation, ModelInfo, Sampling
 
 EXTRA = "extra"  # the extra pair's name in jobs, events and sessions
@@ -41,6 +43,14 @@ class PairInfo:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "label": self.label, "models": self.models.to_json()}
+
+    def spec(self) -> PairSpec | None:
+        """The --extra-pair that loads this pair again (L on a saved session), or None when its
+        directories are not on this machine (a session made elsewhere)."""
+        m = self.models
+        if not all(Path(p).expanduser().is_dir() for p in (m.av, m.ar)):
+            return None
+        return PairSpec(m.av, m.ar, self.label)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "PairInfo":

@@ -12,6 +12,7 @@ scripts never write into the user's data directory by accident.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
@@ -261,7 +262,14 @@ class Sessions:
             self.host.worker.stop()
         self.host.state.info = None  # the status line shows loading progress until ModelsReady
         # The session's models, layer and fve variance; this run's device/placement/cache flags.
-        self.host.worker = self.host.engine_worker(from_model_info(info, self.host.options.engine), self.host.emit)
+        options = from_model_info(info, self.host.options.engine)
+        pair = self.host.state.pair
+        if pair is not None and options.extra_pair is None:  # the session's extra pair, where it is on disk
+            options = replace(options, extra_pair=pair.spec())
+            if options.extra_pair is None:
+                self.host.notify(f"The extra pair {pair.label!r} is not on this machine ({pair.models.av}): "
+                                 "loading the main pair only.", severity="warning", timeout=8, markup=False)
+        self.host.worker = self.host.engine_worker(options, self.host.emit)
         self.host.worker.start()
         st, tree = self.host.state, self.host.state.branches
         if tree is not None and tree.current != ROOT:

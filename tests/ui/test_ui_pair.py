@@ -7,6 +7,8 @@ over the real engine are in tests/integration/test_extra_pair.py."""
 
 from __future__ import annotations
 
+import pytest
+
 from nla_tui.core.pair_jobs import ExplainWithPair
 from nla_tui.core.store.session import load_session
 from tests._support_paths import DATA
@@ -72,3 +74,48 @@ async def test_2_without_an_extra_pair_says_how_to_load_one():
         assert not any(isinstance(j, ExplainWithPair) for j in holder.worker.jobs_seen)
         assert any("--extra-pair" in str(n.message) for n in app._notifications)
         assert "extra pair" not in str(app.pane.render())
+
+
+@pytest.mark.parametrize("on_disk", [True, False])
+@async_test
+async def test_L_on_an_opened_pair_session_loads_its_extra_pair_where_it_is_on_disk(tmp_path, monkeypatch, on_disk):
+    """nla-tui open on a session made with --extra-pair, then L: the engine is asked for the
+    session's extra pair too when its directories are on this machine; otherwise the main
+    pair loads alone and the notice says why. (The engine here is a replay: what is checked
+    is the options the app asks for.)"""
+    import json
+    import shutil
+
+    from nla_tui.cli.open import open_options, replay_worker
+    from nla_tui.core.runtime.replay import ReplayWorker
+    from nla_tui.ui.app import create_app
+
+    monkeypatch.setenv("NLA_TUI_DATA", str(tmp_path / "data"))
+    session_dir = tmp_path / "s"
+    shutil.copytree(PAIR_SESSION, session_dir)
+    pair_dir = tmp_path / "pair"
+    if on_disk:
+        (pair_dir / "av").mkdir(parents=True)
+        (pair_dir / "ar").mkdir()
+    doc = json.loads((session_dir / "session.json").read_text())
+    doc["extra_pair"]["models"].update(av=str(pair_dir / "av"), ar=str(pair_dir / "ar"))
+    (session_dir / "session.json").write_text(json.dumps(doc))
+    asked = []
+
+    def engine_worker(opts, emit):
+        asked.append(opts)
+        return ReplayWorker(session_dir, emit, preload=True)
+
+    options = open_options(session_dir)
+    app = create_app(replay_worker(options), options, engine_worker=engine_worker)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await settle_replay(pilot, app)
+        await pilot.press("L")
+        await wait_until(pilot, lambda: asked and app.state.info is not None, "the reload")
+        spec = asked[0].extra_pair
+        notes = " ".join(str(n.message) for n in app._notifications)
+        if on_disk:
+            assert (spec.av, spec.ar, spec.label) == (str(pair_dir / "av"), str(pair_dir / "ar"), "copy")
+            assert "not on this machine" not in notes
+        else:
+            assert spec is None and "not on this machine" in notes
