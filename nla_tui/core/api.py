@@ -62,6 +62,8 @@ class Nla:
         if engine.info is None:
             raise InputError("The engine is not loaded: call engine.load() first, or use Nla.load(...).")
         self.info: ModelInfo = engine.info
+        # The extra AV/AR pair (Nla.load(..., extra_pair=PairSpec(av, ar, label))), or None.
+        self.pair = engine.pair.info if getattr(engine, "pair", None) is not None else None
         self.max_held_bytes = max_held_bytes
         self._held: OrderedDict[str, _Held] = OrderedDict()
         self._held_lock = threading.Lock()
@@ -257,6 +259,25 @@ class Nla:
         vectors, indices = self.vectors_to_explain(conversation, positions, None)
         sink = None if on_text is None else (lambda it: isinstance(it, ev.ExplainDelta) and on_text(it.index, it.text))
         return self.explain_call(vectors, indices, sampling, prompt, sink).wait()
+
+    def explain_with_pair(self, conversation: Conversation | str, positions: Sequence[int],
+                          sampling: Sampling = Sampling(), prompt: str | None = None,
+                          pair: str = "extra") -> list[Explanation]:
+        """Explain tokens of a captured conversation with the extra pair (loaded with
+        `extra_pair=PairSpec(av_dir, ar_dir, label)`): its AV reads the subject's residual at its
+        own layer, its AR scores; the one explain path, so the text is what that pair gives alone."""
+        check_sampling(sampling)
+        held = self.held(conversation)
+        chosen = self._positions(held, positions)
+        if not 1 <= len(chosen) <= MAX_POSITIONS:
+            raise InputError(f"Explain 1 to {MAX_POSITIONS} positions a call (got {len(chosen)}); split the request.")
+
+        def work(engine: Any, cancel: threading.Event) -> list[Explanation]:
+            engine.pair_named(pair)  # no such pair: a one-line error naming --extra-pair
+            self._give(engine, held, cancel)
+            return engine.explain_with_pair(chosen, sampling, prompt, None, cancel, pair)
+
+        return self.submit(work, ev.JobKind.EXPLAIN_PAIR).wait()
 
     def explain_vectors(self, vectors: Any, sampling: Sampling = Sampling(), prompt: str | None = None,
                         on_text: Callable[[int, str], None] | None = None) -> list[Explanation]:

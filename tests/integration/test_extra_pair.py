@@ -246,3 +246,22 @@ def test_a_sweep_runs_with_the_extra_pair_and_its_rows_name_it(engine, pair_dirs
     mine = engine.explain_with_pair([r["token_index"] for r in rows], Sampling(max_new_tokens=12))
     for r, e in zip(rows, mine):
         assert r["explanation"] == e.text and r["cos"] == pytest.approx(e.score.cos, abs=1e-5)
+
+
+def test_the_api_explains_with_the_extra_pair_as_the_pair_alone(engine, alone):
+    """Nla.explain_with_pair (docs/API.md) over the engine holding the extra pair equals the
+    pair run alone on the same conversation and positions."""
+    from nla_tui.core.api import Nla
+
+    nla = Nla(engine)
+    try:
+        assert nla.pair.label == "copy"
+        conv = nla.capture(list(engine.messages))
+        positions = [len(conv.tokens) - 3, len(conv.tokens) - 1]
+        mine = nla.explain_with_pair(conv, positions, SAMPLING)
+    finally:
+        nla.close()
+    alone.set_conversation(list(conv.messages))
+    theirs = alone.explain(positions, SAMPLING, batch_size=len(positions))
+    assert [(e.index, e.text) for e in mine] == [(e.index, e.text) for e in theirs]
+    assert all(abs(a.score.cos - b.score.cos) <= 1e-5 for a, b in zip(mine, theirs))
