@@ -3,7 +3,7 @@ search latency on a million rows.
 
     python -m bench.corpus sweep  [--preset demo | --subject S --av A --ar R] [--quant Q] [--device D]
                                   [--conversations 4] [--per-conversation 4] [--new-tokens 32] [--ray]
-    python -m bench.corpus search [--rows 1000000]
+    python -m bench.corpus search [--rows 1000000] [--before-rev REV]
 
 `sweep` runs the product's sweep (core/corpus/sweep.py, the same code as `nla-tui sweep`)
 over a synthetic chat corpus and, in the same run, the baseline a script gets from the
@@ -193,6 +193,23 @@ def plan_shard_positions(plan) -> list[int]:
     return sorted({sum(plan.items[c].n_positions for c in shard) for shard in plan.shards})
 
 
+def _index_at(rev: str):
+    """core/corpus/index.py as it was at git revision `rev`: the same-run baseline of a change
+    to search (both versions query the same index file)."""
+    import importlib.util
+    import subprocess
+
+    source = subprocess.run(["git", "show", f"{rev}:nla_tui/core/corpus/index.py"], capture_output=True, text=True,
+                            check=True).stdout
+    path = Path(tempfile.mkdtemp(prefix="bench_index_")) / "index_before.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("nla_tui.core.corpus._index_before", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def bench_search(args) -> dict:
     from nla_tui.core.corpus import index
 
@@ -223,18 +240,28 @@ def bench_search(args) -> dict:
                "rare word, assistant, fve>=0.5": ("sabotage", ("model", "tool_call"), 0.5, "rank"),
                "common word (rank)": ("capital", None, None, "rank"),
                "common phrase": ('"capital city"', None, None, "rank"),
+               "rare phrase of common words": ('"capital city of france"', None, None, "rank"),
+               "phrase of 3 common words (~500 rows)": ('"capital city of"', None, None, "rank"),
+               "common phrase, sort by fve": ('"capital city"', None, None, "fve"),
                "common word, sort by fve": ("paris", None, None, "fve"),
                "two words AND": ("poem AND rain", ("model",), 0.5, "rank")}
+    before = _index_at(args.before_rev) if args.before_rev else None
     out = {}
     for label, (q, r, f, s) in queries.items():
         hits = index.search(work, q, r, f, s, 20)  # warm-up
-        times = []
+        times, times_before = [], []
         for _ in range(20):
             t = time.perf_counter()
             index.search(work, q, r, f, s, 20)
             times.append((time.perf_counter() - t) * 1000)
-        out[label] = {"query": q, "hits": len(hits), "median_ms": statistics.median(times),
+            if before is not None:  # interleaved, so load from other processes hits both alike
+                t = time.perf_counter()
+                before.search(work, q, r, f, s, 20)
+                times_before.append((time.perf_counter() - t) * 1000)
+        out[label] = {"query": q, "sort": s, "hits": len(hits), "note": hits.note, "median_ms": statistics.median(times),
                       "p95_ms": percentile(times, 95)}
+        if before is not None:
+            out[label].update(before_median_ms=statistics.median(times_before), before_p95_ms=percentile(times_before, 95))
     return {"suite": "corpus search", "machine": machine("cpu"), "load_average_1m": os.getloadavg()[0], "command": "python -m bench.corpus " +
             " ".join(sys.argv[1:]), "rows": args.rows, "build_s": build_s, "index_bytes": size, "queries": out}
 
@@ -259,6 +286,7 @@ def main(argv=None) -> int:
     s.add_argument("--out", default="bench/results/corpus_sweep.json")
     q = sub.add_parser("search")
     q.add_argument("--rows", type=int, default=1_000_000)
+    q.add_argument("--before-rev", help="also time index.py as of this git revision, interleaved (same index)")
     q.add_argument("--out", default="bench/results/corpus_search.json")
     args = p.parse_args(argv)
     if args.what == "sweep" and not any((args.preset, args.subject)):

@@ -126,3 +126,25 @@ def test_an_older_sweep_without_verdicts_shows_its_labels(tmp_path):
     hits = index.search(out, "capital OR decei*", sort="corpus")
     assert [(h.verdict, h.shown_verdict) for h in hits] == [(None, "mediocre")] * 3
     assert "<td>mediocre</td>" in to_report_html(out)
+
+
+def test_a_phrase_of_common_words_is_listed_in_corpus_order(tmp_path, monkeypatch):
+    # Each word of the phrase in more than COMMON_ROWS rows: no count, no bm25 (both would
+    # read every row holding the words); the same hits, in corpus order, saying why.
+    monkeypatch.setattr(index, "COMMON_ROWS", 2)
+    texts = ["capital city of France", "a city and a capital", "the capital city", "capital", "city", "capital city"]
+    rows = [row(conversation_id=f"c{i}", conversation=i, token_index=i, explanation=t) for i, t in enumerate(texts)]
+    out = write_sweep(tmp_path / "s", [rows])
+    hits = index.search(out, '"capital city"')
+    assert [h.token_index for h in hits] == [0, 2, 5] and 'each word of "capital city"' in hits.note
+    assert [h.token_index for h in index.search(out, '"capital city"', limit=2)] == [0, 2]
+    assert [h.token_index for h in index.search(out, '"capital city" NOT france')] == [2, 5]
+    monkeypatch.setattr(index, "SAMPLE", 2)  # estimated from where each word's 2nd row lies: 6 rows / 2 x 2
+    assert index.search(out, '"capital city"').note
+    monkeypatch.setattr(index, "SAMPLE", 1000)
+    monkeypatch.setattr(index, "COMMON_ROWS", 4)  # "capital" and "city" are in 5 rows each: still common
+    assert index.search(out, '"capital city"').note
+    monkeypatch.setattr(index, "COMMON_ROWS", 5)  # now rare enough to rank: bm25, no note
+    ranked = index.search(out, '"capital city"')
+    assert sorted(h.token_index for h in ranked) == [0, 2, 5] and not ranked.note
+    assert not index.search(out, '"capital city"', sort="fve").note  # column sorts are unchanged

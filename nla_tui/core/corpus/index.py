@@ -8,6 +8,7 @@ costs nothing. Queries use FTS5 syntax: words, "phrases", prefix* , AND / OR / N
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,11 @@ def _sql_type(column: str) -> str:
 
 
 SMALL = 5000  # matches sorted outright; beyond, see search()
+# A quoted phrase each of whose words is in more rows than this is not ranked: bm25 (and
+# counting its matches) must read every row holding its words (tens of ms at a million rows).
+COMMON_ROWS = 100_000
+SAMPLE = 1000  # index entries read to estimate how many rows hold a word
+_PHRASE = re.compile(r'"([^"]*)"')
 SORTS = {"rank": "rank", "corpus": "fts.rowid", "fve": "r.fve_nrm DESC", "-fve": "r.fve_nrm ASC", "specificity": "r.specificity DESC",
          "surprise": "r.surprise DESC", "norm": "r.activation_norm DESC"}  # rank: FTS5's bm25 (best first)
 
@@ -150,6 +156,37 @@ def _match_count(db: sqlite3.Connection, query: str, cap: int) -> int:
                       (query, cap + 1)).fetchone()[0]
 
 
+def _estimated_matches(db: sqlite3.Connection, query: str, k: int, total: int) -> float | None:
+    """About how many rows match, from where the k-th match lies in the corpus (reads k
+    matches, however many there are); None when there are fewer than k."""
+    kth = db.execute("SELECT rowid FROM fts WHERE fts MATCH ? ORDER BY rowid LIMIT 1 OFFSET ?",
+                     (query, k - 1)).fetchone()
+    return None if kth is None else k * total / kth[0]
+
+
+def _total_rows(db: sqlite3.Connection) -> int:
+    return db.execute("SELECT max(id) FROM rows").fetchone()[0] or 0
+
+
+def _rows_holding(db: sqlite3.Connection, word: str, total: int) -> float:
+    """About how many rows hold `word` (exact below SAMPLE rows)."""
+    estimate = _estimated_matches(db, f'"{word}"', SAMPLE, total)
+    return _match_count(db, f'"{word}"', SAMPLE) if estimate is None else estimate
+
+
+def _common_phrase(db: sqlite3.Connection, query: str) -> str | None:
+    """The first quoted phrase of two or more words that are each in more than about
+    COMMON_ROWS rows, if any."""
+    phrases = [p for p in _PHRASE.findall(query) if len(re.findall(r"\w+", p)) >= 2]
+    if not phrases:
+        return None
+    total = _total_rows(db)
+    for phrase in phrases:
+        if all(_rows_holding(db, w, total) > COMMON_ROWS for w in re.findall(r"\w+", phrase)):
+            return phrase
+    return None
+
+
 def search(out: Path, query: str, roles: tuple[str, ...] | None = None, min_fve: float | None = None,
            sort: str = "rank", limit: int = 20, db: sqlite3.Connection | None = None) -> Hits:
     """Rows whose explanation or token text match `query` (FTS5), filtered and sorted.
@@ -157,7 +194,9 @@ def search(out: Path, query: str, roles: tuple[str, ...] | None = None, min_fve:
     Milliseconds on a million rows whatever the query (BENCHMARKS.md): corpus order streams
     FTS5's matches; up to SMALL matches are sorted outright; beyond that a column sort walks
     that column's index and probes FTS5 per row (a common word matches early), and a bm25
-    rank, which would have to score every match, falls back to corpus order and says so."""
+    rank, which would have to score every match, falls back to corpus order and says so. A
+    rank of a phrase of common words (each in over COMMON_ROWS rows) goes to corpus order
+    without counting: counting or ranking it reads all those rows however few match."""
     if sort not in SORTS:
         raise InputError(f"--sort {sort!r}: use one of {', '.join(SORTS)}.")
     own = db or connect(out)
@@ -172,12 +211,16 @@ def search(out: Path, query: str, roles: tuple[str, ...] | None = None, min_fve:
     cols = ", ".join("r." + c for c in COLUMNS)
     result = Hits()
     try:
-        many = not browse and sort != "corpus" and _match_count(own, query, SMALL) > SMALL
+        common = _common_phrase(own, query) if not browse and sort == "rank" else None
+        many = not browse and sort != "corpus" and not common and _match_count(own, query, SMALL) > SMALL
+        if common:
+            result.note = (f'each word of "{common}" is in over {COMMON_ROWS:,} rows: listed in corpus order '
+                           f'(ranking the phrase reads all of them; add a rarer word to rank)')
         if browse:
             order = "r.id" if sort == "corpus" else SORTS["fve" if sort == "rank" else sort]
             sql, params = f"SELECT {cols} FROM rows r {_where(filters)} ORDER BY {order} LIMIT ?", args
-        elif sort == "corpus" or (many and sort == "rank"):
-            if sort == "rank":
+        elif sort == "corpus" or (sort == "rank" and (many or common)):
+            if sort == "rank" and not common:
                 result.note = f"more than {SMALL:,} matches: listed in corpus order (narrow the query to rank them)"
             sql = f"SELECT {cols} FROM fts JOIN rows r ON r.id = fts.rowid {_where(['fts MATCH ?'] + filters)} " \
                   f"ORDER BY fts.rowid LIMIT ?"
