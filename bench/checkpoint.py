@@ -49,6 +49,20 @@ def checkpoint_bytes(cfg, dtype: torch.dtype = torch.bfloat16) -> int:
     return n * size
 
 
+def shard_names(shapes: dict, elt: int, shard_bytes: int) -> list[list[str]]:
+    """Tensor names split into files of at most shard_bytes (a tensor larger alone gets its own)."""
+    shards: list[list[str]] = [[]]
+    used = 0
+    for name, (shape, _) in shapes.items():
+        nbytes = elt * int(torch.Size(shape).numel())
+        if shards[-1] and used + nbytes > shard_bytes:
+            shards.append([])
+            used = 0
+        shards[-1].append(name)
+        used += nbytes
+    return shards
+
+
 @torch.no_grad()
 def write_checkpoint(cfg, path: Path, device: str = "cuda", dtype: torch.dtype = torch.bfloat16,
                      shard_bytes: int = 4 * GIB, seed: int = 0) -> dict:
@@ -60,15 +74,7 @@ def write_checkpoint(cfg, path: Path, device: str = "cuda", dtype: torch.dtype =
     t0 = time.perf_counter()
     shapes = tensor_shapes(cfg)
     elt = torch.tensor([], dtype=dtype).element_size()
-    shards: list[list[str]] = [[]]
-    used = 0
-    for name, (shape, _) in shapes.items():
-        nbytes = elt * int(torch.Size(shape).numel())
-        if shards[-1] and used + nbytes > shard_bytes:
-            shards.append([])
-            used = 0
-        shards[-1].append(name)
-        used += nbytes
+    shards = shard_names(shapes, elt, shard_bytes)
     gen = torch.Generator(device=device).manual_seed(seed)
     weight_map, total = {}, 0
     for i, names in enumerate(shards):
@@ -120,15 +126,7 @@ def write_sparse_checkpoint(cfg, path: Path, dtype: torch.dtype = torch.bfloat16
     shapes = tensor_shapes(cfg)
     elt = torch.tensor([], dtype=dtype).element_size()
     code = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}[dtype]
-    shards: list[list[str]] = [[]]
-    used = 0
-    for name, (shape, _) in shapes.items():
-        nbytes = elt * int(torch.Size(shape).numel())
-        if shards[-1] and used + nbytes > shard_bytes:
-            shards.append([])
-            used = 0
-        shards[-1].append(name)
-        used += nbytes
+    shards = shard_names(shapes, elt, shard_bytes)
     weight_map, total = {}, 0
     for i, names in enumerate(shards):
         fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
