@@ -25,7 +25,7 @@ from ..core.errors import Cancelled, InputError, NlaError
 from ..core.events import ChatDelta, ChatStarted, ExplainDelta
 from ..core.steer_jobs import DEFAULT_ALPHA
 from ..core.steer_sources import TokenDifference
-from ..core.types import Explanation, Message, ModelInfo, Sampling, Score, TokenInfo
+from ..core.types import Candidate, Explanation, Message, ModelInfo, Sampling, Score, SentenceScore, TokenInfo
 from ..paths import server_token_path
 
 
@@ -239,6 +239,19 @@ class NlaClient:
         vec = np.asarray(vector, np.float32).reshape(-1).tolist()
         d = self._request("POST", "/v1/score", {"text": text, "vector": vec})
         return Score.from_json(d)
+
+    def sentence_scores(self, text: str, vector: Any) -> list[SentenceScore] | None:
+        """Each sentence of `text` scored against `vector` alone and left out (Nla.sentence_scores)."""
+        vec = np.asarray(vector, np.float32).reshape(-1).tolist()
+        d = self._request("POST", "/v1/sentences", {"text": text, "vector": vec})
+        return None if d["sentences"] is None else [SentenceScore(str(x["text"]), x["alone"], x["without"])
+                                                    for x in d["sentences"]]
+
+    def logit_lens(self, conversation: Conversation | str, position: int) -> list[list[Candidate]] | None:
+        """The subject's top-3 at `position` read at every layer (Nla.logit_lens)."""
+        d = self._request("POST", "/v1/lens", {"handle": _handle(conversation), "position": position})
+        return None if d["layers"] is None else [[Candidate(int(c["token_id"]), str(c["text"]), float(c["prob"]))
+                                                  for c in top] for top in d["layers"]]
 
     def compare(self, conversation: Conversation | str, i: int, j: int, sampling: Sampling = Sampling()) -> Comparison:
         return Comparison.from_json(self._request("POST", "/v1/compare", {

@@ -38,6 +38,7 @@ class RemoteWorker(JobThread):
         self.client_id = uuid.uuid4().hex  # every request of this TUI counts as one client's (rate limit)
         self.client = NlaClient(url, token, client_id=self.client_id)  # used by the worker thread only
         self.conversation: Conversation | None = None
+        self.activations = None  # the conversation's, fetched with it (the cursor's sentence scores use them)
         self.explanations: dict[int, list[Explanation]] = {}
         self.ready = threading.Event()
         self.handlers = {ev.LoadModels: self._load, ev.Chat: self._chat, ev.SetConversation: self._set_conversation,
@@ -129,7 +130,7 @@ class RemoteWorker(JobThread):
 
     def _updated(self, conversation: Conversation) -> None:
         activations = self._blocking(lambda c: c.activations(conversation))
-        self.conversation, self.explanations = conversation, {}
+        self.conversation, self.activations, self.explanations = conversation, activations, {}
         self.emit(ev.ConversationUpdated(list(conversation.messages), list(conversation.tokens), activations))
 
     def _set_conversation(self, job: ev.SetConversation) -> None:
@@ -151,11 +152,27 @@ class RemoteWorker(JobThread):
     def _keep(self, exps: list[Explanation]) -> None:
         group_by_index(exps, into=self.explanations, newest_first=True)
 
+    def _with_sentences(self, exp: Explanation) -> Explanation:
+        """The cursor's explanation with its per-sentence fidelity (POST /v1/sentences: one AR
+        pass on the server, as the local worker does), kept for the next time it is shown."""
+        if exp.sentences is not None or exp.score is None or self.activations is None \
+                or not 0 <= exp.index < len(self.activations):
+            return exp
+        vector = self.activations[exp.index]
+        new = replace(exp, sentences=self._blocking(lambda c: c.sentence_scores(exp.text, vector)))
+        held = self.explanations.get(exp.index, [])
+        self.explanations[exp.index] = [new if e is exp else e for e in held]
+        return new
+
     def _explain(self, job: ev.Explain) -> None:
+        # The logit lens first (POST /v1/lens), so it is on screen before the AV's first word.
+        lens = self._recaptured(lambda: self._blocking(lambda c: c.logit_lens(self._handle(), job.index)))
+        if lens is not None:
+            self.emit(ev.LogitLens(job.index, lens))
         if not job.force and job.samples == 1:
             hit = self._cached(job.index, job)
             if hit:
-                self.emit(ev.ExplainDone(job.index, hit[:1], cached=True))
+                self.emit(ev.ExplainDone(job.index, [self._with_sentences(hit[0])], cached=True))
                 return
         self.emit(ev.ExplainStarted(job.index))
         drawn: list[Explanation] = []
@@ -168,7 +185,7 @@ class RemoteWorker(JobThread):
         drawn.sort(key=lambda e: -(e.score.fidelity if e.score else -9))
         if drawn and not self.cancel.is_set():
             self._keep(drawn)
-            self.emit(ev.ExplainDone(job.index, drawn))
+            self.emit(ev.ExplainDone(job.index, [self._with_sentences(drawn[0])] + drawn[1:]))
 
     def _explain_all(self, job: ev.ExplainAll) -> None:
         todo = [i for i in job.indices if not self._cached(i, job)]

@@ -30,7 +30,7 @@ from .errors import Cancelled, InputError, NlaError
 from .options import EngineOptions
 from .steer_jobs import DEFAULT_ALPHA
 from .steer_sources import VectorSource
-from .types import Explanation, Message, ModelInfo, Sampling, Score, TokenInfo
+from .types import Candidate, Explanation, Message, ModelInfo, Sampling, Score, SentenceScore, TokenInfo
 
 MAX_POSITIONS = 64  # positions (or raw vectors) one explain call may name
 MAX_HELD_BYTES = 1 << 30  # activations of captured conversations kept for later calls
@@ -256,9 +256,7 @@ class Nla:
                 on_text: Callable[[int, str], None] | None = None) -> list[Explanation]:
         """Explain tokens of a captured conversation (AV, then AR-scored); `on_text(position,
         text_so_far)` streams."""
-        vectors, indices = self.vectors_to_explain(conversation, positions, None)
-        sink = None if on_text is None else (lambda it: isinstance(it, ev.ExplainDelta) and on_text(it.index, it.text))
-        return self.explain_call(vectors, indices, sampling, prompt, sink).wait()
+        return self._explain_blocking(*self.vectors_to_explain(conversation, positions, None), sampling, prompt, on_text)
 
     def explain_with_pair(self, conversation: Conversation | str, positions: Sequence[int],
                           sampling: Sampling = Sampling(), prompt: str | None = None,
@@ -283,9 +281,13 @@ class Nla:
                         on_text: Callable[[int, str], None] | None = None) -> list[Explanation]:
         """Explain raw vectors ([n, d_model]: an SAE direction, a steering vector, ...); each
         Explanation's index is its row."""
-        arr, indices = self.vectors_to_explain(None, None, vectors)
+        return self._explain_blocking(*self.vectors_to_explain(None, None, vectors), sampling, prompt, on_text)
+
+    def _explain_blocking(self, vectors: np.ndarray, indices: list[int], sampling: Sampling, prompt: str | None,
+                          on_text: Callable[[int, str], None] | None) -> list[Explanation]:
+        """explain / explain_vectors: the call, its text deltas to on_text, waited for."""
         sink = None if on_text is None else (lambda it: isinstance(it, ev.ExplainDelta) and on_text(it.index, it.text))
-        return self.explain_call(arr, indices, sampling, prompt, sink).wait()
+        return self.explain_call(vectors, indices, sampling, prompt, sink).wait()
 
     def explain_stream(self, conversation: Conversation | str | None = None, positions: Sequence[int] | None = None,
                        sampling: Sampling = Sampling(), prompt: str | None = None,
@@ -315,6 +317,36 @@ class Nla:
     def score(self, text: str, vector: Any) -> Score:
         """How well the AR reads `text` back into `vector` (cos, mse_nrm, fve_nrm)."""
         return self.score_call(text, vector).wait()
+
+    def sentences_call(self, text: str, vector: Any) -> Call:
+        if not isinstance(text, str) or not text.strip():
+            raise InputError("The text is empty: give the explanation whose sentences to score.")
+        vec = self.check_vectors(vector)
+        if len(vec) != 1:
+            raise InputError(f"Score the sentences against one vector (got {len(vec)}).")
+
+        def work(engine: Any, cancel: threading.Event) -> list[SentenceScore] | None:
+            from .nla.sentences import sentence_scores  # the AR's code: loaded with the models
+
+            return sentence_scores(engine.ar, text, vec[0])
+        return self.submit(work, ev.JobKind.EXPLAIN, ev.PRIORITY_CHAT)
+
+    def sentence_scores(self, text: str, vector: Any) -> list[SentenceScore] | None:
+        """Each sentence of `text` scored against `vector` alone and left out (one AR pass;
+        what the TUI's pane shows under an explanation); None for fewer than two sentences."""
+        return self.sentences_call(text, vector).wait()
+
+    def lens_call(self, conversation: Conversation | str, position: int) -> Call:
+        held = self.held(conversation)
+        self._positions(held, [position])
+        return self.submit(self._on_conversation(held, lambda e, c: e.logit_lens(position)),
+                           ev.JobKind.EXPLAIN, ev.PRIORITY_CHAT)
+
+    def logit_lens(self, conversation: Conversation | str, position: int) -> list[list[Candidate]] | None:
+        """The subject's own top-3 next tokens at `position`, read at every layer through the
+        final norm and unembedding (layer 0 first); None when the conversation is over the
+        lens's memory budget."""
+        return self.lens_call(conversation, position).wait()
 
     # ------------------------------------------------------------ compare and steer
 
@@ -362,11 +394,8 @@ class Nla:
         held = self.held(conversation)
         edited_messages(held.messages, message, text)  # refused here, before the job is queued
 
-        def work(engine: Any, cancel: threading.Event) -> None:
-            self._give(engine, held, cancel)
-            engine.edit_message(message, text, cancel=cancel)
-
-        return self._conversation_call(work, ev.JobKind.EDIT_MESSAGE)
+        return self._conversation_call(self._on_conversation(held, lambda e, c: e.edit_message(message, text, cancel=c)),
+                                       ev.JobKind.EDIT_MESSAGE)
 
     def edit(self, conversation: Conversation | str, message: int, text: str) -> Conversation:
         """The conversation with message `message` replaced by `text`, captured from its first

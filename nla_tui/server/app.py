@@ -12,6 +12,8 @@ Routes (JSON in, JSON out; explain streams server-sent events), schema at /opena
   POST /v1/explain              {handle, positions} or {vectors} → SSE: delta, explanation, done | error
   POST /v1/chat                 {handle?, text} → SSE: started (prompt tokens), delta, done (the new conversation)
   POST /v1/score                {text, vector} or {text, handle, position} → cos, mse_nrm, fve_nrm, label
+  POST /v1/sentences            {text, vector} or {text, handle, position} → each sentence alone / left out
+  POST /v1/lens                 {handle, position} → the logit lens: top-3 next tokens at every layer
   POST /v1/compare              {handle, i, j} → cos, explanations of a − b and b − a
   POST /v1/steer                {handle, index, edited | diff [a, b], alpha, span} → top-5 before/after, continuations
   DELETE /v1/requests/{id}      cancel the request sent with header X-Request-Id: id
@@ -25,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -121,6 +124,11 @@ class EditIn(BaseModel):
     handle: str = Field(..., max_length=64, description="the captured conversation to edit (it stays as it was)")
     message: int = Field(..., ge=0, description="the message to replace (0 = the first)")
     text: str = Field(..., min_length=1, max_length=MAX_TEXT, description="its new text")
+
+
+class LensIn(BaseModel):
+    handle: str = Field(..., max_length=64)
+    position: int
 
 
 class CompareIn(BaseModel):
@@ -371,6 +379,17 @@ def build_app(nla: Nla, token: str, token_file: Path | None = None, mcp: Any = N
         vector = body.vector if body.vector is not None else nla.activations(body.handle, [body.position])[0]
         s = await finished(request, nla.score_call(body.text, vector))
         return ok({**s.to_json(), "fidelity": s.fidelity, "label": s.label} if s else None)
+
+    @app.post("/v1/sentences")
+    async def sentences(body: ScoreIn, request: Request) -> JSONResponse:
+        vector = body.vector if body.vector is not None else nla.activations(body.handle, [body.position])[0]
+        scores = await finished(request, nla.sentences_call(body.text, vector))
+        return ok({"sentences": None if scores is None else [asdict(x) for x in scores]})
+
+    @app.post("/v1/lens")
+    async def lens(body: LensIn, request: Request) -> JSONResponse:
+        layers = await finished(request, nla.lens_call(body.handle, body.position))
+        return ok({"layers": None if layers is None else [[asdict(c) for c in top] for top in layers]})
 
     @app.post("/v1/compare")
     async def compare(body: CompareIn, request: Request) -> JSONResponse:

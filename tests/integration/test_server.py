@@ -205,6 +205,29 @@ def test_rate_limit_answers_429(demo_engine):
         assert "a minute" in refusal(r, 429) and int(r.headers["retry-after"]) >= 1
 
 
+def test_lens_and_sentence_scores_over_http_equal_in_process(demo_engine):
+    """POST /v1/lens and /v1/sentences (what the attached TUI's pane shows beside an
+    explanation) give what the in-process API gives; a bad position is a one-line 400."""
+    from nla_tui.client import NlaClient, ServerError
+
+    with serving(demo_engine, mcp=False) as (url, nla), NlaClient(url, token=TOKEN) as client:
+        conv = client.capture("What is the capital of France?")
+        france = next(t.index for t in conv.tokens if t.text == " France")
+        there, here = client.logit_lens(conv, france), nla.logit_lens(conv.handle, france)
+        assert len(there) == len(here) == len(demo_engine.subject.decoder.layers)
+        assert [[c.token_id for c in top] for top in there] == [[c.token_id for c in top] for top in here]
+        assert [c.prob for c in there[-1]] == pytest.approx([c.prob for c in here[-1]], abs=1e-6)
+        text = 'Token " France" after "capital of". The question asks for a city. Next: "?"'
+        vector = client.activations(conv, [france])[0]
+        remote, local = client.sentence_scores(text, vector), nla.sentence_scores(text, vector)
+        assert remote is not None and [x.text for x in remote] == [x.text for x in local] and len(remote) >= 2
+        assert [x.without for x in remote] == pytest.approx([x.without for x in local], abs=1e-5)
+        assert client.sentence_scores("One sentence only", vector) is None
+        with pytest.raises(ServerError, match="out of range") as bad:
+            client.logit_lens(conv, 999)
+        assert bad.value.status == 400
+
+
 def test_the_rate_limit_counts_each_client_apart(demo_engine):
     """One client over its limit does not lock out another (each NlaClient, like each
     attached TUI, sends its own X-Client-Id); requests without the token count against their

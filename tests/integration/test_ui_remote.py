@@ -61,6 +61,16 @@ async def test_the_tui_chats_and_explains_through_a_server(served, tmp_path, mon
         # the server explained exactly this token of this conversation
         want = nla.explain(conversation.handle, [index], best.sampling)[0]
         assert best.text == want.text
+        # the logit lens and the per-sentence scores came over HTTP too (POST /v1/lens, /v1/sentences)
+        lens = nla.logit_lens(conversation.handle, index)
+        assert [[c.token_id for c in top] for top in app.state.lens[index]] == [[c.token_id for c in top] for top in lens]
+        sentences = nla.sentence_scores(best.text, nla.activations(conversation.handle, [index])[0])
+        assert (best.sentences is None) == (sentences is None)
+        if sentences is not None:
+            assert [x.text for x in best.sentences] == [x.text for x in sentences]
+            assert [x.alone for x in best.sentences] == pytest.approx([x.alone for x in sentences], abs=1e-5)
+        pane = str(app.pane.render())
+        assert "logit lens" in pane
 
 
 def test_two_attached_workers_keep_their_own_conversations(served):
