@@ -281,6 +281,20 @@ async def _branch(pilot) -> None:
 
 
 # name -> (app kwargs, size, run_before)
+PAIR_SESSION = DATA / "pair_session"  # run --extra-pair over a hub-layout copy of the demo pair
+PAIR_TOKEN = 18  # ' a' of the answer: both pairs explained it
+
+
+async def _pair(pilot) -> None:
+    """One token read by two pairs: the main pair's explanation, then the extra pair's under
+    its label and layer, each with its own score."""
+    app = pilot.app
+    await settle_replay(pilot, app)
+    await wait_until(pilot, lambda: PAIR_TOKEN in app.state.pair_explanations, "the extra pair's explanations")
+    app.strip.set_cursor(PAIR_TOKEN)
+    await pilot.pause()
+
+
 SCENARIOS = {
     "main_80x24": (dict(), (80, 24), _after_chat),
     "main_120x36": (dict(), (120, 36), _after_chat),
@@ -295,6 +309,7 @@ SCENARIOS = {
     "compare_120x36": (dict(preload=True), (120, 36), _compare),
     "agent_search_120x36": (dict(preload=True, session=AGENT), (120, 36), _agent_search),
     "branch_120x36": (dict(preload=True, session=BRANCHES), (120, 36), _branch),
+    "pair_140x48": (dict(preload=True, session=PAIR_SESSION), (140, 48), _pair),
 }
 
 
