@@ -159,14 +159,20 @@ class RemoteWorker(JobThread):
                 or not 0 <= exp.index < len(self.activations):
             return exp
         vector = self.activations[exp.index]
-        new = replace(exp, sentences=self._blocking(lambda c: c.sentence_scores(exp.text, vector)))
+        try:
+            new = replace(exp, sentences=self._blocking(lambda c: c.sentence_scores(exp.text, vector)))
+        except ServerError:  # a server without /v1/sentences (an older nla-tui): shown unshaded
+            return exp
         held = self.explanations.get(exp.index, [])
         self.explanations[exp.index] = [new if e is exp else e for e in held]
         return new
 
     def _explain(self, job: ev.Explain) -> None:
         # The logit lens first (POST /v1/lens), so it is on screen before the AV's first word.
-        lens = self._recaptured(lambda: self._blocking(lambda c: c.logit_lens(self._handle(), job.index)))
+        try:
+            lens = self._recaptured(lambda: self._blocking(lambda c: c.logit_lens(self._handle(), job.index)))
+        except ServerError:  # a server without /v1/lens (an older nla-tui): the explanation goes on without it
+            lens = None
         if lens is not None:
             self.emit(ev.LogitLens(job.index, lens))
         if not job.force and job.samples == 1:

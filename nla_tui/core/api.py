@@ -306,12 +306,17 @@ class Nla:
             if not call.done.is_set():
                 call.cancel()
 
-    def score_call(self, text: str, vector: Any) -> Call:
+    def _text_and_vector(self, text: str, vector: Any) -> np.ndarray:
+        """score / sentence_scores: a non-empty text and one vector of d_model floats."""
         if not isinstance(text, str) or not text.strip():
             raise InputError("The text to score is empty: give the explanation text to read back into a vector.")
         vec = self.check_vectors(vector)
         if len(vec) != 1:
             raise InputError(f"Score one vector at a time (got {len(vec)}).")
+        return vec
+
+    def score_call(self, text: str, vector: Any) -> Call:
+        vec = self._text_and_vector(text, vector)
         return self.submit(lambda engine, cancel: engine.score(text, vec[0]), ev.JobKind.EXPLAIN, ev.PRIORITY_CHAT)
 
     def score(self, text: str, vector: Any) -> Score:
@@ -319,11 +324,7 @@ class Nla:
         return self.score_call(text, vector).wait()
 
     def sentences_call(self, text: str, vector: Any) -> Call:
-        if not isinstance(text, str) or not text.strip():
-            raise InputError("The text is empty: give the explanation whose sentences to score.")
-        vec = self.check_vectors(vector)
-        if len(vec) != 1:
-            raise InputError(f"Score the sentences against one vector (got {len(vec)}).")
+        vec = self._text_and_vector(text, vector)
 
         def work(engine: Any, cancel: threading.Event) -> list[SentenceScore] | None:
             from .nla.sentences import sentence_scores  # the AR's code: loaded with the models
