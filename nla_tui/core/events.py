@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar
 
+from .fidelity_report import FidelityReport
 from .types import REPLY_TOKENS, Candidate, CardMemory, Explanation, Message, ModelInfo, Sampling, TokenInfo
 
 # Job priorities: lower runs first.
@@ -38,6 +39,7 @@ class JobKind(Enum):
     EXPLAIN_ON_BRANCH = "ExplainOnBranch"
     ADOPT_BRANCHES = "AdoptBranches"
     EXPLAIN_PAIR = "ExplainWithPair"  # the extra pair (core/pair_jobs.py)
+    CHECK_FIDELITY = "CheckFidelity"  # the quantisation self-check (core/nla/fidelity.py)
 
     @property
     def words(self) -> str:
@@ -46,7 +48,7 @@ class JobKind(Enum):
     @property
     def changes_conversation(self) -> bool:
         """Its end may change what a saved session holds (a steered continuation is saved)."""
-        return self not in (JobKind.LOAD, JobKind.COMPARE, JobKind.LIST_BRANCHES)
+        return self not in (JobKind.LOAD, JobKind.COMPARE, JobKind.LIST_BRANCHES, JobKind.CHECK_FIDELITY)
 
     @property
     def is_chat(self) -> bool:
@@ -63,7 +65,7 @@ _JOB_WORDS = {JobKind.LOAD: "Loading the models", JobKind.CHAT: "Chat",
               JobKind.EDIT_MESSAGE: "Editing the message", JobKind.SWITCH_BRANCH: "Switching branch",
               JobKind.LIST_BRANCHES: "Listing branches", JobKind.EXPLAIN_ON_BRANCH: "Explain on a branch",
               JobKind.ADOPT_BRANCHES: "Opening the saved branches",
-              JobKind.EXPLAIN_PAIR: "Explain with the extra pair"}
+              JobKind.EXPLAIN_PAIR: "Explain with the extra pair", JobKind.CHECK_FIDELITY: "Fidelity self-check"}
 
 
 @dataclass
@@ -164,6 +166,16 @@ class ExplainAll(Job):
     indices: list[int]
     sampling: Sampling = field(default_factory=Sampling)
     prompt: str | None = None
+
+
+@dataclass
+class CheckFidelity(Job):
+    """The quantisation self-check on the fixed conversation and the open one (a cached
+    result unless `recheck`); answered by FidelityChecked."""
+
+    kind: ClassVar[JobKind] = JobKind.CHECK_FIDELITY
+
+    recheck: bool = False
 
 
 # ---------------------------------------------------------------- events
@@ -286,3 +298,12 @@ class GpuMemory(Event):
 @dataclass
 class QueueDepth(Event):
     depth: int
+
+
+@dataclass
+class FidelityChecked(Event):
+    """The self-check's result; `info` is the models' ModelInfo carrying its verdict."""
+
+    report: FidelityReport
+    cached: bool
+    info: ModelInfo

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-CHECK_VERSION = 1  # bump when what the check computes changes: cached verdicts of older versions are ignored
+CHECK_VERSION = 2  # bump when what the check computes changes: cached verdicts of older versions are ignored
 FVE_TOLERANCE = 0.02  # a precision whose readouts move by more than this fve (mean) "drifts"
 # Activations this far apart (median cos) are another computation, whatever the readouts' fve says
 # (a broken subject's explanations can score as well as the reference's: they describe garbage well).
@@ -59,6 +59,12 @@ class FidelityReport:
     ar_running: float  # mean fve_nrm of the reference explanations, AR as it runs
     ar_reference: float | None  # the same, AR in the reference precision (None: the AR runs in it)
     ar_abs_delta: float  # mean |Δ| between the two (0 when the AR runs in the reference precision)
+    # Per position, the reference's fve minus the running one's (own activations / reference
+    # activations): the standard error of their means, so a drift is read against its noise.
+    own_se: float = 0.0
+    cross_se: float = 0.0
+    mean_abs_delta: float = 0.0  # mean |Δ fve| per position (how much single readouts move)
+    same_text: int = 0  # positions whose two explanations are word for word the same
     seconds: float = 0.0
     peak_gpu_bytes: int | None = None  # CUDA only
     reference_placement: str = ""  # where the reference subject ran ("cuda:0 30 layers, cpu 12, disk 0")
@@ -74,6 +80,13 @@ class FidelityReport:
     def subject_drop(self) -> float:
         """fve lost by reading the running subject instead of the reference one (positive = worse)."""
         return max(self.fve_reference - self.fve_running, self.fve_reference - self.fve_running_vs_reference)
+
+    @property
+    def drop_se(self) -> float:
+        """The standard error of subject_drop (of whichever drop it is)."""
+        own = self.fve_reference - self.fve_running
+        cross = self.fve_reference - self.fve_running_vs_reference
+        return self.own_se if own >= cross else self.cross_se
 
     @property
     def activations_differ(self) -> bool:
@@ -95,9 +108,11 @@ class FidelityReport:
         p, ref = self.running.get("subject", "?"), self.reference
         if self.activations_differ:
             return f"{p} subject: activations differ from {ref} (median cos {self.cos_median:.3f} < {COS_FLOOR:g})"
+        pm = f" ± {self.drop_se:.3f}" if self.drop_se else ""
         if self.subject_drifts:
-            return f"{p} subject: readouts drift {self.subject_drop:.3f} fve from {ref} (tolerance {self.tolerance:g})"
-        return f"{p} subject: readouts within {self.tolerance:g} fve of {ref}"
+            return f"{p} subject: readouts drift {self.subject_drop:.3f}{pm} fve from {ref} (tolerance {self.tolerance:g})"
+        return f"{p} subject: readouts within {self.tolerance:g} fve of {ref}" + (
+            f" ({self.subject_drop:+.3f}{pm})" if self.drop_se else "")
 
     def ar_verdict(self) -> str:
         p, ref = self.running.get("ar", "?"), self.reference
@@ -154,7 +169,13 @@ class FidelityReport:
                  f"{self.positions} positions compared, {self.explained} explained twice (greedy)"]
         lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
                   for r in rows]
+        if self.explained:
+            lines.append(f"per position: mean |Δ fve| {self.mean_abs_delta:.3f}; {self.same_text} of {self.explained} "
+                         f"explanations word for word the same; ± is one standard error of the mean")
         lines.append(f"verdict: {self.verdict()}")
+        if self.drop_se > self.tolerance:
+            lines.append(f"note: at {self.explained} positions the drop is known to ±{self.drop_se:.3f}, wider than "
+                         f"the tolerance: --positions {4 * max(self.explained, 12)} narrows it")
         if self.advice():
             lines.append(f"advice: {self.advice()}")
         extra = [f"{self.seconds:.0f} s"]
@@ -181,11 +202,13 @@ class FidelityReport:
         if not isinstance(r.running, dict) or not all(isinstance(v, str) for v in r.running.values()):
             raise TypeError("running must map roles to precisions")
         for name in ("cos_min", "cos_median", "fve_reference", "fve_running", "fve_running_vs_reference",
-                     "ar_running", "ar_abs_delta", "seconds", "tolerance"):
+                     "ar_running", "ar_abs_delta", "seconds", "tolerance", "own_se", "cross_se",
+                     "mean_abs_delta"):
             setattr(r, name, float(getattr(r, name)))
         if r.ar_reference is not None:
             r.ar_reference = float(r.ar_reference)
-        r.layer, r.positions, r.explained = int(r.layer), int(r.positions), int(r.explained)
+        r.layer, r.positions, r.explained, r.same_text = int(r.layer), int(r.positions), int(r.explained), \
+            int(r.same_text)
         r.conversations = [str(c) for c in r.conversations]
         r.notes = [str(n) for n in r.notes]
         return r

@@ -40,6 +40,7 @@ from .pair_actions import PairView
 from .messages import EngineEvent, ExplainTextArrived, PairTextArrived, ProgressArrived, engine_message
 from .options import UiOptions
 from .screens.help import HelpScreen
+from .screens.fidelity import FidelityScreen
 from .session_actions import Sessions
 from .saving import SessionKeeper
 from .state import Change, UiState
@@ -216,6 +217,8 @@ class NlaApp(App[None]):
             self._job_ended(change)
         if change.models:
             self.inputs.open_example()
+        if change.fidelity is not None:
+            self._show_fidelity(change.fidelity)
         self.update_status()
         self.branching.changed(change)
         self.steering.changed(change)
@@ -423,6 +426,19 @@ class NlaApp(App[None]):
 
     def action_export(self) -> None:
         self.sessions.export_dialog()
+
+    def action_check_fidelity(self, recheck: bool = False) -> None:
+        if self.needs_models("the fidelity self-check"):
+            return
+        self.submit(ev.CheckFidelity(recheck=recheck))
+        self.notify("Fidelity self-check started: it loads the subject again in the reference precision "
+                    "(minutes on a 27B; a cached result comes at once).", timeout=5, markup=False)
+
+    def _show_fidelity(self, checked: ev.FidelityChecked) -> None:
+        def closed(again: bool | None) -> None:
+            if again:
+                self.action_check_fidelity(recheck=True)
+        self.push_screen(FidelityScreen(checked.report, checked.cached), closed)
 
     def action_load_models(self) -> None:
         self.sessions.load_models()

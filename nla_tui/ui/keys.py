@@ -116,6 +116,9 @@ KEYMAP: list[Key | Unbound] = [
     _k("2", "explain_pair", "2nd pair",
        "explain the token with the second, extra pair (--extra-pair); on a token it explained: show / hide it",
        EXPLAIN, palette="Explain with the extra pair"),
+    _k("F", "check_fidelity", "fidelity check",
+       "quantisation self-check: the running precision's activations and readouts against bf16 (fp32 on CPU); "
+       "cached per models and precisions", EXPLAIN, palette="Fidelity self-check"),
     _k("y", "copy", "copy", "copy the explanation (OSC 52, works over SSH)", EXPLAIN, palette="Copy explanation"),
 
     _k("w", "steer", "steer",

@@ -53,6 +53,7 @@ class Change:
     branch_created: bool = False  # ...and an edit made it just now
     branches: bool = False  # the branch tree arrived (the list to switch between)
     branch_explained: tuple[int, int] | None = None  # (branch, index) of a branch not shown, explained
+    fidelity: ev.FidelityChecked | None = None  # the self-check's result arrived (shown in a dialog)
 
 
 @dataclass
@@ -168,6 +169,9 @@ class UiState:
             if event.explanations:
                 self.pair_explanations[event.index] = list(event.explanations)
             c.index, c.explained = event.index, True
+        elif isinstance(event, ev.FidelityChecked):
+            self.info = event.info  # now carrying the verdict (status line, saved sessions, exports)
+            c.fidelity = event
         elif isinstance(event, ev.CaptureProgress):
             self.capture_progress = None if event.done >= event.total else event
             c.capture = event

@@ -16,8 +16,16 @@ from nla_tui.core.models.loading import resolve_checkpoint
 from nla_tui.core.models.reference import layer_activations, reference_model
 from nla_tui.core.runtime.engine import Engine
 from nla_tui.core.runtime.fidelity_check import check_fidelity
+from textual.widgets import Static
+
+from nla_tui.core.runtime.worker import EngineWorker
+from nla_tui.ui.app import create_app
+from nla_tui.ui.options import UiOptions
+from nla_tui.ui.screens.fidelity import FidelityScreen
+from nla_tui.ui.widgets.status import StatusLine
 from tests._support_engine import reusing_demo_loads
 from tests._support_paths import REPO
+from tests._support_ui import async_test, wait_until
 
 pytestmark = pytest.mark.slow
 SMALL = {"positions": 4, "tokens": 12}  # enough to see a drift, short enough for 2 cores
@@ -127,3 +135,19 @@ def test_cli_refuses_unknown_precision_before_loading():
     r = subprocess.run([sys.executable, "-m", "nla_tui.cli", "check", "--recheck"], capture_output=True, text=True,
                        timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
     assert r.returncode == 2 and "add --fidelity" in r.stderr
+
+
+@async_test
+async def test_tui_F_runs_the_check_on_the_engine_and_shows_the_table(fidelity_restored):
+    """The key, the job on the real engine's worker (the open session read beside the fixed
+    conversation), the dialog with the check's own table, the status line."""
+    app = create_app(lambda emit: EngineWorker(fidelity_restored, emit), UiOptions())
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_until(pilot, lambda: app.state.info is not None and app.state.tokens, "the models", 900)
+        await pilot.press("F")
+        await wait_until(pilot, lambda: isinstance(app.screen, FidelityScreen), "the fidelity table", 900)
+        table = str(app.screen.query_one("#fidelity-lines", Static).render())
+        assert "fixed conversation" in table and "open session" in table
+        assert "verdict: fp32 subject: readouts within 0.02 fve of fp32" in table
+        assert "self-check ok" in str(app.query_one(StatusLine).render())
+        await pilot.press("escape")

@@ -100,3 +100,11 @@ def test_status_line_and_exports_say_the_precision_and_verdict():
     assert "self-check: nf4 subject: readouts drift 0.070" in to_html(session)
     models = json.loads(to_json(session))["models"]
     assert models["quants"] == {"subject": "nf4", "av": "nf4", "ar": "nf4"} and models["fidelity_drifts"] is True
+
+
+def test_the_drop_is_read_against_its_noise():
+    noisy = report(fve_running=0.74, own_se=0.03, cross_se=0.01, explained=12)
+    assert not noisy.subject_drifts and noisy.drop_se == 0.03  # the own drop is the larger one
+    assert noisy.subject_verdict() == "nf4 subject: readouts within 0.02 fve of bf16 (+0.010 ± 0.030)"
+    assert any("known to ±0.030" in line and "--positions 48" in line for line in noisy.table())
+    assert not any("known to" in line for line in report(own_se=0.005).table())

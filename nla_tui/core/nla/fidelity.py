@@ -64,6 +64,10 @@ def _fve(scores) -> list[float]:
     return [s.fve_nrm if s is not None and s.fve_nrm is not None else 0.0 for s in scores]
 
 
+def _se(diffs: list[float]) -> float:
+    return statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
+
+
 def run_check(subject, av, ar, subject_ckpt: Checkpoint, ar_ckpt: Checkpoint, quants: dict[str, str],
               reference: str, device: str, conversations: Sequence[tuple[str, list[int], int]],
               tokens: int = EXPLAIN_TOKENS, budget: int | None = None, progress: Progress | None = None,
@@ -109,6 +113,8 @@ def run_check(subject, av, ar, subject_ckpt: Checkpoint, ar_ckpt: Checkpoint, qu
     ref_texts, run_texts = [e.text for e in ref_exps], [e.text for e in run_exps]
     fve_ref, fve_run = _fve([e.score for e in ref_exps]), _fve([e.score for e in run_exps])
     fve_cross = _fve(ar.score(run_texts, ref_vecs))
+    own = [x - y for x, y in zip(fve_ref, fve_run)]
+    cross = [x - y for x, y in zip(fve_ref, fve_cross)]
     ar_ref_mean, ar_delta = None, 0.0
     if quants["ar"] != reference:
         say(f"reference AR ({reference}): loading")
@@ -127,6 +133,8 @@ def run_check(subject, av, ar, subject_ckpt: Checkpoint, ar_ckpt: Checkpoint, qu
         fve_reference=statistics.fmean(fve_ref), fve_running=statistics.fmean(fve_run),
         fve_running_vs_reference=statistics.fmean(fve_cross),
         ar_running=statistics.fmean(fve_ref), ar_reference=ar_ref_mean, ar_abs_delta=ar_delta,
+        own_se=_se(own), cross_se=_se(cross), mean_abs_delta=statistics.fmean(abs(x) for x in own),
+        same_text=sum(a == b for a, b in zip(ref_texts, run_texts)),
         seconds=time.perf_counter() - t0,
         peak_gpu_bytes=int(torch.cuda.max_memory_allocated()) if cuda else None,
         reference_placement=placement)

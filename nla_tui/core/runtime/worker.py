@@ -54,6 +54,7 @@ class EngineWorker(SteerJobs, BranchJobs, PairJobs, JobThread):
                          EditMessage: self._do_EditMessage, SwitchBranch: self._do_SwitchBranch,
                          ListBranches: self._do_ListBranches, ExplainOnBranch: self._do_ExplainOnBranch,
                          AdoptBranches: self._do_AdoptBranches, ExplainWithPair: self._do_ExplainWithPair}
+        self.handlers[ev.CheckFidelity] = self._check_fidelity
         if autoload:
             self.submit(ev.LoadModels())
 
@@ -82,6 +83,13 @@ class EngineWorker(SteerJobs, BranchJobs, PairJobs, JobThread):
         if self.engine.tokens:
             self.emit(ev.ConversationUpdated(list(self.engine.messages), list(self.engine.tokens),
                                              self.engine.activations))
+
+    def _check_fidelity(self, job: ev.CheckFidelity) -> None:
+        from .fidelity_check import check_fidelity
+
+        eng = self._engine()
+        report, cached = check_fidelity(eng, recheck=job.recheck, cancel=self.cancel)
+        self.emit(ev.FidelityChecked(report, cached, eng.info))
 
     def _chat(self, job: ev.Chat) -> None:
         eng = self._engine()
