@@ -92,7 +92,8 @@ def test_sabotaged_subject_is_flagged(fidelity_restored):
             layer.weight.copy_(saved)
     assert report.cos_min < 0.9
     assert report.subject_drifts and report.drifts
-    assert "drift" in report.verdict() and fidelity_restored.info.fidelity_drifts
+    assert ("drift" in report.subject_verdict() or "activations differ" in report.subject_verdict())
+    assert fidelity_restored.info.fidelity_drifts and report.advice()
 
 
 def test_reference_offloads_within_a_small_budget(demo_engine, demo_paths):
