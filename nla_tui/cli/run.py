@@ -58,6 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_transcript_fits(options, messages, progress)  # tokenizer only: before any weights load
     engine = Engine(options)
     engine.load(progress)
+    say(visible(precision_line(engine.info)), file=sys.stderr)
     if messages is not None:
         engine.set_conversation(messages, lambda done, total: say(
             f"[capture] {done}/{total} tokens", file=sys.stderr, flush=True))
@@ -86,6 +87,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         path = save_session(session, args.out, expect_new=args.out_generation is None)
         say(f"session written to {path}")
     return 0
+
+
+def precision_line(info) -> str:
+    """Which precision ran per model and the fidelity self-check's verdict (or how to get one)."""
+    from ..core.fidelity_report import reference_precision
+
+    line = f"precision: {info.quant}; self-check: {info.fidelity or 'not run (nla-tui check --fidelity)'}"
+    if info.fidelity_drifts:
+        ref = reference_precision(info.device)
+        line += f" — try --quant auto or --subject-quant {ref}"
+    return line
 
 
 def explain_with_progress(engine, indices: list[int], sampling, prompt: str | None, batch_size: int | None):

@@ -108,3 +108,11 @@ def test_the_drop_is_read_against_its_noise():
     assert noisy.subject_verdict() == "nf4 subject: readouts within 0.02 fve of bf16 (+0.010 ± 0.030)"
     assert any("known to ±0.030" in line and "--positions 48" in line for line in noisy.table())
     assert not any("known to" in line for line in report(own_se=0.005).table())
+
+
+def test_run_says_the_precision_and_the_verdict():
+    from nla_tui.cli.run import precision_line
+
+    assert precision_line(info()) == "precision: nf4; self-check: not run (nla-tui check --fidelity)"
+    drifting = info(fidelity=report(fve_running=0.68).verdict(), fidelity_drifts=True)
+    assert precision_line(drifting).endswith("— try --quant auto or --subject-quant bf16")
