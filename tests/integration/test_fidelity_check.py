@@ -114,11 +114,16 @@ def test_reference_offloads_within_a_small_budget(demo_engine, demo_paths):
 
 def test_cli_fidelity_check_is_cached(tmp_path):
     env = {**os.environ, "NLA_TUI_NO_CACHE": "0", "PYTHONPATH": str(REPO)}
+    chat = tmp_path / "chat.json"
+    chat.write_text(json.dumps([{"role": "user", "content": "Name a famous museum in Paris."},
+                                {"role": "assistant", "content": "The Louvre."}]))
     args = [sys.executable, "-m", "nla_tui.cli", "check", "--fidelity", "--preset", "demo", "--device", "cpu",
-            "--cache-dir", str(tmp_path / "cache"), "--positions", "2", "--explain-tokens", "8"]
+            "--cache-dir", str(tmp_path / "cache"), "--positions", "2", "--explain-tokens", "8",
+            "--messages", str(chat)]
     first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "verdict: fp32 subject: readouts within 0.02 fve of fp32" in first.stdout
+    assert "fixed conversation (107 tokens); open session (" in first.stdout  # --messages read beside it
     files = list((tmp_path / "cache" / "fidelity" / "v1").glob("*.json"))
     assert len(files) == 1 and json.loads(files[0].read_text())["running"]["subject"] == "fp32"
     second = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
@@ -133,6 +138,9 @@ def test_cli_refuses_unknown_precision_before_loading():
                            capture_output=True, text=True, timeout=120, cwd=REPO,
                            env={**os.environ, "PYTHONPATH": str(REPO)})
         assert r.returncode == 2 and "invalid choice" in r.stderr and "[subject]" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "nla_tui.cli", "check", "--fidelity", "--messages", "/nonexistent.json"],
+                       capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 2 and "does not exist" in r.stderr and "[subject]" not in r.stderr
     r = subprocess.run([sys.executable, "-m", "nla_tui.cli", "check", "--recheck"], capture_output=True, text=True,
                        timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
     assert r.returncode == 2 and "add --fidelity" in r.stderr
