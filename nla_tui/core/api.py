@@ -323,6 +323,15 @@ class Nla:
         """How well the AR reads `text` back into `vector` (cos, mse_nrm, fve_nrm)."""
         return self.score_call(text, vector).wait()
 
+    def check_fidelity(self, recheck: bool = False, positions: int | None = None) -> Any:
+        """The quantisation self-check (docs/FIDELITY.md): a FidelityReport for the models as they
+        run against the reference precision; cached per models and precisions unless `recheck`."""
+        from .runtime.fidelity_check import check_fidelity
+
+        def work(engine: Any, cancel: threading.Event) -> Any:
+            return check_fidelity(engine, with_open=False, recheck=recheck, positions=positions, cancel=cancel)[0]
+        return self.submit(work, ev.JobKind.CHECK_FIDELITY, ev.PRIORITY_BACKGROUND).wait()
+
     def sentences_call(self, text: str, vector: Any) -> Call:
         vec = self._text_and_vector(text, vector)
 

@@ -160,3 +160,15 @@ async def test_tui_F_runs_the_check_on_the_engine_and_shows_the_table(fidelity_r
         assert "verdict: fp32 subject: readouts within 0.02 fve of fp32" in table
         assert "self-check ok" in str(app.query_one(StatusLine).render())
         await pilot.press("escape")
+
+
+def test_the_python_api_runs_the_check(fidelity_restored):
+    from nla_tui.core.api import Nla
+
+    nla = Nla(fidelity_restored)
+    try:
+        report = nla.check_fidelity(positions=2)
+    finally:
+        nla.close()
+    assert report.running == {"subject": "fp32", "av": "fp32", "ar": "fp32"} and report.explained == 2
+    assert not report.drifts and nla.info.fidelity == report.verdict()
