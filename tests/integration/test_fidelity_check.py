@@ -172,3 +172,29 @@ def test_the_python_api_runs_the_check(fidelity_restored):
         nla.close()
     assert report.running == {"subject": "fp32", "av": "fp32", "ar": "fp32"} and report.explained == 2
     assert not report.drifts and nla.info.fidelity == report.verdict()
+
+
+def test_engine_quant_auto_reads_the_checkpoints_configs(monkeypatch, demo_paths):
+    """Engine.load's choice (before any weights load) on the demo checkpoints, with a CUDA card
+    faked as the batch-size test fakes it (torch.cuda's own figures)."""
+    from nla_tui.core.options import EngineOptions
+
+    gib = 1 << 30
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 0)
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device=None: 1.0, raising=False)
+    ckpts = {r: resolve_checkpoint(demo_paths[r]) for r in ("subject", "av", "ar")}
+
+    def picks(free: int, **opts) -> dict:
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=0: (free, 80 * gib))
+        return Engine(EngineOptions(preset="demo", quant="auto", **opts))._quants(None, ckpts, "cuda")
+
+    assert picks(80 * gib) == {"subject": "bf16", "av": "bf16", "ar": "bf16"}
+    assert picks(80 * gib, subject_quant="nf4") == {"subject": "nf4", "av": "bf16", "ar": "bf16"}
+    assert picks(gib // 2) == {"subject": "nf4", "av": "nf4", "ar": "nf4"}  # too small: nf4, and load says why
+    assert Engine(EngineOptions(preset="demo", quant="auto"))._quants(None, ckpts, "cpu") == \
+        {"subject": "fp32", "av": "fp32", "ar": "fp32"}
+    assert Engine(EngineOptions(preset="demo", quant="bf16", subject_quant="fp32"))._quants(None, ckpts, "cpu") == \
+        {"subject": "fp32", "av": "bf16", "ar": "bf16"}
