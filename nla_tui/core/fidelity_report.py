@@ -175,7 +175,8 @@ class FidelityReport:
         lines.append(f"verdict: {self.verdict()}")
         if self.drop_se > self.tolerance:
             lines.append(f"note: at {self.explained} positions the drop is known to ±{self.drop_se:.3f}, wider than "
-                         f"the tolerance: --positions {4 * max(self.explained, 12)} narrows it")
+                         f"the tolerance: more positions narrow it (--positions {4 * max(self.explained, 12)}; the "
+                         f"fixed conversation has ~100, --messages adds yours)")
         if self.advice():
             lines.append(f"advice: {self.advice()}")
         extra = [f"{self.seconds:.0f} s"]
