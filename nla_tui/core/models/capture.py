@@ -15,6 +15,10 @@ fixed blocks aligned to absolute positions, the row max (exact in any order), th
 block's exp-sum and value product accumulated block by block in position order — a
 block a query cannot see adds an exact zero. Every other op (projections, MLP, norms)
 is row-wise already, and chunks are at least MIN_CHUNK rows so BLAS keeps one kernel.
+That last step is the BLAS's to keep: MKL with several threads splits the reduction of a
+long inner axis (the MLP's down projection) by the batch's size on some CPUs (a 2-core
+AVX-512 VM), and there the chunked rows match the one-pass rows to float rounding
+(~3e-6 relative on the demo), not bit for bit.
 On CUDA the model's own attention (sdpa) runs with a sliding-window cache for the
 sliding layers (the same values up to kernel rounding, far less memory).
 
