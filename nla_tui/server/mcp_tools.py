@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 from ..core.api_call import CallScope
 from ..core.errors import InputError, NlaError
 from ..core.steer_jobs import DEFAULT_ALPHA
+from ..core.steer_sources import TokenDifference
 from ..core.types import NOISY_PREFIX, Sampling
 
 MessagesArg = Union[str, list[dict[str, Any]]]
@@ -137,16 +138,26 @@ def build_mcp(backend: Any, corpus: Path | None = None) -> MCPServer:
         return {"fve_nrm": s.fve_nrm, "cos": s.cos, "mse_nrm": s.mse_nrm, "label": s.label}
 
     @mcp.tool()
-    async def steer(messages: MessagesArg, position: int, edited: str, alpha: float = DEFAULT_ALPHA,
-                    span: str = "here", max_new_tokens: int = 32) -> dict[str, Any]:
-        """Steer: what if the model had thought `edited` at `position`? Steers the subject toward the
-        edited explanation (span 'here' or 'onward') and returns the next-token top-5 before and
-        after and the plain and steered continuations."""
+    async def steer(messages: MessagesArg, position: int, edited: str | None = None, diff: list[int] | None = None,
+                    alpha: float = DEFAULT_ALPHA, span: str = "here", max_new_tokens: int = 32) -> dict[str, Any]:
+        """Steer the subject at `position` and return the next-token top-5 before and after and the
+        plain and steered continuations. The vector, one of: `edited` — what if the model had
+        thought this explanation there (AR(edited) − AR(its own explanation), alpha × the token's
+        activation norm); `diff` [a, b] — activation[a] − activation[b] of two tokens of the same
+        conversation (alpha × the layer's median activation norm). span 'here' or 'onward'."""
+        if (edited is None) == (diff is None):
+            raise ToolError("Give either edited (an edited explanation) or diff ([a, b], two token positions).")
+        if diff is not None and len(diff) != 2:
+            raise ToolError(f"diff takes two token positions [a, b], got {len(diff)}.")
+        source = None if diff is None else TokenDifference(int(diff[0]), int(diff[1]))
         conv = await run(backend.capture, messages)
-        b = await run(backend.steer, conv, position, edited, alpha, span, max_new_tokens)
+        b = await run(lambda: backend.steer(conv, position, edited or "", alpha, span, max_new_tokens, source=source))
         cand = lambda cs: [{"text": c.text, "prob": c.prob} for c in cs]  # noqa: E731
-        return {"token": b.token_text, "original_explanation": b.original_explanation, "before": cand(b.before),
-                "after": cand(b.after), "original_text": b.original_text, "steered_text": b.steered_text}
+        out = {"token": b.token_text, "original_explanation": b.original_explanation, "before": cand(b.before),
+               "after": cand(b.after), "original_text": b.original_text, "steered_text": b.steered_text}
+        if b.source is not None:  # the a − b vector: its norm and alpha's unit (plain JSON data)
+            out["vector"] = {k: b.source[k] for k in ("describe", "norm", "unit", "unit_norm", "layer") if k in b.source}
+        return out
 
     if corpus is not None:
         @mcp.tool()

@@ -177,3 +177,35 @@ def test_mcp_over_stdio_to_a_server(served, tmp_path):
 
     names, tokens = anyio.run(session)
     assert TOOLS - {"search"} <= names and [t["role"] for t in tokens[:2]] == ["bos", "special"]
+
+
+def test_mcp_steer_takes_an_a_minus_b_vector_and_refuses_neither_or_both(served):
+    """The steer tool's `diff` [a, b] steers by activation[a] − activation[b] as Nla.steer with
+    TokenDifference does (same continuation); giving neither source or both is one clear error."""
+    from mcp import Client
+
+    from nla_tui.core.steer_sources import TokenDifference
+    from nla_tui.server.mcp_tools import build_mcp
+
+    _, nla = served
+
+    async def session():
+        async with Client(build_mcp(nla)) as client:
+            tokens = (await client.call_tool("tokenize", {"messages": QUESTION})).structured_content["tokens"]
+            france = next(t["position"] for t in tokens if t["text"] == " France")
+            capital = next(t["position"] for t in tokens if t["text"] == " capital")
+            steered = await client.call_tool("steer", {"messages": QUESTION, "position": france,
+                                                       "diff": [france, capital], "alpha": 1.0,
+                                                       "max_new_tokens": 8})
+            neither = await client.call_tool("steer", {"messages": QUESTION, "position": france})
+            both = await client.call_tool("steer", {"messages": QUESTION, "position": france, "edited": "x",
+                                                    "diff": [1, 2]})
+            return france, capital, steered, neither, both
+
+    france, capital, steered, neither, both = anyio.run(session)
+    s = steered.structured_content
+    direct = nla.steer(nla.capture(QUESTION), france, alpha=1.0, max_new_tokens=8, source=TokenDifference(france, capital))
+    assert s["steered_text"] == direct.steered_text and s["original_text"] == direct.original_text
+    assert s["vector"]["norm"] == pytest.approx(direct.source["norm"], rel=1e-5) and "median" in s["vector"]["unit"]
+    assert neither.is_error and "either edited" in neither.content[0].text
+    assert both.is_error and "either edited" in both.content[0].text
