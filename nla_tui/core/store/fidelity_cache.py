@@ -13,15 +13,14 @@ miss, and the check runs again.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import uuid
 from pathlib import Path
 
 from ..fidelity_report import CHECK_VERSION, FidelityReport
 from ..types import ModelInfo
+from .session_files import _write_atomic as write_atomic  # the project's one atomic writer
 
 
 def fidelity_key(info: ModelInfo, quants: dict[str, str], reference: str) -> str:
@@ -49,19 +48,9 @@ def read_report(key: str, root: str | os.PathLike | None = None) -> FidelityRepo
 
 
 def write_report(report: FidelityReport, root: str | os.PathLike | None = None) -> Path:
-    """Atomically (temp + fsync + rename); returns the file's path."""
+    """Atomically (temp + fsync + rename + fsync of the directory); returns the file's path."""
     d = fidelity_dir(root)
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"{report.key}.json"
-    tmp = d / f".{report.key}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(report.to_json(), fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    write_atomic(path, json.dumps(report.to_json(), indent=1).encode("utf-8"))
     return path
