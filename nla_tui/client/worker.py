@@ -23,13 +23,14 @@ from ..core.errors import Cancelled
 from ..core.runtime.scheduler import JobThread
 from ..core.steer_jobs import Compare, CompareDone, Steer, SteerDone
 from ..core.types import Explanation, group_by_index
+from .branch_worker import RemoteBranches
 from .http import NlaClient, ServerError
 
 POSITIONS_PER_REQUEST = 64  # the server's cap (core/api.py MAX_POSITIONS)
 CANCEL_POLL_S = 0.1
 
 
-class RemoteWorker(JobThread):
+class RemoteWorker(RemoteBranches, JobThread):
     thread_name = "nla-remote"
 
     def __init__(self, url: str, token: str | None, emit: Callable[[ev.Event], None], autoload: bool = True):
@@ -39,11 +40,12 @@ class RemoteWorker(JobThread):
         self.client = NlaClient(url, token, client_id=self.client_id)  # used by the worker thread only
         self.conversation: Conversation | None = None
         self.activations = None  # the conversation's, fetched with it (the cursor's sentence scores use them)
-        self.explanations: dict[int, list[Explanation]] = {}
+        self.explanations: dict[int, list[Explanation]] = {}  # the shown branch's (client/branch_worker.py)
+        self.tree, self.handles = None, {}
         self.ready = threading.Event()
         self.handlers = {ev.LoadModels: self._load, ev.Chat: self._chat, ev.SetConversation: self._set_conversation,
                          ev.Explain: self._explain, ev.ExplainAll: self._explain_all, Steer: self._steer,
-                         Compare: self._compare}
+                         Compare: self._compare, **self._branch_handlers()}
         if autoload:
             self.submit(ev.LoadModels())
 
@@ -119,6 +121,8 @@ class RemoteWorker(JobThread):
             if e.status != 404 or self.conversation is None:
                 raise
         self.conversation = self._blocking(lambda c: c.capture(self.conversation.messages))
+        if self.tree is not None:
+            self.handles[self.tree.current] = self.conversation
         return call()
 
     # ------------------------------------------------------------ jobs
@@ -128,13 +132,13 @@ class RemoteWorker(JobThread):
         self.ready.set()
         self.emit(ev.ModelsReady(info))
 
-    def _updated(self, conversation: Conversation) -> None:
+    def _updated(self, conversation: Conversation, new_tree: bool = False) -> None:
         activations = self._blocking(lambda c: c.activations(conversation))
-        self.conversation, self.activations, self.explanations = conversation, activations, {}
+        self._record(conversation, activations, new_tree)  # the shown branch (a new tree for SetConversation)
         self.emit(ev.ConversationUpdated(list(conversation.messages), list(conversation.tokens), activations))
 
     def _set_conversation(self, job: ev.SetConversation) -> None:
-        self._updated(self._blocking(lambda c: c.capture(job.messages)))
+        self._updated(self._blocking(lambda c: c.capture(job.messages)), new_tree=True)
 
     def _chat(self, job: ev.Chat) -> None:
         def stream():

@@ -1,6 +1,7 @@
 """The TUI attached to a server (`nla-tui --server URL`): the same app, its worker a
 RemoteWorker speaking HTTP to a real uvicorn over the session's demo engine. A Pilot
-chats and explains; two workers on one server each keep their own conversation."""
+chats and explains; edits a message into a branch, explains both sides, switches back,
+saves and reopens the tree; two workers on one server each keep their own conversation."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from nla_tui.core import events as ev
 from nla_tui.core.types import NOISY_PREFIX, Message, Sampling
 from nla_tui.ui.app import create_app
+from tests._support_paths import DATA
 from tests._support_server import TOKEN, serving
 
 from tests._support_ui import async_test, type_message, wait_until
@@ -71,6 +73,110 @@ async def test_the_tui_chats_and_explains_through_a_server(served, tmp_path, mon
             assert [x.alone for x in best.sentences] == pytest.approx([x.alone for x in sentences], abs=1e-5)
         pane = str(app.pane.render())
         assert "logit lens" in pane
+
+
+@async_test
+async def test_the_tui_edits_a_message_into_a_branch_through_a_server(served, tmp_path, monkeypatch):
+    """E on the agent transcript's tool result over the server (POST /v1/edit): branch 1
+    shown with the server's diff marked; P then e explains both sides; B switches back;
+    the saved session reopens with its tree (AdoptBranches, the branch captured again)."""
+    from textual.widgets import Input, OptionList, TextArea
+
+    from nla_tui.client.worker import RemoteWorker
+    from nla_tui.core.store.session import load_session
+    from nla_tui.core.store.transcript import load_transcript
+    from nla_tui.ui.screens.branches import BranchesScreen, EditMessageDialog
+
+    url, nla = served
+    monkeypatch.setenv("NLA_TUI_DATA", str(tmp_path))
+    sunny = '{"city": "Paris", "forecast": "sunny", "chance": 0.0}'
+    transcript = load_transcript(DATA / "agent_transcript.json")
+    tool = next(i for i, m in enumerate(transcript) if m.role == "tool")
+    holder, failures = {}, []
+
+    def factory(emit):
+        def seen(event):  # a failed job ends the waits below at once, with its message
+            if isinstance(event, ev.JobFailed):
+                failures.append(event)
+            emit(event)
+        holder["worker"] = RemoteWorker(url, TOKEN, seen)
+        return holder["worker"]
+
+    async def show(branch: int) -> None:
+        await pilot.press("B")
+        await wait_until(pilot, lambda: bool(failures) or isinstance(app.screen, BranchesScreen), "the branch list")
+        app.screen.query_one(OptionList).highlighted = [b.id for b in app.screen.order].index(branch)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: bool(failures) or app.state.current_branch == branch
+                         and app.state.queue_depth == 0 and not app.screen.is_modal, f"branch {branch} shown", HANG_GUARD)
+        assert not failures, failures
+
+    app = create_app(factory, UiOptions(max_new_tokens=12, autosave=True))
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_until(pilot, lambda: bool(failures) or app.state.info is not None and app.state.queue_depth == 0,
+                         "the server's models", HANG_GUARD)
+        assert not failures, failures
+        app.submit(ev.SetConversation(transcript))
+        await wait_until(pilot, lambda: bool(failures) or any(t.turn == tool for t in app.state.tokens)
+                         and app.state.queue_depth == 0, "the transcript", HANG_GUARD)
+        assert not failures, failures
+        root = holder["worker"].conversation
+        app.strip.focus()
+        app.strip.set_cursor(next(t.index for t in app.state.tokens if t.turn == tool and t.role == "tool_result"))
+
+        await pilot.press("E")
+        await wait_until(pilot, lambda: bool(failures) or isinstance(app.screen, EditMessageDialog), "the edit dialog")
+        app.screen.query_one(TextArea).load_text(sunny)
+        app.screen.query_one("#edit-label", Input).value = "sunny"
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: bool(failures) or app.state.current_branch == 1 and app.state.queue_depth == 0,
+                         "the edited branch", HANG_GUARD)
+        assert not failures, failures
+
+        # Shown: the server's edited conversation, the tokens its diff says changed marked.
+        branch = holder["worker"].conversation
+        assert branch.handle != root.handle and branch.messages[tool].content == sunny
+        diff = nla.diff(root.handle, branch.handle)
+        assert app.state.messages[tool].content == sunny
+        assert [t.token_id for t in app.state.tokens] == [t.token_id for t in branch.tokens]
+        assert app.strip.changed == frozenset(diff.changed) != frozenset()
+        assert "branch 1 of 2" in str(app.query_one("#status").render())
+        assert "changed by the edit" in app.pane.text.plain
+        shown = app.state.branches.diff(1)  # the cos of aligned tokens, from the activations fetched
+        assert shown.cos.keys() == diff.cos.keys()
+        assert all(abs(shown.cos[k] - diff.cos[k]) < 1e-5 for k in diff.cos)
+
+        # e on the branch, P then e: the parent's side explained on the server too.
+        answer = next(i for i in range(diff.changed[-1] + 1, len(app.state.tokens))
+                      if app.state.tokens[i].role == "model" and i in diff.aligned)
+        parent_index = diff.aligned[answer]
+        app.strip.set_cursor(answer)
+        await pilot.press("P", "e")
+        await wait_until(pilot, lambda: bool(failures) or app.state.best(answer) is not None
+                         and app.state.branches.branches[0].best(parent_index) is not None
+                         and app.state.queue_depth == 0, "both sides explained", HANG_GUARD)
+        assert not failures, failures
+        mine, theirs = app.state.best(answer), app.state.branches.branches[0].best(parent_index)
+        assert mine.text == nla.explain(branch.handle, [answer], mine.sampling)[0].text
+        assert theirs.text == nla.explain(root.handle, [parent_index], theirs.sampling)[0].text
+
+        # B: back to the conversation as captured; its marks go.
+        await show(0)
+        assert app.strip.changed == frozenset() and app.state.messages[tool].content != sunny
+        assert holder["worker"].conversation.handle == root.handle
+        assert app.state.best(parent_index).text == theirs.text
+
+        # Saved with the tree, reopened: the worker adopts the branches; branch 1 shows again.
+        path = app.keeper.save_now()
+        assert [b.id for b in load_session(path).branches] == [1]
+        app.sessions.open_saved_session(path)
+        await wait_until(pilot, lambda: bool(failures) or app.state.branches is not None
+                         and len(app.state.branches.branches) == 2 and app.state.queue_depth == 0 and holder["worker"].tree.branches.keys() == {0, 1},
+                         "the reopened tree", HANG_GUARD)
+        assert not failures, failures
+        await show(1)
+        assert app.state.messages[tool].content == sunny and app.strip.changed == frozenset(diff.changed)
+        assert app.state.best(answer).text == mine.text
 
 
 def test_two_attached_workers_keep_their_own_conversations(served):
