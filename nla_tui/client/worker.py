@@ -19,7 +19,8 @@ from typing import Any, Callable
 
 from ..core import events as ev
 from ..core.captured import Conversation
-from ..core.errors import Cancelled
+from ..core.errors import Cancelled, NlaError
+from ..core.pair_jobs import ExplainWithPair
 from ..core.runtime.scheduler import JobThread
 from ..core.steer_jobs import Compare, CompareDone, Steer, SteerDone
 from ..core.types import Explanation, group_by_index
@@ -45,7 +46,8 @@ class RemoteWorker(RemoteBranches, JobThread):
         self.ready = threading.Event()
         self.handlers = {ev.LoadModels: self._load, ev.Chat: self._chat, ev.SetConversation: self._set_conversation,
                          ev.Explain: self._explain, ev.ExplainAll: self._explain_all, Steer: self._steer,
-                         Compare: self._compare, **self._branch_handlers()}
+                         Compare: self._compare, ev.CheckFidelity: self._refuse_check_fidelity,
+                         ExplainWithPair: self._refuse_extra_pair, **self._branch_handlers()}
         if autoload:
             self.submit(ev.LoadModels())
 
@@ -225,6 +227,16 @@ class RemoteWorker(RemoteBranches, JobThread):
     def _compare(self, job: Compare) -> None:
         self.emit(CompareDone(self._recaptured(lambda: self._blocking(
             lambda c: c.compare(self._handle(), job.i, job.j, job.sampling)))))
+
+    # The two jobs the server has no route for: one line that says where they run.
+
+    def _refuse_check_fidelity(self, job: ev.CheckFidelity) -> None:
+        raise NlaError("The fidelity self-check runs where the models are: run `nla-tui check --fidelity` on the "
+                       "server's machine, or the TUI without --server.")
+
+    def _refuse_extra_pair(self, job: ExplainWithPair) -> None:
+        raise NlaError("An extra pair is not served over --server: run the TUI without --server, with "
+                       "--extra-pair av=DIR,ar=DIR.")
 
 
 def list_until_done(items, emit: Callable[[ev.Event], None]) -> list[Conversation]:

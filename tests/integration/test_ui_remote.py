@@ -250,3 +250,23 @@ def test_esc_cancels_a_request_still_queued_on_the_server(served, demo_engine):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert demo_engine.counters["av_generate"] == passes  # the cancelled explain never ran
+
+
+def test_jobs_the_server_has_no_route_for_fail_with_one_line_saying_where_they_run(served):
+    from nla_tui.client.worker import RemoteWorker
+    from nla_tui.core.pair_jobs import EXTRA, ExplainWithPair
+
+    url, _ = served
+    events: list = []
+    worker = RemoteWorker(url, TOKEN, events.append).start()
+    try:
+        worker.submit(ev.CheckFidelity())
+        assert worker.wait_idle(HANG_GUARD)
+        worker.submit(ExplainWithPair(0, EXTRA))
+        assert worker.wait_idle(HANG_GUARD)
+    finally:
+        worker.stop()
+    failed = {e.kind: e.message for e in events if isinstance(e, ev.JobFailed)}
+    assert "nla-tui check --fidelity" in failed[ev.JobKind.CHECK_FIDELITY]
+    assert "without --server" in failed[ev.JobKind.EXPLAIN_PAIR]
+    assert all("\n" not in m and "cannot run" not in m for m in failed.values())
