@@ -270,3 +270,43 @@ def test_jobs_the_server_has_no_route_for_fail_with_one_line_saying_where_they_r
     assert "nla-tui check --fidelity" in failed[ev.JobKind.CHECK_FIDELITY]
     assert "without --server" in failed[ev.JobKind.EXPLAIN_PAIR]
     assert all("\n" not in m and "cannot run" not in m for m in failed.values())
+
+
+def test_branches_the_server_dropped_are_captured_again_and_a_bad_edit_is_refused_first(served):
+    """Both handles forgotten on the server (as after a restart or its memory budget): an
+    explain on the shown root and one on the branch not shown capture them again from their
+    messages (the same tokens); an unchanged edit is refused before any request."""
+    from nla_tui.client.worker import RemoteWorker
+    from nla_tui.core.branch_jobs import BranchExplainDone, BranchShown, EditMessage, ExplainOnBranch, SwitchBranch
+
+    url, nla = served
+    events: list = []
+    worker = RemoteWorker(url, TOKEN, events.append).start()
+    text = "The capital of France is Paris."
+    try:
+        worker.submit(ev.SetConversation([Message("user", text)]))
+        assert worker.wait_idle(HANG_GUARD)
+        worker.submit(EditMessage(0, text))  # the same text: refused here
+        worker.submit(EditMessage(0, "The capital of Italy is Rome."))
+        assert worker.wait_idle(HANG_GUARD)
+        root, branch = worker.handles[0], worker.handles[1]
+        nla.forget(root.handle)
+        nla.forget(branch.handle)
+        worker.submit(SwitchBranch(0))  # held here: no request
+        worker.submit(ev.Explain(8, Sampling(max_new_tokens=12)))
+        assert worker.wait_idle(HANG_GUARD)
+        worker.submit(ExplainOnBranch(1, 8, Sampling(max_new_tokens=12)))
+        assert worker.wait_idle(HANG_GUARD)
+    finally:
+        worker.stop()
+    failed = [e for e in events if isinstance(e, ev.JobFailed)]
+    assert len(failed) == 1 and "same as its current text" in failed[0].message, failed
+    shown = [e for e in events if isinstance(e, BranchShown)]
+    assert [(e.branch.id, e.created) for e in shown] == [(1, True), (0, False)]
+    assert shown[0].diff.changed and shown[1].diff is None
+    for again, before in ((worker.handles[0], root), (worker.handles[1], branch)):  # held on the server again
+        assert nla.held(again.handle) and [t.token_id for t in again.tokens] == [t.token_id for t in before.tokens]
+    assert any(isinstance(e, ev.ExplainDone) and e.index == 8 for e in events)
+    [done] = [e for e in events if isinstance(e, BranchExplainDone)]
+    assert done.branch == 1 and done.index == 8
+    assert done.explanations[0].text == nla.explain(worker.handles[1].handle, [8], done.explanations[0].sampling)[0].text
