@@ -126,15 +126,10 @@ class RemoteBranches:
         if branch.id == tree.current:
             self._explain(ev.Explain(job.index, job.sampling, job.prompt, force=job.force))
             return
-        if not 0 <= job.index < len(branch.tokens):
-            n = len(branch.tokens)
-            raise InputError(f"Token {job.index} is out of range: branch {job.branch} has {n} tokens (0..{n - 1}).")
-        if not job.force:
-            have = [e for e in branch.explanations.get(job.index, [])
-                    if e.sampling == job.sampling and e.prompt == job.prompt]
-            if have:
-                self.emit(BranchExplainDone(branch.id, job.index, have, cached=True))
-                return
+        have = branch.kept_explanations(job.index, job.sampling, job.prompt)
+        if have and not job.force:
+            self.emit(BranchExplainDone(branch.id, job.index, have, cached=True))
+            return
         # Nothing streams for a branch not shown (as locally): only the finished explanations are kept.
         exps = self._on_branch(branch, lambda held: [x for x in self._streamed(
             lambda c: c.explain_stream(held, [job.index], job.sampling, job.prompt)) if isinstance(x, Explanation)])

@@ -61,6 +61,15 @@ class Branch:
             return self.label
         return "as captured" if self.is_root else f"message {self.edited} edited"
 
+    def kept_explanations(self, index: int, sampling: Any, prompt: str | None) -> list[Explanation]:
+        """This branch's explanations of token `index` made with `sampling` and `prompt` (what
+        explaining it again would give back from memory); a token beyond the branch is an
+        InputError. Shared by the local and the remote worker's ExplainOnBranch."""
+        if not 0 <= index < len(self.tokens):
+            n = len(self.tokens)
+            raise InputError(f"Token {index} is out of range: branch {self.id} has {n} tokens (0..{n - 1}).")
+        return [e for e in self.explanations.get(index, []) if e.sampling == sampling and e.prompt == prompt]
+
     def explanation_list(self) -> list[Explanation]:
         """Every explanation, by token index (as a session stores them)."""
         return [e for i in sorted(self.explanations) for e in self.explanations[i]]

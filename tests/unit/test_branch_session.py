@@ -105,6 +105,19 @@ def test_edits_are_checked_before_any_model_work():
         BranchTree.of(msgs, _tokens([1, 2])).get(3)
 
 
+def test_a_branch_gives_back_only_its_explanations_of_that_sampling_and_refuses_a_token_beyond_it():
+    """What ExplainOnBranch answers from memory (the local and the remote worker both ask)."""
+    s = make_session(n_tokens=15)
+    b = s.branch_tree().add(0, 0, list(s.messages), list(s.tokens))
+    greedy, sampled = Sampling(), Sampling(temperature=0.7)
+    b.explanations = {5: [Explanation(5, "greedy", "raw", greedy), Explanation(5, "warm", "raw", sampled)]}
+    assert [e.text for e in b.kept_explanations(5, greedy, None)] == ["greedy"]
+    assert [e.text for e in b.kept_explanations(5, sampled, None)] == ["warm"]
+    assert b.kept_explanations(5, greedy, "another prompt") == [] and b.kept_explanations(6, greedy, None) == []
+    with pytest.raises(InputError, match=r"Token 15 is out of range: branch 1 has 15 tokens \(0..14\)"):
+        b.kept_explanations(15, greedy, None)
+
+
 def _hostile_session():
     """A format-level session with a branch whose texts try to break out of each export."""
     s = make_session(n_tokens=15)

@@ -54,15 +54,10 @@ class BranchJobs:
         if branch.id == tree.current:
             self._explain(ev.Explain(job.index, job.sampling, job.prompt, force=job.force))
             return
-        if not 0 <= job.index < len(branch.tokens):
-            n = len(branch.tokens)
-            raise InputError(f"Token {job.index} is out of range: branch {job.branch} has {n} tokens (0..{n - 1}).")
-        if not job.force:
-            have = [e for e in branch.explanations.get(job.index, [])
-                    if e.sampling == job.sampling and e.prompt == job.prompt]
-            if have:
-                self.emit(BranchExplainDone(branch.id, job.index, have, cached=True))
-                return
+        have = branch.kept_explanations(job.index, job.sampling, job.prompt)
+        if have and not job.force:
+            self.emit(BranchExplainDone(branch.id, job.index, have, cached=True))
+            return
         exps = eng.explain_on_branch(branch.id, [job.index], job.sampling, job.prompt, None, self.cancel)
         if exps and not self.cancel.is_set():
             self.emit(BranchExplainDone(branch.id, job.index, exps))
