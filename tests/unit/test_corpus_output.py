@@ -148,3 +148,81 @@ def test_a_phrase_of_common_words_is_listed_in_corpus_order(tmp_path, monkeypatc
     ranked = index.search(out, '"capital city"')
     assert sorted(h.token_index for h in ranked) == [0, 2, 5] and not ranked.note
     assert not index.search(out, '"capital city"', sort="fve").note  # column sorts are unchanged
+
+
+def test_a_common_phrase_sorted_by_a_column_equals_a_brute_force_filter(tmp_path, monkeypatch):
+    # A column sort of a phrase of common words walks the column's index reading each row's
+    # text (index._phrase_walk). Whatever the page size, budget or text (case, punctuation,
+    # accents, a phrase only in token_text, null scores), it must give exactly the rows FTS5
+    # matches, filtered, in the column's order: checked against FTS5 over the whole index.
+    import random
+    import sqlite3
+
+    rng = random.Random(7)
+    words = ["capital", "city", "Capital", "CITY", "of", "capitál", "cities", "capital_city", "capital-city",
+             "x", "city.", "(capital", "Ciudad"]
+    rows = []
+    for i in range(300):
+        text = " ".join(rng.choices(words, k=rng.randint(0, 8)))
+        rows.append(row(conversation_id=f"c{i}", conversation=i, token_index=i, explanation=text,
+                        token_text=rng.choice([" capital city", " Paris", "x", "capital\tcity"]),
+                        role=rng.choice(["model", "user"]),
+                        fve_nrm=None if i % 37 == 0 else rng.uniform(-0.5, 1.0),
+                        specificity=None if i % 41 == 0 else rng.uniform(-1, 1)))
+    out = write_sweep(tmp_path / "s", [rows[:150], rows[150:]])
+    db = sqlite3.connect(str(out / "index.sqlite"))
+    by_key = {(r["conversation_id"], r["token_index"]): r for r in rows}
+    monkeypatch.setattr(index, "COMMON_ROWS", 2)  # "capital" and "city" count as common here
+    monkeypatch.setattr(index, "WALK_PAGE", 7)
+
+    columns = {"fve": ("fve_nrm", True), "-fve": ("fve_nrm", False), "specificity": ("specificity", True)}
+
+    def brute(query, sort, roles=None, min_fve=None):
+        ids = [i for (i,) in db.execute("SELECT rowid FROM fts WHERE fts MATCH ?", (query,))]
+        keys = db.execute(f"SELECT conversation_id, token_index FROM rows WHERE id IN ({', '.join(map(str, ids))})")
+        found = [by_key[k] for k in keys]
+        found = [r for r in found if (not roles or r["role"] in roles)
+                 and (min_fve is None or (r["fve_nrm"] is not None and r["fve_nrm"] >= min_fve))]
+        column, descending = columns[sort]
+        # SQL's order: nulls are the smallest value (last when descending, first when ascending)
+        found.sort(key=lambda r: (r[column] is not None, r[column] or 0), reverse=descending)
+        return found
+
+    checked = 0
+    for walk_rows in (10_000, 40, 3):  # enough to fill the page, and too few (sorted outright then)
+        monkeypatch.setattr(index, "WALK_ROWS", walk_rows)
+        for query in ('"capital city"', ' "CAPITAL city" ', '"capital city of"', '"city capital"'):
+            for sort in ("fve", "-fve", "specificity"):
+                for roles, min_fve, limit in ((None, None, 20), (("user",), None, 5), (None, 0.3, 1000),
+                                              (None, None, 1), (None, None, 1000)):
+                    got = index.search(out, query, roles, min_fve, sort, limit)
+                    want = brute(query, sort, roles, min_fve)
+                    keys = [(h.conversation_id, h.token_index) for h in got]
+                    column = columns[sort][0]
+                    where = (query, sort, walk_rows, roles, min_fve, limit)
+                    # the same rows in the same order (rows of equal score, here null ones, in any order)
+                    assert len(set(keys)) == len(keys) == min(limit, len(want)), where
+                    assert set(keys) <= {(r["conversation_id"], r["token_index"]) for r in want}, where
+                    assert [by_key[k][column] for k in keys] == [r[column] for r in want[:limit]], where
+                    assert not got.note
+                    checked += len(got)
+    db.close()
+    assert checked > 1000  # the phrases are found, not only absent
+
+
+def test_the_phrase_walk_splits_ascii_text_as_fts5_does():
+    # _phrase_walk skips a row whose ASCII text its regex does not match without asking FTS5:
+    # that is right only if the regex splits ASCII into words exactly as FTS5's tokenizer does.
+    import sqlite3
+
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE VIRTUAL TABLE t USING fts5(x)")  # the index's tokenizer (the default)
+    texts = [f"capital{chr(c)}city" for c in range(128)] + [
+        "Capital  CITY", "capital1 city", "capitals city", "the capital, city", "capital\ncity", "xcapital city",
+        "capital cityx", "capital city2", "capital'city", "capital_city", "capital city capital"]
+    db.executemany("INSERT INTO t(rowid, x) VALUES (?, ?)", list(enumerate(texts)))
+    fts = {i for (i,) in db.execute("SELECT rowid FROM t WHERE t MATCH ?", ('"capital city"',))}
+    pattern = index._phrase_pattern('"capital city"')
+    assert {i for i, t in enumerate(texts) if pattern.search(t)} == fts
+    assert len(fts) > 30
+    assert index._phrase_pattern('"capitál city"') is None and index._phrase_pattern('"a b" OR c') is None
