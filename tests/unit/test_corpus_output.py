@@ -210,19 +210,23 @@ def test_a_common_phrase_sorted_by_a_column_equals_a_brute_force_filter(tmp_path
     assert checked > 1000  # the phrases are found, not only absent
 
 
-def test_the_phrase_walk_splits_ascii_text_as_fts5_does():
-    # _phrase_walk skips a row whose ASCII text its regex does not match without asking FTS5:
-    # that is right only if the regex splits ASCII into words exactly as FTS5's tokenizer does.
+def test_the_phrase_walk_skips_only_ascii_text_fts5_cannot_match():
+    # _phrase_walk skips a row whose ASCII text its regex does not find the phrase in, without
+    # asking FTS5: right only if the regex finds it wherever FTS5's tokenizer does (every one
+    # of the 128 ASCII characters between the words, case, digits, edges).
+    import re
     import sqlite3
 
     db = sqlite3.connect(":memory:")
     db.execute("CREATE VIRTUAL TABLE t USING fts5(x)")  # the index's tokenizer (the default)
-    texts = [f"capital{chr(c)}city" for c in range(128)] + [
+    texts = [f"capital{chr(c)}city" for c in range(128)] + [f"{chr(c)}Capital CITY{chr(c)}" for c in range(128)] + [
         "Capital  CITY", "capital1 city", "capitals city", "the capital, city", "capital\ncity", "xcapital city",
-        "capital cityx", "capital city2", "capital'city", "capital_city", "capital city capital"]
+        "capital cityx", "capital city2", "capital'city", "capital_city", "capital city capital", "city capital"]
     db.executemany("INSERT INTO t(rowid, x) VALUES (?, ?)", list(enumerate(texts)))
     fts = {i for (i,) in db.execute("SELECT rowid FROM t WHERE t MATCH ?", ('"capital city"',))}
     pattern = index._phrase_pattern('"capital city"')
-    assert {i for i, t in enumerate(texts) if pattern.search(t)} == fts
-    assert len(fts) > 30
+    found = {i for i, t in enumerate(texts) if pattern.search(t)}
+    assert fts <= found and len(fts) > 100
+    # beyond FTS5's rows it finds only words running into a letter or digit (`xcapital`)
+    assert all(re.search("[a-z0-9]capital|city[a-z0-9]", texts[i].lower()) for i in found - fts)
     assert index._phrase_pattern('"capitál city"') is None and index._phrase_pattern('"a b" OR c') is None
