@@ -218,11 +218,13 @@ def bench_search(args) -> dict:
               "question number tool result file list name word sentence poem rain light water planet bread").split()
     rare = ["deceive", "deception", "deceit", "lying", "sabotage", "secret", "hidden", "manipulate"]
     roles = ["model", "user", "tool_call", "tool_result", "system"]
-    work = Path(tempfile.mkdtemp(prefix="bench_search_"))
+    work = Path(args.index_dir) if args.index_dir else Path(tempfile.mkdtemp(prefix="bench_search_"))
+    work.mkdir(parents=True, exist_ok=True)
+    reuse = (work / "index.sqlite").exists()  # --index-dir of an earlier run with the same --rows: no rebuild
     t = time.perf_counter()
     db = index.connect(work)
     chunk = 100_000
-    for shard in range(0, args.rows, chunk):
+    for shard in range(0, 0 if reuse else args.rows, chunk):
         rows = []
         for i in range(shard, min(args.rows, shard + chunk)):
             words = rng.choices(common, k=16) + ([rng.choice(rare)] if rng.random() < 0.002 else [])
@@ -243,6 +245,8 @@ def bench_search(args) -> dict:
                "rare phrase of common words": ('"capital city of france"', None, None, "rank"),
                "phrase of 3 common words (~500 rows)": ('"capital city of"', None, None, "rank"),
                "common phrase, sort by fve": ('"capital city"', None, None, "fve"),
+               "phrase of 3 common words, sort by fve": ('"capital city of"', None, None, "fve"),
+               "rare phrase of common words, sort by fve": ('"capital city of france"', None, None, "fve"),
                "common word, sort by fve": ("paris", None, None, "fve"),
                "two words AND": ("poem AND rain", ("model",), 0.5, "rank")}
     before = _index_at(args.before_rev) if args.before_rev else None
@@ -263,7 +267,7 @@ def bench_search(args) -> dict:
         if before is not None:
             out[label].update(before_median_ms=statistics.median(times_before), before_p95_ms=percentile(times_before, 95))
     return {"suite": "corpus search", "machine": machine("cpu"), "load_average_1m": os.getloadavg()[0], "command": "python -m bench.corpus " +
-            " ".join(sys.argv[1:]), "rows": args.rows, "build_s": build_s, "index_bytes": size, "queries": out}
+            " ".join(sys.argv[1:]), "rows": args.rows, "index_reused": reuse, "build_s": build_s, "index_bytes": size, "queries": out}
 
 
 def main(argv=None) -> int:
@@ -287,6 +291,7 @@ def main(argv=None) -> int:
     q = sub.add_parser("search")
     q.add_argument("--rows", type=int, default=1_000_000)
     q.add_argument("--before-rev", help="also time index.py as of this git revision, interleaved (same index)")
+    q.add_argument("--index-dir", help="build the index here (kept), or reuse the one an earlier run left there")
     q.add_argument("--out", default="bench/results/corpus_search.json")
     args = p.parse_args(argv)
     if args.what == "sweep" and not any((args.preset, args.subject)):

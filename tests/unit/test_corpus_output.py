@@ -189,8 +189,10 @@ def test_a_common_phrase_sorted_by_a_column_equals_a_brute_force_filter(tmp_path
         return found
 
     checked = 0
-    for walk_rows in (10_000, 40, 3):  # enough to fill the page, and too few (sorted outright then)
+    # enough rows to fill the page; too few, or a rate too low after WALK_PROBE rows (sorted outright then)
+    for walk_rows, probe in ((10_000, 10_000), (10_000, 14), (40, 10_000), (3, 10_000)):
         monkeypatch.setattr(index, "WALK_ROWS", walk_rows)
+        monkeypatch.setattr(index, "WALK_PROBE", probe)
         for query in ('"capital city"', ' "CAPITAL city" ', '"capital city of"', '"city capital"'):
             for sort in ("fve", "-fve", "specificity"):
                 for roles, min_fve, limit in ((None, None, 20), (("user",), None, 5), (None, 0.3, 1000),
