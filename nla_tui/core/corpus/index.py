@@ -203,7 +203,9 @@ def search(out: Path, query: str, roles: tuple[str, ...] | None = None, min_fve:
     that column's index and probes FTS5 per row (a common word matches early), and a bm25
     rank, which would have to score every match, falls back to corpus order and says so. A
     rank of a phrase of common words (each in over COMMON_ROWS rows) goes to corpus order
-    without counting: counting or ranking it reads all those rows however few match."""
+    without counting: counting or ranking it reads all those rows however few match. A column
+    sort of a query that is one such phrase walks the column's index reading row texts
+    (_phrase_walk), else sorts its matches outright, without counting either."""
     if sort not in SORTS:
         raise InputError(f"--sort {sort!r}: use one of {', '.join(SORTS)}.")
     own = db or connect(out)
