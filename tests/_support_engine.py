@@ -96,3 +96,15 @@ def kept_engine_state(engine):
             shown = engine.branches.shown
             shown.messages, shown.tokens, shown.activations = engine.messages, engine.tokens, engine.activations
             shown.explanations = engine.explanations
+
+
+def engine_sharing_models(demo_engine, messages=None):
+    """An Engine of its own (conversation, caches, branches) over the demo engine's loaded
+    subject, AV and AR: a test can set its own conversation without touching the shared one."""
+    from nla_tui.core.runtime.engine import Engine
+
+    eng = Engine(demo_engine.options)
+    eng.info, eng.subject, eng.av, eng.ar = demo_engine.info, demo_engine.subject, demo_engine.av, demo_engine.ar
+    if messages is not None:
+        eng.set_conversation(list(messages))
+    return eng

@@ -14,7 +14,7 @@ import pytest
 from nla_tui.core import events as ev
 from nla_tui.core.types import Sampling
 from tests._support_cli import cli_main as _main
-from tests._support_engine import reusing_demo_loads
+from tests._support_engine import engine_sharing_models, reusing_demo_loads
 
 
 def _run(*args, env=None, timeout=900):
@@ -124,11 +124,9 @@ class Collector:
 
 
 def test_worker_runs_jobs_in_order_and_survives_errors(demo_engine):
-    from nla_tui.core.runtime.engine import Engine
     from nla_tui.core.runtime.worker import EngineWorker
 
-    eng = Engine(demo_engine.options)  # share the loaded models, own conversation
-    eng.info, eng.subject, eng.av, eng.ar = demo_engine.info, demo_engine.subject, demo_engine.av, demo_engine.ar
+    eng = engine_sharing_models(demo_engine)  # share the loaded models, own conversation
     col = Collector()
     w = EngineWorker(eng, col).start()
     try:

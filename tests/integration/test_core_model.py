@@ -12,6 +12,7 @@ from nla_tui.core.nla.ar import score_vectors
 from nla_tui.core.errors import CheckpointError, InputError
 from nla_tui.core.nla.sidecar import find_injection_slot
 from nla_tui.core.types import Message, Sampling
+from tests._support_engine import engine_sharing_models
 
 CONVERSATION = [Message("user", "What is the capital of France?"),
                 Message("assistant", "The capital of France is Paris.")]
@@ -169,10 +170,7 @@ def test_bad_vectors_rejected(demo_engine):
 
 
 def test_teacher_forced_conversation(demo_engine):
-    from nla_tui.core.runtime.engine import Engine
-
-    eng = Engine(demo_engine.options)
-    eng.info, eng.subject, eng.av, eng.ar = demo_engine.info, demo_engine.subject, demo_engine.av, demo_engine.ar
+    eng = engine_sharing_models(demo_engine)
     msgs = [Message("system", "Be terse."), Message("user", "Name a colour."), Message("assistant", "Blue."),
             Message("user", "Another?"), Message("assistant", "Red.")]
     eng.set_conversation(msgs)

@@ -17,6 +17,7 @@ from nla_tui.core.runtime.steer_vectors import resolve
 from nla_tui.core.steer_results import SteerResult
 from nla_tui.core.steer_sources import MEDIAN_NORM, TOKEN_NORM, FileVector, SaeFeature, TextReading, TokenDifference
 from nla_tui.core.types import Message, Sampling
+from tests._support_engine import engine_sharing_models
 
 QUICK = Sampling(max_new_tokens=24)
 FACT = [Message("user", "What is the capital of France?"), Message("assistant", "The capital of France is Paris.")]
@@ -26,12 +27,7 @@ ALPHA, TOKENS = 0.5, 8  # a visible push (steer_jobs.DEFAULT_ALPHA), short conti
 @pytest.fixture(scope="module")
 def engine(demo_engine):
     """Its own Engine over the shared demo models (the shared conversation is left alone)."""
-    from nla_tui.core.runtime.engine import Engine
-
-    eng = Engine(demo_engine.options)
-    eng.info, eng.subject, eng.av, eng.ar = demo_engine.info, demo_engine.subject, demo_engine.av, demo_engine.ar
-    eng.set_conversation(list(FACT))
-    return eng
+    return engine_sharing_models(demo_engine, FACT)
 
 
 def _index(engine, text: str, role: str = "model") -> int:

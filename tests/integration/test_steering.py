@@ -13,6 +13,7 @@ from nla_tui.core.models import steering
 from nla_tui.core.runtime import steer as steer_ops
 from nla_tui.core.errors import InputError
 from nla_tui.core.types import Message, Sampling
+from tests._support_engine import engine_sharing_models
 
 QUICK = Sampling(max_new_tokens=24)  # AV length: enough to exercise the path, cheap on 2 cores
 FACT = [Message("user", "What is the capital of France?"), Message("assistant", "The capital of France is Paris.")]
@@ -21,12 +22,7 @@ FACT = [Message("user", "What is the capital of France?"), Message("assistant", 
 @pytest.fixture(scope="module")
 def engine(demo_engine):
     """Its own Engine over the shared demo models (the shared conversation is left alone)."""
-    from nla_tui.core.runtime.engine import Engine
-
-    eng = Engine(demo_engine.options)
-    eng.info, eng.subject, eng.av, eng.ar = demo_engine.info, demo_engine.subject, demo_engine.av, demo_engine.ar
-    eng.set_conversation(list(FACT))
-    return eng
+    return engine_sharing_models(demo_engine, FACT)
 
 
 def _index(engine, text: str, role: str = "model") -> int:
@@ -73,10 +69,7 @@ def test_hook_is_removed_when_the_forward_fails(engine):
 def test_alpha_zero_reproduces_the_original_continuation(demo_engine):
     """A greedy chat reply, then a steer from inside it at alpha 0: the steered
     continuation is the unsteered one token for token, and both are the reply itself."""
-    from nla_tui.core.runtime.engine import Engine
-
-    eng = Engine(demo_engine.options)
-    eng.info, eng.subject, eng.av, eng.ar = demo_engine.info, demo_engine.subject, demo_engine.av, demo_engine.ar
+    eng = engine_sharing_models(demo_engine)
     eng.chat("Name three colours.", max_new_tokens=10)
     reply = [t for t in eng.tokens if t.role == "model"]
     start = reply[1].index
