@@ -153,7 +153,7 @@ def bench_sweep(args) -> dict:
         # The same one-position warm-up the in-process engine had above, so both sides pay
         # their one-time costs outside the timed sweep (counted with the actor's start-up).
         t = time.perf_counter()
-        cluster.ray.get(cluster.actors[0].shard.remote(plan, 0, 1, opts))
+        cluster.ray.get(cluster.actors[0].wave.remote(plan, [(0, 1)], opts))
         ray_warm_s = time.perf_counter() - t
         t = time.perf_counter()
         ray_result = cluster.run(plan, work / "out_ray", opts)

@@ -60,6 +60,10 @@ def add_subparser(sub) -> None:
     c.add_argument("--save-activations", action="store_true", help="also write each shard's activations (safetensors)")
     c.add_argument("--shard-positions", type=int, default=256,
                    help="positions per shard, at least (whole conversations; default 256)")
+    c.add_argument("--wave-positions", type=int, default=None,
+                   help="positions explained per engine call, across shards (default: 2048 on a GPU, where the "
+                        "subject and AR are parked in host memory once per wave if the AV's batch needs the "
+                        "room; one shard on CPU). A kill loses at most one wave")
     c.add_argument("--limit", type=int, help="explain only the first N positions of the sweep (a quick look)")
     c.add_argument("--dry-run", action="store_true", help="check the input, print the counts and an estimate, stop")
     c.add_argument("--no-warmup", action="store_true", help="--dry-run without loading models (no time estimate)")
@@ -84,7 +88,7 @@ def check_sweep_args(args: argparse.Namespace):
         from ..core.corpus.cluster import require_ray
 
         require_ray()
-    for flag in ("max_explain_tokens", "batch_size", "limit", "shard_positions", "ray_actors"):
+    for flag in ("max_explain_tokens", "batch_size", "limit", "shard_positions", "wave_positions", "ray_actors"):
         _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
     if args.others < 0:
         raise InputError(f"--others is {args.others}; it must be 0 (off) or more.")
@@ -126,7 +130,7 @@ def sweep_options(args, selection):
 
     prior = None if args.no_prior else (args.prior_text or controls.PRIOR_TEXT)
     return SweepOptions(selection, sampling(args), args.av_prompt, args.batch_size, args.others, prior,
-                        args.save_activations)
+                        args.save_activations, args.wave_positions)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

@@ -138,6 +138,36 @@ def test_search_finds_what_was_explained_and_nothing_else(swept):
     assert index.conversation_messages(swept, "fruit") == CONVS[1]["messages"]
 
 
+def test_a_parked_wave_of_shards_gives_the_same_rows(swept, corpus_file, tmp_path, capsys, monkeypatch,
+                                                     demo_paths, demo_tokenizer, demo_engine):
+    """--wave-positions 4 puts both shards in one engine call and --park always parks the
+    subject and AR for its AV passes (what a GPU too small for a full batch does): parked
+    once for the whole wave, and the rows are the shard-at-a-time sweep's."""
+    from nla_tui.core.models import parking
+
+    parks = []
+    real_park = parking.Parking.park
+
+    def counting_park(self, models):
+        parks.append(sorted(models))
+        return real_park(self, models)
+
+    monkeypatch.setattr(parking.Parking, "park", counting_park)
+    out = tmp_path / "wave"
+    with reusing_demo_loads(demo_tokenizer, demo_paths, demo_engine, models=("subject", "av", "ar")):
+        code, _, err = _main(capsys, "sweep", str(corpus_file), "--out", str(out), *FLAGS, "--save-activations",
+                             "--park", "always", "--wave-positions", "4")
+    assert code == 0, err[-2000:]
+    assert parks == [["ar", "subject"]]  # once, for two shards
+    mine, theirs = read_rows(out), read_rows(swept)
+    assert len(mine) == len(theirs) == 4 and sorted({r["shard"] for r in mine}) == [0, 1]
+    for a, b in zip(mine, theirs):
+        for k in ("conversation_id", "token_index", "explanation", "truncated", "shard", "others", "verdict"):
+            assert a[k] == b[k], k
+        for k in ("cos", "fve_nrm", "specificity", "prior_fve"):
+            assert a[k] == pytest.approx(b[k], abs=1e-5), k
+
+
 def test_a_changed_option_refuses_to_mix(swept, corpus_file, capsys):
     code, _, err = _main(capsys, "sweep", str(corpus_file), "--out", str(swept),
                          *[("16" if f == "12" else f) for f in FLAGS], "--save-activations")
@@ -194,7 +224,7 @@ def test_local_ray_gives_the_in_process_rows(swept, corpus_file, tmp_path, capsy
     try:
         out = tmp_path / "ray"
         code, _, err = _main(capsys, "sweep", str(corpus_file), "--out", str(out), *FLAGS, "--save-activations",
-                             "--ray", "--ray-actors", "1")
+                             "--ray", "--ray-actors", "1", "--wave-positions", "4")  # both shards in one call
     finally:
         ray.shutdown()
     if code != 0 and "running low on memory" in err:

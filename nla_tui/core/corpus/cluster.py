@@ -1,12 +1,12 @@
 """`nla-tui sweep --ray`: the same sweep on a Ray cluster (optional extra `[cluster]`).
 
 One engine actor per GPU of the cluster (or `actors` of them; on a cluster without GPUs,
-one per machine-sized CPU slot), each loading the models once. Shards go to whichever
-actor is free; each actor runs the in-process code (sweep.explain_shard) and returns the
-rows, and the driver writes and indexes them with the same writer (sweep.commit_shard),
-so resume, manifest and index behave exactly as in one process. A shard whose actor dies
-(lost node, out of memory) goes back in the queue for another actor; the sweep fails only
-when no actor is left. docs/CORPUS.md, "Several GPUs or nodes".
+one per machine-sized CPU slot), each loading the models once. Waves of shards (sweep.waves,
+as in one process) go to whichever actor is free; each actor runs the in-process code
+(sweep.explain_wave) and returns the rows, and the driver writes and indexes them with the
+same writer (sweep.commit_shard), so resume, manifest and index behave exactly as in one
+process. A wave whose actor dies (lost node, out of memory) goes back in the queue for
+another actor; the sweep fails only when no actor is left. docs/CORPUS.md, "Several GPUs or nodes".
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Callable
 
 from ..errors import InputError
 from .plan import Plan
-from .sweep import SweepOptions, SweepProgress, commit_shard, prepare_run
+from .sweep import CUDA_WAVE_POSITIONS, SweepOptions, SweepProgress, commit_shard, prepare_run, waves
 
 
 def require_ray():
@@ -41,14 +41,15 @@ class EngineActor:
     def info(self) -> dict:
         return self.engine.info.to_json()
 
-    def shard(self, plan: Plan, k: int, target: int, opts: SweepOptions):
-        from .sweep import explain_shard, prior_reconstruction
+    def wave(self, plan: Plan, wave: list[tuple[int, int]], opts: SweepOptions):
+        """[(rows, activations, conversation numbers)] of each (shard, target) in `wave`."""
+        from .sweep import explain_wave, prior_reconstruction
 
         key = opts.prior_text
         if key not in self.prior:
             self.prior[key] = prior_reconstruction(self.engine, opts)
-        rows, acts, convs = explain_shard(self.engine, plan, k, target, opts, self.prior[key])
-        return rows, acts, [plan.items.index(c) for c in convs]
+        results = explain_wave(self.engine, plan, wave, opts, self.prior[key])
+        return [(rows, acts, [plan.items.index(c) for c in convs]) for rows, acts, convs in results]
 
 
 class RaySweep:
@@ -73,6 +74,12 @@ class RaySweep:
             raise InputError(f"A Ray engine actor could not start: {why}") from None
         self.info_json = infos[0]
 
+    def wave_positions(self, opts: SweepOptions) -> int:
+        """As sweep.wave_size, from the actors' device."""
+        if opts.wave_positions is not None:
+            return max(1, opts.wave_positions)
+        return CUDA_WAVE_POSITIONS if str(self.info_json.get("device", "")).startswith("cuda") else 1
+
     def run(self, plan: Plan, out: Path, opts: SweepOptions, limit: int | None = None,
             on_progress: Callable[[SweepProgress], None] | None = None) -> SweepProgress:
         ray = self.ray
@@ -80,32 +87,34 @@ class RaySweep:
         targets, work, db = prepare_run(out, plan, limit)
         total = sum(targets[k] for k in work)
         plan_ref = ray.put(plan)
-        queue, idle, running = list(work), list(self.actors), {}
+        queue, idle, running = waves(work, targets, self.wave_positions(opts)), list(self.actors), {}
         start, done, finished = time.monotonic(), 0, 0
         progress = SweepProgress(0, total, 0, len(work), 0.0)
         try:
             while queue or running:
                 while queue and idle:
-                    actor, k = idle.pop(0), queue.pop(0)
-                    running[actor.shard.remote(plan_ref, k, targets[k], opts)] = (actor, k)
+                    actor, wave = idle.pop(0), queue.pop(0)
+                    running[actor.wave.remote(plan_ref, [(k, targets[k]) for k in wave], opts)] = (actor, wave)
                 ready, _ = ray.wait(list(running), num_returns=1)
-                actor, k = running.pop(ready[0])
+                actor, wave = running.pop(ready[0])
                 try:
-                    rows, acts, conv_numbers = ray.get(ready[0])
+                    results = ray.get(ready[0])
                 except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                         ray.exceptions.OutOfMemoryError) as e:
-                    queue.insert(0, k)  # this actor is gone: its shard goes to another
+                    queue.insert(0, wave)  # this actor is gone: its wave goes to another
                     if not idle and not running:
                         why = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-                        raise InputError(f"Every Ray actor failed (the last: {why}); shard {k} and {len(queue) - 1} "
+                        left = sum(len(w) for w in queue) - 1
+                        raise InputError(f"Every Ray actor failed (the last: {why}); shard {wave[0]} and {left} "
                                          f"more are not done. Run the same command again to resume.") from None
                     continue
                 idle.append(actor)
-                commit_shard(out, db, k, rows, acts, [plan.items[c] for c in conv_numbers], opts)
-                done, finished = done + len(rows), finished + 1
-                progress = SweepProgress(done, total, finished, len(work), time.monotonic() - start)
-                if on_progress:
-                    on_progress(progress)
+                for k, (rows, acts, conv_numbers) in zip(wave, results):
+                    commit_shard(out, db, k, rows, acts, [plan.items[c] for c in conv_numbers], opts)
+                    done, finished = done + len(rows), finished + 1
+                    progress = SweepProgress(done, total, finished, len(work), time.monotonic() - start)
+                    if on_progress:
+                        on_progress(progress)
         finally:
             db.close()
         return progress

@@ -1,10 +1,14 @@
-"""Run a sweep: the engine over a plan, shard by shard (the one corpus module that loads models).
+"""Run a sweep: the engine over a plan, a wave of shards at a time (the one corpus module that
+loads models).
 
-For each shard not yet finished: capture each of its conversations (Engine.set_conversation,
-the `--messages` path), choose the positions (selection.py, now with the surprise known),
-explain them in batches across the shard's conversations (Engine.explain_vectors: the AV
-then the AR, as `nla-tui run`), add the controls (controls.py), then write the shard
-atomically and index it. A kill loses at most the shard in progress.
+A wave is consecutive unfinished shards holding at least `wave_positions` positions (one
+shard on CPU). For each wave: capture each conversation of its shards (Engine.set_conversation,
+the `--messages` path) and choose the positions (selection.py, now with the surprise known);
+explain all the wave's positions in one Engine.explain_planned call (the AV then the AR, as
+`nla-tui run`'s explain-all: batched across conversations, and on a card too small for a
+full AV batch beside the subject and the AR, those two parked in host memory once for the
+whole wave, not once per shard); then per shard add the controls (controls.py), write it
+atomically and index it. A kill loses at most the wave in progress.
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ from .reader import iter_messages_json
 from .selection import Selection, select_positions, surprise
 
 CONTEXT_BEFORE, CONTEXT_AFTER = 8, 4  # tokens of context kept with each row (search hits show them)
+# Positions per wave on CUDA: parking the subject and the AR (~26 GiB for the 27B pair) costs a
+# few seconds each way; 2,048 positions are minutes of AV work at full batch, so the copies
+# stay a few percent, and a kill loses at most those minutes.
+CUDA_WAVE_POSITIONS = 2048
 
 
 @dataclass
@@ -38,6 +46,10 @@ class SweepOptions:
     others: int = controls.DEFAULT_OTHERS  # K for the specificity control; 0 turns it off
     prior_text: str | None = controls.PRIOR_TEXT  # None turns the prior control off
     save_activations: bool = False
+    # Positions explained per Engine call (several shards; see the module's docstring).
+    # None: CUDA_WAVE_POSITIONS on a GPU, one shard at a time on CPU. Not part of identity():
+    # it changes when rows are written, not what they hold.
+    wave_positions: int | None = None
 
     def identity(self) -> dict:
         """The options a resumed run must share with the output it adds to."""
@@ -82,6 +94,27 @@ def todo(out: Path, plan: Plan, limit: int | None) -> list[int]:
     return [k for k, t in enumerate(targets) if t and (shards.shard_row_count(shards.shard_path(out, k)) or 0) < t]
 
 
+def wave_size(engine, opts: SweepOptions) -> int:
+    if opts.wave_positions is not None:
+        return max(1, opts.wave_positions)
+    return CUDA_WAVE_POSITIONS if engine.info.device.startswith("cuda") else 1
+
+
+def waves(work: list[int], targets: list[int], positions: int) -> list[list[int]]:
+    """Consecutive shards of `work` grouped until each group holds at least `positions` rows
+    (the last may hold fewer); positions=1 gives one shard per wave."""
+    out, cur, n = [], [], 0
+    for k in work:
+        cur.append(k)
+        n += targets[k]
+        if n >= positions:
+            out.append(cur)
+            cur, n = [], 0
+    if cur:
+        out.append(cur)
+    return out
+
+
 def run_sweep(engine, plan: Plan, out: Path, opts: SweepOptions, limit: int | None = None,
               on_progress: Callable[[SweepProgress], None] | None = None,
               cancel: threading.Event | None = None) -> SweepProgress:
@@ -89,25 +122,27 @@ def run_sweep(engine, plan: Plan, out: Path, opts: SweepOptions, limit: int | No
     targets, work, db = prepare_run(out, plan, limit)
     total = sum(targets[k] for k in work)
     prior_recon = prior_reconstruction(engine, opts)
-    start, done = time.monotonic(), 0
+    start, done, finished = time.monotonic(), 0, 0
     progress = SweepProgress(0, total, 0, len(work), 0.0)
     try:
-        for n, k in enumerate(work):
+        for wave in waves(work, targets, wave_size(engine, opts)):
             if cancel is not None and cancel.is_set():
                 break
 
             def on_rows(rows: int) -> None:
                 if on_progress:
-                    on_progress(SweepProgress(done + rows, total, n, len(work), time.monotonic() - start))
+                    on_progress(SweepProgress(done + rows, total, finished, len(work), time.monotonic() - start))
 
-            rows, acts, convs = explain_shard(engine, plan, k, targets[k], opts, prior_recon, on_rows, cancel)
-            if cancel is not None and cancel.is_set():
+            results = explain_wave(engine, plan, [(k, targets[k]) for k in wave], opts, prior_recon, on_rows,
+                                   cancel)
+            if results is None:  # cancelled: nothing of this wave is written
                 break
-            commit_shard(out, db, k, rows, acts, convs, opts)
-            done += len(rows)
-            progress = SweepProgress(done, total, n + 1, len(work), time.monotonic() - start)
-            if on_progress:
-                on_progress(progress)
+            for k, (rows, acts, convs) in zip(wave, results):
+                commit_shard(out, db, k, rows, acts, convs, opts)
+                done, finished = done + len(rows), finished + 1
+                progress = SweepProgress(done, total, finished, len(work), time.monotonic() - start)
+                if on_progress:
+                    on_progress(progress)
     finally:
         db.close()
     return progress
@@ -150,12 +185,20 @@ def flag_near_duplicates_per_conversation(picked, exps: list[Explanation]) -> li
     return out
 
 
-def explain_shard(engine, plan: Plan, k: int, target: int, opts: SweepOptions, prior_recon,
-                  on_rows: Callable[[int], None] | None = None, cancel: threading.Event | None = None):
-    """The rows of shard k (its first `target` positions), their activations, and the
-    conversations they came from."""
-    picked: list[tuple[int, PlannedConversation, list[TokenInfo], int, float | None, list[int]]] = []
-    vectors, others, convs = [], [], []
+@dataclass
+class Gathered:
+    """One shard's chosen positions, captured: for each, (conversation number, its plan item,
+    its tokens, token index, surprise, the specificity control's other positions)."""
+    picked: list[tuple[int, PlannedConversation, list[TokenInfo], int, float | None, list[int]]]
+    vectors: np.ndarray  # (positions, d) float32
+    others: list[np.ndarray]  # per position, the activations of its control positions
+    convs: list[PlannedConversation]
+
+
+def gather_shard(engine, plan: Plan, k: int, target: int, opts: SweepOptions) -> Gathered:
+    """Capture shard k's conversations (the subject's forward pass) and choose its first
+    `target` positions."""
+    picked, vectors, others, convs = [], [], [], []
     for c in plan.shards[k]:
         pc = plan.items[c]
         if len(picked) >= target:
@@ -177,18 +220,61 @@ def explain_shard(engine, plan: Plan, k: int, target: int, opts: SweepOptions, p
             picked.append((c, pc, toks, i, sur[i], controls.pick_others(i, pool[toks[i].role], opts.others)))
             vectors.append(engine.activations[i])
             others.append(engine.activations[picked[-1][5]])
-    if not picked:
-        return [], np.zeros((0, engine.info.d_model), np.float32), convs
-    vectors = np.stack(vectors).astype(np.float32)
-    batch = opts.batch_size or engine.explain_batch_size(opts.sampling.max_new_tokens, rows=len(picked))
+    d = engine.info.d_model
+    return Gathered(picked, np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, d), np.float32),
+                    others, convs)
+
+
+def explain_wave(engine, plan: Plan, wave: list[tuple[int, int]], opts: SweepOptions, prior_recon,
+                 on_rows: Callable[[int], None] | None = None, cancel: threading.Event | None = None
+                 ) -> list[tuple[list[dict], np.ndarray, list[PlannedConversation]]] | None:
+    """(rows, activations, conversations) of each (shard, target) in `wave`, its positions
+    explained in one Engine.explain_planned call; None when cancelled before every
+    explanation was written."""
+    gathered = [gather_shard(engine, plan, k, target, opts) for k, target in wave]
+    vectors = np.concatenate([g.vectors for g in gathered])
     exps: list[Explanation] = []
-    for b in range(0, len(picked), batch):
-        if cancel is not None and cancel.is_set():
-            return [], vectors, convs
-        exps += engine.explain_vectors(vectors[b:b + batch], opts.sampling, opts.av_prompt, cancel=cancel,
-                                       indices=[p[3] for p in picked[b:b + batch]])
-        if on_rows:
-            on_rows(len(exps))
+    if len(vectors):
+        labels = [p[3] for g in gathered for p in g.picked]
+        written = 0
+
+        def on_pass(rows: int) -> None:
+            nonlocal written
+            written += rows
+            if on_rows:
+                on_rows(written)
+
+        exps = engine.explain_planned(vectors, labels, opts.sampling, opts.av_prompt, cancel=cancel,
+                                      batch_size=opts.batch_size, on_pass=on_pass)
+        if len(exps) < len(labels):
+            return None
+    if cancel is not None and cancel.is_set():
+        return None
+    out, at = [], 0
+    for (k, _), g in zip(wave, gathered):
+        mine = exps[at:at + len(g.picked)]
+        at += len(g.picked)
+        out.append((shard_rows(engine, k, g, mine, opts, prior_recon), g.vectors, g.convs))
+    return out
+
+
+def explain_shard(engine, plan: Plan, k: int, target: int, opts: SweepOptions, prior_recon,
+                  on_rows: Callable[[int], None] | None = None, cancel: threading.Event | None = None):
+    """The rows of shard k (its first `target` positions), their activations, and the
+    conversations they came from: a wave of one shard (the estimate's warm-up, the bench)."""
+    result = explain_wave(engine, plan, [(k, target)], opts, prior_recon, on_rows, cancel)
+    if result is None:
+        return [], np.zeros((0, engine.info.d_model), np.float32), []
+    return result[0]
+
+
+def shard_rows(engine, k: int, g: Gathered, exps: list[Explanation], opts: SweepOptions, prior_recon
+               ) -> list[dict]:
+    """Shard k's rows: each explanation with its score, the controls (one more AR pass for
+    the specificity control), the caveat-aware verdict and the recipe."""
+    if not g.picked:
+        return []
+    picked, vectors, others = g.picked, g.vectors, g.others
     exps = flag_near_duplicates_per_conversation(picked, exps)
     recons = engine.ar.reconstruct([e.text for e in exps]) if opts.others else None
     info, ar = engine.info, engine.ar
@@ -223,4 +309,4 @@ def explain_shard(engine, plan: Plan, k: int, target: int, opts: SweepOptions, p
             "max_new_tokens": e.sampling.max_new_tokens, "seed": e.sampling.seed, "av_prompt": e.prompt,
             "shard": k,
         })
-    return rows, vectors, convs
+    return rows

@@ -326,41 +326,59 @@ class Engine(EngineBranches, EnginePair):
                 on_delta: OnText | None = None, cancel: threading.Event | None = None,
                 batch_size: int | None = None,
                 on_batch: Callable[[list[Explanation]], None] | None = None) -> list[Explanation]:
-        """Explain the tokens at `indices`, batched; results are also kept in self.explanations.
-        Several tokens without a batch_size: explain_all.plan_for sizes the batch from free
-        memory and may park the subject and AR in host memory during the AV passes (parking.py)."""
-        from .explain_all import explain_parked, plan_for
-
+        """Explain the tokens at `indices` (explain_planned over their activations); results are
+        also kept in self.explanations, and one text given to many tokens is flagged."""
         self._need_models()
         self._check_indices(indices)
-        plan = None
-        if batch_size is None and len(indices) > 1:
-            plan = plan_for(self.av, {"subject": self.subject.model, "ar": self.ar.model}, self.park_policy,
-                            len(indices), sampling.max_new_tokens)
-        batch_size = batch_size or (plan.batch if plan else 1)
-        self.last_explain_plan = {"park": False, "batch": batch_size,
-                                  "reason": plan.reason if plan else "one token" if len(indices) == 1
-                                  else "batch size given"}
 
         def keep(exps: list[Explanation]) -> None:
             group_by_index(exps, into=self.explanations, newest_first=True)
             if on_batch and exps:
                 on_batch(exps)
 
+        out = self.explain_planned(self.activations[indices], indices, sampling, prompt, on_delta, cancel,
+                                   batch_size, keep)
+        return self._flag_near_duplicates(out)
+
+    def explain_planned(self, vectors: np.ndarray, labels: list[int], sampling: Sampling = Sampling(),
+                        prompt: str | None = None, on_text: OnText | None = None,
+                        cancel: threading.Event | None = None, batch_size: int | None = None,
+                        on_batch: Callable[[list[Explanation]], None] | None = None,
+                        on_pass: Callable[[int], None] | None = None) -> list[Explanation]:
+        """AV then AR for many vectors (`labels`: what each explanation's index says), the one
+        batched path of explain-all and the corpus sweep. Without a batch_size,
+        explain_all.plan_for sizes the batch from free memory and may park the subject and AR
+        in host memory for all the AV passes of this call (parking.py: once per call, so a
+        caller with many rows gains by asking once). `on_batch` gets each batch as it is
+        scored, `on_pass` the number of rows each AV pass wrote."""
+        from .explain_all import explain_parked, plan_for
+
+        self._need_models()
+        plan = None
+        if batch_size is None and len(labels) > 1:
+            plan = plan_for(self.av, {"subject": self.subject.model, "ar": self.ar.model}, self.park_policy,
+                            len(labels), sampling.max_new_tokens)
+        batch_size = batch_size or (plan.batch if plan else 1)
+        self.last_explain_plan = {"park": False, "batch": batch_size,
+                                  "reason": plan.reason if plan else "one token" if len(labels) == 1
+                                  else "batch size given"}
         if plan is not None and plan.park:
             out, self.last_explain_plan = explain_parked(
-                self.av, self.ar, self.subject.model, self.caches, self.info, self.activations[indices], indices,
-                sampling, prompt, on_delta, cancel, keep, plan, self.park_state)
-            return self._flag_near_duplicates(out)
+                self.av, self.ar, self.subject.model, self.caches, self.info, vectors, list(labels),
+                sampling, prompt, on_text, cancel, on_batch, plan, self.park_state, on_pass)
+            return out
         out: list[Explanation] = []
-        for b in range(0, len(indices), batch_size):
+        for b in range(0, len(labels), batch_size):
             if cancel is not None and cancel.is_set():
                 break
-            chunk = indices[b:b + batch_size]
-            exps = self.explain_vectors(self.activations[chunk], sampling, prompt, on_delta, cancel, chunk)
-            keep(exps)
+            chunk = list(labels[b:b + batch_size])
+            exps = self.explain_vectors(vectors[b:b + batch_size], sampling, prompt, on_text, cancel, chunk)
+            if on_pass and exps:
+                on_pass(len(exps))
+            if on_batch:
+                on_batch(exps)
             out.extend(exps)
-        return self._flag_near_duplicates(out)
+        return out
 
     def _flag_near_duplicates(self, out: list[Explanation]) -> list[Explanation]:
         """One text for many different tokens is the AV's fallback (core/fallbacks.py): flag it

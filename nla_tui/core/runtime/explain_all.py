@@ -55,9 +55,9 @@ def explain_parked(av, ar, subject_model, caches: EngineCaches, info: ModelInfo,
                    indices: list[int], sampling: Sampling, prompt: str | None,
                    on_text: nla_explain.OnText | None, cancel: threading.Event | None,
                    on_batch: Callable[[list[Explanation]], None] | None, plan: ExplainPlan,
-                   park_state: dict) -> tuple[list[Explanation], dict]:
+                   park_state: dict, on_pass: Callable[[int], None] | None = None) -> tuple[list[Explanation], dict]:
     """Explain `vectors` (the activations at `indices`) with the subject and AR parked during
-    the AV passes. Returns the explanations in order — when cancelled, those whose AV pass
+    the AV passes (`on_pass(rows)` after each). Returns the explanations in order — when cancelled, those whose AV pass
     finished, scored — and what was done (park, batch, reason) for the engine to report."""
     from ..models import fast_decode
 
@@ -87,6 +87,8 @@ def explain_parked(av, ar, subject_model, caches: EngineCaches, info: ModelInfo,
                 if out is None:
                     break
                 raws.update(zip(chunk, out))
+                if on_pass:
+                    on_pass(len(chunk))
     finally:
         fast_decode.clear(av.model)  # the big bucket's KV cache: the AR needs the room back
     # Score what the AV finished, with the AR back on its card.
