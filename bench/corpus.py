@@ -84,6 +84,7 @@ def bench_sweep(args) -> dict:
     from nla_tui.core.corpus import sweep as sweep_mod
     from nla_tui.core.corpus.reader import read_corpus
     from nla_tui.core.corpus.selection import make_selection, select_positions
+    from nla_tui.core.models import parking
     from nla_tui.core.options import EngineOptions
     from nla_tui.core.runtime.engine import Engine
     from nla_tui.core.types import Sampling
@@ -101,10 +102,10 @@ def bench_sweep(args) -> dict:
         loading = shaped_pair.weights(args.quant or "nf4")
     cap = mem_cap(args.mem_cap_gib, args.device)
     options = EngineOptions(preset=args.preset, subject=args.subject, av=args.av, ar=args.ar, quant=args.quant,
-                            device=args.device)
+                            device=args.device, park=args.park)
     selection = make_selection(role="assistant", max_per_conversation=args.per_conversation)
     sampling = Sampling(max_new_tokens=args.new_tokens)
-    opts = sweep_mod.SweepOptions(selection, sampling)
+    opts = sweep_mod.SweepOptions(selection, sampling, wave_positions=args.wave_positions)
     t = time.perf_counter()
     engine = Engine(options)
     with loading:
@@ -118,18 +119,38 @@ def bench_sweep(args) -> dict:
     sweep_mod.explain_shard(engine, plan, 0, 1, opts, None)
     timers = {"capture": Timer(engine.subject, "capture"), "av": Timer(engine.av, "generate"),
               "ar_score": Timer(engine.ar, "score"), "ar_all": Timer(engine.ar, "reconstruct"),
-              "write": Timer(shards, "write_shard"), "index": Timer(index, "add_shard")}
+              "write": Timer(shards, "write_shard"), "index": Timer(index, "add_shard"),
+              "park": Timer(parking.Parking, "park"), "unpark": Timer(parking.Parking, "unpark")}
     cuda = engine.info.device.startswith("cuda")
     if cuda:
         import torch
 
         torch.cuda.reset_peak_memory_stats()
     batch = engine.explain_batch_size(args.new_tokens, rows=max(plan_shard_positions(plan) or [1]))  # per AV pass
+    before = None
+    if args.before_positions:
+        # Same run, same engine: the sweep as it was before waves (one shard per engine call,
+        # never parked) over the first N positions; the timers keep counting only the sweep below.
+        import dataclasses
+
+        old_policy, engine.park_policy = engine.park_policy, "never"
+        t = time.perf_counter()
+        r = sweep_mod.run_sweep(engine, plan, work / "out_before", dataclasses.replace(opts, wave_positions=1),
+                                limit=args.before_positions)
+        before_s = time.perf_counter() - t
+        before = {"what": "shard at a time, never parked (the sweep before waves)", "positions": r.rows_done,
+                  "seconds": before_s, "positions_per_s": r.rows_done / before_s,
+                  "explain_plan": dict(engine.last_explain_plan or {})}
+        engine.park_policy = old_policy
+        for tm in timers.values():
+            tm.total = 0.0
     t = time.perf_counter()
     result = sweep_mod.run_sweep(engine, plan, work / "out", opts)
     sweep_s = time.perf_counter() - t
+    explain_plan = dict(engine.last_explain_plan or {})
     peak_gib = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     parts = {k: v.total for k, v in timers.items()}
+    park_calls = timers["park"].calls
     parts["controls_ar"] = parts.pop("ar_all") - parts["ar_score"]  # reconstruct outside score: the controls
     rows = shards.read_rows(work / "out", ["explanation"])
     # Baseline in the same run: Engine.explain per conversation, no cross-conversation batching, no controls.
@@ -170,7 +191,9 @@ def bench_sweep(args) -> dict:
             "mean_explanation_chars": statistics.mean(len(r["explanation"]) for r in rows) if rows else 0,
             "parts_s": parts, "parts_share": {k: v / sweep_s for k, v in parts.items()},
             "shaped_pair": bool(args.shaped_pair), "mem_cap_gib": cap, "peak_gib": peak_gib,
-            "av_batch_rows": batch, "shard_positions": plan_shard_positions(plan),
+            "av_batch_rows_unparked": batch, "shard_positions": plan_shard_positions(plan),
+            "wave_positions": sweep_mod.wave_size(engine, opts), "last_wave_explain_plan": explain_plan,
+            "before_waves": before, "park_calls": park_calls,
             "baseline": {"what": "Engine.explain per conversation (a script looping `nla-tui run`), same positions"
                                  + (f"; the first {len(base_items)} conversations" if len(base_items) < len(plan.items) else ""),
                          "conversations": len(base_items), "positions": n_base, "seconds": base_s,
@@ -287,6 +310,10 @@ def main(argv=None) -> int:
     s.add_argument("--tokenizer-dir", help="Gemma 3 tokenizer files for --shaped-pair (tokenizer.json may be .xz)")
     s.add_argument("--mem-cap-gib", type=float, default=None, help="cap this process on the card (e.g. 44)")
     s.add_argument("--dry-run", action="store_true", help="with --shaped-pair: a tiny pair on the CPU")
+    s.add_argument("--wave-positions", type=int, default=None, help="as nla-tui sweep's (default: 2048 on CUDA)")
+    s.add_argument("--park", choices=["auto", "always", "never"], default=None, help="as nla-tui sweep's")
+    s.add_argument("--before-positions", type=int, default=None,
+                   help="also time the sweep before waves (shard at a time, unparked) on the first N positions")
     s.add_argument("--out", default="bench/results/corpus_sweep.json")
     q = sub.add_parser("search")
     q.add_argument("--rows", type=int, default=1_000_000)
