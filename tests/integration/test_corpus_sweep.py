@@ -168,6 +168,18 @@ def test_a_parked_wave_of_shards_gives_the_same_rows(swept, corpus_file, tmp_pat
             assert a[k] == pytest.approx(b[k], abs=1e-5), k
 
 
+def test_dry_run_times_the_first_positions_and_writes_no_row(corpus_file, tmp_path, capsys, demo_paths,
+                                                             demo_tokenizer, demo_engine):
+    """--dry-run with the warm-up: explains the sweep's first positions (across shards) to
+    time them, prints the estimate for the whole sweep, and writes nothing to --out."""
+    out = tmp_path / "dry"
+    with reusing_demo_loads(demo_tokenizer, demo_paths, demo_engine, models=("subject", "av", "ar")):
+        code, _, err = _main(capsys, "sweep", str(corpus_file), "--out", str(out), *FLAGS, "--dry-run")
+    assert code == 0, err[-2000:]
+    assert "warm-up: 4 positions at" in err and "for 4 positions" in err, err[-1000:]
+    assert not (out / "shards").exists() and not (out / "manifest.json").exists()
+
+
 def test_a_changed_option_refuses_to_mix(swept, corpus_file, capsys):
     code, _, err = _main(capsys, "sweep", str(corpus_file), "--out", str(swept),
                          *[("16" if f == "12" else f) for f in FLAGS], "--save-activations")
