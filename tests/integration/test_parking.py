@@ -227,3 +227,35 @@ def test_both_explain_paths_make_the_same_warnings(parking_engine, monkeypatch):
         for e in exps:
             assert e.truncated and e.score is None
             assert e.warnings.count(TRUNCATED_WARNING) == 1 and e.warnings.count(NOT_FINITE_WARNING) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["finishes", "fails"])
+def test_the_avs_decode_state_is_released_before_the_models_come_back(parking_engine, monkeypatch, how):
+    """The AV's largest batch holds its KV cache and graphs until fast_decode.clear; unparking
+    the subject and AR needs that room, so the clear must come first (an H100 capped at 48 GiB
+    could not unpark after a 2,000-position sweep wave while the order was the other way)."""
+    from nla_tui.core.models import fast_decode, parking
+
+    eng = parking_engine
+    events = []
+    real_clear, real_unpark = fast_decode.clear, parking.Parking.unpark
+
+    def clear(model=None):
+        events.append("clear av" if model is eng.av.model else "clear other")
+        return real_clear(model)
+
+    def unpark(self):
+        events.append("unpark")
+        return real_unpark(self)
+
+    monkeypatch.setattr(fast_decode, "clear", clear)
+    monkeypatch.setattr(parking.Parking, "unpark", unpark)
+    if how == "fails":
+        monkeypatch.setattr(eng.av, "generate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("AV crashed")))
+        with pytest.raises(RuntimeError, match="AV crashed"):
+            eng.explain([0, 1, 2], SAMPLING)
+    else:
+        assert len(eng.explain([0, 1, 2], SAMPLING)) == 3
+    assert "unpark" in events and "clear av" in events[:events.index("unpark")], events
+    assert eng.park_state["parked"] == []

@@ -71,8 +71,8 @@ def explain_parked(av, ar, subject_model, caches: EngineCaches, info: ModelInfo,
     # Captured decode graphs of a parked model point at storage that is about to move.
     fast_decode.clear(subject_model)
     fast_decode.clear(ar.model)
-    try:
-        with parked({"subject": subject_model, "ar": ar.model}, av.device, state=park_state):
+    with parked({"subject": subject_model, "ar": ar.model}, av.device, state=park_state):
+        try:
             batch = plan.batch
             if av.device.type == "cuda":  # the memory actually free now that they are parked
                 per_row = kv_bytes_per_row(av, sampling.max_new_tokens)
@@ -89,8 +89,11 @@ def explain_parked(av, ar, subject_model, caches: EngineCaches, info: ModelInfo,
                 raws.update(zip(chunk, out))
                 if on_pass:
                     on_pass(len(chunk))
-    finally:
-        fast_decode.clear(av.model)  # the big bucket's KV cache: the AR needs the room back
+        finally:
+            # The big bucket's KV cache and graphs go *before* the block ends: leaving the block
+            # brings the subject and the AR back, and they need that room (an H100 capped at
+            # 48 GiB could not unpark them after a 2,000-position sweep wave while it was held).
+            fast_decode.clear(av.model)
     # Score what the AV finished, with the AR back on its card.
     order = sorted(raws)
     step = max(1, plan.batch)
