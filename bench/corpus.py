@@ -144,8 +144,15 @@ def bench_sweep(args) -> dict:
         engine.park_policy = old_policy
         for tm in timers.values():
             tm.total = 0.0
+    def report(p) -> None:
+        # A line per update on stderr, with the parts so far: a run that dies mid-sweep (out of
+        # memory, the call's time limit) still leaves its figures in the log.
+        print(f"[bench] {p.rows_done}/{p.rows_total} rows, {p.elapsed:.1f} s, {p.rate:.2f} rows/s; parts "
+              + json.dumps({k: round(v.total, 2) for k, v in timers.items()}), file=sys.stderr, flush=True)
+
+    print(f"[bench] loaded in {load_s:.1f} s; sweeping {plan.n_positions} positions", file=sys.stderr, flush=True)
     t = time.perf_counter()
-    result = sweep_mod.run_sweep(engine, plan, work / "out", opts)
+    result = sweep_mod.run_sweep(engine, plan, work / "out", opts, on_progress=report)
     sweep_s = time.perf_counter() - t
     explain_plan = dict(engine.last_explain_plan or {})
     peak_gib = torch.cuda.max_memory_allocated() / 2**30 if cuda else None

@@ -168,6 +168,28 @@ def test_a_parked_wave_of_shards_gives_the_same_rows(swept, corpus_file, tmp_pat
             assert a[k] == pytest.approx(b[k], abs=1e-5), k
 
 
+def test_progress_only_grows_across_a_wave_and_its_shard_writes(corpus_file, tmp_path, demo_engine):
+    """run_sweep reports rows as the wave's AV passes finish, then once per shard written: the
+    count never goes back (the CLI's bar and ETA are built on it) and ends at the total."""
+    from nla_tui.core.corpus import plan as planning
+    from nla_tui.core.corpus.reader import read_corpus
+    from nla_tui.core.corpus.selection import make_selection
+    from nla_tui.core.corpus.sweep import SweepOptions, run_sweep
+    from nla_tui.core.types import Sampling
+
+    selection = make_selection(role="assistant", max_per_conversation=2)
+    plan = planning.make_plan(read_corpus(corpus_file), selection, demo_engine.subject.tok, None, "demo",
+                              shard_positions=2)
+    seen = []
+    final = run_sweep(demo_engine, plan, tmp_path / "out", SweepOptions(selection, Sampling(max_new_tokens=6),
+                                                                        batch_size=2, wave_positions=4),
+                      on_progress=lambda p: seen.append((p.rows_done, p.shards_done)))
+    rows = [r for r, _ in seen]
+    assert len(plan.shards) == 2 and final.rows_done == final.rows_total == 4
+    assert rows == sorted(rows) and rows[-1] == 4 and seen[-1][1] == 2
+    assert (2, 0) in seen  # the first AV pass of the wave, before any shard was written
+
+
 def test_dry_run_times_the_first_positions_and_writes_no_row(corpus_file, tmp_path, capsys, demo_paths,
                                                              demo_tokenizer, demo_engine):
     """--dry-run with the warm-up: explains the sweep's first positions (across shards) to

@@ -137,9 +137,12 @@ def run_sweep(engine, plan: Plan, out: Path, opts: SweepOptions, limit: int | No
                                    cancel)
             if results is None:  # cancelled: nothing of this wave is written
                 break
+            # Every row of the wave is explained: count them now, so that the progress reported
+            # while its shards are written never drops below what the AV passes reported.
+            done += sum(len(rows) for rows, _, _ in results)
             for k, (rows, acts, convs) in zip(wave, results):
                 commit_shard(out, db, k, rows, acts, convs, opts)
-                done, finished = done + len(rows), finished + 1
+                finished += 1
                 progress = SweepProgress(done, total, finished, len(work), time.monotonic() - start)
                 if on_progress:
                     on_progress(progress)
