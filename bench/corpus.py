@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -106,15 +107,17 @@ def bench_sweep(args) -> dict:
     selection = make_selection(role="assistant", max_per_conversation=args.per_conversation)
     sampling = Sampling(max_new_tokens=args.new_tokens)
     opts = sweep_mod.SweepOptions(selection, sampling, wave_positions=args.wave_positions)
+    tok, limit, name = planning.subject_tokenizer(options)
+    corpus = read_corpus(src)
+    plan = planning.make_plan(corpus, selection, tok, limit, name,
+                              shard_positions=args.shard_positions or args.per_conversation * 4)
+    # As `nla-tui sweep` does: the subject's KV reservation is the longest conversation's.
+    options = dataclasses.replace(options, subject_context_tokens=planning.longest_conversation(plan))
     t = time.perf_counter()
     engine = Engine(options)
     with loading:
         engine.load()
     load_s = time.perf_counter() - t
-    tok, limit, name = planning.subject_tokenizer(options)
-    corpus = read_corpus(src)
-    plan = planning.make_plan(corpus, selection, tok, limit, name,
-                              shard_positions=args.shard_positions or args.per_conversation * 4)
     # one warm-up position (one-time costs: kernels, graph capture on CUDA)
     sweep_mod.explain_shard(engine, plan, 0, 1, opts, None)
     timers = {"capture": Timer(engine.subject, "capture"), "av": Timer(engine.av, "generate"),
@@ -131,8 +134,6 @@ def bench_sweep(args) -> dict:
     if args.before_positions:
         # Same run, same engine: the sweep as it was before waves (one shard per engine call,
         # never parked) over the first N positions; the timers keep counting only the sweep below.
-        import dataclasses
-
         old_policy, engine.park_policy = engine.park_policy, "never"
         t = time.perf_counter()
         r = sweep_mod.run_sweep(engine, plan, work / "out_before", dataclasses.replace(opts, wave_positions=1),

@@ -10,6 +10,7 @@ and, unless --no-warmup, an estimate of the time from a short measured warm-up.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -160,6 +161,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     say(visible(planning.describe(plan, corpus, args.limit)), file=sys.stderr)
     if args.dry_run and args.no_warmup:
         return 0
+    # The subject holds one conversation at a time, none longer than the plan's longest: its KV
+    # reservation need not be a chat's 4,096 tokens (on one card that is ~2 GiB for a 27B).
+    options = dataclasses.replace(options, subject_context_tokens=planning.longest_conversation(plan))
     from ..core.corpus.sweep import model_identity, run_sweep, shard_targets, todo
     from ..core.runtime.engine import Engine
     from ..core.types import ModelInfo

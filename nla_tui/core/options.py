@@ -67,6 +67,9 @@ class EngineOptions:
     park: str | None = None  # explain-all: "auto" (default), "always" or "never" park the subject + AR
     subject_quant: str | None = None  # --subject-quant: the subject's precision alone (overrides --quant for it)
     extra_pair: PairSpec | None = None  # a second AV/AR over the same subject (--extra-pair)
+    # The longest conversation the subject will hold, in tokens: placement reserves its KV cache
+    # for that many (None: 4,096, a chat that grows). `nla-tui sweep` sets it from its plan.
+    subject_context_tokens: int | None = None
 
     def check_quants(self) -> None:
         """Refuse an unknown precision before anything loads (scripts build EngineOptions by hand)."""

@@ -193,13 +193,34 @@ def test_progress_only_grows_across_a_wave_and_its_shard_writes(corpus_file, tmp
 def test_dry_run_times_the_first_positions_and_writes_no_row(corpus_file, tmp_path, capsys, demo_paths,
                                                              demo_tokenizer, demo_engine):
     """--dry-run with the warm-up: explains the sweep's first positions (across shards) to
-    time them, prints the estimate for the whole sweep, and writes nothing to --out."""
+    time them, prints the estimate for the whole sweep, and writes nothing to --out; the
+    engine it loads reserves the subject's KV for the corpus's longest conversation."""
+    from nla_tui.core.models.conversation import tag_tokens
+    from nla_tui.core.runtime.engine import Engine
+
     out = tmp_path / "dry"
+    given = []
+    real_init = Engine.__init__
+
+    def recording_init(self, options, *a, **k):
+        given.append(options)
+        real_init(self, options, *a, **k)
+
     with reusing_demo_loads(demo_tokenizer, demo_paths, demo_engine, models=("subject", "av", "ar")):
-        code, _, err = _main(capsys, "sweep", str(corpus_file), "--out", str(out), *FLAGS, "--dry-run")
+        Engine.__init__ = recording_init
+        try:
+            code, _, err = _main(capsys, "sweep", str(corpus_file), "--out", str(out), *FLAGS, "--dry-run")
+        finally:
+            Engine.__init__ = real_init
     assert code == 0, err[-2000:]
     assert "warm-up: 4 positions at" in err and "for 4 positions" in err, err[-1000:]
     assert not (out / "shards").exists() and not (out / "manifest.json").exists()
+    # the subject's KV reservation is the longest conversation's, not a chat's 4,096 tokens
+    from nla_tui.core.corpus.reader import read_corpus
+
+    longest = max(len(tag_tokens(demo_engine.subject.tok, c.messages)[0])
+                  for c in read_corpus(corpus_file).conversations)
+    assert [o.subject_context_tokens for o in given] == [longest] and longest < 100
 
 
 def test_a_changed_option_refuses_to_mix(swept, corpus_file, capsys):

@@ -297,3 +297,23 @@ def test_import_pulls_in_neither_torch_nor_textual():
             "print(sorted(m for m in ('torch', 'textual', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_corpus_sized_subject_reservation_lets_the_27b_trio_fit_44_gib():
+    """Three 27B nf4 models on one 44 GiB card: refused with a chat's 4,096-token subject KV
+    reservation (what an H100 capped at 44 GiB said, BENCHMARKS.md), placed when the subject
+    holds at most a sweep's longest conversation; the AV's and AR's budgets are unchanged."""
+    from nla_tui.core.models.placement import role_sizes
+
+    configs = {"subject": G27, "av": G27, "ar": {**G27, "num_hidden_layers": 42}}
+    quants = {r: "nf4" for r in ROLES}
+    free = {"cuda:0": 44 * GIB}
+    chat = role_sizes(configs, quants)
+    corpus = role_sizes(configs, quants, {"subject": 96})
+    with pytest.raises(NlaError, match="only 44.0 GiB is free"):
+        plan_placement(chat, free, {}, "nf4")
+    placed = plan_placement(corpus, free, {}, "nf4")
+    assert set(placed.entries.values()) == {"cuda:0"}
+    kv_per_token = 2 * 62 * 16 * 128 * 2  # k and v, bf16, every layer
+    assert chat["subject"].need - corpus["subject"].need == kv_per_token * (4096 - 96)
+    assert (chat["av"].need, chat["ar"].need) == (corpus["av"].need, corpus["ar"].need)

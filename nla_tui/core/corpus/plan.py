@@ -59,6 +59,11 @@ class Plan:
                            for s, r in zip(self.shards, self.shard_rows)]}
 
 
+def longest_conversation(plan: Plan) -> int | None:
+    """Tokens of the plan's longest conversation (None for an empty plan)."""
+    return max((p.n_tokens for p in plan.items), default=None)
+
+
 def pack_shards(counts: list[int], shard_positions: int) -> list[list[int]]:
     """Consecutive conversations per shard until it holds at least `shard_positions` positions
     (a conversation is never split: its other positions are the specificity control's pool)."""
@@ -118,5 +123,5 @@ def describe(plan: Plan, corpus: Corpus, limit: int | None = None) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Plan", "PlannedConversation", "make_plan", "pack_shards", "subject_tokenizer", "describe",
+__all__ = ["Plan", "PlannedConversation", "make_plan", "longest_conversation", "pack_shards", "subject_tokenizer", "describe",
            "select_positions"]

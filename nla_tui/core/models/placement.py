@@ -127,9 +127,13 @@ def model_size(config_like: Any, quant: str, layers: int | None = None,
     return ModelSize(weights + kv + logits + ACTIVATION_SLACK, weights, accounted, embed, layer, lm_head, quant)
 
 
-def role_sizes(configs: Mapping[str, Any], quants: Mapping[str, str]) -> dict[str, ModelSize]:
-    """Each model's ModelSize in its own precision, with its role's KV budget."""
-    return {r: model_size(c, quants[r], context_tokens=ROLE_CONTEXT_TOKENS[r]) for r, c in configs.items()}
+def role_sizes(configs: Mapping[str, Any], quants: Mapping[str, str],
+               context_tokens: Mapping[str, int] | None = None) -> dict[str, ModelSize]:
+    """Each model's ModelSize in its own precision, with its role's KV budget
+    (ROLE_CONTEXT_TOKENS, or `context_tokens` where a caller knows better: a corpus sweep
+    knows its longest conversation)."""
+    tokens = {**ROLE_CONTEXT_TOKENS, **(context_tokens or {})}
+    return {r: model_size(c, quants[r], context_tokens=tokens[r]) for r, c in configs.items()}
 
 
 def estimate_weight_bytes(config_like: Any, quant: str, layers: int | None = None) -> int:

@@ -22,18 +22,20 @@ FLOOR = "nf4"
 
 
 def fits(configs: Mapping[str, Any], quants: Mapping[str, str], free: dict[str, int],
-         explicit: dict[str, str]) -> bool:
+         explicit: dict[str, str], context_tokens: Mapping[str, int] | None = None) -> bool:
     try:
-        plan_placement(role_sizes(configs, quants), free, explicit, quants.get("subject"))
+        plan_placement(role_sizes(configs, quants, context_tokens), free, explicit, quants.get("subject"))
     except NlaError:
         return False
     return True
 
 
 def choose_quants(configs: Mapping[str, Any], device: str, fixed: Mapping[str, str] | None = None,
-                  devices: str | None = None, free: dict[str, int] | None = None) -> dict[str, str]:
+                  devices: str | None = None, free: dict[str, int] | None = None,
+                  context_tokens: Mapping[str, int] | None = None) -> dict[str, str]:
     """role -> precision. `fixed`: roles whose precision the user chose (--subject-quant).
-    `free`: the cards' free bytes (default: what CUDA reports now)."""
+    `free`: the cards' free bytes (default: what CUDA reports now); `context_tokens`: as
+    placement.role_sizes."""
     fixed = dict(fixed or {})
     if not device.startswith("cuda"):
         return {r: fixed.get(r, "fp32") for r in AUTO_ORDER}
@@ -48,7 +50,7 @@ def choose_quants(configs: Mapping[str, Any], device: str, fixed: Mapping[str, s
             continue
         for quant in AUTO_LADDER:
             trial = {**picks, role: quant}
-            if fits(configs, trial, free, explicit):
+            if fits(configs, trial, free, explicit, context_tokens):
                 picks = trial
                 break
     return picks

@@ -165,7 +165,8 @@ class Engine(EngineBranches, EnginePair):
         if o.quant == "auto":
             from ..models.quant_choice import choose_quants
 
-            return choose_quants(self._configs(ckpts), device, fixed, self.options.devices)
+            return choose_quants(self._configs(ckpts), device, fixed, self.options.devices,
+                                 context_tokens=self._context_tokens())
         quant = o.quant or (preset.cuda_quant if preset and preset.cuda_quant and device.startswith("cuda") else None) \
             or default_quant(device)
         return {**{r: quant for r in ("subject", "av", "ar")}, **fixed}
@@ -183,8 +184,12 @@ class Engine(EngineBranches, EnginePair):
         from ..models import placement as pl
 
         explicit = pl.parse_devices(self.options.devices or "")
-        sizes = pl.role_sizes(self._configs(ckpts), quants)
+        sizes = pl.role_sizes(self._configs(ckpts), quants, self._context_tokens())
         return pl.plan_placement(sizes, pl.gpu_free_memory(), explicit, quants["subject"])
+
+    def _context_tokens(self) -> dict[str, int] | None:
+        n = self.options.subject_context_tokens
+        return {"subject": n} if n else None
 
     def _layer(self, preset: Preset | None, av_layer: int | None, ar_layer: int | None) -> int:
         known = {v for v in (av_layer, ar_layer) if v is not None}
