@@ -26,7 +26,7 @@ from ..errors import InputError
 from ..fallbacks import with_near_duplicates
 from ..types import Explanation, Sampling, TokenInfo
 from . import controls, index, shards
-from .plan import Plan, PlannedConversation
+from .plan import Plan, PlannedConversation, pack_shards
 from .reader import iter_messages_json
 from .selection import Selection, select_positions, surprise
 
@@ -102,17 +102,9 @@ def wave_size(engine, opts: SweepOptions) -> int:
 
 def waves(work: list[int], targets: list[int], positions: int) -> list[list[int]]:
     """Consecutive shards of `work` grouped until each group holds at least `positions` rows
-    (the last may hold fewer); positions=1 gives one shard per wave."""
-    out, cur, n = [], [], 0
-    for k in work:
-        cur.append(k)
-        n += targets[k]
-        if n >= positions:
-            out.append(cur)
-            cur, n = [], 0
-    if cur:
-        out.append(cur)
-    return out
+    (the last may hold fewer; positions=1 gives one shard per wave): plan.pack_shards's rule,
+    one level up."""
+    return [[work[i] for i in group] for group in pack_shards([targets[k] for k in work], positions)]
 
 
 def run_sweep(engine, plan: Plan, out: Path, opts: SweepOptions, limit: int | None = None,
