@@ -200,7 +200,7 @@ def bench_sweep(args) -> dict:
             "parts_s": parts, "parts_share": {k: v / sweep_s for k, v in parts.items()},
             "shaped_pair": bool(args.shaped_pair), "mem_cap_gib": cap, "peak_gib": peak_gib,
             "av_batch_rows_unparked": batch, "shard_positions": plan_shard_positions(plan),
-            "wave_positions": sweep_mod.wave_size(engine, opts), "last_wave_explain_plan": explain_plan,
+            "wave_positions": sweep_mod.wave_size(engine.info.device, opts), "last_wave_explain_plan": explain_plan,
             "before_waves": before, "park_calls": park_calls,
             "baseline": {"what": "Engine.explain per conversation (a script looping `nla-tui run`), same positions"
                                  + (f"; the first {len(base_items)} conversations" if len(base_items) < len(plan.items) else ""),

@@ -18,7 +18,7 @@ from typing import Callable
 
 from ..errors import InputError
 from .plan import Plan
-from .sweep import CUDA_WAVE_POSITIONS, SweepOptions, SweepProgress, commit_shard, prepare_run, waves
+from .sweep import SweepOptions, SweepProgress, commit_shard, prepare_run, wave_size, waves
 
 
 def require_ray():
@@ -87,12 +87,6 @@ class RaySweep:
             raise InputError(f"A Ray engine actor could not start: {why}") from None
         self.info_json = infos[0]
 
-    def wave_positions(self, opts: SweepOptions) -> int:
-        """As sweep.wave_size, from the actors' device."""
-        if opts.wave_positions is not None:
-            return max(1, opts.wave_positions)
-        return CUDA_WAVE_POSITIONS if str(self.info_json.get("device", "")).startswith("cuda") else 1
-
     def run(self, plan: Plan, out: Path, opts: SweepOptions, limit: int | None = None,
             on_progress: Callable[[SweepProgress], None] | None = None) -> SweepProgress:
         ray = self.ray
@@ -100,7 +94,7 @@ class RaySweep:
         targets, work, db = prepare_run(out, plan, limit)
         total = sum(targets[k] for k in work)
         plan_ref = ray.put(plan)
-        queue, idle, running = waves(work, targets, self.wave_positions(opts)), list(self.actors), {}
+        queue, idle, running = waves(work, targets, wave_size(str(self.info_json.get("device", "")), opts)), list(self.actors), {}
         start, done, finished = time.monotonic(), 0, 0
         progress = SweepProgress(0, total, 0, len(work), 0.0)
         try:

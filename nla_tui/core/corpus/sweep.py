@@ -94,10 +94,11 @@ def todo(out: Path, plan: Plan, limit: int | None) -> list[int]:
     return [k for k, t in enumerate(targets) if t and (shards.shard_row_count(shards.shard_path(out, k)) or 0) < t]
 
 
-def wave_size(engine, opts: SweepOptions) -> int:
+def wave_size(device: str, opts: SweepOptions) -> int:
+    """Positions per wave for an engine on `device` (see SweepOptions.wave_positions)."""
     if opts.wave_positions is not None:
         return max(1, opts.wave_positions)
-    return CUDA_WAVE_POSITIONS if engine.info.device.startswith("cuda") else 1
+    return CUDA_WAVE_POSITIONS if device.startswith("cuda") else 1
 
 
 def waves(work: list[int], targets: list[int], positions: int) -> list[list[int]]:
@@ -117,7 +118,7 @@ def run_sweep(engine, plan: Plan, out: Path, opts: SweepOptions, limit: int | No
     start, done, finished = time.monotonic(), 0, 0
     progress = SweepProgress(0, total, 0, len(work), 0.0)
     try:
-        for wave in waves(work, targets, wave_size(engine, opts)):
+        for wave in waves(work, targets, wave_size(engine.info.device, opts)):
             if cancel is not None and cancel.is_set():
                 break
 
