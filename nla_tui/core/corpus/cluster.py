@@ -94,7 +94,8 @@ class RaySweep:
         targets, work, db = prepare_run(out, plan, limit)
         total = sum(targets[k] for k in work)
         plan_ref = ray.put(plan)
-        queue, idle, running = waves(work, targets, wave_size(str(self.info_json.get("device", "")), opts)), list(self.actors), {}
+        size = wave_size(str(self.info_json.get("device", "")), opts)
+        queue, idle, running = waves(work, targets, size), list(self.actors), {}
         start, done, finished = time.monotonic(), 0, 0
         progress = SweepProgress(0, total, 0, len(work), 0.0)
         try:
